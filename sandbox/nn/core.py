@@ -1,0 +1,105 @@
+"""The shared core: one Encoder and one Decoder reused by every model in the sandbox.
+
+    x ──Stage──> f0 ──down,Stage──> f1 ── ... ──> f_d   (Encoder: fine to coarse)
+                  ╰──────── skip ─────╮                (Decoder: coarse to fine)
+    out <──Stage── up(f_d) (+ f_{d-1}) <── ...
+
+``skip="none"`` is the HourGlass (the seed's bottleneck network), ``"concat"`` the UNet,
+``"add"`` a LinkNet-style sum; ``downsample="none"`` with ``upsample="none"`` is SimpleConv.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from sandbox.errors import SandboxError
+from sandbox.nn.blocks import Stage, make_downsample, make_upsample
+
+
+class Encoder(nn.Module):
+    """``forward(x: (B, C, H, W)) -> [f0, ..., f_depth]``, fine to coarse.
+
+    ``f_i: (B, widths[i], H / 2**i, W / 2**i)`` with pooling (``H`` for ``downsample="none"``);
+    the last element is the bottleneck. ``len(widths) = depth + 1``.
+    """
+
+    def __init__(self, in_channels: int, widths: Sequence[int] = (32, 64, 128), blocks: int = 2,
+                 downsample: str = "maxpool", block: str = "plain", dilation: int = 1, norm: str = "batch",
+                 dropout: float = 0.0):
+        super().__init__()
+        widths = list(widths)
+        if not widths:
+            raise SandboxError("Encoder needs at least one width")
+        self.downsample = downsample
+        self.down = nn.ModuleList(
+            [nn.Identity()] + [make_downsample(downsample, widths[i - 1]) for i in range(1, len(widths))])
+        self.stages = nn.ModuleList()
+        cin = in_channels
+        for i, w in enumerate(widths):
+            # dropout only in the two coarsest stages, where it regularises without erasing detail
+            drop = dropout if i >= len(widths) - 2 else 0.0
+            self.stages.append(Stage(cin, w, blocks, block, norm, dilation, drop))
+            cin = w
+        self.out_channels = widths
+
+    @property
+    def depth(self) -> int:
+        return len(self.out_channels) - 1
+
+    @property
+    def reduction(self) -> int:
+        """Side of the input divided by side of the bottleneck."""
+        return 1 if self.downsample == "none" else 2**self.depth
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        for down, stage in zip(self.down, self.stages):
+            x = stage(down(x))
+            feats.append(x)
+        return feats
+
+
+class Decoder(nn.Module):
+    """``forward(features: [f0, ..., f_d]) -> (B, widths[0], H, W)`` at the finest resolution.
+
+    ``encoder_channels``: the Encoder's ``out_channels``; ``widths``: decoder widths per level
+    (default: the encoder's); ``skip``: none | concat | add; ``upsample``: transpose |
+    pixel_shuffle | bilinear | none (``none`` keeps the resolution, for SimpleConv).
+    """
+
+    def __init__(self, encoder_channels: Sequence[int], widths: Sequence[int] | None = None, skip: str = "concat",
+                 upsample: str = "transpose", blocks: int = 2, block: str = "plain", norm: str = "batch",
+                 dilation: int = 1):
+        super().__init__()
+        enc = list(encoder_channels)
+        widths = list(widths) if widths is not None else enc
+        if len(widths) != len(enc):
+            raise SandboxError(f"Decoder widths {widths} must have one entry per encoder level ({len(enc)})")
+        if skip not in ("none", "concat", "add"):
+            raise SandboxError(f"unknown skip {skip!r}; accepted: none, concat, add")
+        self.skip = skip
+        self.ups = nn.ModuleList()
+        self.stages = nn.ModuleList()
+        cin = enc[-1]
+        for i in range(len(enc) - 2, -1, -1):  # coarse to fine
+            self.ups.append(make_upsample(upsample, cin, widths[i]))
+            stage_in = widths[i] + enc[i] if skip == "concat" else widths[i]
+            if skip == "add" and enc[i] != widths[i]:
+                raise SandboxError(f"skip='add' needs equal encoder and decoder widths, got {enc[i]} and {widths[i]}")
+            self.stages.append(Stage(stage_in, widths[i], blocks, block, norm, dilation))
+            cin = widths[i]
+        self.out_channels = cin
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = features[-1]
+        for j, (up, stage) in enumerate(zip(self.ups, self.stages)):
+            x = up(x)
+            skip = features[-2 - j]
+            if self.skip == "concat":
+                x = torch.cat([x, skip], dim=1)
+            elif self.skip == "add":
+                x = x + skip
+            x = stage(x)
+        return x
