@@ -1,0 +1,234 @@
+"""Built-in synthetic data: ``dancers`` (segmentation + depth).
+
+``dancers``: person-like figures (head, torso, thin two-segment arms and legs) whose pose
+changes smoothly along short dance sequences of ``seq_len`` frames, drawn over cluttered
+backgrounds: low-frequency colour fields, texture noise and distractor shapes that share
+the dancers' palette, including loose "limbs" (sticks and blobs) that look like a dancer
+locally and can only be told apart by global context. Each sample has an RGB image, a
+binary person mask and a depth map (0 = near, 1 = far).
+
+Everything is a pure function of ``(seed, split, index)``: sequences of different splits
+come from different random streams, so no pose leaks from train into val or test.
+``difficulty`` (0 easy .. 2 hard) scales clutter, noise, limb thinness and how close the
+dancer's colours are to the background's.
+"""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+_SHIFT = 4  # cv2 sub-pixel bits: coordinates are drawn at 1/16 px precision
+_FIX = float(1 << _SHIFT)
+
+
+def _pt(p) -> tuple[int, int]:
+    return int(round(p[0] * _FIX)), int(round(p[1] * _FIX))
+
+
+def _smooth_field(rng: np.random.Generator, size: int, cells: int, channels: int) -> np.ndarray:
+    """Low-frequency random field in [0, 1]: ``(size, size, channels)``."""
+    grid = rng.random((cells, cells, channels)).astype(np.float32)
+    return cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC).reshape(size, size, channels).clip(0, 1)
+
+
+class _Canvas:
+    """Paints parts front-to-back-aware: RGB, alpha coverage of the dancer, and depth."""
+
+    def __init__(self, image: np.ndarray, depth: np.ndarray):
+        self.image, self.depth = image, depth
+        self.size = image.shape[0]
+        self.mask = np.zeros(image.shape[:2], np.float32)
+
+    def _alpha(self, draw) -> np.ndarray:
+        a = np.zeros((self.size, self.size), np.uint8)
+        draw(a)
+        return a.astype(np.float32) / 255.0
+
+    def paint(self, draw, color, z: float, person: bool) -> None:
+        a = self._alpha(draw)
+        self.image *= 1 - a[..., None]
+        self.image += a[..., None] * np.asarray(color, np.float32)
+        hard = a > 0.5
+        self.depth[hard] = z
+        if person:
+            self.mask = np.maximum(self.mask, a)
+        else:  # something painted over the dancer hides it
+            self.mask *= 1 - a
+
+    def stick(self, p, q, thick: float, color, z: float, person: bool) -> None:
+        t = max(1, int(round(thick)))
+        self.paint(lambda a: cv2.line(a, _pt(p), _pt(q), 255, t, cv2.LINE_AA, _SHIFT), color, z, person)
+
+    def disc(self, c, r: float, color, z: float, person: bool) -> None:
+        self.paint(lambda a: cv2.circle(a, _pt(c), int(round(r * _FIX)), 255, -1, cv2.LINE_AA, _SHIFT),
+                   color, z, person)
+
+    def ellipse(self, c, axes, angle: float, color, z: float, person: bool) -> None:
+        ax = (max(1, int(round(axes[0] * _FIX))), max(1, int(round(axes[1] * _FIX))))
+        self.paint(lambda a: cv2.ellipse(a, _pt(c), ax, angle, 0, 360, 255, -1, cv2.LINE_AA, _SHIFT),
+                   color, z, person)
+
+    def poly(self, pts, color, z: float, person: bool) -> None:
+        arr = np.array([_pt(p) for p in pts], np.int32)
+        self.paint(lambda a: cv2.fillPoly(a, [arr], 255, cv2.LINE_AA, _SHIFT), color, z, person)
+
+
+def _palette_color(rng: np.random.Generator, base: np.ndarray, spread: float) -> np.ndarray:
+    return np.clip(base + rng.normal(0, spread, 3), 0, 1).astype(np.float32)
+
+
+class Dancers(Dataset):
+    """Procedural dancers: ``{"image": (3, S, S), "mask": (1, S, S), "depth": (1, S, S), "index"}``.
+
+    Images in [0, 1], mask in {0, 1}, depth in [0, 1] (0 = near). Deterministic from
+    ``(seed, split, index)``; ``cache=True`` renders each sample once and keeps it (about
+    ``S*S*5`` bytes per sample).
+    """
+
+    targets = ("mask", "depth")
+
+    def __init__(self, split: str = "train", num: int = 1000, size: int = 128, seed: int = 0,
+                 difficulty: float = 1.0, seq_len: int = 8, cache: bool = True):
+        if split not in SPLIT_IDS:
+            raise ValueError(f"split must be one of {list(SPLIT_IDS)}, got {split!r}")
+        self.split, self.num, self.size, self.seed = split, num, size, seed
+        self.difficulty, self.seq_len = float(difficulty), max(1, seq_len)
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return self.num
+
+    # ------------------------------------------------------------------ rendering
+    def render(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``index -> (image (S, S, 3) float32, mask (S, S) uint8, depth (S, S) float32)``."""
+        seq, t = divmod(index, self.seq_len)
+        seq_rng = np.random.default_rng([self.seed, SPLIT_IDS[self.split], seq])  # shared by the sequence
+        frame_rng = np.random.default_rng([self.seed, SPLIT_IDS[self.split], seq, t + 1, 7])
+        S, d = self.size, self.difficulty
+        u = S / 128.0  # geometry is designed at 128 px and scaled
+
+        # --- background: colour field + texture, a floor-like depth ramp
+        bg_base = seq_rng.random(3).astype(np.float32)
+        field = _smooth_field(seq_rng, S, int(seq_rng.integers(2, 5)), 3)
+        image = np.clip(bg_base * 0.5 + field * 0.5, 0, 1)
+        tex = _smooth_field(seq_rng, S, int(seq_rng.integers(12, 28)), 1)
+        image = np.clip(image + (tex - 0.5) * 0.25 * (0.5 + d), 0, 1).astype(np.float32)
+        yy = np.linspace(0, 1, S, dtype=np.float32)[:, None]
+        depth = np.broadcast_to(1.0 - 0.25 * yy, (S, S)).copy()
+        canvas = _Canvas(image, depth)
+
+        # --- the dancer's palette; at high difficulty it drifts towards the background's
+        mix = min(0.85, 0.35 * d) * seq_rng.random()
+        skin = np.clip((1 - mix) * np.array([0.85, 0.62, 0.48]) * seq_rng.uniform(0.5, 1.1) + mix * bg_base, 0, 1)
+        shirt = np.clip((1 - mix) * seq_rng.random(3) + mix * bg_base, 0, 1)
+        pants = np.clip((1 - mix) * seq_rng.random(3) + mix * bg_base, 0, 1)
+        palette = [skin, shirt, pants]
+
+        # --- distractors behind the dancer: blobs, boxes and loose limbs in the dancer's palette
+        n_clutter = int(round(seq_rng.integers(3, 7) * (0.5 + d)))
+        for _ in range(n_clutter):
+            color = _palette_color(frame_rng, palette[frame_rng.integers(3)], 0.08)
+            z = float(frame_rng.uniform(0.55, 0.85))
+            c = frame_rng.uniform(0, S, 2)
+            kind = frame_rng.integers(4)
+            if kind == 0:
+                canvas.ellipse(c, frame_rng.uniform(3, 14, 2) * u, float(frame_rng.uniform(0, 180)), color, z, False)
+            elif kind == 1:
+                w, h = frame_rng.uniform(4, 20, 2) * u
+                canvas.poly([c, c + (w, 0), c + (w, h), c + (0, h)], color, z, False)
+            else:  # a loose limb: one or two segments as thin as the dancer's
+                a = frame_rng.uniform(0, 2 * math.pi)
+                L = frame_rng.uniform(12, 26) * u
+                q = c + L * np.array([math.cos(a), math.sin(a)])
+                thick = frame_rng.uniform(1.5, 4.0) * u
+                canvas.stick(c, q, thick, color, z, False)
+                if kind == 3:
+                    a2 = a + frame_rng.uniform(-1.5, 1.5)
+                    canvas.stick(q, q + L * 0.9 * np.array([math.cos(a2), math.sin(a2)]), thick * 0.8, color, z, False)
+                    canvas.disc(c, thick * 1.6, color, z, False)
+
+        self._dancer(canvas, seq_rng, t, palette, u)
+
+        # --- a few occluders in front of the dancer at higher difficulty
+        for _ in range(int(frame_rng.poisson(0.4 * d))):
+            color = _palette_color(frame_rng, bg_base, 0.15)
+            c = frame_rng.uniform(0, S, 2)
+            canvas.ellipse(c, frame_rng.uniform(3, 8, 2) * u, float(frame_rng.uniform(0, 180)), color, 0.1, False)
+
+        # --- camera: slight blur and sensor noise
+        img = canvas.image
+        if d > 0:
+            img = cv2.GaussianBlur(img, (3, 3), 0.4 + 0.3 * d)
+            img = img + frame_rng.normal(0, 0.02 + 0.03 * d, img.shape).astype(np.float32)
+        img = np.clip(img, 0, 1).astype(np.float32)
+        mask = (canvas.mask > 0.5).astype(np.uint8)
+        return img, mask, np.clip(canvas.depth, 0, 1).astype(np.float32)
+
+    def _dancer(self, canvas: _Canvas, rng: np.random.Generator, t: int, palette, u: float) -> None:
+        """A figure whose joint angles follow smooth sinusoids of the frame number ``t``."""
+        S, d = canvas.size, self.difficulty
+        skin, shirt, pants = palette
+        height = rng.uniform(62, 100) * u  # head to feet
+        phase = 2 * math.pi * t / (self.seq_len * rng.uniform(0.8, 1.6))
+
+        def angle(base, amp):
+            return base + amp * math.sin(phase * rng.uniform(0.7, 1.4) + rng.uniform(0, 2 * math.pi))
+
+        # root (hips) drifts across the frame during the sequence
+        start = rng.uniform(0.3, 0.7, 2) * S
+        drift = rng.normal(0, 0.02 * S, 2)
+        hip = start + drift * t
+        hip[1] = np.clip(hip[1], 0.35 * S, 0.75 * S)
+        lean = angle(0.0, 0.35)
+        torso_len, neck = 0.32 * height, 0.05 * height
+        up = np.array([math.sin(lean), -math.cos(lean)])
+        side = np.array([-up[1], up[0]])
+        shoulder_c = hip + up * torso_len
+        z_body = float(rng.uniform(0.25, 0.45))
+        thin = 1.0 / (1.0 + 0.35 * d)  # harder: thinner limbs
+        arm_w, leg_w = 0.035 * height * thin, 0.05 * height * thin
+        limb_len = (0.17 * height, 0.16 * height)  # upper, lower arm
+        leg_len = (0.25 * height, 0.24 * height)
+
+        def limb(root, base_angle, amp, lengths, width, color, z):
+            a1 = angle(base_angle, amp)
+            a2 = a1 + angle(0.0, 1.1)
+            p1 = root + lengths[0] * np.array([math.sin(a1), math.cos(a1)])
+            p2 = p1 + lengths[1] * np.array([math.sin(a2), math.cos(a2)])
+            canvas.stick(root, p1, width, color, z, True)
+            canvas.stick(p1, p2, width * 0.8, color, z, True)
+            canvas.disc(p2, width * 0.7, color, z, True)
+
+        # far-side limbs first (slightly deeper), then torso and head, then near-side limbs
+        hip_half, sh_half = 0.07 * height, 0.1 * height
+        limb(hip - side * hip_half, angle(0.15, 0.4), 0.5, leg_len, leg_w, pants, z_body + 0.04)
+        limb(shoulder_c - side * sh_half, angle(0.6, 0.9), 1.2, limb_len, arm_w, skin, z_body + 0.04)
+        canvas.poly([hip - side * hip_half * 1.2, hip + side * hip_half * 1.2,
+                     shoulder_c + side * sh_half, shoulder_c - side * sh_half], shirt, z_body, True)
+        head_c = shoulder_c + up * (neck + 0.07 * height)
+        canvas.stick(shoulder_c, shoulder_c + up * neck * 1.2, arm_w * 1.2, skin, z_body, True)
+        canvas.ellipse(head_c, (0.055 * height, 0.07 * height), math.degrees(lean), skin, z_body - 0.02, True)
+        limb(hip + side * hip_half, angle(-0.15, 0.4), 0.5, leg_len, leg_w, pants, z_body - 0.04)
+        limb(shoulder_c + side * sh_half, angle(-0.6, 0.9), 1.2, limb_len, arm_w, skin, z_body - 0.04)
+
+    # ------------------------------------------------------------------ Dataset API
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.num:
+            raise IndexError(index)
+        if self._cache is not None and index in self._cache:
+            img, mask, depth = self._cache[index]
+        else:
+            img, mask, depth = self.render(index)
+            if self._cache is not None:
+                self._cache[index] = (img, mask, depth)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))),
+            "mask": torch.from_numpy(mask[None].astype(np.float32)),
+            "depth": torch.from_numpy(depth[None].copy()),
+            "index": index,
+        }
