@@ -1,0 +1,33 @@
+"""Train a model from a YAML config.
+
+    accelerate launch sandbox/train.py --config configs/unet_dice.yaml [key.path=value ...]
+    python sandbox/train.py --config configs/unet_dice.yaml train.epochs=3 model.depth=4
+    python sandbox/train.py --config configs/unet_dice.yaml --resume runs/unet_dice
+"""
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: the repo root, not sandbox/, goes first on sys.path
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from sandbox.errors import cli_entry, setup_cli  # noqa: E402
+
+
+@cli_entry
+def main() -> None:
+    parser = setup_cli(__doc__)
+    parser.add_argument("--config", required=True, help="YAML config, e.g. configs/unet_dice.yaml")
+    parser.add_argument("--resume", help="continue a run: its directory or a checkpoint directory")
+    parser.add_argument("overrides", nargs="*", help="key.path=value, e.g. train.epochs=3 model.name=hourglass")
+    args = parser.parse_args()
+    from sandbox import build_trainer, load_config
+
+    overrides = args.overrides + ([f"train.resume={args.resume}"] if args.resume else [])
+    cfg = load_config(args.config, overrides)
+    trainer = build_trainer(cfg)
+    trainer.fit()
+    trainer.accelerator.print(f"done: {trainer.run.path} (config.yaml, metrics.jsonl, checkpoints/, plots/, images/)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,359 @@
+"""The one training loop every trainer shares (Accelerate: CPU, one GPU or many).
+
+A trainer subclass supplies:
+  * ``configure_optimizers() -> list[(optimizer, scheduler | None)]`` (GAN/AAE return several),
+  * ``train_step(batch) -> dict of scalar tensors`` (calls ``self.backward_and_step``),
+  * ``evaluate(loader) -> dict of floats`` (per-image values gathered across processes),
+  * ``save_images(epoch) -> list of PNG paths`` (panels for the run and for W&B).
+
+The skeleton owns the rest: seeding, threads, the epoch/step loop with gradient
+accumulation, the progress bar (main process only), logging every ``log_every`` steps
+(values stay on device in between: no per-step sync), evaluation every epoch, the
+``best``/``last`` checkpoints (atomic, resumable) and the plots.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from sandbox.config import Config, save_config
+from sandbox.errors import SandboxError
+from sandbox.rundir import WEIGHTS_FILE, RunDir, commit_checkpoint, find_checkpoint, read_state
+from sandbox.tracking import MetricsLog, plot_curves, read_metrics, resolve_wandb_mode, start_wandb
+
+log = logging.getLogger("sandbox")
+
+
+class EpochShuffle(Sampler):
+    """A permutation that is a pure function of ``(seed, epoch)``: resumable and identical on every process."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def collate(samples: list[dict]) -> dict:
+    out = {}
+    for key in samples[0]:
+        vals = [s[key] for s in samples]
+        out[key] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) else torch.tensor(vals)
+    return out
+
+
+def resolve_mixed_precision(setting: str, cpu: bool) -> str:
+    """``auto``: what ``accelerate launch --mixed_precision`` asked for, else bf16 where the device
+    has fast bf16 (measured ~1.9x on 2-core CPUs, see DESIGN.md), else fp32 (``no``)."""
+    if setting != "auto":
+        return setting
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if launched in ("fp16", "bf16"):
+        return launched
+    if cpu or not torch.cuda.is_available():
+        try:
+            return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+        except (AttributeError, RuntimeError):
+            return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "no"
+
+
+class Trainer:
+    """Shared skeleton; see the module docstring for what subclasses provide."""
+
+    kind = "base"
+
+    def __init__(self, cfg: Config, model: torch.nn.Module, datasets: dict[str, Dataset]):
+        self.cfg = cfg
+        t = cfg.train
+        resume_ckpt = find_checkpoint(t.resume) if t.resume else None
+        self.run = RunDir(resume_ckpt.parent.parent if resume_ckpt else Path(cfg.out_dir) / cfg.name)
+        cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
+        self.mixed_precision = resolve_mixed_precision(t.mixed_precision, cpu)
+        self.wandb_mode = resolve_wandb_mode(cfg.track.wandb)
+        self.accelerator = Accelerator(
+            mixed_precision=self.mixed_precision, gradient_accumulation_steps=t.grad_accum,
+            log_with=None if self.wandb_mode == "disabled" else "wandb", project_dir=str(self.run.path))
+        acc = self.accelerator
+        if acc.is_main_process:
+            self.run.create(resume=resume_ckpt is not None)
+        acc.wait_for_everyone()
+        self.threads = self._set_threads(t.threads)
+        set_seed(cfg.seed)
+
+        self.datasets = datasets
+        self.model = model
+        if t.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.train_loader = self._loader(datasets["train"], train=True)
+        self.val_loader = self._loader(datasets["val"], train=False) if len(datasets.get("val", [])) else None
+        self.steps_per_epoch = math.ceil(len(self.train_loader) / t.grad_accum)  # per process
+        self.total_steps = self.steps_per_epoch * t.epochs
+        self.optimizers: list[tuple[torch.optim.Optimizer, Any]] = self.configure_optimizers()
+        prepared = acc.prepare(self.model, *[o for o, _ in self.optimizers], self.train_loader,
+                               *([self.val_loader] if self.val_loader is not None else []))
+        self.model = prepared[0]
+        self.optimizers = [(o, s) for o, (_, s) in zip(prepared[1:1 + len(self.optimizers)], self.optimizers)]
+        self.train_loader = prepared[1 + len(self.optimizers)]
+        if self.val_loader is not None:
+            self.val_loader = prepared[2 + len(self.optimizers)]
+        for _, sched in self.optimizers:  # stepped by us once per optimizer step, saved with the state
+            if sched is not None:
+                acc.register_for_checkpointing(sched)
+
+        self.state = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "best_loss": None,
+                      "wandb_id": None, "elapsed": 0.0}
+        if resume_ckpt is not None:
+            self._load(resume_ckpt)
+        self.metrics = MetricsLog(self.run.metrics, acc, start_time=time.time() - self.state["elapsed"])
+
+    # ------------------------------------------------------------------ to override
+    def configure_optimizers(self) -> list[tuple[torch.optim.Optimizer, Any]]:
+        raise NotImplementedError
+
+    def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def evaluate(self, loader) -> dict[str, float]:
+        raise NotImplementedError
+
+    def save_images(self, epoch: int) -> list[Path]:
+        return []
+
+    # ------------------------------------------------------------------ helpers for subclasses
+    def make_optimizer(self, params, lr: float | None = None) -> tuple[torch.optim.Optimizer, Any]:
+        t = self.cfg.train
+        lr = lr or t.lr
+        if t.optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=lr, weight_decay=t.weight_decay)
+        elif t.optimizer == "adamw":
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=t.weight_decay)
+        else:
+            opt = torch.optim.SGD(params, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=True)
+        return opt, self.make_scheduler(opt, lr)
+
+    def make_scheduler(self, opt: torch.optim.Optimizer, lr: float):
+        """Sized in optimizer steps of this process, stepped once per optimizer step."""
+        t, total = self.cfg.train, max(1, self.total_steps)
+        if t.scheduler == "onecycle":
+            return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=t.warmup_frac)
+        if t.scheduler == "cosine":
+            warm = max(1, int(t.warmup_frac * total))
+
+            def f(step: int) -> float:
+                if step < warm:
+                    return (step + 1) / warm
+                return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+            return torch.optim.lr_scheduler.LambdaLR(opt, f)
+        return None
+
+    def backward_and_step(self, loss: torch.Tensor, index: int = 0, model: torch.nn.Module | None = None) -> None:
+        """Backward, then (when gradients sync) clip, step the optimizer and its scheduler, zero grads."""
+        opt, sched = self.optimizers[index]
+        acc = self.accelerator
+        acc.backward(loss)
+        if acc.sync_gradients:
+            if self.cfg.train.clip:
+                acc.clip_grad_norm_((model or self.model).parameters(), self.cfg.train.clip)
+            opt.step()
+            if sched is not None and not opt.step_was_skipped:
+                sched.step()
+            opt.zero_grad(set_to_none=True)
+
+    def to_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last else x
+
+    @property
+    def unwrapped(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, until_epoch: int | None = None) -> dict[str, float]:
+        """Train to ``train.epochs`` (or stop after epoch ``until_epoch``; the run stays resumable)."""
+        cfg, t, acc = self.cfg, self.cfg.train, self.accelerator
+        if acc.is_main_process:
+            save_config(cfg, self.run.config)
+        self.state["wandb_id"] = start_wandb(
+            acc, self.wandb_mode, cfg.track.project, cfg.name, cfg.to_dict(), self.run.path,
+            cfg.track.group or (Path(cfg.source).stem if cfg.source else None), cfg.model.name,
+            list(cfg.track.tags), cfg.track.entity, self.state["wandb_id"])
+        self._banner()
+        last_val: dict[str, float] = {}
+        for epoch in range(self.state["epoch"], min(t.epochs, until_epoch or t.epochs)):
+            t0 = time.time()
+            train_means = self._train_epoch(epoch)
+            last_val = self.evaluate(self.val_loader) if self.val_loader is not None else {}
+            self.state["epoch"] = epoch + 1
+            self.state["elapsed"] = time.time() - self.metrics.start
+            epoch_time = time.time() - t0
+            n_images = len(self.train_loader) * self.cfg.data.batch_size * acc.num_processes
+            self.metrics.log("val", epoch, self.state["step"], last_val, epoch_time=round(epoch_time, 3),
+                             images_per_s=round(n_images / max(epoch_time, 1e-9), 2))
+            improved = self._update_best({**train_means, **last_val}, epoch)
+            self._save("last")
+            if improved:
+                self._save("best")
+            if acc.is_main_process:
+                plot_curves(read_metrics(self.run.metrics), self.run.plots)
+                for path in self.save_images(epoch):
+                    self.metrics.log_image(f"images/{path.stem.rsplit('_', 1)[0]}", path, self.state["step"],
+                                           caption=f"epoch {epoch + 1}")
+            self._epoch_line(epoch, train_means, last_val, epoch_time)
+        acc.end_training()
+        return last_val
+
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        acc, t = self.accelerator, self.cfg.train
+        self.train_loader.set_epoch(epoch)
+        self.model.train()
+        sums: dict[str, torch.Tensor] = {}
+        epoch_sums: dict[str, torch.Tensor] = {}
+        count = epoch_count = 0
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, dynamic_ncols=True,
+                   disable=not acc.is_local_main_process)
+        for batch in bar:
+            with acc.accumulate(self.model):
+                scalars = self.train_step(batch)
+            for k, v in scalars.items():
+                v = v.detach().float()
+                sums[k] = sums[k] + v if k in sums else v
+                epoch_sums[k] = epoch_sums[k] + v if k in epoch_sums else v
+            count += 1
+            epoch_count += 1
+            if acc.sync_gradients:
+                self.state["step"] += 1
+                if self.state["step"] % t.log_every == 0:
+                    means = self._reduce_means(sums, count)
+                    lr = self.optimizers[0][0].param_groups[0]["lr"]
+                    self.metrics.log("train", epoch, self.state["step"], {**means, "train/lr": lr})
+                    bar.set_postfix(loss=f"{means.get('train/loss', float('nan')):.4f}")
+                    sums, count = {}, 0
+        return self._reduce_means(epoch_sums, max(epoch_count, 1))
+
+    def _reduce_means(self, sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
+        if not sums:
+            return {}
+        keys = sorted(sums)
+        vec = torch.stack([sums[k] for k in keys]) / max(count, 1)
+        vec = self.accelerator.reduce(vec, reduction="mean")
+        return {f"train/{k}": float(v) for k, v in zip(keys, vec.tolist())}
+
+    # ------------------------------------------------------------------ best / checkpoints
+    def _update_best(self, values: dict[str, float], epoch: int) -> bool:
+        t = self.cfg.train
+        value = values.get(t.monitor)
+        if value is None or not math.isfinite(value):
+            if value is None and epoch == 0:
+                log.warning("train.monitor=%s is not logged by this trainer (logged: %s); best = last",
+                            t.monitor, ", ".join(sorted(values)))
+            return value is None
+        loss = values.get("val/loss", math.inf)
+        best, best_loss = self.state["best"], self.state["best_loss"]
+        sign = 1 if t.monitor_mode == "max" else -1
+        better = best is None or sign * (value - best) > 0 or (value == best and loss < (best_loss or math.inf))
+        if better:
+            self.state.update(best=value, best_epoch=epoch + 1, best_loss=loss)
+        return better
+
+    def _save(self, which: str) -> None:
+        acc = self.accelerator
+        final = self.run.checkpoints / which
+        tmp = self.run.checkpoints / f".{which}.tmp"
+        if acc.is_main_process and tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp), safe_serialization=True)
+        if acc.is_main_process:
+            torch.save(self.unwrapped.state_dict(), tmp / WEIGHTS_FILE)
+            save_config(self.cfg, tmp / "config.yaml")
+            commit_checkpoint(tmp, final, self.state)
+        acc.wait_for_everyone()
+
+    def _load(self, ckpt: Path) -> None:
+        from sandbox.config import read_yaml
+
+        saved_cfg = read_yaml(ckpt / "config.yaml") if (ckpt / "config.yaml").exists() else {}
+        saved, now = saved_cfg.get("model", {}), self.cfg.to_dict()["model"]
+        diff = [k for k in now if k in saved and saved[k] != now[k]]
+        if diff:
+            raise SandboxError(f"checkpoint {str(ckpt)!r} was trained with a different model "
+                               f"({', '.join(f'model.{k}: {saved[k]!r} there, {now[k]!r} here' for k in diff)})")
+        # A step-shaped LR schedule is sized by the run length: a resumed run must keep it, or
+        # the restored scheduler would silently follow the old plan (or stop short of the new one).
+        saved_train = saved_cfg.get("train", {})
+        shaping = ("epochs", "scheduler", "lr", "warmup_frac", "grad_accum")
+        if self.cfg.train.scheduler != "none":
+            changed = [k for k in shaping if k in saved_train and saved_train[k] != getattr(self.cfg.train, k)]
+            if changed:
+                raise SandboxError(
+                    f"checkpoint {str(ckpt)!r} was planned with a different LR schedule "
+                    f"({', '.join(f'train.{k}: {saved_train[k]!r} there, {getattr(self.cfg.train, k)!r} here' for k in changed)}); "
+                    f"resume with the run's own settings, or use train.scheduler=none to extend it")
+        try:
+            self.accelerator.load_state(str(ckpt))
+        except Exception as exc:  # a torn or foreign file: say which checkpoint, not where in torch
+            raise SandboxError(f"checkpoint {str(ckpt)!r} could not be loaded ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0][:200]})") from None
+        self.state.update(read_state(ckpt))
+        self.state.pop("files", None)
+        log.info("resumed from %s at epoch %d, step %d", ckpt, self.state["epoch"], self.state["step"])
+
+    # ------------------------------------------------------------------ plumbing
+    def _loader(self, ds: Dataset, train: bool) -> DataLoader:
+        d = self.cfg.data
+        workers = d.num_workers
+        return DataLoader(ds, batch_size=d.batch_size, sampler=EpochShuffle(len(ds), self.cfg.seed) if train else None,
+                          shuffle=False, num_workers=workers, collate_fn=collate, drop_last=train and len(ds) > d.batch_size,
+                          pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
+
+    def _set_threads(self, threads: int) -> int:
+        if self.accelerator.device.type != "cpu":
+            return torch.get_num_threads()
+        if threads == 0:
+            try:
+                cores = len(os.sched_getaffinity(0))
+            except AttributeError:
+                cores = os.cpu_count() or 1
+            threads = max(1, cores // max(1, self.accelerator.num_processes))
+        torch.set_num_threads(threads)
+        return threads
+
+    def _banner(self) -> None:
+        acc = self.accelerator
+        n_params = sum(p.numel() for p in self.unwrapped.parameters())
+        dev = acc.device.type + (f" x{acc.num_processes} processes" if acc.num_processes > 1 else "")
+        threads = f", {self.threads} torch threads" if acc.device.type == "cpu" else ""
+        n_train = len(self.datasets["train"])
+        acc.print(f"sandbox: {self.cfg.model.name} ({n_params / 1e6:.2f} M params) on {dev}{threads}, "
+                  f"precision {self.mixed_precision}, channels_last {self.cfg.train.channels_last} | "
+                  f"{self.cfg.data.name} {n_train} train / {len(self.datasets.get('val', []))} val at "
+                  f"{self.cfg.data.size} px, batch {self.cfg.data.batch_size} | {self.cfg.train.epochs} epochs x "
+                  f"{self.steps_per_epoch} steps | run {self.run.path}")
+
+    def _epoch_line(self, epoch: int, train: dict, val: dict, seconds: float) -> None:
+        keys = ["train/loss"] + [k for k in val]
+        vals = {**train, **val}
+        parts = "  ".join(f"{k} {vals[k]:.4f}" for k in keys if k in vals and not k.startswith("val/loss/"))
+        best = self.state["best"]
+        best_s = f"  best {self.cfg.train.monitor} {best:.4f} (epoch {self.state['best_epoch']})" if best is not None else ""
+        self.accelerator.print(f"epoch {epoch + 1}/{self.cfg.train.epochs}  {parts}{best_s}  {seconds:.1f} s")
