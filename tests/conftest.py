@@ -1,0 +1,18 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path):
+    """A run small enough for a few seconds on CPU, written under tmp_path."""
+    return [f"out_dir={tmp_path}", "name=tiny", "data.size=32", "data.num_train=8", "data.num_val=4",
+            "data.batch_size=4", "model.width=4", "model.depth=2", "train.epochs=1", "train.log_every=1",
+            "train.num_images=2", "track.wandb=disabled", "train.mixed_precision=no"]

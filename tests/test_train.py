@@ -1,0 +1,97 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sandbox import build_trainer, load_config
+from sandbox.errors import SandboxError
+from sandbox.tracking import read_metrics
+from tests.conftest import ROOT
+
+
+def run(overrides, until_epoch=None):
+    cfg = load_config(ROOT / "configs/unet_dice.yaml", overrides)
+    trainer = build_trainer(cfg)
+    trainer.fit(until_epoch=until_epoch)
+    return trainer
+
+
+def test_two_step_run_writes_every_run_file(tmp_path, tiny_overrides):
+    trainer = run(tiny_overrides + ["track.wandb=offline"])
+    d = tmp_path / "tiny"
+    assert trainer.run.path == d
+    assert (d / "config.yaml").exists()
+    assert load_config(d / "config.yaml").model.depth == 2  # the resolved config reloads
+    records = read_metrics(d / "metrics.jsonl")
+    train = [r for r in records if r["split"] == "train"]
+    val = [r for r in records if r["split"] == "val"]
+    assert [r["step"] for r in train] == [1, 2]  # 8 images / batch 4 = two steps
+    for r in train:
+        assert {"epoch", "step", "time", "train/loss", "train/loss/mask/dice", "train/loss/mask/bce", "train/lr"} <= set(r)
+    assert len(val) == 1 and {"val/loss", "val/dice", "val/iou", "epoch_time"} <= set(val[0])
+    assert 0 <= val[0]["val/dice"] <= 1
+    for which in ("last", "best"):
+        ck = d / "checkpoints" / which
+        assert (ck / "model.pt").exists() and (ck / "trainer_state.json").exists() and (ck / "config.yaml").exists()
+        assert json.loads((ck / "trainer_state.json").read_text())["step"] == 2
+    assert (d / "plots" / "loss.png").stat().st_size > 1000 and (d / "plots" / "metrics.png").exists()
+    assert (d / "images" / "val_epoch001.png").stat().st_size > 1000
+    assert list((d / "wandb").glob("offline-run-*")), "expected an offline W&B run"
+    # plain weights load into a freshly built model
+    state = torch.load(d / "checkpoints" / "last" / "model.pt", weights_only=True)
+    trainer.unwrapped.load_state_dict(state)
+
+
+def test_resume_from_last_equals_uninterrupted(tmp_path, tiny_overrides):
+    base = [o for o in tiny_overrides if not o.startswith(("name=", "train.epochs="))]
+    run(base + ["name=straight", "train.epochs=2"])
+    run(base + ["name=split", "train.epochs=2"], until_epoch=1)  # as if killed after epoch 1
+    resumed = run(base + ["name=ignored", "train.epochs=2", f"train.resume={tmp_path / 'split'}"])
+    assert resumed.run.path == tmp_path / "split"  # resume continues the run in place
+    a = [r for r in read_metrics(tmp_path / "straight" / "metrics.jsonl")]
+    b = [r for r in read_metrics(tmp_path / "split" / "metrics.jsonl")]
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("time", "epoch_time", "images_per_s")} for r in rs]
+    assert strip(a) == strip(b)
+    wa = torch.load(tmp_path / "straight/checkpoints/last/model.pt", weights_only=True)
+    wb = torch.load(tmp_path / "split/checkpoints/last/model.pt", weights_only=True)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_existing_run_is_never_overwritten(tmp_path, tiny_overrides):
+    run(tiny_overrides)
+    before = (tmp_path / "tiny" / "metrics.jsonl").read_text()
+    with pytest.raises(SandboxError, match=r"already holds a run; continue it with train.resume="):
+        run(tiny_overrides)
+    assert (tmp_path / "tiny" / "metrics.jsonl").read_text() == before
+
+
+def test_resume_with_other_schedule_is_refused(tmp_path, tiny_overrides):
+    run(tiny_overrides)
+    with pytest.raises(SandboxError, match=r"different LR schedule \(train.epochs: 1 there, 3 here\)"):
+        run([o for o in tiny_overrides if not o.startswith("train.epochs=")]
+            + ["train.epochs=3", f"train.resume={tmp_path / 'tiny'}"])
+
+
+def test_resume_with_other_model_is_refused(tmp_path, tiny_overrides):
+    run(tiny_overrides)
+    with pytest.raises(SandboxError, match=r"different model \(model.width: 4 there, 8 here\)"):
+        run(tiny_overrides + ["model.width=8", f"train.resume={tmp_path / 'tiny'}"])
+
+
+def test_best_checkpoint_follows_monitor(tmp_path, tiny_overrides):
+    trainer = run([o for o in tiny_overrides if not o.startswith("train.epochs=")] + ["train.epochs=3"])
+    vals = [r["val/dice"] for r in read_metrics(tmp_path / "tiny/metrics.jsonl") if r["split"] == "val"]
+    best = json.loads((tmp_path / "tiny/checkpoints/best/trainer_state.json").read_text())
+    assert best["best"] == pytest.approx(max(vals))
+    assert best["best_epoch"] == vals.index(max(vals)) + 1 or vals.count(max(vals)) > 1
+    assert trainer.state["best"] == pytest.approx(max(vals))
+
+
+def test_cli_without_accelerate_launch(tmp_path, tiny_overrides):
+    res = subprocess.run([sys.executable, "sandbox/train.py", "--config", "configs/unet_dice.yaml", *tiny_overrides],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "epoch 1/1" in res.stdout and "val/dice" in res.stdout
+    assert (tmp_path / "tiny" / "checkpoints" / "last" / "model.pt").exists()
