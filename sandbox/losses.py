@@ -4,11 +4,14 @@ A loss spec is per target and weighted, straight from YAML::
 
     loss: {mask: {dice: 1.0, bce: 0.5}}                 # weights
     loss: {mask: {bce: {weight: 1.0, pos_weight: 2.0}}}  # weight + options
+    loss: {mask: {dice: 1.0}, depth: {l1: 0.16, ms_ssim: 0.84}}
 
-:func:`build_loss` turns it into a :class:`CompositeLoss` whose ``forward(outputs, batch)``
+Mask losses (bce, dice, focal, jaccard) take logits (``from_logits: true``, the default) or
+probabilities; regression losses (l1, mse, ssim, ms_ssim) take values in [0, 1].
+:func:`build_loss` turns a spec into a :class:`CompositeLoss` whose ``forward(outputs, batch)``
 returns ``(total, parts)`` with parts named ``<target>/<loss>`` (logged as
-``train/loss/<target>/<loss>``). Losses are computed in float32 whatever the autocast
-dtype, so bf16/fp16 runs stay numerically safe.
+``train/loss/<target>/<loss>``). Every loss runs in float32 with autocast off, whatever the
+autocast dtype, so bf16/fp16 runs stay numerically safe.
 """
 from __future__ import annotations
 
@@ -16,16 +19,34 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pytorch_msssim import ms_ssim, ssim
 from torch import nn
 
 from sandbox.errors import ConfigError
+from sandbox.metrics import ssim_window
 from sandbox.registry import Registry
 
 LOSSES: Registry = Registry("loss")
 
 
+class _Float32Loss(nn.Module):
+    """Base: ``forward`` casts both inputs to float32 and runs ``compute`` with autocast off
+    (casting alone is not enough: autocast would run SSIM's convolutions in bf16 again)."""
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=pred.device.type, enabled=False):
+            return self.compute(pred.float(), target.float())
+
+    def compute(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _probs(pred: torch.Tensor, from_logits: bool) -> torch.Tensor:
+    return torch.sigmoid(pred) if from_logits else pred
+
+
 @LOSSES.register("bce")
-class BCELoss(nn.Module):
+class BCELoss(_Float32Loss):
     """Binary cross-entropy on logits (``from_logits=True``) or probabilities.
 
     ``pred, target: (B, 1, H, W)``, target in {0, 1} -> mean over pixels. Uses the
@@ -34,21 +55,51 @@ class BCELoss(nn.Module):
 
     def __init__(self, from_logits: bool = True, pos_weight: float | None = None):
         super().__init__()
+        if pos_weight is not None and not from_logits:
+            raise ConfigError("loss bce: pos_weight needs from_logits: true")
         self.from_logits = from_logits
         self.pos_weight = pos_weight
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        pred, target = pred.float(), target.float()
+    def compute(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.from_logits:
             pw = None if self.pos_weight is None else torch.tensor(self.pos_weight, device=pred.device)
             return F.binary_cross_entropy_with_logits(pred, target, pos_weight=pw)
-        if self.pos_weight is not None:
-            raise ConfigError("loss bce: pos_weight needs from_logits: true")
         return F.binary_cross_entropy(pred.clamp(1e-6, 1 - 1e-6), target)
 
 
+@LOSSES.register("focal")
+class FocalLoss(_Float32Loss):
+    """Binary focal loss ``mean(-a_t (1 - p_t)^gamma log p_t)`` (Lin et al. 2017).
+
+    ``pred, target: (B, 1, H, W)``; ``p_t = p`` on foreground, ``1 - p`` on background;
+    ``a_t = alpha`` on foreground, ``1 - alpha`` on background, or 1 when ``alpha`` is None
+    (the default, as in segmentation_models_pytorch; torchvision uses 0.25). ``gamma=0,
+    alpha=None`` is exactly BCE; larger ``gamma`` down-weights pixels already right.
+    """
+
+    def __init__(self, from_logits: bool = True, alpha: float | None = None, gamma: float = 2.0):
+        super().__init__()
+        if alpha is not None and not 0 <= alpha <= 1:
+            raise ConfigError(f"loss focal: alpha got {alpha!r}, expected a value in [0, 1] or null")
+        if gamma < 0:
+            raise ConfigError(f"loss focal: gamma got {gamma!r}, expected a non-negative number")
+        self.from_logits, self.alpha, self.gamma = from_logits, alpha, gamma
+
+    def compute(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.from_logits:
+            ce = F.binary_cross_entropy_with_logits(pred, target, reduction="none")
+        else:
+            ce = F.binary_cross_entropy(pred.clamp(1e-6, 1 - 1e-6), target, reduction="none")
+        p = _probs(pred, self.from_logits)
+        p_t = p * target + (1 - p) * (1 - target)
+        loss = ce * (1 - p_t).pow(self.gamma)
+        if self.alpha is not None:
+            loss = loss * (self.alpha * target + (1 - self.alpha) * (1 - target))
+        return loss.mean()
+
+
 @LOSSES.register("dice")
-class DiceLoss(nn.Module):
+class DiceLoss(_Float32Loss):
     """Soft Dice loss, averaged over images: ``1 - mean_b (2·Σ p·t + s) / (Σ p + Σ t + s)``.
 
     ``pred, target: (B, 1, H, W)``; ``p = sigmoid(pred)`` when ``from_logits``. The sums
@@ -65,64 +116,187 @@ class DiceLoss(nn.Module):
         self.from_logits = from_logits
         self.smooth = smooth
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        p = torch.sigmoid(pred.float()) if self.from_logits else pred.float()
-        t = target.float()
+    def compute(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        p, t = _probs(pred, self.from_logits), target
         dims = tuple(range(1, p.ndim))
         inter = (p * t).sum(dims)
         dice = (2 * inter + self.smooth) / (p.sum(dims) + t.sum(dims) + self.smooth)
         return 1 - dice.mean()
 
 
-def _split_spec(name: str, spec: Any, where: str) -> tuple[float, dict]:
-    if isinstance(spec, dict):
-        opts = dict(spec)
-        weight = float(opts.pop("weight", 1.0))
-        return weight, opts
-    return float(spec), {}
+@LOSSES.register("jaccard")
+class JaccardLoss(DiceLoss):
+    """Soft IoU (Jaccard) loss, averaged over images: ``1 - mean_b (I + s) / (Σ p + Σ t - I + s)``
+    with ``I = Σ p·t``. ``pred, target: (B, 1, H, W)``.
+
+    Same empty-target convention as :class:`DiceLoss`: with ``Σ t = 0`` the image's IoU is
+    ``s / (Σ p + s)``, so predicting nothing is loss 0 and predicted foreground is penalised.
+    """
+
+    def compute(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        p, t = _probs(pred, self.from_logits), target
+        dims = tuple(range(1, p.ndim))
+        inter = (p * t).sum(dims)
+        iou = (inter + self.smooth) / (p.sum(dims) + t.sum(dims) - inter + self.smooth)
+        return 1 - iou.mean()
+
+
+@LOSSES.register("l1")
+class L1Loss(_Float32Loss):
+    """Mean absolute error. ``pred, target: (B, K, H, W)`` values (depth in [0, 1])."""
+
+    def compute(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.l1_loss(pred, target)
+
+
+@LOSSES.register("mse")
+class MSELoss(_Float32Loss):
+    """Mean squared error. ``pred, target: (B, K, H, W)`` values (depth in [0, 1])."""
+
+    def compute(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(pred, target)
+
+
+def _check_window(name: str, win_size: Any, data_range: Any) -> None:
+    if isinstance(win_size, bool) or not isinstance(win_size, int) or win_size < 3 or win_size % 2 == 0:
+        raise ConfigError(f"loss {name}: win_size got {win_size!r}, expected an odd integer >= 3")
+    if isinstance(data_range, bool) or not isinstance(data_range, (int, float)) or data_range <= 0:
+        raise ConfigError(f"loss {name}: data_range got {data_range!r}, expected a positive number")
+
+
+@LOSSES.register("ssim")
+class SSIMLoss(_Float32Loss):
+    """``1 - SSIM(pred, target)`` (pytorch-msssim, Gaussian window, sigma 1.5), mean over images.
+
+    ``pred, target: (B, K, H, W)`` values in ``[0, data_range]``. A window larger than the
+    image shrinks by the rule of :func:`sandbox.metrics.ssim_window`.
+    """
+
+    def __init__(self, data_range: float = 1.0, win_size: int = 11):
+        super().__init__()
+        _check_window("ssim", win_size, data_range)
+        self.data_range, self.win_size = float(data_range), win_size
+
+    def compute(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        win = ssim_window(self.win_size, min(pred.shape[-2:]), "loss ssim")
+        return 1 - ssim(pred, target, data_range=self.data_range, win_size=win)
+
+
+@LOSSES.register("ms_ssim")
+class MSSSIMLoss(_Float32Loss):
+    """``1 - MS-SSIM(pred, target)`` (pytorch-msssim), mean over images.
+
+    ``pred, target: (B, K, H, W)`` values in ``[0, data_range]``; ``weights``: per-scale
+    exponents, finest first (default pytorch-msssim's 5 scales). pytorch-msssim needs a side
+    above ``(win_size - 1) * 16``: the window shrinks by the rule of
+    :func:`sandbox.metrics.ssim_window` (win 7 at 128 px, 3 at 64 px); sides <= 32 px raise a
+    SandboxError.
+    """
+
+    def __init__(self, data_range: float = 1.0, win_size: int = 11, weights: list[float] | None = None):
+        super().__init__()
+        _check_window("ms_ssim", win_size, data_range)
+        if weights is not None and (not isinstance(weights, (list, tuple)) or not weights or any(
+                isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 for w in weights)):
+            raise ConfigError(f"loss ms_ssim: weights got {weights!r}, expected a non-empty list of "
+                              "non-negative numbers, one per scale (finest first)")
+        self.data_range, self.win_size = float(data_range), win_size
+        self.weights = None if weights is None else [float(w) for w in weights]
+
+    def compute(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        levels = len(self.weights) if self.weights is not None else 5  # pytorch-msssim's default scales
+        win = ssim_window(self.win_size, min(pred.shape[-2:]), "loss ms_ssim", levels)
+        return 1 - ms_ssim(pred, target, data_range=self.data_range, win_size=win, weights=self.weights)
+
+
+def _split_spec(spec: Any) -> tuple[float, dict]:
+    opts = dict(spec) if isinstance(spec, dict) else {"weight": spec}
+    return float(opts.pop("weight", 1.0)), opts
 
 
 class CompositeLoss(nn.Module):
-    """Weighted sum of losses per target.
+    """Weighted sum of losses per target, optionally with an adaptive balance between two targets.
 
     ``forward(outputs: {target: (B, K, H, W)}, batch: {target: (B, K, H, W)}) -> (total, parts)``
     with ``parts = {"mask/dice": unweighted value, ...}`` (detached).
+
+    ``balance = {"scale": "depth", "to": "mask", "min": 0.1, "max": 10.0}``: every step the
+    weighted sum of ``scale``'s terms is multiplied by ``clamp(L_to / L_scale, min, max)``,
+    a ratio of detached values (a per-step weight, not a gradient path), so the two targets
+    pull with comparable strength; the factor is returned as ``parts["balance/<scale>"]``.
     """
 
-    def __init__(self, terms: dict[str, dict[str, tuple[float, nn.Module]]]):
+    def __init__(self, terms: dict[str, dict[str, tuple[float, nn.Module]]], balance: dict | None = None):
         super().__init__()
         self.weights = {t: {n: w for n, (w, _) in losses.items()} for t, losses in terms.items()}
         self.losses = nn.ModuleDict(
             {t: nn.ModuleDict({n: m for n, (_, m) in losses.items()}) for t, losses in terms.items()})
+        self.balance = None if balance is None else dict(balance)
 
     @property
     def targets(self) -> list[str]:
         return list(self.weights)
 
     def forward(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]):
-        total = None
+        per_target: dict[str, torch.Tensor] = {}
         parts: dict[str, torch.Tensor] = {}
         for target, losses in self.losses.items():
             for name, fn in losses.items():
                 value = fn(outputs[target], batch[target])
                 parts[f"{target}/{name}"] = value.detach()
                 term = self.weights[target][name] * value
-                total = term if total is None else total + term
+                per_target[target] = term if target not in per_target else per_target[target] + term
+        if self.balance is not None:
+            b = self.balance
+            scale, ref = per_target[b["scale"]].detach(), per_target[b["to"]].detach()
+            # tiny floor: a zero loss to rescale gives the max factor, never inf/NaN in the logs
+            factor = (ref / scale.clamp_min(torch.finfo(scale.dtype).tiny)).clamp(b["min"], b["max"])
+            per_target[b["scale"]] = per_target[b["scale"]] * factor
+            parts[f"balance/{b['scale']}"] = factor
+        total = sum(per_target.values())
         return total, parts
 
 
-def build_loss(spec: dict[str, dict[str, Any]]) -> CompositeLoss:
-    """``{"mask": {"dice": 1.0, "bce": {"weight": 0.5, "pos_weight": 2}}}`` -> CompositeLoss."""
+def _check_balance(balance: dict, targets: list[str]) -> dict:
+    keys = ("scale", "to", "min", "max")
+    unknown = sorted(set(balance) - set(keys))
+    if unknown:
+        raise ConfigError(f"loss_balance: unknown key(s) {unknown}; accepted keys: {', '.join(keys)}")
+    b = {"min": 0.1, "max": 10.0, **balance}
+    for key in ("scale", "to"):
+        if key not in b or b[key] not in targets:
+            raise ConfigError(f"loss_balance.{key}: got {b.get(key)!r}, expected a loss target: {', '.join(targets)}")
+    if b["scale"] == b["to"]:
+        raise ConfigError(f"loss_balance.to: got {b['to']!r}, the same target as loss_balance.scale; "
+                          f"expected another loss target: {', '.join(t for t in targets if t != b['scale'])}")
+    for key in ("min", "max"):
+        if isinstance(b[key], bool) or not isinstance(b[key], (int, float)) or b[key] <= 0:
+            raise ConfigError(f"loss_balance.{key}: got {b[key]!r}, expected a positive number")
+    if b["min"] > b["max"]:
+        raise ConfigError(f"loss_balance.min: got {b['min']!r} > loss_balance.max {b['max']!r}; expected min <= max")
+    return {**b, "min": float(b["min"]), "max": float(b["max"])}
+
+
+def build_loss(spec: dict[str, dict[str, Any]], balance: dict | None = None) -> CompositeLoss:
+    """``{"mask": {"dice": 1.0, "bce": {"weight": 0.5, "pos_weight": 2}}}`` -> CompositeLoss.
+
+    ``balance``: None or ``{"scale": target, "to": target, "min": 0.1, "max": 10.0}``
+    (see :class:`CompositeLoss`); both targets must be in ``spec``.
+    """
     terms: dict[str, dict[str, tuple[float, nn.Module]]] = {}
     for target, losses in spec.items():
         terms[target] = {}
         for name, s in losses.items():
             where = f"loss.{target}.{name}"
-            weight, opts = _split_spec(name, s, where)
+            weight, opts = _split_spec(s)
             cls = LOSSES[name]
             try:
                 module = cls(**opts)
             except TypeError as exc:
                 raise ConfigError(f"{where}: bad option(s) {sorted(opts)} ({exc})") from None
+            except ConfigError as exc:  # an option's value: name the YAML key
+                raise ConfigError(f"{where}: {str(exc).removeprefix(f'loss {name}: ')}") from None
             terms[target][name] = (weight, module)
-    return CompositeLoss(terms)
+    if balance is not None:
+        balance = _check_balance(balance, list(spec))
+    return CompositeLoss(terms, balance)
