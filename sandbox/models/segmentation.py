@@ -1,97 +1,207 @@
 """Segmentation models on the shared core: SimpleConv, HourGlass and UNet.
 
-All three are ``SegmentationModel(Encoder, Decoder, Heads)``; they differ only in the
-core's options, which is the point of the comparison:
+All three are ``SegmentationModel(encoder, Decoder, Heads)``. Every option of the core works
+in every model; the builders differ only in their defaults, which is the point of the
+comparison:
 
-    simpleconv  no down/upsampling: full resolution, small receptive field (naive baseline)
-    hourglass   pooling encoder, transposed-conv decoder, NO skips (the seed's bottleneck net)
-    unet        the same, with concatenated skips (Ronneberger et al. 2015)
+                skip     upsample   downsample   widths      what it tests
+    simpleconv  none     (never)    (never)      constant    full resolution, small receptive field
+    hourglass   none     transpose  maxpool      doubling    everything through the bottleneck (the seed)
+    unet        concat   transpose  maxpool      doubling    skips carry the fine detail (Ronneberger 2015)
+
+``encoder="resnet18"`` (unet, hourglass) swaps the core Encoder for torchvision's ResNet-18
+(:mod:`sandbox.nn.resnet`) in front of the same Decoder. :func:`check_model_options` names the
+illegal options and combinations with their key path; the builders call it too, so the Python
+API and the YAML fail with the same line.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import inspect
+from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from sandbox.errors import SandboxError
+from sandbox.errors import ConfigError, SandboxError
 from sandbox.models import MODELS
 from sandbox.nn.core import Decoder, Encoder
 from sandbox.nn.heads import Heads
+from sandbox.nn.resnet import MAX_DEPTH as RESNET_MAX_DEPTH
+from sandbox.nn.resnet import ResNet18Encoder
+
+LOGIT_TARGETS = ("mask",)  # binary targets: heads return logits (losses take from_logits)
+
+CHOICES = {"upsample": ("transpose", "pixel_shuffle", "bilinear"), "skip": ("none", "concat", "add"),
+           "downsample": ("maxpool", "stride"), "block": ("plain", "residual"), "norm": ("batch", "group", "none"),
+           "encoder": ("core", "resnet18")}
+DEFAULTS = {"unet": {"skip": "concat", "upsample": "transpose", "downsample": "maxpool"},
+            "hourglass": {"skip": "none", "upsample": "transpose", "downsample": "maxpool"},
+            "simpleconv": {"skip": "none", "upsample": "none", "downsample": "none"}}
 
 
 class SegmentationModel(nn.Module):
-    """``forward(x: (B, C, H, W) in [0, 1]) -> {target: logits (B, K, H, W)}``.
+    """``forward(x: (B, C, H, W) in [0, 1]) -> {target: (B, K, H, W)}``, H and W divisible by
+    ``encoder.reduction``.
+
+    Binary targets (``mask``) come out as logits; regression targets (``depth``, ...) as
+    values in [0, 1] (a sigmoid on the head), the range of the data and of SSIM's
+    ``data_range=1``.
 
     The input is standardised inside the model (``(x - mean) / std``) so that data, plots
     and predictions all stay in [0, 1] image space.
+
+    ``freeze_encoder``: the encoder's parameters get ``requires_grad=False`` and the encoder
+    stays in eval mode even in ``model.train()``: freezing the weights alone would still let
+    BatchNorm's running statistics (buffers) drift with every training batch and dropout
+    fire, so the "frozen" features would change under the decoder.
     """
 
     kind = "segmentation"
 
-    def __init__(self, encoder: Encoder, decoder: Decoder, targets: dict[str, int],
-                 mean: float = 0.5, std: float = 0.25):
+    def __init__(self, encoder: nn.Module, decoder: Decoder, targets: dict[str, int],
+                 mean: float = 0.5, std: float = 0.25, freeze_encoder: bool = False):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.heads = Heads(decoder.out_channels, targets)
         self.register_buffer("mean", torch.tensor(mean), persistent=False)
         self.register_buffer("std", torch.tensor(std), persistent=False)
+        self.freeze_encoder = freeze_encoder
+        if freeze_encoder:
+            self.encoder.requires_grad_(False)
+            self.encoder.eval()
 
     @property
     def targets(self) -> list[str]:
         return list(self.heads.heads.keys())
 
+    def train(self, mode: bool = True) -> "SegmentationModel":
+        super().train(mode)
+        if self.freeze_encoder:
+            self.encoder.eval()
+        return self
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        r = self.encoder.reduction
+        if x.shape[-2] % r or x.shape[-1] % r:
+            raise SandboxError(f"input of {x.shape[-2]}x{x.shape[-1]} px does not halve {self.encoder.depth} times "
+                               f"evenly; use sides divisible by {r} (data.size) or a smaller model.depth")
         feats = self.encoder((x - self.mean) / self.std)
-        return self.heads(self.decoder(feats))
+        out = self.heads(self.decoder(feats))
+        return {k: v if k in LOGIT_TARGETS else torch.sigmoid(v) for k, v in out.items()}
 
 
 def _widths(width: int, widths: Sequence[int] | None, depth: int, grow: bool = True) -> list[int]:
     if widths is not None:
-        if len(widths) != depth + 1:
-            raise SandboxError(f"widths {list(widths)} must have depth + 1 = {depth + 1} entries")
         return list(widths)
     return [width * 2**i if grow else width for i in range(depth + 1)]
 
 
-def _build(targets: dict[str, int] | None, in_channels: int, widths: list[int], skip: str, upsample: str,
-           downsample: str, blocks: int, block: str, norm: str, dilation: int, dropout: float) -> SegmentationModel:
-    enc = Encoder(in_channels, widths, blocks, downsample, block, dilation, norm, dropout)
-    dec = Decoder(enc.out_channels, widths, skip, upsample, blocks, block, norm, dilation)
-    return SegmentationModel(enc, dec, targets or {"mask": 1})
+def _build(name: str, targets: dict[str, int] | None = None, in_channels: int = 3, width: int = 16,
+           widths: Sequence[int] | None = None, depth: int = 3, blocks: int = 2, block: str = "plain",
+           norm: str = "batch", upsample: str | None = None, skip: str | None = None,
+           downsample: str | None = None, dilation: int = 1, dropout: float = 0.0, encoder: str = "core",
+           weights: str | Path | None = None, freeze_encoder: bool = False) -> SegmentationModel:
+    """The one builder behind every name; ``None`` options take the model's default (``DEFAULTS``).
+
+    With ``encoder="resnet18"`` the ``width``/``widths``, ``blocks``, ``block``, ``norm`` and
+    ``dilation`` options shape the decoder only (the encoder is ResNet-18 as published).
+    """
+    d = DEFAULTS[name]
+    ws = _widths(width, widths, depth, grow=name != "simpleconv")
+    if encoder == "resnet18":
+        enc = ResNet18Encoder(in_channels, depth, weights, dropout)
+    else:
+        enc = Encoder(in_channels, ws, blocks, downsample or d["downsample"], block, dilation, norm, dropout)
+    dec = Decoder(enc.out_channels, ws, skip or d["skip"], upsample or d["upsample"], blocks, block, norm, dilation)
+    return SegmentationModel(enc, dec, targets or {"mask": 1}, freeze_encoder=freeze_encoder)
 
 
-@MODELS.register("unet")
-def unet(targets: dict[str, int] | None = None, in_channels: int = 3, width: int = 16,
-         widths: Sequence[int] | None = None, depth: int = 3, blocks: int = 2, block: str = "plain",
-         norm: str = "batch", upsample: str | None = None, skip: str | None = None,
-         downsample: str | None = None, dilation: int = 1, dropout: float = 0.0) -> SegmentationModel:
-    """UNet: pooling encoder, transposed-conv decoder, concatenated skips."""
-    return _build(targets, in_channels, _widths(width, widths, depth), skip or "concat", upsample or "transpose",
-                  downsample or "maxpool", blocks, block, norm, dilation, dropout)
+OPTIONS = [p for p in inspect.signature(_build).parameters if p not in ("name", "targets")]
 
 
-@MODELS.register("hourglass")
-def hourglass(targets: dict[str, int] | None = None, in_channels: int = 3, width: int = 16,
-              widths: Sequence[int] | None = None, depth: int = 3, blocks: int = 2, block: str = "plain",
-              norm: str = "batch", upsample: str | None = None, skip: str | None = None,
-              downsample: str | None = None, dilation: int = 1, dropout: float = 0.0) -> SegmentationModel:
-    """HourGlass: the UNet without skips; everything passes through the bottleneck."""
-    return _build(targets, in_channels, _widths(width, widths, depth), skip or "none", upsample or "transpose",
-                  downsample or "maxpool", blocks, block, norm, dilation, dropout)
+def _check_int(key: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"model.{key}: got {value!r}, expected an integer >= {low}")
 
 
-@MODELS.register("simpleconv")
-def simpleconv(targets: dict[str, int] | None = None, in_channels: int = 3, width: int = 16,
-               widths: Sequence[int] | None = None, depth: int = 3, blocks: int = 2, block: str = "plain",
-               norm: str = "batch", upsample: str | None = None, skip: str | None = None,
-               downsample: str | None = None, dilation: int = 1, dropout: float = 0.0) -> SegmentationModel:
-    """SimpleConv: ``2 * (depth + 1)`` stages at full resolution and constant width; no resizing."""
-    if upsample not in (None, "none") or downsample not in (None, "none"):
-        raise SandboxError("simpleconv never resizes: leave model.upsample and model.downsample unset")
-    return _build(targets, in_channels, _widths(width, widths, depth, grow=False), skip or "none", "none",
-                  "none", blocks, block, norm, dilation, dropout)
+def _check_segmentation(name: str, options: dict[str, Any]) -> None:
+    o = {k: v for k, v in options.items() if v is not None and k not in ("targets", "name")}
+    unknown = sorted(set(o) - set(OPTIONS))
+    if unknown:
+        raise ConfigError(f"model.{unknown[0]}: unknown option for {name}; accepted: {', '.join(OPTIONS)}")
+    for key, accepted in CHOICES.items():
+        if key in o and o[key] not in accepted:
+            raise ConfigError(f"model.{key}: got {o[key]!r}, expected one of {', '.join(map(repr, accepted))}")
+    for key, low in (("in_channels", 1), ("width", 1), ("depth", 0), ("blocks", 1), ("dilation", 1)):
+        if key in o:
+            _check_int(key, o[key], low)
+    depth = o.get("depth", 3)
+    if "dropout" in o and (isinstance(o["dropout"], bool) or not isinstance(o["dropout"], (int, float))
+                           or not 0 <= o["dropout"] < 1):
+        raise ConfigError(f"model.dropout: got {o['dropout']!r}, expected a number in [0, 1)")
+    if "widths" in o:
+        w = o["widths"]
+        if not isinstance(w, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in w):
+            raise ConfigError(f"model.widths: got {w!r}, expected a list of positive integers")
+        if len(w) != depth + 1:
+            raise ConfigError(f"model.widths: got {len(w)} widths for model.depth={depth}; "
+                              f"expected depth + 1 = {depth + 1} (or drop widths and set model.width)")
+    if "freeze_encoder" in o and not isinstance(o["freeze_encoder"], bool):
+        raise ConfigError(f"model.freeze_encoder: got {o['freeze_encoder']!r}, expected true or false")
+    encoder = o.get("encoder", "core")
+    if name == "simpleconv":
+        for key in ("upsample", "downsample"):
+            if key in o:
+                raise ConfigError(f"model.{key}: simpleconv never resizes; leave it unset")
+        if encoder != "core":
+            raise ConfigError(f"model.encoder: simpleconv never resizes, but {encoder} halves the input at its "
+                              "stem; use model.name=unet or hourglass with it, or model.encoder=core")
+    if encoder == "resnet18":
+        if not 1 <= depth <= RESNET_MAX_DEPTH:
+            raise ConfigError(f"model.encoder: resnet18 supports depth 1..{RESNET_MAX_DEPTH}, got {depth}")
+        if "downsample" in o:
+            raise ConfigError("model.downsample: resnet18 downsamples by itself (strided stem, max pool, "
+                              "strided blocks); leave it unset")
+    elif "weights" in o:
+        raise ConfigError("model.weights: only model.encoder=resnet18 loads weights; set model.encoder=resnet18 "
+                          "or model.weights=null")
+    if "weights" in o:
+        if not isinstance(o["weights"], (str, Path)):
+            raise ConfigError(f"model.weights: got {o['weights']!r}, expected a local file path or null")
+        if not Path(o["weights"]).is_file():
+            raise ConfigError(f"model.weights: file {str(o['weights'])!r} not found (nothing is downloaded; "
+                              "save a torchvision resnet18 state_dict there, or set model.weights=null)")
 
 
-simpleconv.downsamples = False  # read by config validation: any data.size works
+def check_model_options(name: str, options: dict[str, Any]) -> None:
+    """Raise :class:`ConfigError` naming ``model.<key>`` for an unknown model, an unknown or
+    out-of-range option, or an illegal combination (e.g. ``model.upsample: simpleconv never
+    resizes; leave it unset``). ``options``: the model section without ``name``; ``None``
+    means "the model's default". Models registered elsewhere may attach their own
+    ``check_options(options)`` to their builder; without one, nothing more is checked.
+    """
+    if name not in MODELS:
+        raise ConfigError(f"model.name: unknown model {name!r}; accepted: {', '.join(MODELS.names())}")
+    check = getattr(MODELS[name], "check_options", None)
+    if check is not None:
+        check(options)
+
+
+def _register(name: str, doc: str) -> None:
+    def builder(targets: dict[str, int] | None = None, **options: Any) -> SegmentationModel:
+        _check_segmentation(name, options)
+        return _build(name, targets, **{k: v for k, v in options.items() if v is not None})
+
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = (f"{doc}\n\n``MODELS[{name!r}](targets={{'mask': 1}}, **options) -> SegmentationModel``; "
+                       f"options: {', '.join(OPTIONS)} (see ``_build``).")
+    builder.check_options = lambda options: _check_segmentation(name, options)
+    builder.downsamples = name != "simpleconv"  # read by config validation: any data.size works without it
+    MODELS.register(name)(builder)
+
+
+_register("unet", "UNet: pooling encoder, transposed-conv decoder, concatenated skips.")
+_register("hourglass", "HourGlass: the UNet without skips; everything passes through the bottleneck.")
+_register("simpleconv", "SimpleConv: ``2 * depth + 1`` stages at full resolution and constant width; no resizing.")

@@ -1,6 +1,7 @@
 """Building blocks: conv/norm/act, plain and residual stages, down- and upsampling."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from sandbox.errors import SandboxError
@@ -65,17 +66,35 @@ def make_downsample(kind: str, channels: int) -> nn.Module:
     raise SandboxError(f"unknown downsample {kind!r}; accepted: maxpool, stride, none")
 
 
-def make_upsample(kind: str, cin: int, cout: int) -> nn.Module:
-    """Double H and W while mapping ``cin -> cout`` channels.
+def icnr_(conv: nn.Conv2d, scale: int = 2) -> nn.Conv2d:
+    """ICNR init (Aitken et al. 2017) for a conv that feeds ``PixelShuffle(scale)``.
+
+    PixelShuffle builds output channel ``c`` from input channels ``c*s*s .. c*s*s + s*s - 1``;
+    giving those ``s*s`` sub-kernels the same values makes conv + shuffle equal to
+    conv + nearest upsampling at init, so the output starts without a checkerboard.
+    """
+    cout = conv.out_channels // scale**2
+    ref = nn.Conv2d(conv.in_channels, cout, conv.kernel_size, padding=conv.padding, bias=conv.bias is not None)
+    with torch.no_grad():  # same fan-in as ``conv``, so the default init keeps its scale
+        conv.weight.copy_(ref.weight.repeat_interleave(scale**2, dim=0))
+        if conv.bias is not None:
+            conv.bias.copy_(ref.bias.repeat_interleave(scale**2, dim=0))
+    return conv
+
+
+def make_upsample(kind: str, cin: int, cout: int, icnr: bool = True) -> nn.Module:
+    """Double H and W while mapping ``cin -> cout`` channels: ``(B, cin, H, W) -> (B, cout, 2H, 2W)``.
 
     ``transpose``: ConvTranspose2d(k=2, s=2) (the seed's choice; prone to checkerboards);
-    ``pixel_shuffle``: 1x1 conv to 4*cout then PixelShuffle(2) (Shi et al. 2016);
-    ``bilinear``: bilinear x2 then 3x3 conv; ``none``: a 1x1 conv, no resizing.
+    ``pixel_shuffle``: 3x3 conv to 4*cout then PixelShuffle(2) (Shi et al. 2016), ICNR-initialised
+    unless ``icnr=False``; ``bilinear``: bilinear x2 then 3x3 conv; ``none``: a 1x1 conv, no
+    resizing (SimpleConv).
     """
     if kind == "transpose":
         return nn.ConvTranspose2d(cin, cout, 2, stride=2)
     if kind == "pixel_shuffle":
-        return nn.Sequential(nn.Conv2d(cin, 4 * cout, 1), nn.PixelShuffle(2))
+        conv = nn.Conv2d(cin, 4 * cout, 3, padding=1)
+        return nn.Sequential(icnr_(conv) if icnr else conv, nn.PixelShuffle(2))
     if kind == "bilinear":
         return nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
                              nn.Conv2d(cin, cout, 3, padding=1))

@@ -6,6 +6,8 @@
 
 ``skip="none"`` is the HourGlass (the seed's bottleneck network), ``"concat"`` the UNet,
 ``"add"`` a LinkNet-style sum; ``downsample="none"`` with ``upsample="none"`` is SimpleConv.
+Any encoder that returns such a list (``.out_channels``, ``.depth``, ``.reduction``) plugs
+into the Decoder: see :mod:`sandbox.nn.resnet` for the torchvision ResNet-18.
 """
 from __future__ import annotations
 
@@ -65,8 +67,10 @@ class Decoder(nn.Module):
     """``forward(features: [f0, ..., f_d]) -> (B, widths[0], H, W)`` at the finest resolution.
 
     ``encoder_channels``: the Encoder's ``out_channels``; ``widths``: decoder widths per level
-    (default: the encoder's); ``skip``: none | concat | add; ``upsample``: transpose |
-    pixel_shuffle | bilinear | none (``none`` keeps the resolution, for SimpleConv).
+    (default: the encoder's; ``widths[-1]`` is unused, the bottleneck keeps the encoder's width);
+    ``skip``: none | concat | add (``add`` sums a 1x1 projection of the skip where its width
+    differs from the decoder's); ``upsample``: transpose | pixel_shuffle | bilinear | none
+    (``none`` keeps the resolution, for SimpleConv).
     """
 
     def __init__(self, encoder_channels: Sequence[int], widths: Sequence[int] | None = None, skip: str = "concat",
@@ -82,17 +86,19 @@ class Decoder(nn.Module):
         self.skip = skip
         self.ups = nn.ModuleList()
         self.stages = nn.ModuleList()
+        self.projs = nn.ModuleList()  # add-skips only: encoder width -> decoder width
         cin = enc[-1]
         for i in range(len(enc) - 2, -1, -1):  # coarse to fine
             self.ups.append(make_upsample(upsample, cin, widths[i]))
             stage_in = widths[i] + enc[i] if skip == "concat" else widths[i]
-            if skip == "add" and enc[i] != widths[i]:
-                raise SandboxError(f"skip='add' needs equal encoder and decoder widths, got {enc[i]} and {widths[i]}")
+            if skip == "add":
+                self.projs.append(nn.Identity() if enc[i] == widths[i] else nn.Conv2d(enc[i], widths[i], 1, bias=False))
             self.stages.append(Stage(stage_in, widths[i], blocks, block, norm, dilation))
             cin = widths[i]
         self.out_channels = cin
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """``features: [f0 (B, C0, H, W), ..., f_d (B, C_d, H / 2**d, W / 2**d)] -> (B, widths[0], H, W)``."""
         x = features[-1]
         for j, (up, stage) in enumerate(zip(self.ups, self.stages)):
             x = up(x)
@@ -100,6 +106,6 @@ class Decoder(nn.Module):
             if self.skip == "concat":
                 x = torch.cat([x, skip], dim=1)
             elif self.skip == "add":
-                x = x + skip
+                x = x + self.projs[j](skip)
             x = stage(x)
         return x
