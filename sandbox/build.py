@@ -1,6 +1,8 @@
 """Builders: a Config in, plain-argument modules out (modules never see the Config)."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -13,7 +15,10 @@ from sandbox.models import MODELS
 
 def model_kwargs(cfg: Config) -> dict:
     m = cfg.model
-    kw = {k: v for k, v in vars(m).items() if k != "name" and v is not None}
+    # options left at their defaults that only some builders know (encoder choice) are not passed
+    optional = {"encoder": "core", "weights": None, "freeze_encoder": False}
+    kw = {k: v for k, v in vars(m).items()
+          if k != "name" and v is not None and not (k in optional and v == optional[k])}
     kw["targets"] = {t: 1 for t in cfg.loss}
     return kw
 
@@ -27,20 +32,57 @@ def build_model(cfg: Config) -> nn.Module:
 
 
 def build_data(cfg: Config, splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, Dataset]:
+    """``{split: Dataset}`` for ``cfg.data``; the train split is wrapped in ``Augmented`` when
+    ``data.augment`` is set (validation and test are never augmented).
+
+    Folder datasets list and split the folder once (or read ``data.splits``) and share the
+    lists; ``sandbox.data.splits_of(datasets["train"])`` returns them for the run directory.
+    """
+    from sandbox.data.folders import FolderDataset, ImageFolder
+    from sandbox.data.splits import check_root, resolve_splits
+    from sandbox.data.transforms import Augmented, build_augment
+    from sandbox.errors import ConfigError
+
     d = cfg.data
     cls = DATASETS[d.name]
-    counts = {"train": d.num_train, "val": d.num_val, "test": d.num_test}
-    return {s: cls(split=s, num=counts[s], size=d.size, seed=cfg.seed, difficulty=d.difficulty,
-                   seq_len=d.seq_len, cache=d.cache) for s in splits}
+    augment = build_augment(d.augment) if "train" in splits else None  # config errors before any file is read
+    if issubclass(cls, (FolderDataset, ImageFolder)):
+        labelled = issubclass(cls, FolderDataset)
+        mask_dir, depth_dir = (d.mask_dir, d.depth_dir) if labelled else (None, None)
+        if labelled and "depth" in cfg.loss and not depth_dir:
+            raise ConfigError("loss.depth: data.depth_dir is not set, so the folder has no depth maps; "
+                              "set data.depth_dir to the depth sub-folder or remove loss.depth")
+        root = check_root(d.root, f"{d.image_dir}/" + (f" and {mask_dir}/" if labelled else ""))
+        shared = resolve_splits(root, d.image_dir, mask_dir, depth_dir, cfg.seed, d.val_fraction,
+                                d.test_fraction, d.train_fraction, d.splits)
+        common = dict(root=root, image_dir=d.image_dir, size=d.size, resize=d.resize, seed=cfg.seed,
+                      splits=shared, cache=d.cache)
+        if labelled:
+            common.update(mask_dir=mask_dir, depth_dir=depth_dir, mask_threshold=d.mask_threshold)
+        out = {s: cls(split=s, **common) for s in splits}
+    else:
+        counts = {"train": d.num_train, "val": d.num_val, "test": d.num_test}
+        out = {s: cls(split=s, num=counts[s], size=d.size, seed=cfg.seed, difficulty=d.difficulty,
+                      seq_len=d.seq_len, cache=d.cache) for s in splits}
+    if augment is not None:
+        out["train"] = Augmented(out["train"], augment, seed=cfg.seed)
+    return out
 
 
 def build_loss_from(cfg: Config) -> CompositeLoss:
-    return build_loss(cfg.loss)
+    balance = dataclasses.asdict(cfg.loss_balance) if cfg.loss_balance is not None else None
+    return build_loss(cfg.loss, balance=balance)
 
 
 def build_trainer(cfg: Config):
     """Everything for ``cfg``: data, model, loss and the trainer that drives them."""
     from sandbox.trainers import TRAINERS
 
+    if cfg.train.resume and cfg.data.splits is None:  # a resumed folder run keeps its exact split
+        from sandbox.rundir import checkpoint_candidates
+
+        splits = checkpoint_candidates(cfg.train.resume)[0].parent.parent / "splits"
+        if splits.is_dir():
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, splits=str(splits)))
     name = getattr(MODELS[cfg.model.name], "trainer", "supervised")
     return TRAINERS[name](cfg, build_model(cfg), build_data(cfg, ("train", "val")), loss=build_loss_from(cfg))

@@ -1,0 +1,287 @@
+"""Real images from folders: ``folder`` (images + masks [+ depth]) and ``images`` (unlabelled).
+
+Samples follow the house contract: ``{"image": (3, S, S) float in [0, 1], "mask": (1, S, S)
+in {0, 1}, ["depth": (1, S, S) float,] "index": int}`` (``images``: image and index only).
+
+Reading rules:
+  * images become RGB: grayscale is repeated, palette expanded, alpha dropped, 16-bit scaled
+    to 8-bit (``value / 65535``); EXIF rotation is applied, as image viewers and labelling tools do.
+  * masks are binarised: a pixel is foreground when ``value > mask_threshold * max``, with max
+    the format's (255 for 8-bit, 65535 for 16-bit, 1 for 1-bit, 1.0 for float); colour masks use
+    the brightest channel; palette masks count every non-zero palette index as foreground.
+    Masks with many grey levels (JPEG masks, soft edges) are accepted under the same rule; a
+    warning is logged once per dataset naming the first such file.
+  * a mask (or depth map) whose size differs from its image is resized to it with nearest
+    neighbour, then image, mask and depth are resized to ``size`` (see ``fit_to_size``).
+  * depth maps: 16-bit PNG -> ``value / 65535``, 8-bit -> ``value / 255``, float TIFF / ``.npy`` as is.
+
+Files are decoded lazily in ``__getitem__``; ``cache=True`` keeps the resized arrays (about
+``4 * S * S`` bytes per sample). ``check()`` reads every file once to find bad ones upfront.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+
+from sandbox.data.splits import SPLITS, Item, check_root, resolve_splits
+from sandbox.data.transforms import fit_to_size
+from sandbox.errors import SandboxError
+
+log = logging.getLogger("sandbox")
+_GREY_WARNED: set[str] = set()  # mask folders already warned about (once per process, not per split)
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Decode ``path`` fully (EXIF rotation applied); one clear error for empty, unreadable or truncated files."""
+    path = Path(path)
+    try:
+        nbytes = path.stat().st_size
+    except OSError:
+        raise SandboxError(f"{path}: no such file; expected an image file") from None
+    if nbytes == 0:
+        raise SandboxError(f"{path}: empty file (0 bytes); expected an image file")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return ImageOps.exif_transpose(im)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise SandboxError(f"{path}: unreadable or truncated image ({reason}); expected a complete "
+                           "image file (jpg, png, bmp, tif, webp)") from None
+
+
+def _is16(im: Image.Image) -> bool:
+    return im.mode.startswith("I;16") or im.mode == "I"
+
+
+def to_rgb(im: Image.Image) -> np.ndarray:
+    """``PIL image -> (H, W, 3) uint8``."""
+    if _is16(im) or im.mode == "F":
+        arr = np.asarray(im, dtype=np.float32) / (65535.0 if _is16(im) else 1.0)
+        gray = np.clip(np.rint(arr * 255), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if im.mode in ("P", "PA"):  # via RGBA: palettes with transparency would warn otherwise
+        im = im.convert("RGBA")
+    return np.asarray(im.convert("RGB"))
+
+
+def to_mask(im: Image.Image, threshold: float) -> tuple[np.ndarray, int]:
+    """``PIL image -> ((H, W) uint8 in {0, 1}, number of distinct values)`` by the rule in the module doc."""
+    if im.mode == "P":
+        arr = np.asarray(im)
+        return (arr != 0).astype(np.uint8), int(np.count_nonzero(np.bincount(arr.ravel(), minlength=256)))
+    if im.mode == "1":
+        arr, top = np.asarray(im), 1
+    elif _is16(im):
+        arr, top = np.asarray(im), 65535
+    elif im.mode == "F":
+        arr, top = np.asarray(im), 1.0
+    elif im.mode in ("L", "LA"):
+        arr, top = np.asarray(im.getchannel(0)), 255
+    else:  # colour masks: the brightest channel, so red-on-black counts as foreground
+        arr, top = np.asarray(im.convert("RGB")).max(axis=2), 255
+    if arr.dtype == np.uint8:
+        levels = int(np.count_nonzero(np.bincount(arr.ravel(), minlength=256)))
+    else:
+        levels = len(np.unique(arr))
+    return (arr > threshold * top).astype(np.uint8), levels
+
+
+def to_depth(path: Path) -> np.ndarray:
+    """``depth file -> (H, W) float32``: 16-bit / 65535, 8-bit / 255, float TIFF and ``.npy`` as stored."""
+    if path.suffix.lower() == ".npy":
+        try:
+            arr = np.load(path)
+        except (OSError, ValueError) as exc:
+            raise SandboxError(f"{path}: unreadable .npy depth map ({exc})") from None
+    else:
+        im = open_image(path)
+        if im.mode not in ("L", "F", "I") and not _is16(im):
+            raise SandboxError(f"{path}: depth map in mode {im.mode}; expected one channel "
+                               "(8- or 16-bit PNG, float TIFF or .npy)")
+        arr = np.asarray(im, dtype=np.float32) / (65535.0 if _is16(im) else 255.0 if im.mode == "L" else 1.0)
+    arr = np.squeeze(np.asarray(arr, dtype=np.float32))
+    if arr.ndim != 2:
+        raise SandboxError(f"{path}: depth map of shape {arr.shape}; expected (H, W)")
+    return arr
+
+
+def _align(arr: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Resize a mask or depth map to its image's ``(H, W)`` with nearest neighbour (labels stay labels)."""
+    if arr.shape[:2] == hw:
+        return arr
+    return cv2.resize(arr, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)
+
+
+class _FolderBase(Dataset):
+    """Shared by ``folder`` and ``images``: split lists, lazy decoding, cache, ``meta`` and ``check``."""
+
+    expected = ""  # the layout, for error messages
+
+    def __init__(self, root, split: str, image_dir: str, mask_dir: Optional[str], depth_dir: Optional[str],
+                 size: int, resize: str, seed: int, val_fraction: float, test_fraction: float,
+                 train_fraction: float, splits, cache: bool):
+        if split not in SPLITS:
+            raise SandboxError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
+        self.root = check_root(root, self.expected.format(image_dir=image_dir, mask_dir=mask_dir))
+        if isinstance(splits, dict):  # resolved once by the caller and shared by the three splits
+            self.splits = splits
+        else:
+            self.splits = resolve_splits(self.root, image_dir, mask_dir, depth_dir, seed, val_fraction,
+                                         test_fraction, train_fraction, splits)
+        self.split, self.items = split, self.splits[split]
+        self.size, self.resize = size, resize
+        self._cache: Optional[dict] = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def set_size(self, size: int) -> None:
+        """Change the output side (progressive resizing); cached arrays of the old size are dropped."""
+        if size != self.size:
+            self.size = size
+            if self._cache is not None:
+                self._cache.clear()
+
+    def path(self, index: int, key: str = "image") -> Path:
+        return self.root / getattr(self.items[index], key)
+
+    def meta(self, index: int) -> dict:
+        """``{"stem", "path", "orig_hw", "box", "size"}``: what ``unfit`` needs to map a prediction back."""
+        try:
+            with Image.open(self.path(index)) as im:  # header only: no decoding
+                w, h = im.size
+                if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees, as open_image applies
+                    w, h = h, w
+        except (OSError, ValueError, SyntaxError):
+            open_image(self.path(index))  # raises the one-line error naming the file
+            raise
+        _, meta = fit_to_size(np.zeros((h, w), np.uint8), self.size, self.resize, "nearest")
+        return {"stem": self.items[index].stem, "path": str(self.path(index)), **meta}
+
+    def _decode(self, index: int) -> tuple:
+        """Resized arrays of one sample (subclasses)."""
+        raise NotImplementedError
+
+    def arrays(self, index: int) -> tuple:
+        """``index -> (image (S, S, 3) uint8, ...)`` decoded on first use, then cached when ``cache``."""
+        if not 0 <= index < len(self.items):
+            raise IndexError(index)
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        arrays = self._decode(index)
+        if self._cache is not None:
+            self._cache[index] = arrays
+        return arrays
+
+    def check(self) -> dict:
+        """Read every file of every split once; one error naming the first bad file, else a summary."""
+        errors, grey = [], 0
+        for items in self.splits.values():
+            for it in items:
+                try:
+                    grey += self._read(it)[1] > 2
+                except SandboxError as exc:
+                    errors.append(str(exc))
+        if errors:
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise SandboxError(f"{len(errors)} unreadable file(s) under {self.root}: {errors[0]}{more}")
+        return {"items": sum(len(v) for v in self.splits.values()), "grey_masks": grey}
+
+    def _read(self, it: Item) -> tuple:
+        """Full-size arrays of one item and its mask's number of distinct values (subclasses)."""
+        raise NotImplementedError
+
+
+class FolderDataset(_FolderBase):
+    """Labelled folder: ``{"image": (3, S, S), "mask": (1, S, S), ["depth": (1, S, S),] "index"}``.
+
+    ``targets`` is ``("mask", "depth")`` on the class (what a config may name) and ``("mask",)``
+    on an instance without ``depth_dir``.
+    """
+
+    targets = ("mask", "depth")
+    expected = "{image_dir}/ and {mask_dir}/"
+
+    def __init__(self, root=None, split: str = "train", image_dir: str = "images", mask_dir: str = "masks",
+                 depth_dir: Optional[str] = None, size: int = 128, resize: str = "stretch",
+                 mask_threshold: float = 0.5, seed: int = 0, val_fraction: float = 0.15,
+                 test_fraction: float = 0.15, train_fraction: float = 1.0, splits=None, cache: bool = True):
+        super().__init__(root, split, image_dir, mask_dir, depth_dir, size, resize, seed, val_fraction,
+                         test_fraction, train_fraction, splits, cache)
+        self.mask_threshold = mask_threshold
+        self.targets = ("mask", "depth") if depth_dir else ("mask",)
+        for name, items in self.splits.items():
+            for key in self.targets:
+                if any(getattr(it, key) is None for it in items):
+                    raise SandboxError(f"split {name!r} lists images without a {key} file; "
+                                       f"expected a {key} column (data.splits) or data.{key}_dir")
+
+    def _read(self, it: Item) -> tuple:
+        """Full-size ``(image (H, W, 3) uint8, mask (H, W) uint8, depth (H, W) float32 | None), levels``."""
+        img = to_rgb(open_image(self.root / it.image))
+        mask, levels = to_mask(open_image(self.root / it.mask), self.mask_threshold)
+        mask = _align(mask, img.shape[:2])
+        depth = _align(to_depth(self.root / it.depth), img.shape[:2]) if "depth" in self.targets else None
+        return (img, mask, depth), levels
+
+    def _decode(self, index: int) -> tuple:
+        (img, mask, depth), levels = self._read(self.items[index])
+        folder = str(self.path(index, "mask").parent)
+        if levels > 2 and folder not in _GREY_WARNED:
+            _GREY_WARNED.add(folder)
+            log.warning("%s: mask has %d grey levels; binarised as value > %.2f x max (data.mask_threshold)",
+                        self.path(index, "mask"), levels, self.mask_threshold)
+        img, _ = fit_to_size(img, self.size, self.resize, "image")
+        mask, _ = fit_to_size(mask, self.size, self.resize, "mask")
+        if depth is not None:
+            depth, _ = fit_to_size(depth, self.size, self.resize, "nearest")
+        return img, mask, depth
+
+    def __getitem__(self, index: int) -> dict:
+        img, mask, depth = self.arrays(index)
+        sample = {"image": torch.from_numpy(img.transpose(2, 0, 1).astype(np.float32) / 255.0),
+                  "mask": torch.from_numpy(mask[None].astype(np.float32))}
+        if depth is not None:
+            sample["depth"] = torch.from_numpy(depth[None].copy())
+        sample["index"] = index
+        return sample
+
+
+class ImageFolder(_FolderBase):
+    """Unlabelled folder (``image_dir: "."`` for a flat one): ``{"image": (3, S, S), "index"}``."""
+
+    targets = ("image",)
+    expected = "the images in {image_dir}/"
+
+    def __init__(self, root=None, split: str = "train", image_dir: str = "images", size: int = 128,
+                 resize: str = "stretch", seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15,
+                 train_fraction: float = 1.0, splits=None, cache: bool = True):
+        super().__init__(root, split, image_dir, None, None, size, resize, seed, val_fraction,
+                         test_fraction, train_fraction, splits, cache)
+
+    def _read(self, it: Item) -> tuple:
+        return (to_rgb(open_image(self.root / it.image)),), 0
+
+    def _decode(self, index: int) -> tuple:
+        (img,), _ = self._read(self.items[index])
+        return (fit_to_size(img, self.size, self.resize, "image")[0],)
+
+    def __getitem__(self, index: int) -> dict:
+        (img,) = self.arrays(index)
+        return {"image": torch.from_numpy(img.transpose(2, 0, 1).astype(np.float32) / 255.0), "index": index}
+
+
+def splits_of(dataset) -> Optional[dict]:
+    """The resolved ``{"train", "val", "test"} -> [Item]`` lists behind a folder dataset (also
+    through ``Augmented`` or ``Subset``), for ``write_splits``; None for synthetic data."""
+    while not isinstance(dataset, _FolderBase) and hasattr(dataset, "dataset"):
+        dataset = dataset.dataset
+    return dataset.splits if isinstance(dataset, _FolderBase) else None
