@@ -62,6 +62,19 @@ class DataConfig:
     cache: bool = True  # render synthetic samples once and keep them in memory
     batch_size: int = 16
     num_workers: int = 0  # 0 is fastest on 2 cores (see DESIGN.md field notes)
+    # labelled / unlabelled folders (data.name: folder | images)
+    root: Optional[str] = None  # the dataset folder
+    image_dir: str = "images"  # sub-folder of root with the images
+    mask_dir: str = "masks"  # sub-folder of root with the masks (paired with images by file stem)
+    depth_dir: Optional[str] = None  # optional sub-folder with depth maps
+    mask_threshold: float = 0.5  # a mask pixel is foreground above this fraction of the format's max value
+    resize: Literal["stretch", "pad"] = "stretch"  # to data.size: stretch, or keep aspect and pad
+    val_fraction: float = 0.15  # folders: seeded split fractions of all pairs
+    test_fraction: float = 0.15
+    train_fraction: float = 1.0  # keep this fraction of what is left for training (0.01 = 1 %)
+    splits: Optional[str] = None  # a splits/ directory (train.csv, val.csv, test.csv) to reuse exactly
+    augment: list[dict[str, Any]] = field(default_factory=list)  # [{HorizontalFlip: {p: 0.5}}, ...]
+    size_schedule: Optional[dict[int, int]] = None  # progressive resizing {epoch: size}, e.g. {0: 80, 5: 160}
 
 
 @dataclass
@@ -79,6 +92,9 @@ class ModelConfig:
     downsample: Optional[Literal["maxpool", "stride"]] = None  # None: the model's default (maxpool)
     dilation: int = 1
     dropout: float = 0.0
+    encoder: Literal["core", "resnet18"] = "core"  # resnet18: torchvision ResNet-18 behind the same contract
+    weights: Optional[str] = None  # resnet18: null (from scratch) or a local .pth file; nothing is downloaded
+    freeze_encoder: bool = False
 
 
 @dataclass
@@ -88,8 +104,16 @@ class TrainConfig:
     weight_decay: float = 1.0e-4
     optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
     momentum: float = 0.9  # sgd only
-    scheduler: Literal["none", "cosine", "onecycle"] = "onecycle"
-    warmup_frac: float = 0.3  # onecycle: fraction of steps rising to lr; cosine: linear warm-up fraction
+    scheduler: Literal["none", "cosine", "onecycle", "cyclic", "step", "plateau"] = "onecycle"
+    warmup_frac: float = 0.3  # onecycle: fraction of steps rising to lr; others: linear warm-up fraction
+    cycle_epochs: float = 2.0  # cyclic (triangular2): epochs per half cycle
+    step_epochs: int = 3  # step: decay every this many epochs; plateau: patience in epochs
+    gamma: float = 0.1  # step / plateau: lr factor
+    nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/Inf loss stops the run, or skips the step (counted)
+    checkpoint_every: int = 0  # also save checkpoints/last every this many optimizer steps (0: at epoch ends)
+    keep_last_n: int = 0  # also keep checkpoints/epoch_NNN for the last n epochs (0: only best and last)
+    sync_bn: bool = True  # several GPU processes: BatchNorm statistics over the global batch (SyncBatchNorm)
+    compile: bool = False  # torch.compile the model (slow first epoch; see bench/)
     mixed_precision: MixedPrecision = "auto"  # auto: what `accelerate launch` says, else "no"
     grad_accum: int = 1
     clip: Optional[float] = 1.0  # max gradient norm; null disables clipping
@@ -112,6 +136,16 @@ class TrackConfig:
 
 
 @dataclass
+class BalanceConfig:
+    """Adaptive balance between two targets' losses: ``loss[scale] *= clamp(loss[to] / loss[scale], min, max)``
+    (ratio of detached values, recomputed every step and logged as ``train/loss/balance/<scale>``)."""
+    scale: str = "depth"  # the target whose loss is rescaled
+    to: str = "mask"  # the reference target
+    min: float = 0.1
+    max: float = 10.0
+
+
+@dataclass
 class Config:
     name: str = "run"  # the run directory: <out_dir>/<name>
     seed: int = 0
@@ -119,6 +153,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: dict[str, dict[str, Any]] = field(default_factory=lambda: {"mask": {"dice": 1.0}})
+    loss_balance: Optional[BalanceConfig] = None  # e.g. {scale: depth, to: mask, min: 0.1, max: 10}
     train: TrainConfig = field(default_factory=TrainConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
     source: Optional[str] = None  # the YAML file this was loaded from (set by load_config)
@@ -170,8 +205,16 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: got {value!r}, expected a mapping")
-        _, val_tp = typing.get_args(tp)
-        return {str(k): _coerce(v, val_tp, f"{path}.{k}") for k, v in value.items()}
+        key_tp, val_tp = typing.get_args(tp)
+        out = {}
+        for k, v in value.items():
+            if key_tp is int:
+                try:
+                    k = int(k)
+                except (TypeError, ValueError):
+                    raise ConfigError(f"{path}: key {k!r} is not an integer") from None
+            out[k if key_tp is int else str(k)] = _coerce(v, val_tp, f"{path}.{k}")
+        return out
     if dataclasses.is_dataclass(tp):
         return _from_dict(tp, value, path)
     if tp is bool:
@@ -330,6 +373,22 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.name: unknown dataset {cfg.data.name!r}; accepted: {', '.join(DATASETS.names())}")
     if cfg.model.name not in MODELS:
         raise ConfigError(f"model.name: unknown model {cfg.model.name!r}; accepted: {', '.join(MODELS.names())}")
+    from sandbox.models import check_model_options
+
+    check_model_options(cfg.model.name, {k: v for k, v in vars(cfg.model).items() if k != "name"})
+    d = cfg.data
+    for key in ("val_fraction", "test_fraction"):
+        if not 0 <= getattr(d, key) < 1:
+            raise ConfigError(f"data.{key}: got {getattr(d, key)}, expected a fraction in [0, 1)")
+    if d.val_fraction + d.test_fraction >= 1:
+        raise ConfigError(f"data.val_fraction + data.test_fraction = {d.val_fraction + d.test_fraction:g} "
+                          "leaves nothing to train on; expected a sum below 1")
+    if not 0 < d.train_fraction <= 1:
+        raise ConfigError(f"data.train_fraction: got {d.train_fraction}, expected a fraction in (0, 1] (0.01 = 1 %)")
+    if d.size_schedule:
+        for epoch, size in d.size_schedule.items():
+            if epoch < 0 or size <= 0:
+                raise ConfigError(f"data.size_schedule: got {{{epoch}: {size}}}, expected {{epoch >= 0: size > 0}}")
 
     m = cfg.model
     if m.widths is not None:
@@ -371,6 +430,10 @@ def validate(cfg: Config) -> None:
             if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
                 raise ConfigError(f"loss.{target}.{name}: got weight {w!r}, expected a non-negative number "
                                   "(or a mapping {weight: w, <loss options>})")
+    if cfg.loss_balance is not None:  # checks the targets and the clamp, naming loss_balance.<key>
+        from sandbox.losses import build_loss
+
+        build_loss(cfg.loss, balance=dataclasses.asdict(cfg.loss_balance))
     if cfg.train.monitor.split("/")[0] not in ("val", "train"):
         raise ConfigError(f"train.monitor: got {cfg.train.monitor!r}, expected a logged metric such as "
                           "val/dice, val/iou or val/loss")

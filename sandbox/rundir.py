@@ -14,11 +14,14 @@ the swap is in flight).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
 
 from sandbox.errors import SandboxError
+
+log = logging.getLogger("sandbox")
 
 STATE_FILE = "trainer_state.json"
 WEIGHTS_FILE = "model.pt"
@@ -35,6 +38,7 @@ class RunDir:
     checkpoints = property(lambda self: self.path / "checkpoints")
     plots = property(lambda self: self.path / "plots")
     images = property(lambda self: self.path / "images")
+    splits = property(lambda self: self.path / "splits")
 
     def exists(self) -> bool:
         return self.config.exists() or self.metrics.exists() or self.checkpoints.exists()
@@ -55,27 +59,40 @@ class RunDir:
                                "choose another out_dir= or fix its permissions") from None
 
 
-def find_checkpoint(path: str | Path) -> Path:
-    """A run directory (-> its ``checkpoints/last``) or a checkpoint directory -> checkpoint dir.
+def checkpoint_candidates(path: str | Path) -> list[Path]:
+    """Checkpoints to resume from, newest first.
 
-    Falls back to ``last.old`` when ``last`` is missing or incomplete (a save was killed).
+    A checkpoint directory -> just it. A run directory -> every complete checkpoint under
+    ``checkpoints/`` (``last``, ``last.old`` left by a save killed mid-swap, ``epoch_NNN``,
+    ``best``) ordered by step, so a torn or corrupt ``last`` falls back to the newest good one.
     """
     path = Path(path)
     if not path.exists():
         raise SandboxError(f"resume: {str(path)!r} does not exist; expected a run directory (runs/<name>) "
                            "or a checkpoint directory (runs/<name>/checkpoints/last)")
     if (path / STATE_FILE).exists():
-        return _check_complete(path)
+        return [_check_complete(path)]
     ckpts = path / "checkpoints"
-    if ckpts.is_dir():
-        for name in ("last", "last.old"):
-            cand = ckpts / name
-            if (cand / STATE_FILE).exists():
-                return _check_complete(cand)
-        raise SandboxError(f"resume: {str(path)!r} has no complete checkpoint under checkpoints/ "
-                           "(the run may have been stopped before its first epoch ended)")
-    raise SandboxError(f"resume: {str(path)!r} is neither a run directory (with checkpoints/) "
-                       f"nor a checkpoint directory (with {STATE_FILE})")
+    if not ckpts.is_dir():
+        raise SandboxError(f"resume: {str(path)!r} is neither a run directory (with checkpoints/) "
+                           f"nor a checkpoint directory (with {STATE_FILE})")
+    found, problems = [], []
+    for cand in sorted(p for p in ckpts.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            found.append((read_state(_check_complete(cand)).get("step", 0), cand.name == "last", cand))
+        except SandboxError as exc:
+            problems.append(str(exc))
+    if not found:
+        why = f" ({'; '.join(problems)})" if problems else " (the run may have been stopped before its first save)"
+        raise SandboxError(f"resume: {str(path)!r} has no complete checkpoint under checkpoints/{why}")
+    for p in problems:
+        log.warning("%s; falling back to an older checkpoint", p)
+    return [c for _, _, c in sorted(found, key=lambda f: (f[0], f[1]), reverse=True)]
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """The newest complete checkpoint of a run directory, or the given checkpoint directory."""
+    return checkpoint_candidates(path)[0]
 
 
 def _check_complete(ckpt: Path) -> Path:

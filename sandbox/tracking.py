@@ -49,6 +49,28 @@ def resolve_wandb_mode(setting: str) -> str:
     return "online" if has_wandb_key() else "offline"
 
 
+def truncate_metrics(path: Path, epoch: int, step: int) -> int:
+    """Drop records written after the checkpoint being resumed (``epoch`` epochs done, ``step``
+    steps), so the file reads as if the run had never stopped. Atomic; returns records dropped."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    lines = path.read_text().splitlines()
+    keep = []
+    for line in lines:
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:  # a line torn by the kill
+            continue
+        if r.get("step", 0) <= step and (r.get("split") != "val" or r.get("epoch", 0) < epoch):
+            keep.append(line)
+    if len(keep) != len(lines):
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(k + "\n" for k in keep))
+        os.replace(tmp, path)
+    return len(lines) - len(keep)
+
+
 class MetricsLog:
     """Append-only ``metrics.jsonl`` on the main process, mirrored to the Accelerate trackers."""
 

@@ -28,24 +28,35 @@ from tqdm.auto import tqdm
 
 from sandbox.config import Config, save_config
 from sandbox.errors import SandboxError
-from sandbox.rundir import WEIGHTS_FILE, RunDir, commit_checkpoint, find_checkpoint, read_state
-from sandbox.tracking import MetricsLog, plot_curves, read_metrics, resolve_wandb_mode, start_wandb
+from sandbox.rundir import WEIGHTS_FILE, RunDir, checkpoint_candidates, commit_checkpoint, read_state
+from sandbox.tracking import (MetricsLog, plot_curves, read_metrics, resolve_wandb_mode, start_wandb,
+                              truncate_metrics)
+from sandbox.trainers.schedules import make_scheduler, per_epoch
 
 log = logging.getLogger("sandbox")
 
 
-class EpochShuffle(Sampler):
-    """A permutation that is a pure function of ``(seed, epoch)``: resumable and identical on every process."""
+class CorruptCheckpoint(SandboxError):
+    """A checkpoint whose files exist but do not load (truncated, foreign)."""
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
+
+class EpochShuffle(Sampler):
+    """A permutation that is a pure function of ``(seed, epoch)``: resumable and identical on every process.
+
+    With ``keys=True`` it yields ``(epoch, index)`` so that a dataset can derive its
+    augmentation randomness from (seed, epoch, index) alone (exact resume, any worker count).
+    """
+
+    def __init__(self, n: int, seed: int, keys: bool = False):
+        self.n, self.seed, self.epoch, self.keys = n, seed, 0, keys
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        order = torch.randperm(self.n, generator=g).tolist()
+        return iter([(self.epoch, i) for i in order] if self.keys else order)
 
     def __len__(self) -> int:
         return self.n
@@ -83,7 +94,8 @@ class Trainer:
     def __init__(self, cfg: Config, model: torch.nn.Module, datasets: dict[str, Dataset]):
         self.cfg = cfg
         t = cfg.train
-        resume_ckpt = find_checkpoint(t.resume) if t.resume else None
+        resume_ckpts = checkpoint_candidates(t.resume) if t.resume else []
+        resume_ckpt = resume_ckpts[0] if resume_ckpts else None
         self.run = RunDir(resume_ckpt.parent.parent if resume_ckpt else Path(cfg.out_dir) / cfg.name)
         cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
         self.mixed_precision = resolve_mixed_precision(t.mixed_precision, cpu)
@@ -99,30 +111,39 @@ class Trainer:
         set_seed(cfg.seed)
 
         self.datasets = datasets
+        self._write_splits()
         self.model = model
+        if t.sync_bn and acc.num_processes > 1 and acc.device.type == "cuda":  # SyncBatchNorm is GPU-only
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.train_loader = self._loader(datasets["train"], train=True)
-        self.val_loader = self._loader(datasets["val"], train=False) if len(datasets.get("val", [])) else None
+        # Loaders are sharded first, so an epoch is counted in THIS process's batches.
+        self.train_loader = acc.prepare(self._loader(datasets["train"], train=True))
+        self.val_loader = acc.prepare(self._loader(datasets["val"], train=False)) \
+            if len(datasets.get("val", [])) else None
         self.steps_per_epoch = math.ceil(len(self.train_loader) / t.grad_accum)  # per process
         self.total_steps = self.steps_per_epoch * t.epochs
+        if t.compile:
+            self.model = torch.compile(self.model)
         self.optimizers: list[tuple[torch.optim.Optimizer, Any]] = self.configure_optimizers()
-        prepared = acc.prepare(self.model, *[o for o, _ in self.optimizers], self.train_loader,
-                               *([self.val_loader] if self.val_loader is not None else []))
+        prepared = acc.prepare(self.model, *[o for o, _ in self.optimizers])
         self.model = prepared[0]
-        self.optimizers = [(o, s) for o, (_, s) in zip(prepared[1:1 + len(self.optimizers)], self.optimizers)]
-        self.train_loader = prepared[1 + len(self.optimizers)]
-        if self.val_loader is not None:
-            self.val_loader = prepared[2 + len(self.optimizers)]
+        self.optimizers = [(o, s) for o, (_, s) in zip(prepared[1:], self.optimizers)]
         for _, sched in self.optimizers:  # stepped by us once per optimizer step, saved with the state
             if sched is not None:
                 acc.register_for_checkpointing(sched)
 
-        self.state = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "best_loss": None,
-                      "wandb_id": None, "elapsed": 0.0}
+        # epoch = completed epochs; batch = batches done in the current epoch (mid-epoch checkpoints),
+        # with the running sums needed to finish that epoch's means exactly as if never stopped.
+        self.state = {"epoch": 0, "step": 0, "batch": 0, "best": None, "best_epoch": None, "best_loss": None,
+                      "wandb_id": None, "elapsed": 0.0, "skipped": 0, "sums": {}, "count": 0,
+                      "epoch_sums": {}, "epoch_count": 0}
         if resume_ckpt is not None:
-            self._load(resume_ckpt)
+            self._load_newest(resume_ckpts)
+            if acc.is_main_process:
+                truncate_metrics(self.run.metrics, self.state["epoch"], self.state["step"])
         self.metrics = MetricsLog(self.run.metrics, acc, start_time=time.time() - self.state["elapsed"])
+        self.size = self.size_at(self.state["epoch"])
 
     # ------------------------------------------------------------------ to override
     def configure_optimizers(self) -> list[tuple[torch.optim.Optimizer, Any]]:
@@ -150,33 +171,71 @@ class Trainer:
         return opt, self.make_scheduler(opt, lr)
 
     def make_scheduler(self, opt: torch.optim.Optimizer, lr: float):
-        """Sized in optimizer steps of this process, stepped once per optimizer step."""
-        t, total = self.cfg.train, max(1, self.total_steps)
-        if t.scheduler == "onecycle":
-            return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=t.warmup_frac)
-        if t.scheduler == "cosine":
-            warm = max(1, int(t.warmup_frac * total))
+        """Sized in optimizer steps of this process (see sandbox/trainers/schedules.py)."""
+        t = self.cfg.train
+        return make_scheduler(opt, t.scheduler, lr, self.total_steps, self.steps_per_epoch, t.warmup_frac,
+                              t.cycle_epochs, t.step_epochs, t.gamma, t.monitor_mode)
 
-            def f(step: int) -> float:
-                if step < warm:
-                    return (step + 1) / warm
-                return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+    def backward_and_step(self, loss: torch.Tensor, index: int = 0, model: torch.nn.Module | None = None,
+                          parts: dict[str, torch.Tensor] | None = None) -> bool:
+        """Backward, then (when gradients sync) clip, step the optimizer and its scheduler, zero grads.
 
-            return torch.optim.lr_scheduler.LambdaLR(opt, f)
-        return None
-
-    def backward_and_step(self, loss: torch.Tensor, index: int = 0, model: torch.nn.Module | None = None) -> None:
-        """Backward, then (when gradients sync) clip, step the optimizer and its scheduler, zero grads."""
+        A non-finite ``loss`` stops the run naming the step and the culprit loss part
+        (``train.nonfinite: stop``) or skips this batch's backward, counted in ``train/skipped``
+        (``skip``). Returns False when skipped. The check costs one host sync per step (free on
+        CPU); with several processes they agree first, so none is left waiting in all-reduce.
+        """
         opt, sched = self.optimizers[index]
         acc = self.accelerator
+        finite = torch.isfinite(loss.detach()).float()
+        if acc.num_processes > 1:
+            finite = acc.reduce(finite, reduction="sum") / acc.num_processes
+        if finite.item() < 1:
+            self._nonfinite(loss, parts)
+            opt.zero_grad(set_to_none=True)
+            return False
         acc.backward(loss)
         if acc.sync_gradients:
             if self.cfg.train.clip:
                 acc.clip_grad_norm_((model or self.model).parameters(), self.cfg.train.clip)
             opt.step()
-            if sched is not None and not opt.step_was_skipped:
+            if sched is not None and not per_epoch(sched) and not opt.step_was_skipped:
                 sched.step()
             opt.zero_grad(set_to_none=True)
+        return True
+
+    def _nonfinite(self, loss: torch.Tensor, parts: dict[str, torch.Tensor] | None) -> None:
+        bad = [f"{k}={float(v):.4g}" for k, v in (parts or {}).items() if not math.isfinite(float(v))]
+        what = ", ".join(bad) or f"loss={float(loss):.4g}"
+        where = f"epoch {self.state['epoch'] + 1}, step {self.state['step'] + 1}"
+        if self.cfg.train.nonfinite == "stop":
+            raise SandboxError(f"non-finite loss at {where} ({what}); checkpoints/last and best hold the last "
+                               f"good model; lower train.lr, keep train.clip, or set train.nonfinite=skip")
+        self.state["skipped"] += 1
+        log.warning("skipped a batch with a non-finite loss at %s (%s); %d skipped so far",
+                    where, what, self.state["skipped"])
+
+    # ------------------------------------------------------------------ progressive resizing
+    def size_at(self, epoch: int) -> int:
+        """The training/evaluation side at ``epoch``: ``data.size_schedule`` (last key <= epoch) or data.size."""
+        sched = self.cfg.data.size_schedule
+        if not sched:
+            return self.cfg.data.size
+        keys = [k for k in sorted(sched) if k <= epoch]
+        return sched[keys[-1]] if keys else self.cfg.data.size
+
+    def fit_batch(self, batch: dict) -> dict:
+        """Resize image-like tensors of ``batch`` to the current size (masks: nearest, the rest: bilinear)."""
+        out = {}
+        for k, v in batch.items():
+            if isinstance(v, torch.Tensor) and v.ndim == 4 and v.shape[-1] != self.size:
+                if k == "mask":
+                    v = torch.nn.functional.interpolate(v, size=(self.size, self.size), mode="nearest")
+                else:
+                    v = torch.nn.functional.interpolate(v, size=(self.size, self.size), mode="bilinear",
+                                                        align_corners=False, antialias=True)
+            out[k] = v
+        return out
 
     def to_input(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last else x
@@ -199,18 +258,28 @@ class Trainer:
         last_val: dict[str, float] = {}
         for epoch in range(self.state["epoch"], min(t.epochs, until_epoch or t.epochs)):
             t0 = time.time()
+            self.size = self.size_at(epoch)
             train_means = self._train_epoch(epoch)
             last_val = self.evaluate(self.val_loader) if self.val_loader is not None else {}
+            for _, sched in self.optimizers:
+                if sched is not None and per_epoch(sched):
+                    value = {**train_means, **last_val}.get(t.monitor)
+                    if value is not None and math.isfinite(value):
+                        sched.step(value)
             self.state["epoch"] = epoch + 1
             self.state["elapsed"] = time.time() - self.metrics.start
             epoch_time = time.time() - t0
             n_images = len(self.train_loader) * self.cfg.data.batch_size * acc.num_processes
             self.metrics.log("val", epoch, self.state["step"], last_val, epoch_time=round(epoch_time, 3),
-                             images_per_s=round(n_images / max(epoch_time, 1e-9), 2))
+                             images_per_s=round(n_images / max(epoch_time, 1e-9), 2),
+                             **({"skipped_batches": self.state["skipped"]} if self.state["skipped"] else {}))
             improved = self._update_best({**train_means, **last_val}, epoch)
             self._save("last")
             if improved:
                 self._save("best")
+            if t.keep_last_n:
+                self._save(f"epoch_{epoch + 1:03d}")
+                self._prune_epochs(t.keep_last_n)
             if acc.is_main_process:
                 plot_curves(read_metrics(self.run.metrics), self.run.plots)
                 for path in self.save_images(epoch):
@@ -221,31 +290,43 @@ class Trainer:
         return last_val
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
-        acc, t = self.accelerator, self.cfg.train
+        acc, t, st = self.accelerator, self.cfg.train, self.state
         self.train_loader.set_epoch(epoch)
         self.model.train()
-        sums: dict[str, torch.Tensor] = {}
-        epoch_sums: dict[str, torch.Tensor] = {}
-        count = epoch_count = 0
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, dynamic_ncols=True,
-                   disable=not acc.is_local_main_process)
+        # resuming mid-epoch: skip the batches already done, restore the running sums
+        skip = st["batch"] if st["epoch"] == epoch else 0
+        dev = acc.device
+        sums = {k: torch.tensor(v, device=dev) for k, v in st["sums"].items()} if skip else {}
+        epoch_sums = {k: torch.tensor(v, device=dev) for k, v in st["epoch_sums"].items()} if skip else {}
+        count, epoch_count = (st["count"], st["epoch_count"]) if skip else (0, 0)
+        loader = acc.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
+        st["batch"] = skip
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, dynamic_ncols=True,
+                   disable=not acc.is_local_main_process, initial=skip, total=len(self.train_loader))
         for batch in bar:
             with acc.accumulate(self.model):
-                scalars = self.train_step(batch)
+                scalars = self.train_step(self.fit_batch(batch))
             for k, v in scalars.items():
                 v = v.detach().float()
                 sums[k] = sums[k] + v if k in sums else v
                 epoch_sums[k] = epoch_sums[k] + v if k in epoch_sums else v
             count += 1
             epoch_count += 1
+            st["batch"] += 1
             if acc.sync_gradients:
-                self.state["step"] += 1
-                if self.state["step"] % t.log_every == 0:
+                st["step"] += 1
+                if st["step"] % t.log_every == 0:
                     means = self._reduce_means(sums, count)
                     lr = self.optimizers[0][0].param_groups[0]["lr"]
-                    self.metrics.log("train", epoch, self.state["step"], {**means, "train/lr": lr})
+                    self.metrics.log("train", epoch, st["step"], {**means, "train/lr": lr})
                     bar.set_postfix(loss=f"{means.get('train/loss', float('nan')):.4f}")
                     sums, count = {}, 0
+                if t.checkpoint_every and st["step"] % t.checkpoint_every == 0 and st["batch"] < len(self.train_loader):
+                    st.update(sums={k: float(v) for k, v in sums.items()}, count=count,
+                              epoch_sums={k: float(v) for k, v in epoch_sums.items()}, epoch_count=epoch_count,
+                              elapsed=time.time() - self.metrics.start)
+                    self._save("last")
+        st.update(batch=0, sums={}, count=0, epoch_sums={}, epoch_count=0)
         return self._reduce_means(epoch_sums, max(epoch_count, 1))
 
     def _reduce_means(self, sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
@@ -266,12 +347,23 @@ class Trainer:
                             t.monitor, ", ".join(sorted(values)))
             return value is None
         loss = values.get("val/loss", math.inf)
+        if loss is not None and math.isnan(loss):  # a diverged model never becomes best
+            return False
         best, best_loss = self.state["best"], self.state["best_loss"]
         sign = 1 if t.monitor_mode == "max" else -1
         better = best is None or sign * (value - best) > 0 or (value == best and loss < (best_loss or math.inf))
         if better:
             self.state.update(best=value, best_epoch=epoch + 1, best_loss=loss)
         return better
+
+    def _prune_epochs(self, keep: int) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        import shutil
+
+        olds = sorted(p for p in self.run.checkpoints.glob("epoch_*") if p.is_dir())
+        for p in olds[:-keep]:
+            shutil.rmtree(p, ignore_errors=True)
 
     def _save(self, which: str) -> None:
         acc = self.accelerator
@@ -288,6 +380,17 @@ class Trainer:
             save_config(self.cfg, tmp / "config.yaml")
             commit_checkpoint(tmp, final, self.state)
         acc.wait_for_everyone()
+
+    def _load_newest(self, candidates: list[Path]) -> None:
+        """Load the newest checkpoint that loads; a corrupt one is reported and skipped."""
+        for i, ckpt in enumerate(candidates):
+            try:
+                self._load(ckpt)
+                return
+            except CorruptCheckpoint as exc:
+                if i + 1 == len(candidates):
+                    raise SandboxError(str(exc)) from None
+                log.warning("%s; falling back to %s", exc, candidates[i + 1])
 
     def _load(self, ckpt: Path) -> None:
         from sandbox.config import read_yaml
@@ -312,17 +415,34 @@ class Trainer:
         try:
             self.accelerator.load_state(str(ckpt))
         except Exception as exc:  # a torn or foreign file: say which checkpoint, not where in torch
-            raise SandboxError(f"checkpoint {str(ckpt)!r} could not be loaded ({type(exc).__name__}: "
+            raise CorruptCheckpoint(f"checkpoint {str(ckpt)!r} could not be loaded ({type(exc).__name__}: "
                                f"{str(exc).splitlines()[0][:200]})") from None
         self.state.update(read_state(ckpt))
         self.state.pop("files", None)
         log.info("resumed from %s at epoch %d, step %d", ckpt, self.state["epoch"], self.state["step"])
 
     # ------------------------------------------------------------------ plumbing
+    def _write_splits(self) -> None:
+        """Folder data: the file lists of each split go to runs/<name>/splits/ (reusable as data.splits)."""
+        from sandbox.data import splits_of
+        from sandbox.data.splits import write_splits
+
+        lists = splits_of(self.datasets["train"])
+        if lists is None or not self.accelerator.is_main_process:
+            return
+        if self.run.splits.exists() and self.cfg.train.resume:
+            return  # build_trainer already pointed data.splits at them
+        write_splits(lists, self.run.splits)
+
     def _loader(self, ds: Dataset, train: bool) -> DataLoader:
         d = self.cfg.data
         workers = d.num_workers
-        return DataLoader(ds, batch_size=d.batch_size, sampler=EpochShuffle(len(ds), self.cfg.seed) if train else None,
+        keys = bool(getattr(ds, "epoch_keys", False))
+        return DataLoader(ds, batch_size=d.batch_size,
+                          sampler=EpochShuffle(len(ds), self.cfg.seed, keys) if train else None,
+                          # its own generator: each new iterator draws a base seed, which must not
+                          # come from the global RNG (a resumed run creates one more iterator)
+                          generator=torch.Generator().manual_seed(self.cfg.seed),
                           shuffle=False, num_workers=workers, collate_fn=collate, drop_last=train and len(ds) > d.batch_size,
                           pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
 

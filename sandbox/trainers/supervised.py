@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from sandbox.losses import CompositeLoss
-from sandbox.metrics import segmentation_metrics
+from sandbox.metrics import regression_metrics, segmentation_metrics
 from sandbox.trainers.base import Trainer, collate
 
 BINARY_TARGETS = ("mask",)
@@ -26,7 +26,7 @@ class SupervisedTrainer(Trainer):
     def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
         out = self.model(self.to_input(batch["image"]))
         total, parts = self.loss_fn(out, batch)
-        self.backward_and_step(total)
+        self.backward_and_step(total, parts=parts)
         return {"loss": total.detach(), **{f"loss/{k}": v for k, v in parts.items()}}
 
     @torch.no_grad()
@@ -36,6 +36,7 @@ class SupervisedTrainer(Trainer):
         self.model.eval()
         per_image: dict[str, list[torch.Tensor]] = defaultdict(list)
         for batch in loader:
+            batch = self.fit_batch(batch)
             out = self.model(self.to_input(batch["image"]))
             total, parts = self.loss_fn(out, batch)
             n = batch["image"].shape[0]
@@ -44,10 +45,9 @@ class SupervisedTrainer(Trainer):
                 if target in BINARY_TARGETS:
                     values.update({f"{target}_{k}" if target != "mask" else k: v
                                    for k, v in segmentation_metrics(out[target], batch[target]).items()})
-                else:  # regression target (depth): per-image L1 and RMSE
-                    err = (out[target].float() - batch[target].float()).flatten(1)
-                    values[f"{target}_l1"] = err.abs().mean(1)
-                    values[f"{target}_rmse"] = err.pow(2).mean(1).sqrt()
+                else:  # regression target (depth): per-image L1, RMSE and SSIM
+                    values.update({f"{target}_{k}": v
+                                   for k, v in regression_metrics(out[target], batch[target]).items()})
             gathered = acc.gather_for_metrics({k: v.contiguous() for k, v in values.items()})
             for k, v in gathered.items():
                 per_image[k].append(v)
@@ -57,7 +57,7 @@ class SupervisedTrainer(Trainer):
     @torch.no_grad()
     def predict_panel(self, n: int) -> tuple[dict, dict]:
         ds = self.datasets["val"]
-        batch = collate([ds[i] for i in range(min(n, len(ds)))])
+        batch = self.fit_batch(collate([ds[i] for i in range(min(n, len(ds)))]))
         model = self.unwrapped
         was_training = model.training
         model.eval()

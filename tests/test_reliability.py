@@ -1,0 +1,175 @@
+"""Reliability: exact resume after SIGKILL, torn/corrupt checkpoints, NaN guard, 2 processes."""
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from sandbox import build_trainer, load_config
+from sandbox.errors import SandboxError
+from sandbox.tracking import read_metrics
+from tests.conftest import ROOT
+
+TRAIN = [sys.executable, str(ROOT / "sandbox" / "train.py"), "--config", str(ROOT / "configs" / "unet_dice.yaml")]
+VOLATILE = ("time", "epoch_time", "images_per_s")
+
+
+def strip(records):
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in records]
+
+
+def run(overrides, until_epoch=None):
+    trainer = build_trainer(load_config(ROOT / "configs/unet_dice.yaml", overrides))
+    trainer.fit(until_epoch=until_epoch)
+    return trainer
+
+
+@pytest.fixture
+def killable(tmp_path, tiny_overrides):
+    """A tiny run with a checkpoint after every step: 3 epochs x 4 steps, dropout on (RNG matters)."""
+    base = [o for o in tiny_overrides if not o.startswith(("train.epochs=", "data.num_train="))]
+    return base + ["train.epochs=3", "data.num_train=16", "train.checkpoint_every=1", "model.dropout=0.1"]
+
+
+def _last_step(metrics_path):
+    try:
+        lines = metrics_path.read_text().splitlines()
+        return max((json.loads(line)["step"] for line in lines if line.strip()), default=0)
+    except (OSError, json.JSONDecodeError, KeyError):
+        return 0
+
+
+def test_sigkill_at_random_steps_then_resume_is_bit_identical(tmp_path, killable):
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    # the reference runs the same way as the killed one (a fresh process): oneDNN may pick
+    # other kernels inside a long-lived pytest process, which is not what is under test
+    done = subprocess.run(TRAIN + killable + ["name=straight"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rng = random.Random(1234)
+    run_dir = tmp_path / "killed"
+    kills = []
+    for attempt in range(3):
+        resume = [f"train.resume={run_dir}"] if attempt else []
+        target = _last_step(run_dir / "metrics.jsonl") + rng.randint(1, 3)
+        proc = subprocess.Popen(TRAIN + killable + ["name=killed"] + resume, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while proc.poll() is None and _last_step(run_dir / "metrics.jsonl") < target and time.time() < deadline:
+            time.sleep(0.005)
+        assert proc.poll() is None, f"run ended before the kill: {proc.stderr.read()[-2000:]}"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills.append(_last_step(run_dir / "metrics.jsonl"))
+    assert kills == sorted(kills) and kills[-1] < 12, kills  # killed mid-run each time, never restarted at 0
+    done = subprocess.run(TRAIN + killable + ["name=killed", f"train.resume={run_dir}"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a = strip(read_metrics(tmp_path / "straight" / "metrics.jsonl"))
+    b = strip(read_metrics(run_dir / "metrics.jsonl"))
+    assert a == b  # every logged number, bit for bit
+    wa = torch.load(tmp_path / "straight/checkpoints/last/model.pt", weights_only=True)
+    wb = torch.load(run_dir / "checkpoints/last/model.pt", weights_only=True)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_failure_during_checkpoint_swap_falls_back(tmp_path, tiny_overrides, monkeypatch):
+    base = [o for o in tiny_overrides if not o.startswith("train.epochs=")] + ["train.epochs=2"]
+    run(base, until_epoch=1)
+    import sandbox.rundir as rundir
+
+    real_replace = os.replace
+    calls = {"n": 0}
+
+    def torn_replace(src, dst):  # the save of epoch 2 dies after moving last -> last.old
+        calls["n"] += 1
+        if str(dst).endswith("last.old"):
+            real_replace(src, dst)
+            raise KeyboardInterrupt("killed mid-swap")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(rundir.os, "replace", torn_replace)
+    with pytest.raises(KeyboardInterrupt):
+        run(base + [f"train.resume={tmp_path / 'tiny'}"])
+    monkeypatch.setattr(rundir.os, "replace", real_replace)
+    ck = tmp_path / "tiny" / "checkpoints"
+    assert not (ck / "last").exists() and (ck / "last.old").exists()
+    resumed = run(base + [f"train.resume={tmp_path / 'tiny'}"])  # falls back to last.old (epoch 1)
+    vals = [r for r in read_metrics(tmp_path / "tiny" / "metrics.jsonl") if r["split"] == "val"]
+    assert [r["epoch"] for r in vals] == [0, 1] and resumed.state["epoch"] == 2
+    assert (ck / "last").exists() and not (ck / "last.old").exists()
+
+
+def test_corrupt_last_falls_back_to_an_older_checkpoint(tmp_path, tiny_overrides, caplog):
+    base = [o for o in tiny_overrides if not o.startswith("train.epochs=")] + ["train.epochs=3", "train.keep_last_n=2"]
+    run(base, until_epoch=2)
+    ck = tmp_path / "tiny" / "checkpoints"
+    assert sorted(p.name for p in ck.glob("epoch_*")) == ["epoch_001", "epoch_002"]
+    weights = next((ck / "last").glob("model*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated by a dying disk
+    trainer = build_trainer(load_config(ROOT / "configs/unet_dice.yaml", base + [f"train.resume={tmp_path / 'tiny'}"]))
+    assert trainer.state["epoch"] == 2  # epoch_002 holds the same state as the torn last
+    assert any("could not be loaded" in r.message for r in caplog.records)
+
+
+def test_resume_of_a_run_without_checkpoints_is_a_clear_error(tmp_path):
+    (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(SandboxError, match="has no complete checkpoint"):
+        from sandbox.rundir import find_checkpoint
+        find_checkpoint(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_nonfinite_loss_guard(tmp_path, tiny_overrides, policy, monkeypatch):
+    from sandbox.losses import DiceLoss
+
+    real = DiceLoss.forward
+    calls = {"n": 0}
+
+    def sometimes_nan(self, pred, target):  # the 2nd training batch blows up
+        calls["n"] += 1
+        out = real(self, pred, target)
+        return out * float("nan") if calls["n"] == 2 else out
+
+    monkeypatch.setattr(DiceLoss, "forward", sometimes_nan)
+    overrides = tiny_overrides + [f"train.nonfinite={policy}"]
+    if policy == "stop":
+        with pytest.raises(SandboxError, match=r"non-finite loss at epoch 1, step 2 \(mask/dice=nan\)"):
+            run(overrides)
+        assert not (tmp_path / "tiny" / "checkpoints" / "best").exists()  # nothing non-finite became best
+    else:
+        trainer = run(overrides)
+        assert trainer.state["skipped"] == 1
+        val = [r for r in read_metrics(tmp_path / "tiny" / "metrics.jsonl") if r["split"] == "val"][0]
+        assert val["skipped_batches"] == 1
+        w = torch.load(tmp_path / "tiny/checkpoints/best/model.pt", weights_only=True)
+        assert all(torch.isfinite(v).all() for v in w.values() if v.is_floating_point())
+
+
+def test_two_processes_match_one_process(tmp_path, tiny_overrides):
+    """gloo DDP on CPU: 2 processes x batch 4 == 1 process x batch 8 (GroupNorm: BatchNorm
+    statistics are per process on CPU, where SyncBatchNorm does not exist)."""
+    if shutil.which("accelerate") is None:
+        pytest.skip("accelerate CLI not on PATH")
+    common = [o for o in tiny_overrides if not o.startswith(("data.batch_size=", "train.epochs=", "data.num_train="))]
+    common += ["model.norm=group", "model.width=8", "data.num_train=16", "train.epochs=2", "train.threads=1"]
+    run(common + ["name=one", "data.batch_size=8"])
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+           *TRAIN[1:], *common, "name=two", "data.batch_size=4"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "x2 processes" in done.stdout
+    one = strip(read_metrics(tmp_path / "one" / "metrics.jsonl"))
+    two = strip(read_metrics(tmp_path / "two" / "metrics.jsonl"))
+    assert [(r["split"], r["step"]) for r in one] == [(r["split"], r["step"]) for r in two]
+    for a, b in zip(one, two):
+        for k, v in a.items():
+            if isinstance(v, float):
+                assert b[k] == pytest.approx(v, abs=1e-5, rel=1e-5), (k, a["step"])
