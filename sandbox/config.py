@@ -430,10 +430,10 @@ def validate(cfg: Config) -> None:
             if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
                 raise ConfigError(f"loss.{target}.{name}: got weight {w!r}, expected a non-negative number "
                                   "(or a mapping {weight: w, <loss options>})")
-    if cfg.loss_balance is not None:  # checks the targets and the clamp, naming loss_balance.<key>
-        from sandbox.losses import build_loss
+    # build the losses once: bad options, targets and clamps fail here, naming loss.<target>.<name>
+    from sandbox.losses import build_loss
 
-        build_loss(cfg.loss, balance=dataclasses.asdict(cfg.loss_balance))
+    build_loss(cfg.loss, balance=dataclasses.asdict(cfg.loss_balance) if cfg.loss_balance is not None else None)
     if cfg.train.monitor.split("/")[0] not in ("val", "train"):
         raise ConfigError(f"train.monitor: got {cfg.train.monitor!r}, expected a logged metric such as "
                           "val/dice, val/iou or val/loss")
