@@ -19,7 +19,7 @@ def main() -> None:
     parser.add_argument("--config", required=True, help="YAML config, e.g. configs/unet_dice.yaml")
     parser.add_argument("--resume", help="continue a run: its directory or a checkpoint directory")
     parser.add_argument("overrides", nargs="*", help="key.path=value, e.g. train.epochs=3 model.name=hourglass")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     from sandbox import build_trainer, load_config
 
     overrides = args.overrides + ([f"train.resume={args.resume}"] if args.resume else [])

@@ -1,0 +1,87 @@
+"""Schedules (sized per process), the LR range test and progressive resizing."""
+import math
+
+import pytest
+import torch
+
+from sandbox import build_trainer, load_config
+from sandbox.lr_find import lr_range_test
+from sandbox.tracking import read_metrics
+from sandbox.trainers.schedules import lr_lambda, make_scheduler
+from tests.conftest import ROOT
+
+
+def trainer_for(tiny_overrides, *extra):
+    keep = [o for o in tiny_overrides if not o.startswith(("train.epochs=", "data.num_train="))]
+    return build_trainer(load_config(ROOT / "configs/unet_dice.yaml", keep + ["data.num_train=16", *extra]))
+
+
+def test_onecycle_peaks_at_the_configured_step(tmp_path, tiny_overrides):
+    trainer = trainer_for(tiny_overrides, "train.epochs=5", "train.warmup_frac=0.4", "train.lr=0.01")
+    assert trainer.steps_per_epoch == 4 and trainer.total_steps == 20
+    trainer.fit()
+    lrs = [r["train/lr"] for r in read_metrics(tmp_path / "tiny/metrics.jsonl") if r["split"] == "train"]
+    assert len(lrs) == 20
+    # OneCycle runs optimizer step index 0.4 * 20 - 1 = 7 (0-based) at the peak; the lr logged after a
+    # step is the one for the next step, so the peak shows at logged index 6
+    ref = torch.optim.lr_scheduler.OneCycleLR(torch.optim.SGD([torch.zeros(1)], lr=1), max_lr=0.01,
+                                              total_steps=20, pct_start=0.4)
+    expected = []
+    for _ in range(20):
+        ref.optimizer.step()
+        ref.step() if len(expected) < 19 else None
+        expected.append(ref.get_last_lr()[0])
+    assert lrs[:19] == pytest.approx(expected[:19], rel=1e-9)
+    assert max(lrs) == pytest.approx(0.01) and lrs.index(max(lrs)) == int(0.4 * 20) - 2
+    # with two processes each process steps half the batches: see test_reliability's 2-process
+    # test, whose train/lr trajectory must equal the one-process run's step for step.
+
+
+def test_cyclic_triangular2_shape():
+    f = lr_lambda("cyclic", total=100, steps_per_epoch=10, warmup_frac=0.1, cycle_epochs=1, step_epochs=3, gamma=0.1)
+    warm = 10
+    assert f(0) == pytest.approx(0.1) and f(warm - 1) == pytest.approx(1.0)
+    assert f(warm) == pytest.approx(1.0)  # first peak right after warm-up
+    assert f(warm + 10) == pytest.approx(0.1)  # trough after half a cycle (10 steps)
+    assert f(warm + 20) == pytest.approx(0.1 + 0.9 / 2)  # triangular2: the next peak is half as high
+    assert f(warm + 40) == pytest.approx(0.1 + 0.9 / 4)
+    assert all(0.1 - 1e-9 <= f(s) <= 1 for s in range(warm, 100))
+
+
+def test_step_and_cosine_shapes():
+    step = lr_lambda("step", total=60, steps_per_epoch=10, warmup_frac=0.0, cycle_epochs=1, step_epochs=2, gamma=0.5)
+    assert [step(s) for s in (0, 19, 20, 39, 40)] == pytest.approx([1, 1, 0.5, 0.5, 0.25])
+    cos = lr_lambda("cosine", total=100, steps_per_epoch=10, warmup_frac=0.2, cycle_epochs=1, step_epochs=1, gamma=1)
+    assert cos(19) == pytest.approx(1.0) and cos(60) == pytest.approx(0.5) and cos(100) == pytest.approx(0.0)
+
+
+def test_plateau_steps_per_epoch_on_the_monitor():
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = make_scheduler(opt, "plateau", 1.0, 100, 10, step_epochs=1, gamma=0.1, mode="max")
+    for value in (0.5, 0.6, 0.6, 0.6):
+        sched.step(value)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+def test_plateau_run_end_to_end(tmp_path, tiny_overrides):
+    trainer_for(tiny_overrides, "train.epochs=2", "train.scheduler=plateau").fit()
+    assert (tmp_path / "tiny/checkpoints/last/model.pt").exists()
+
+
+def test_lr_finder_suggests_inside_the_range(tmp_path, tiny_overrides):
+    trainer = trainer_for(tiny_overrides, "train.epochs=1", "train.scheduler=none")
+    result = lr_range_test(trainer, min_lr=1e-5, max_lr=1.0, steps=24)
+    assert 1e-5 <= result["suggestion"] <= result["lrs"][-1] <= 1.0
+    assert len(result["lrs"]) == len(result["losses"]) >= 5
+    assert result["lrs"] == sorted(result["lrs"])
+
+
+def test_progressive_resizing_follows_the_schedule(tmp_path, tiny_overrides):
+    trainer = trainer_for(tiny_overrides, "train.epochs=2", "data.size_schedule={0: 16, 1: 32}")
+    seen = []
+    trainer.unwrapped.register_forward_hook(lambda m, inp, out: seen.append((m.training, inp[0].shape[-1])))
+    trainer.fit()
+    train_sizes = [s for training, s in seen if training]
+    assert train_sizes[:4] == [16] * 4 and train_sizes[4:] == [32] * 4
+    val_sizes = sorted({s for training, s in seen if not training})
+    assert val_sizes == [16, 32]  # evaluation follows the schedule too
