@@ -95,6 +95,12 @@ class ModelConfig:
     encoder: Literal["core", "resnet18"] = "core"  # resnet18: torchvision ResNet-18 behind the same contract
     weights: Optional[str] = None  # resnet18: null (from scratch) or a local .pth file; nothing is downloaded
     freeze_encoder: bool = False
+    # generative models (ae, vae, dcgan, aae); None everywhere else, so segmentation builders never see them
+    latent_dim: Optional[int] = None  # size of the latent code (null: the model's default, 64)
+    size: Optional[int] = None  # image side the decoder produces; null: data.size (filled in at load time)
+    prior: Optional[Literal["gaussian", "mixture"]] = None  # aae: prior on the codes (null: gaussian)
+    prior_components: Optional[int] = None  # aae, prior: mixture: number of Gaussian components (null: 10)
+    ema: Optional[float] = None  # decay of an EMA copy of the generator/decoder used for sampling (e.g. 0.999)
 
 
 @dataclass
@@ -124,6 +130,14 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 = cores / local processes
     log_every: int = 10  # optimizer steps between train log lines in metrics.jsonl
     num_images: int = 6  # validation samples drawn in the image panel each epoch
+    # generative trainers (autoencoder, vae, gan, aae)
+    beta: float = 1.0  # vae: KL weight; loss = recon + beta * KL / (C*H*W) (beta = 2 sigma^2 of a Gaussian decoder with mse)
+    kl_warmup_frac: float = 0.0  # vae: fraction of the steps over which the KL weight rises linearly 0 -> beta
+    d_lr: Optional[float] = None  # gan/aae: discriminator learning rate (null: train.lr)
+    n_critic: int = 1  # gan: discriminator updates per generator update
+    beta1: Optional[float] = None  # adam/adamw beta1 (null: 0.5 in gan/aae trainers as in DCGAN, else 0.9)
+    fid_samples: int = 512  # generated images for val/fid_own each epoch (0: off)
+    probe_samples: int = 1000  # attractors: training images the latent probe is fitted on (0: off)
 
 
 @dataclass
@@ -437,3 +451,38 @@ def validate(cfg: Config) -> None:
     if cfg.train.monitor.split("/")[0] not in ("val", "train"):
         raise ConfigError(f"train.monitor: got {cfg.train.monitor!r}, expected a logged metric such as "
                           "val/dice, val/iou or val/loss")
+    _validate_generative(cfg, MODELS)
+
+
+def _validate_generative(cfg: Config, models) -> None:
+    """Generative models: a fixed image side (model.size, filled from data.size), the image target only."""
+    m, t = cfg.model, cfg.train
+    generative = getattr(models[m.name], "generative", False)
+    own = {"latent_dim": m.latent_dim, "size": m.size, "prior": m.prior, "prior_components": m.prior_components,
+           "ema": m.ema}
+    if not generative:
+        used = [k for k, v in own.items() if v is not None]
+        if used:
+            raise ConfigError(f"model.{used[0]}: only generative models (ae, vae, dcgan, aae) take it; "
+                              f"{m.name} does not; leave it unset")
+    else:
+        if m.size is None:
+            m.size = cfg.data.size  # the decoder's output side is fixed at build time
+        if m.size != cfg.data.size:
+            raise ConfigError(f"model.size: {m.size} px but data.size is {cfg.data.size}; a generative model "
+                              "produces one image size: make them equal (or leave model.size unset)")
+        if cfg.data.size_schedule:
+            raise ConfigError("data.size_schedule: generative models produce one image size; remove it")
+        if set(cfg.loss) != {"image"}:
+            raise ConfigError(f"loss: {m.name} reconstructs images; expected loss.image only (e.g. "
+                              f"{{image: {{mse: 1.0}}}}), got targets {', '.join(cfg.loss)}")
+    for path, value in [("train.beta", t.beta), ("train.fid_samples", t.fid_samples),
+                        ("train.probe_samples", t.probe_samples)]:
+        _positive(path, value, allow_zero=True)
+    if not 0 <= t.kl_warmup_frac <= 1:
+        raise ConfigError(f"train.kl_warmup_frac: got {t.kl_warmup_frac}, expected a fraction in [0, 1]")
+    if t.d_lr is not None:
+        _positive("train.d_lr", t.d_lr)
+    _positive("train.n_critic", t.n_critic)
+    if t.beta1 is not None and not 0 <= t.beta1 < 1:
+        raise ConfigError(f"train.beta1: got {t.beta1}, expected a value in [0, 1)")

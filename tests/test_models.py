@@ -26,7 +26,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("name", MODELS.names())
+@pytest.mark.parametrize("name", SEGMENTATION)  # generative models: tests/test_generative.py
 @pytest.mark.parametrize("size,depth", [(32, 1), (32, 3), (64, 2), (64, 4)])
 def test_forward_backward_keeps_size(name, size, depth):
     torch.manual_seed(0)

@@ -16,9 +16,11 @@ DATASETS: Registry = Registry("dataset")
 
 from sandbox.data.folders import FolderDataset, ImageFolder, splits_of  # noqa: E402
 from sandbox.data.synthetic import Dancers  # noqa: E402
+from sandbox.data.attractors import Attractors  # noqa: E402
 
 DATASETS.register("dancers")(Dancers)
 DATASETS.register("folder")(FolderDataset)
 DATASETS.register("images")(ImageFolder)
+DATASETS.register("attractors")(Attractors)
 
 __all__ = ["DATASETS", "Dancers", "FolderDataset", "ImageFolder", "splits_of"]

@@ -9,4 +9,5 @@ MODELS: Registry = Registry("model")
 
 # Registration happens on import of the modules below.
 from sandbox.models import segmentation  # noqa: E402,F401
+from sandbox.models import adversarial, autoencoders  # noqa: E402,F401  (ae, vae, dcgan, aae)
 from sandbox.models.segmentation import check_model_options  # noqa: E402,F401

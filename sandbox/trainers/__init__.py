@@ -6,3 +6,4 @@ TRAINERS: Registry = Registry("trainer")
 from sandbox.trainers.supervised import SupervisedTrainer  # noqa: E402
 
 TRAINERS.register("supervised")(SupervisedTrainer)
+from sandbox.trainers import adversarial, generative  # noqa: E402,F401  (autoencoder, vae, gan, aae register)

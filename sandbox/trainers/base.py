@@ -376,7 +376,7 @@ class Trainer:
         acc.wait_for_everyone()
         acc.save_state(str(tmp), safe_serialization=True)
         if acc.is_main_process:
-            torch.save(self.unwrapped.state_dict(), tmp / WEIGHTS_FILE)
+            torch.save(self.accelerator.unwrap_model(self.model, keep_torch_compile=False).state_dict(), tmp / WEIGHTS_FILE)
             save_config(self.cfg, tmp / "config.yaml")
             commit_checkpoint(tmp, final, self.state)
         acc.wait_for_everyone()

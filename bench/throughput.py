@@ -1,0 +1,217 @@
+"""Training-step throughput and MFU of SimpleConv, HourGlass, UNet and two peers (smp Unet-ResNet18,
+MONAI BasicUNet) on this machine, against matmul peaks measured in the same run.
+
+    python bench/throughput.py                    # default subset, 128 px (~5-10 min on 2 cores)
+    python bench/throughput.py --full             # all models x widths 16/32/64 x 128/256 px
+    python bench/throughput.py --models unet --widths 32 --modes fp32,fp32+cl,bf16,bf16+cl --compile --out options
+    python bench/throughput.py --profile          # torch.profiler top ops of one default UNet step
+
+Timing is round-robin: after every configuration is built and warmed up, each round times one
+step of every configuration (and one fp32 and one bf16 matmul), so a change in the load from
+other jobs hits all of them alike; ratios between rows are the robust numbers. img/s = batch /
+median step time. FLOPs per step are counted (fwd + bwd) with ``torch.utils.flop_counter`` on
+the fp32 model; MFU = achieved FLOP/s / median matmul peak of the row's precision, and
+``mfu_fp32eq`` divides bf16 rows by the fp32 peak (the wall-time view). See bench/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (bench/ is not a package)
+import torch  # noqa: E402
+
+DEFAULT = [("unet", 16), ("unet", 32), ("unet", 64), ("hourglass", 32), ("simpleconv", 32)]
+COLUMNS = [("model", "model", "s"), ("width", "width", "s"), ("size", "px", "d"), ("mode", "mode", "s"),
+           ("params_m", "params (M)", ".2f"), ("gflop_step", "GFLOP/step (fwd+bwd)", ".1f"),
+           ("s_step", "s/step", ".3f"), ("img_s", "img/s", ".2f"), ("gflops", "GFLOP/s", ".1f"),
+           ("mfu", "MFU % (own peak)", ".1f"), ("mfu_fp32eq", "MFU % (fp32-eq)", ".1f"),
+           ("mfu_paired", "MFU % (paired probe)", ".1f"), ("speedup", "x vs fp32", ".2f")]
+
+
+def configs(args) -> list[tuple[str, int, int]]:
+    """``[(model, width, size), ...]``; peers carry width 0 (their own fixed widths)."""
+    if args.full:
+        pairs = [(m, w) for m in common.OURS for w in (16, 32, 64)]
+    elif args.models or args.widths:
+        models = args.models.split(",") if args.models else list(common.OURS)
+        widths = [int(w) for w in args.widths.split(",")] if args.widths else [16, 32, 64]
+        pairs = [(m, w) for m in models if m in common.OURS for w in widths]
+        pairs += [(m, 0) for m in models if m in common.PEERS]
+    else:
+        pairs = list(DEFAULT)
+    if not args.models and not args.no_peers:
+        pairs += [(p, 0) for p in common.PEERS]
+    sizes = [128, 256] if args.full else [int(s) for s in args.sizes.split(",")]
+    return [(m, w, s) for s in sizes for m, w in pairs]
+
+
+def run(args) -> dict:
+    threads = common.set_threads(args.threads)
+    quiet = {"load_before": round(common.load1(), 2), "waited_s": 0.0} if args.no_wait \
+        else common.wait_for_quiet(args.max_load)
+    modes = args.modes.split(",") + (["bf16+cl+compile"] if args.compile else [])
+    skipped, rows, steps = {}, [], {}
+    for name, width, size in configs(args):
+        if name in common.PEERS and (why := common.peer_available(name)):
+            skipped[name] = why
+            continue
+        fwd, fb = common.step_flops(name, width, size, args.batch)
+        for mode in modes:
+            model = common.build(name, width)
+            row = {"model": name, "width": str(width or "-"), "size": size, "mode": mode,
+                   "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+                   "gflop_img_fwd": fwd / args.batch / 1e9, "gflop_step": fb / 1e9}
+            step = common.make_step(model, mode)
+            data = common.batch_for(size, args.batch)
+            t0 = time.perf_counter()
+            step(data).item()  # the first step: compilation for +compile modes
+            row["first_step_s"] = round(time.perf_counter() - t0, 2)
+            for _ in range(args.warmup):
+                step(data).item()
+            print(f"ready {name} w{width} {size}px {mode} (first step {row['first_step_s']} s)", flush=True)
+            rows.append(row)
+            steps[len(rows) - 1] = (step, data)
+    peak_rounds: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    times: dict[int, list[float]] = {i: [] for i in steps}
+    probes: dict[int, list[tuple[float, float]]] = {i: [] for i in steps}
+    loads = []
+    for r in range(args.steps):  # round-robin: one step of every configuration per round
+        peak_rounds["fp32"].append(common.matmul_peak(torch.float32, reps=5))
+        peak_rounds["bf16"].append(common.matmul_peak(torch.bfloat16, reps=5))
+        for i, (step, data) in steps.items():
+            # a short matmul probe next to each step: the share of the cores other jobs leave us now
+            probes[i].append((common.matmul_peak(torch.float32, 1536, 3), common.matmul_peak(torch.bfloat16, 1536, 3)))
+            t0 = time.perf_counter()
+            step(data).item()
+            times[i].append(time.perf_counter() - t0)
+        loads.append(round(common.load1(), 2))
+        print(f"round {r + 1}/{args.steps} done, load {loads[-1]}", flush=True)
+    peak = {k: statistics.median(v) for k, v in peak_rounds.items()}
+    base = {}
+    for i, row in enumerate(rows):
+        s = statistics.median(times[i])
+        gflops = row["gflop_step"] / s
+        own = peak["bf16" if row["mode"].startswith("bf16") else "fp32"]
+        own_i = 1 if row["mode"].startswith("bf16") else 0
+        paired = [row["gflop_step"] / t / p[own_i] for t, p in zip(times[i], probes[i])]
+        row.update(s_step=s, img_s=args.batch / s, gflops=gflops, mfu=100 * gflops / own,
+                   mfu_fp32eq=100 * gflops / peak["fp32"],
+                   mfu_paired=100 * statistics.median(paired),
+                   mfu_paired_fp32eq=100 * statistics.median(
+                       [row["gflop_step"] / t / p[0] for t, p in zip(times[i], probes[i])]),
+                   step_times=[round(t, 4) for t in times[i]],
+                   probe_gflops=[[round(a, 1), round(b, 1)] for a, b in probes[i]])
+        if row["mode"] == "fp32":
+            base[(row["model"], row["width"], row["size"])] = s
+    for row in rows:
+        b = base.get((row["model"], row["width"], row["size"]))
+        row["speedup"] = b / row["s_step"] if b else None
+    return {"command": "python bench/" + " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+            "machine": common.machine_info(), "threads": threads, "batch": args.batch,
+            "rounds": args.steps, "warmup": args.warmup, "load": {**quiet, "during": loads},
+            "peak_gflops": {k: round(v, 1) for k, v in peak.items()},
+            "peak_rounds": {k: [round(x, 1) for x in v] for k, v in peak_rounds.items()},
+            "bf16_autocast": "torch.autocast('cpu', dtype=torch.bfloat16) around the forward "
+                             "(what Accelerate's mixed_precision='bf16' enters on CPU), outputs cast to fp32",
+            "skipped": skipped, "rows": rows, "targets": targets(rows)}
+
+
+def targets(rows: list[dict]) -> dict:
+    """The issue's CPU targets, evaluated on this run's rows (None where the rows are missing)."""
+    out = {}
+    unet = [r for r in rows if r["model"] == "unet" and r["width"] != "-" and int(r["width"]) >= 32
+            and r["size"] == 128]
+    # paired-probe MFUs: robust to other jobs on the cores (see the table notes)
+    fp32 = [r["mfu_paired"] for r in unet if r["mode"].startswith("fp32")]
+    bf16 = [r["mfu_paired_fp32eq"] for r in unet if r["mode"].startswith("bf16")]
+    if fp32 or bf16:
+        best = max(fp32 + bf16)
+        out["unet_w>=32_128px_best_fp32eq_mfu"] = round(best, 1)
+        out["unet_60pct_of_fp32_peak_met"] = best >= 60
+    for mode in sorted({r["mode"] for r in rows}):
+        ours = [r["mfu_paired"] for r in unet if r["mode"] == mode]
+        peers = [r["mfu_paired"] for r in rows
+                 if r["model"] in common.PEERS and r["mode"] == mode and r["size"] == 128]
+        if ours and peers:
+            ratio = max(ours) / max(peers)
+            out[f"unet_vs_best_peer_mfu_{mode}"] = round(ratio, 2)
+            out[f"unet_1.3x_best_peer_{mode}_met"] = ratio >= 1.3
+    return out
+
+
+def markdown(res: dict) -> str:
+    m = res["machine"]
+    head = [f"Command: `{res['command']}`", "",
+            f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({res['threads']} threads), "
+            f"accelerate {m['accelerate']}, bf16 kernels: {m['mkldnn_bf16']}; batch {res['batch']}, "
+            f"median of {res['rounds']} round-robin rounds after {res['warmup'] + 1} warm-up steps.",
+            f"Load (1-min avg): {res['load']['load_before']} before, {res['load']['during']} during.", "",
+            f"Matmul peak (2048^3 torch.mm, median): fp32 **{res['peak_gflops']['fp32']} GFLOP/s**, "
+            f"bf16 **{res['peak_gflops']['bf16']} GFLOP/s** (per round: fp32 {res['peak_rounds']['fp32']}, "
+            f"bf16 {res['peak_rounds']['bf16']}).", "",
+            f"bf16 = {res['bf16_autocast']}. cl = channels_last. MFU (own peak): fp32 rows / fp32 peak, "
+            "bf16 rows / bf16 peak; fp32-eq: every row / fp32 peak; paired probe: median over rounds of "
+            "(step FLOP/s / a 1536^3 matmul of the row's precision timed just before that step), which "
+            "cancels most of the load from other jobs (equal to MFU (own peak) on a quiet machine).", ""]
+    tail = [""] + [f"- skipped {k}: {v}" for k, v in res["skipped"].items()]
+    tail += ["", "Targets:"] + [f"- {k}: {v}" for k, v in res["targets"].items()]
+    return "\n".join(head) + common.md_table(res["rows"], COLUMNS) + "\n" + "\n".join(tail)
+
+
+def profile(args) -> None:
+    """Top ops (self CPU time) of one training step of the main job's model (UNet w16, 128 px)
+    in fp32+cl and bf16+cl, written to bench/results/profile_unet.md."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    common.set_threads(args.threads)
+    out = [f"load {common.load1():.2f}; UNet width 16, depth 3, 128 px, batch {args.batch}", ""]
+    for mode in ("fp32+cl", "bf16+cl"):
+        step, data = common.make_step(common.build("unet", 16), mode), common.batch_for(128, args.batch)
+        for _ in range(3):
+            step(data).item()
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            step(data).item()
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=45)
+        out += [f"## {mode}", "", "```", table, "```", ""]
+        print(table)
+    common.RESULTS.mkdir(parents=True, exist_ok=True)
+    (common.RESULTS / "profile_unet.md").write_text("\n".join(out))
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", help=f"comma list of {','.join(common.OURS + common.PEERS)}")
+    p.add_argument("--widths", help="comma list of widths for our models (default 16,32,64)")
+    p.add_argument("--sizes", default="128", help="comma list of image sides (default 128)")
+    p.add_argument("--modes", default="fp32,fp32+cl,bf16+cl", help=f"comma list of {','.join(common.MODES)}")
+    p.add_argument("--compile", action="store_true", help="add bf16+cl+compile (60-80 s compile per model)")
+    p.add_argument("--full", action="store_true", help="all models x widths 16/32/64 x 128/256 px")
+    p.add_argument("--no-peers", action="store_true", help="leave out smp and MONAI")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps after the first one")
+    p.add_argument("--steps", type=int, default=3, help="round-robin rounds (timed steps per config)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
+    p.add_argument("--max-load", type=float, default=1.5, help="wait until the 1-min load is below this")
+    p.add_argument("--no-wait", action="store_true", help="measure at once whatever the load")
+    p.add_argument("--out", default="throughput", help="results stem under bench/results/")
+    p.add_argument("--profile", action="store_true", help="profile one UNet step instead")
+    args = p.parse_args(argv)
+    bad = [m for m in (args.modes.split(",")) if m not in common.MODES]
+    if bad:
+        p.error(f"--modes: unknown {bad}; accepted: {', '.join(common.MODES)}")
+    if args.profile:
+        return profile(args)
+    res = run(args)
+    md = markdown(res)
+    j, m = common.write_results(args.out, res, md)
+    print(md)
+    print(f"\nwrote {j} and {m}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Adversarial models on the shared core: ``dcgan`` and ``aae``.
+
+DCGAN (Radford et al. 2016)::
+
+    generator      z (B, latent_dim) ──Linear──> (C, h, w) ──core Decoder──> 1x1 conv ──> logits (B, 3, S, S)
+    discriminator  x ──core Encoder──> flatten ──Linear──> logit (B, 1)
+
+AAE (Makhzani et al. 2015): the :class:`~sandbox.models.autoencoders.AutoEncoder` plus a
+latent discriminator (an MLP on codes) that tells prior samples from encoded images. The
+prior is N(0, I) or (``prior: mixture``) a mixture of ``prior_components`` Gaussians with
+standard deviation 0.5 whose means lie on a sphere of radius 2, drawn once from a fixed seed.
+
+Discriminators return logits: losses use ``binary_cross_entropy_with_logits`` (AMP-safe; never
+Sigmoid + BCELoss).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from sandbox.errors import ConfigError
+from sandbox.models.autoencoders import AutoEncoder, ImageDecoder, ImageEncoder, LatentModel, register_generative
+
+PRIORS = ("gaussian", "mixture")
+MIXTURE_RADIUS, MIXTURE_STD, MIXTURE_SEED = 2.0, 0.5, 1234
+
+
+class DCGAN(LatentModel):
+    """``forward(z: (B, latent_dim)) -> {"image": G(z) (B, C, S, S) in [0, 1]}``.
+
+    ``generator(z)`` gives logits of pixel values (``decode`` applies the sigmoid);
+    ``discriminator(x)`` gives ``(B, 1)`` logits of "real". The discriminator is the core
+    Encoder (same options as the generator's Decoder) plus a linear layer on its
+    flattened bottleneck.
+    """
+
+    generator_name = "generator"
+
+    def __init__(self, in_channels: int, size: int, latent_dim: int, widths: Sequence[int], blocks: int = 1,
+                 block: str = "plain", norm: str = "batch", upsample: str = "transpose", downsample: str = "stride",
+                 dilation: int = 1, dropout: float = 0.0, ema: float | None = None):
+        super().__init__()
+        self.latent_dim, self.size, self.in_channels = latent_dim, size, in_channels
+        self.discriminator = ImageEncoder(in_channels, size, 1, widths, blocks, downsample, block, dilation, norm,
+                                          dropout)
+        self.generator = ImageDecoder(latent_dim, self.discriminator.bottleneck, in_channels, widths, upsample,
+                                      blocks, block, norm, dilation)
+        self.setup_ema(ema)
+
+    def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"image": self.decode(z)}
+
+
+class LatentDiscriminator(nn.Module):
+    """MLP on codes: ``z: (B, latent_dim) -> logit (B, 1)`` (prior sample = real)."""
+
+    def __init__(self, latent_dim: int, hidden: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(latent_dim, hidden), nn.LeakyReLU(0.2, inplace=True),
+                                 nn.Linear(hidden, hidden), nn.LeakyReLU(0.2, inplace=True), nn.Linear(hidden, 1))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class AAE(AutoEncoder):
+    """``forward(x) -> {"image": x̂, "z"}`` as the AutoEncoder; ``discriminator(z) -> (B, 1)`` logits;
+    ``prior(n)`` samples the Gaussian or mixture prior that ``sample(n)`` decodes."""
+
+    def __init__(self, *args: Any, prior: str = "gaussian", prior_components: int = 10, disc_hidden: int = 256,
+                 **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.prior_kind = prior
+        self.discriminator = LatentDiscriminator(self.latent_dim, disc_hidden)
+        if prior == "mixture":
+            g = torch.Generator().manual_seed(MIXTURE_SEED)
+            means = torch.randn(prior_components, self.latent_dim, generator=g)
+            self.register_buffer("mixture_means", MIXTURE_RADIUS * means / means.norm(dim=1, keepdim=True))
+
+    def prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        eps = LatentModel.prior(self, n, generator)
+        if self.prior_kind == "gaussian":
+            return eps
+        k = torch.randint(len(self.mixture_means), (n,), generator=generator).to(eps.device)
+        return self.mixture_means[k] + MIXTURE_STD * eps
+
+    @property
+    def autoencoder_parameters(self) -> list[nn.Parameter]:
+        """Encoder + decoder: what the reconstruction phase trains."""
+        return list(self.encoder.parameters()) + list(self.decoder.parameters())
+
+
+def _check_prior(options: dict[str, Any]) -> None:
+    prior, k = options.get("prior"), options.get("prior_components")
+    if prior is not None and prior not in PRIORS:
+        raise ConfigError(f"model.prior: got {prior!r}, expected one of {', '.join(map(repr, PRIORS))}")
+    if k is not None:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"model.prior_components: got {k!r}, expected an integer >= 1")
+        if prior != "mixture":
+            raise ConfigError("model.prior_components: only the mixture prior has components; set "
+                              "model.prior=mixture or drop model.prior_components")
+
+
+@register_generative("dcgan", "gan", defaults={"downsample": "stride"})
+def build_dcgan(latent_dim: int = 64, **core: Any) -> DCGAN:
+    """DCGAN: ``MODELS["dcgan"](latent_dim=64, size=64, width=16, depth=3, ...)``; the discriminator
+    downsamples with strided convolutions unless ``downsample`` says otherwise."""
+    return DCGAN(latent_dim=latent_dim, **core)
+
+
+@register_generative("aae", "aae", extra=("prior", "prior_components"), check=_check_prior)
+def build_aae(latent_dim: int = 64, prior: str | None = None, prior_components: int | None = None,
+              **core: Any) -> AAE:
+    """Adversarial autoencoder: ``MODELS["aae"](latent_dim=8, prior="mixture", prior_components=10, ...)``."""
+    return AAE(latent_dim=latent_dim, prior=prior or "gaussian", prior_components=prior_components or 10, **core)

@@ -1,0 +1,307 @@
+"""Latent-variable models on the shared core: ``ae`` (AutoEncoder) and ``vae`` (VAE).
+
+    x ──core Encoder──> f_d (C, h, w) ──flatten──> Linear ──> z (or mu, logvar)
+    z ──Linear──> (C, h, w) ──core Decoder (skip="none")──> 1x1 conv ──> sigmoid ──> x̂
+
+The flatten size ``C * h * w`` is measured by running the encoder once on a
+``(1, in_channels, size, size)`` zero image at construction, never hard-coded. Every
+generative model exposes ``encode``, ``decode`` and ``sample(n)``; images are in [0, 1].
+``ema``: decay of an exponential moving average copy of the decoder (the generator) kept
+in the model; in eval mode ``decode`` and ``sample`` use it (Karras et al. 2018).
+
+The adversarial models (``dcgan``, ``aae``) reuse these pieces: :mod:`sandbox.models.adversarial`.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Sequence
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from sandbox.errors import ConfigError, SandboxError
+from sandbox.models import MODELS
+from sandbox.nn.core import Decoder, Encoder
+
+GENERATIVE_OPTIONS = ("in_channels", "size", "latent_dim", "width", "widths", "depth", "blocks", "block", "norm",
+                      "upsample", "downsample", "dilation", "dropout", "ema")
+CHOICES = {"upsample": ("transpose", "pixel_shuffle", "bilinear"), "downsample": ("maxpool", "stride"),
+           "block": ("plain", "residual"), "norm": ("batch", "group", "none")}
+# ModelConfig keys of segmentation models: accepted only at their "not used" values
+INERT = {"skip": (None, "none"), "encoder": (None, "core"), "weights": (None,), "freeze_encoder": (None, False)}
+
+
+def stage_widths(width: int, widths: Sequence[int] | None, depth: int) -> list[int]:
+    return list(widths) if widths is not None else [width * 2**i for i in range(depth + 1)]
+
+
+class ImageEncoder(nn.Module):
+    """Core Encoder + flatten + Linear: ``x: (B, C, S, S) in [0, 1] -> (B, out_dim)``.
+
+    ``bottleneck``: the ``(C, h, w)`` shape measured on a zero image of side ``size``.
+    """
+
+    def __init__(self, in_channels: int, size: int, out_dim: int, widths: Sequence[int], blocks: int = 2,
+                 downsample: str = "maxpool", block: str = "plain", dilation: int = 1, norm: str = "batch",
+                 dropout: float = 0.0):
+        super().__init__()
+        self.core = Encoder(in_channels, widths, blocks, downsample, block, dilation, norm, dropout)
+        self.size = size
+        with torch.no_grad():
+            was = self.core.training
+            self.core.eval()  # a dry run must not touch BatchNorm statistics
+            self.bottleneck = tuple(self.core(torch.zeros(1, in_channels, size, size))[-1].shape[1:])
+            self.core.train(was)
+        self.flat = int(torch.tensor(self.bottleneck).prod())
+        self.head = nn.Linear(self.flat, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (self.size, self.size):
+            raise SandboxError(f"input of {x.shape[-2]}x{x.shape[-1]} px; this model was built for "
+                               f"{self.size}x{self.size} (model.size / data.size)")
+        f = self.core((x - 0.5) / 0.25)[-1]  # standardised inside, as the segmentation models do
+        return self.head(rearrange(f, "b c h w -> b (c h w)"))
+
+
+class ImageDecoder(nn.Module):
+    """Linear + reshape + core Decoder without skips + 1x1 conv: ``z: (B, latent_dim) -> logits (B, C, S, S)``."""
+
+    def __init__(self, latent_dim: int, bottleneck: tuple[int, int, int], out_channels: int, widths: Sequence[int],
+                 upsample: str = "transpose", blocks: int = 2, block: str = "plain", norm: str = "batch",
+                 dilation: int = 1):
+        super().__init__()
+        self.latent_dim, self.bottleneck = latent_dim, tuple(bottleneck)
+        c, h, w = self.bottleneck
+        self.project = nn.Sequential(nn.Linear(latent_dim, c * h * w), nn.ReLU(inplace=True))
+        self.core = Decoder(widths, widths, "none", upsample, blocks, block, norm, dilation)
+        self.depth = len(widths) - 1
+        self.out = nn.Conv2d(self.core.out_channels, out_channels, 1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if z.ndim != 2 or z.shape[1] != self.latent_dim:
+            raise SandboxError(f"latent codes of shape {tuple(z.shape)} do not fit this decoder; expected "
+                               f"(N, {self.latent_dim}) (model.latent_dim={self.latent_dim})")
+        c, h, w = self.bottleneck
+        f = rearrange(self.project(z), "b (c h w) -> b c h w", c=c, h=h, w=w)
+        # skip="none": the Decoder reads only the last feature; the finer levels are placeholders
+        return self.out(self.core([None] * self.depth + [f]))
+
+
+class LatentModel(nn.Module):
+    """Base of every generative model: the ``encode`` / ``decode`` / ``sample`` verbs and the EMA copy.
+
+    Subclasses set ``self.generator_name`` (the attribute holding the latent -> image
+    module) before calling :meth:`setup_ema`.
+    """
+
+    kind = "generative"
+    generator_name = "decoder"
+
+    def setup_ema(self, decay: float | None) -> None:
+        self.ema_decay = decay
+        if decay:
+            self.generator_ema = copy.deepcopy(getattr(self, self.generator_name)).requires_grad_(False)
+
+    @property
+    def image_generator(self) -> nn.Module:
+        """The live generator in train mode; its EMA copy (when kept) in eval mode."""
+        if getattr(self, "generator_ema", None) is not None and not self.training:
+            return self.generator_ema
+        return getattr(self, self.generator_name)
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """``ema <- decay * ema + (1 - decay) * live`` for parameters; buffers (BatchNorm statistics) copied."""
+        if not self.ema_decay:
+            return
+        live = getattr(self, self.generator_name)
+        for e, p in zip(self.generator_ema.parameters(), live.parameters()):
+            e.lerp_(p.detach(), 1 - self.ema_decay)
+        for e, b in zip(self.generator_ema.buffers(), live.buffers()):
+            e.copy_(b)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """``z: (B, latent_dim) -> images (B, C, S, S) in [0, 1]``."""
+        return torch.sigmoid(self.image_generator(z))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        raise SandboxError(f"{type(self).__name__} has no encoder; use random endpoints (--random K)")
+
+    def prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` latent codes from the model's prior: ``(n, latent_dim)``; N(0, I) unless overridden."""
+        dev = next(self.parameters()).device
+        return torch.randn(n, self.latent_dim, generator=generator).to(dev)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` images from the prior: ``(n, C, S, S)`` in [0, 1]."""
+        return self.decode(self.prior(n, generator))
+
+
+class AutoEncoder(LatentModel):
+    """``forward(x: (B, C, S, S)) -> {"image": x̂ (B, C, S, S) in [0, 1], "z": (B, latent_dim)}``.
+
+    A plain autoencoder has no prior; ``sample`` draws from a diagonal Gaussian fitted to
+    the training codes (running mean and variance, momentum 0.05, updated in train mode).
+    """
+
+    def __init__(self, in_channels: int, size: int, latent_dim: int, widths: Sequence[int], blocks: int = 2,
+                 block: str = "plain", norm: str = "batch", upsample: str = "transpose", downsample: str = "maxpool",
+                 dilation: int = 1, dropout: float = 0.0, ema: float | None = None, code_factor: int = 1):
+        super().__init__()
+        self.latent_dim, self.size, self.in_channels = latent_dim, size, in_channels
+        self.encoder = ImageEncoder(in_channels, size, code_factor * latent_dim, widths, blocks, downsample, block,
+                                    dilation, norm, dropout)
+        self.decoder = ImageDecoder(latent_dim, self.encoder.bottleneck, in_channels, widths, upsample, blocks,
+                                    block, norm, dilation)
+        self.register_buffer("code_mean", torch.zeros(latent_dim))
+        self.register_buffer("code_var", torch.ones(latent_dim))
+        self.setup_ema(ema)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``x: (B, C, S, S) -> z: (B, latent_dim)``."""
+        return self.encoder(x)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        z = self.encode(x)
+        if self.training:
+            with torch.no_grad():
+                zf = z.detach().float()
+                self.code_mean.lerp_(zf.mean(0), 0.05)
+                self.code_var.lerp_(zf.var(0, unbiased=False) if len(zf) > 1 else self.code_var, 0.05)
+        return {"image": self.decode(z), "z": z}
+
+    def prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        eps = super().prior(n, generator)
+        return self.code_mean + self.code_var.sqrt() * eps
+
+
+class VAE(AutoEncoder):
+    """``forward(x) -> {"image": x̂, "z", "mu", "logvar"}`` (each ``(B, latent_dim)``); prior N(0, I).
+
+    ``z = mu + exp(logvar / 2) * eps`` in train mode (reparameterisation, Kingma & Welling
+    2014); ``z = mu`` in eval mode, so reconstructions and encodings are deterministic.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, code_factor=2, **kwargs)
+
+    def encode_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x -> (mu, logvar)``, each ``(B, latent_dim)``; logvar clamped to [-30, 20] (exp stays finite in fp16)."""
+        mu, logvar = self.encoder(x).chunk(2, dim=1)
+        return mu, logvar.clamp(-30.0, 20.0)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The posterior mean ``mu``: the code used for probes and interpolation."""
+        return self.encode_stats(x)[0]
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        mu, logvar = self.encode_stats(x)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if self.training else mu
+        return {"image": self.decode(z), "z": z, "mu": mu, "logvar": logvar}
+
+    @staticmethod
+    def kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """``KL(N(mu, diag exp(logvar)) || N(0, I))`` per sample, in nats: ``(B, D) -> (B,)``, float32."""
+        mu, logvar = mu.float(), logvar.float()
+        return 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(1)
+
+    def prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return LatentModel.prior(self, n, generator)
+
+
+# ----------------------------------------------------------------------------- options and builders
+
+def _int(key: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"model.{key}: got {value!r}, expected an integer >= {low}")
+
+
+def check_generative(name: str, options: dict[str, Any], extra: Sequence[str] = ()) -> None:
+    """ConfigError naming ``model.<key>`` for an option ``name`` does not take or an illegal value."""
+    o = {k: v for k, v in options.items() if k not in ("targets", "name")}
+    accepted = list(GENERATIVE_OPTIONS) + list(extra)
+    for key, value in o.items():
+        if key in INERT:
+            if value not in INERT[key]:
+                raise ConfigError(f"model.{key}: {name} does not use it (got {value!r}); leave it unset")
+        elif key not in accepted and value is not None:
+            raise ConfigError(f"model.{key}: unknown option for {name}; accepted: {', '.join(accepted)}")
+    o = {k: v for k, v in o.items() if v is not None and k not in INERT}
+    for key, values in CHOICES.items():
+        if key in o and o[key] not in values:
+            raise ConfigError(f"model.{key}: got {o[key]!r}, expected one of {', '.join(map(repr, values))}")
+    for key, low in (("in_channels", 1), ("width", 1), ("depth", 0), ("blocks", 1), ("dilation", 1),
+                     ("latent_dim", 1), ("size", 2)):
+        if key in o:
+            _int(key, o[key], low)
+    if "dropout" in o and (isinstance(o["dropout"], bool) or not 0 <= o["dropout"] < 1):
+        raise ConfigError(f"model.dropout: got {o['dropout']!r}, expected a number in [0, 1)")
+    if "ema" in o and (isinstance(o["ema"], bool) or not isinstance(o["ema"], (int, float)) or not 0 <= o["ema"] < 1):
+        raise ConfigError(f"model.ema: got {o['ema']!r}, expected a decay in [0, 1) such as 0.999, or null (off)")
+    depth = o.get("depth", 3)
+    if "widths" in o:
+        w = o["widths"]
+        if not isinstance(w, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in w):
+            raise ConfigError(f"model.widths: got {w!r}, expected a list of positive integers")
+        if len(w) != depth + 1:
+            raise ConfigError(f"model.widths: got {len(w)} widths for model.depth={depth}; expected depth + 1 = "
+                              f"{depth + 1} (or drop widths and set model.width)")
+    if "size" in o and (o["size"] % 2**depth or o["size"] // 2**depth < 1):
+        raise ConfigError(f"model.size: {o['size']} px does not halve model.depth={depth} times evenly; "
+                          f"use a side divisible by {2**depth}")
+
+
+def core_kwargs(in_channels: int = 3, size: int = 64, width: int = 16, widths: Sequence[int] | None = None,
+                depth: int = 3, blocks: int = 2, block: str = "plain", norm: str = "batch",
+                upsample: str | None = None, downsample: str | None = None, dilation: int = 1,
+                dropout: float = 0.0, ema: float | None = None) -> dict[str, Any]:
+    """The shared core options of every generative builder, with their defaults filled in."""
+    return dict(in_channels=in_channels, size=size, widths=stage_widths(width, widths, depth), blocks=blocks,
+                block=block, norm=norm, upsample=upsample or "transpose", downsample=downsample or "maxpool",
+                dilation=dilation, dropout=dropout, ema=ema)
+
+
+def register_generative(name: str, trainer: str, extra: Sequence[str] = (), defaults: dict | None = None,
+                        check: Callable[[dict], None] | None = None):
+    """Decorator: register ``build(latent_dim, **core) -> model`` as ``MODELS[name]`` with its checks.
+
+    The registered builder accepts every ModelConfig key (``sandbox.build.model_kwargs`` passes
+    them all): ``targets`` is ignored, the segmentation-only keys must keep their unused values.
+    ``extra``: the model's own option names (passed to ``build``); ``defaults``: core options
+    whose default differs for this model; ``check(options)``: more checks of its own.
+    """
+    def check_options(options: dict[str, Any]) -> None:
+        check_generative(name, options, extra)
+        if check is not None:
+            check(options)
+
+    def deco(build):
+        def builder(targets: dict[str, int] | None = None, **options: Any) -> nn.Module:
+            check_options(options)
+            o = {**(defaults or {}), **{k: v for k, v in options.items() if v is not None and k not in INERT}}
+            own = {k: o.pop(k) for k in list(o) if k in extra or k == "latent_dim"}
+            return build(**own, **core_kwargs(**o))
+
+        builder.__name__ = builder.__qualname__ = name
+        builder.__doc__ = build.__doc__
+        builder.check_options = check_options
+        builder.trainer = trainer  # read by sandbox.build.build_trainer
+        builder.generative = True  # config validation fills model.size from data.size
+        MODELS.register(name)(builder)
+        return build
+
+    return deco
+
+
+@register_generative("ae", "autoencoder")
+def build_ae(latent_dim: int = 64, **core: Any) -> AutoEncoder:
+    """AutoEncoder: ``MODELS["ae"](latent_dim=64, size=64, width=16, depth=3, ...)``."""
+    return AutoEncoder(latent_dim=latent_dim, **core)
+
+
+@register_generative("vae", "vae")
+def build_vae(latent_dim: int = 64, **core: Any) -> VAE:
+    """VAE (mu/logvar head, reparameterisation): ``MODELS["vae"](latent_dim=64, size=64, ...)``."""
+    return VAE(latent_dim=latent_dim, **core)

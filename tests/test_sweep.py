@@ -1,0 +1,180 @@
+"""sweep.py: grid x seeds as runs, a mean/std/CV summary checked by hand, resume, clear errors."""
+import csv
+import math
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sandbox import build_trainer, load_config
+from sandbox.config import parse_overrides
+from sandbox.tracking import read_metrics
+from tests.conftest import ROOT
+
+CONFIG = str(ROOT / "configs/unet_dice.yaml")
+TINY = ["data.size=32", "data.num_train=8", "data.num_val=4", "data.batch_size=4", "model.depth=2",
+        "train.epochs=1", "train.log_every=1", "train.num_images=0", "track.wandb=disabled",
+        "train.mixed_precision=no"]
+GRID = ["--grid", "model.name=unet,hourglass", "--grid", "model.width=4,8"]
+CELLS = ["model-unet_width-4", "model-unet_width-8", "model-hourglass_width-4", "model-hourglass_width-8"]
+
+
+def sweep_main(argv):
+    from sandbox import sweep
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", ["sweep.py", *argv])
+        sweep.main()
+
+
+def counting(mp):
+    """Count in-process trainings: [(run name, resumed?), ...]."""
+    from sandbox import sweep
+
+    calls, real = [], sweep._train_in_process
+    mp.setattr(sweep, "_train_in_process", lambda spec, config, resume: calls.append((spec.name, resume))
+               or real(spec, config, resume))
+    return calls
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweeps")
+    sweep_main(["--config", CONFIG, *GRID, "--seeds", "2", "--name", "s", "--out-dir", str(out), "--in-process", *TINY])
+    return out / "s"
+
+
+def test_grid_times_seeds_gives_one_normal_run_each(swept):
+    runs = sorted(p.parent.name for p in swept.glob("*/config.yaml"))
+    assert runs == sorted(f"{c}_s{s}" for c in CELLS for s in (0, 1))
+    cfg = load_config(swept / "model-hourglass_width-8_s1" / "config.yaml")
+    assert (cfg.model.name, cfg.model.width, cfg.seed, cfg.name) == ("hourglass", 8, 1, "s/model-hourglass_width-8_s1")
+    assert cfg.track.group == "s" and cfg.track.tags == ["model=hourglass", "width=8", "seed=1"]
+    assert cfg.train.epochs == 1 and cfg.data.size == 32  # the extra overrides reach every run
+
+
+def _close(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-9, abs=1e-12)
+
+
+def test_summary_csv_is_mean_std_cv_of_the_runs_metrics(swept):
+    rows = {r["cell"]: r for r in csv.DictReader(open(swept / "summary.csv"))}
+    assert sorted(rows) == sorted(CELLS)
+    for cell in CELLS:
+        per_run = []
+        for seed in (0, 1):
+            val = [r for r in read_metrics(swept / f"{cell}_s{seed}" / "metrics.jsonl") if r["split"] == "val"]
+            per_run.append({"best val/dice": max(r["val/dice"] for r in val), "val/loss": val[-1]["val/loss"],
+                            "val/pixel_acc": val[-1]["val/pixel_acc"],
+                            "epoch_time": statistics.mean(r["epoch_time"] for r in val)})
+        row = rows[cell]
+        assert row["runs"] == "2" and row["model"] == cell.split("_")[0].split("-")[1]
+        for key in per_run[0]:
+            xs = [r[key] for r in per_run]
+            mean, std = statistics.mean(xs), statistics.stdev(xs)
+            cv = std / abs(mean) if mean else math.nan
+            got = [float(row[f"{key}_{s}"]) for s in ("mean", "std", "cv")]
+            assert _close(got[0], mean) and _close(got[1], std) and _close(got[2], cv), (cell, key, got)
+    md = (swept / "summary.md").read_text()
+    assert "| cell | runs | best val/dice |" in md and "± " in md
+    assert (swept / "compare" / "report.md").is_file() and (swept / "compare" / "predictions.png").is_file()
+    assert (swept / "plots" / "val_dice_vs_model.width.png").stat().st_size > 5000  # metric vs the numeric axis
+
+
+def test_rerun_skips_finished_and_retrains_a_deleted_run(swept):
+    import shutil
+
+    stamps = {p.parent.parent.parent.name: p.stat().st_mtime_ns for p in swept.glob("*/checkpoints/last/trainer_state.json")}
+    shutil.rmtree(swept / "model-unet_width-8_s1")
+    with pytest.MonkeyPatch.context() as mp:
+        calls = counting(mp)
+        sweep_main(["--config", CONFIG, *GRID, "--seeds", "2", "--name", "s", "--out-dir", str(swept.parent),
+                    "--in-process", *TINY])
+    assert calls == [("s/model-unet_width-8_s1", False)]
+    after = {p.parent.parent.parent.name: p.stat().st_mtime_ns for p in swept.glob("*/checkpoints/last/trainer_state.json")}
+    assert {k: v for k, v in after.items() if k != "model-unet_width-8_s1"} == \
+           {k: v for k, v in stamps.items() if k != "model-unet_width-8_s1"}
+
+
+def test_a_partial_run_is_resumed_not_restarted(tmp_path):
+    from sandbox.sweep import make_cells, plan
+
+    tiny2 = [o for o in TINY if not o.startswith("train.epochs")] + ["train.epochs=2", "model.width=4"]
+    spec = plan(CONFIG, make_cells({"model.name": ["unet"]}), 2, tiny2, "p", tmp_path)[1]
+    build_trainer(load_config(CONFIG, spec.overrides)).fit(until_epoch=1)  # as if killed after epoch 1
+    first = read_metrics(spec.path / "metrics.jsonl")
+    with pytest.MonkeyPatch.context() as mp:
+        calls = counting(mp)
+        sweep_main(["--config", CONFIG, "--grid", "model.name=unet", "--seeds", "2", "--name", "p",
+                    "--out-dir", str(tmp_path), "--in-process", *tiny2])
+    assert calls == [("p/model-unet_s0", False), ("p/model-unet_s1", True)]
+    val = [r for r in read_metrics(spec.path / "metrics.jsonl") if r["split"] == "val"]
+    assert [r["epoch"] for r in val] == [0, 1]
+    assert read_metrics(spec.path / "metrics.jsonl")[:len(first)] == first  # epoch 1 kept, not retrained
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--grid", "model.name"], "error: --grid 'model.name': expected key.path=v1,v2"),
+    (["--grid", "model.nme=1,2"], "unknown key 'model.nme'; accepted keys under model:"),
+    (["--grid", "model.name=unet,unet"], "error: grid model.name: values ['unet', 'unet'] repeat"),
+    (["--grid", "seed=1,2"], "error: grid seed: set by the sweep itself; use --seeds N"),
+    (["--grid", "model.name=unet", "--grid", "model.name=hourglass"], "error: --grid model.name: given twice"),
+    (["--grid", "model.depth=[1,2"], "error: --grid model.depth: '[1,2' is not a comma-separated list"),
+    (["--grid", "model.name=unet", "--seeds", "0"], "error: --seeds: got 0, expected 1 or more"),
+])
+def test_grid_errors_are_one_line_naming_the_key(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        sweep_main(["--config", CONFIG, "--out-dir", str(tmp_path), "--in-process", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and message in err[0], err
+    assert not any(tmp_path.iterdir())  # nothing was trained
+
+
+@pytest.mark.parametrize("value", ["unet", "pixel_shuffle", "1e-3", "true", "", 3, 1e-3, 0.5, True, None, [8, 16],
+                                   {"l1": 1.0}, {"l1": 0.16, "ms_ssim": {"weight": 0.84, "win_size": 3}}])
+def test_override_reads_back_as_the_same_value(value):
+    from sandbox.sweep import override
+
+    assert parse_overrides([override("a.b", value)]) == [("a.b", value)]
+
+
+def test_cells_are_the_product_and_named_axes_set_several_keys():
+    from sandbox.sweep import make_cells
+
+    cells = make_cells({"model.name": ["unet", "hourglass"], "size": {"small": {"data.num_train": 6, "train.epochs": 9},
+                                                                       "all": {"data.num_train": 600}}})
+    assert [c.name for c in cells] == ["model-unet_size-small", "model-unet_size-all", "model-hourglass_size-small",
+                                       "model-hourglass_size-all"]
+    assert cells[0].overrides == {"model.name": "unet", "data.num_train": 6, "train.epochs": 9}
+    assert cells[0].axis_of == {"model.name": "model", "data.num_train": "size", "train.epochs": "size"}
+    loss = make_cells({"loss.depth": [{"l1": 0.16, "ms_ssim": 0.84}]})[0]
+    assert loss.name == "depth-l1-0.16+ms_ssim-0.84"
+
+
+@pytest.mark.parametrize("study", sorted((ROOT / "configs" / "studies").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_study_file_plans_valid_runs(study, tmp_path):
+    from sandbox.sweep import load_study, make_cells, plan
+
+    s = load_study(str(study))
+    if not (ROOT / s["config"]).is_file():
+        pytest.skip(f"{s['config']} does not exist yet")
+    specs = plan(str(ROOT / s["config"]), make_cells(s["grid"]), s.get("seeds", 1), s.get("overrides", []),
+                 study.stem, tmp_path)
+    assert len({sp.name for sp in specs}) == len(specs) >= 2
+    assert s.get("title") and s.get("expected_minutes")
+
+
+def test_cli_subprocess_sweep_in_parallel_jobs(tmp_path):
+    """The default path: each run a `python sandbox/train.py` subprocess (two at once here)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "sandbox/sweep.py"), "--config", CONFIG, "--grid",
+                           "model.name=unet", "--seeds", "2", "--jobs", "2", "--name", "j", "--out-dir", str(tmp_path),
+                           *TINY, "model.width=4"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for seed in (0, 1):
+        cfg = load_config(tmp_path / "j" / f"model-unet_s{seed}" / "config.yaml")
+        assert cfg.train.threads == max(1, len(os.sched_getaffinity(0)) // 2) and cfg.seed == seed
+        assert (tmp_path / "j" / "logs" / f"model-unet_s{seed}.log").is_file()
+    assert "| model-unet | 2 |" in Path(tmp_path / "j" / "summary.md").read_text()
