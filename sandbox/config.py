@@ -101,6 +101,7 @@ class ModelConfig:
     prior: Optional[Literal["gaussian", "mixture"]] = None  # aae: prior on the codes (null: gaussian)
     prior_components: Optional[int] = None  # aae, prior: mixture: number of Gaussian components (null: 10)
     ema: Optional[float] = None  # decay of an EMA copy of the generator/decoder used for sampling (e.g. 0.999)
+    d_norm: Optional[Literal["batch", "group", "none"]] = None  # dcgan: the discriminator's norm (null: model.norm)
 
 
 @dataclass
@@ -135,6 +136,7 @@ class TrainConfig:
     kl_warmup_frac: float = 0.0  # vae: fraction of the steps over which the KL weight rises linearly 0 -> beta
     d_lr: Optional[float] = None  # gan/aae: discriminator learning rate (null: train.lr)
     n_critic: int = 1  # gan: discriminator updates per generator update
+    label_smoothing: float = 0.0  # gan/aae: the discriminator's "real" target is 1 - this (one-sided; 0.1 is common)
     beta1: Optional[float] = None  # adam/adamw beta1 (null: 0.5 in gan/aae trainers as in DCGAN, else 0.9)
     fid_samples: int = 512  # generated images for val/fid_own each epoch (0: off)
     probe_samples: int = 1000  # attractors: training images the latent probe is fitted on (0: off)
@@ -459,7 +461,7 @@ def _validate_generative(cfg: Config, models) -> None:
     m, t = cfg.model, cfg.train
     generative = getattr(models[m.name], "generative", False)
     own = {"latent_dim": m.latent_dim, "size": m.size, "prior": m.prior, "prior_components": m.prior_components,
-           "ema": m.ema}
+           "ema": m.ema, "d_norm": m.d_norm}
     if not generative:
         used = [k for k, v in own.items() if v is not None]
         if used:
@@ -481,6 +483,8 @@ def _validate_generative(cfg: Config, models) -> None:
         _positive(path, value, allow_zero=True)
     if not 0 <= t.kl_warmup_frac <= 1:
         raise ConfigError(f"train.kl_warmup_frac: got {t.kl_warmup_frac}, expected a fraction in [0, 1]")
+    if not 0 <= t.label_smoothing < 0.5:
+        raise ConfigError(f"train.label_smoothing: got {t.label_smoothing}, expected a value in [0, 0.5)")
     if t.d_lr is not None:
         _positive("train.d_lr", t.d_lr)
     _positive("train.n_critic", t.n_critic)

@@ -1,7 +1,7 @@
 """Measure a generative run: ``fid_own`` and the latent probe (library + CLI).
 
     python sandbox/probe.py --run runs/vae_attractors          # probe R², trained vs untrained encoder
-    python sandbox/probe.py --run runs/dcgan_faces --split test  # fid_own: samples vs noise baseline
+    python sandbox/probe.py --run runs/dcgan_faces --split test  # fid_own: samples vs noise baselines
 
 ``fid_own``: the Fréchet distance (Heusel et al. 2017) between Gaussian fits of the
 features of two image sets, where the features come from :class:`OwnFeatures`, a small
@@ -232,17 +232,26 @@ def main() -> None:
     g = torch.Generator().manual_seed(cfg.seed)
     real = torch.stack([held[i]["image"] for i in range(len(held))])
     fake = torch.cat([model.sample(min(256, args.samples - i), g).float().cpu() for i in range(0, args.samples, 256)])
-    mean, std = real.mean(0), real.std(0)
-    noise = (mean + std * torch.randn(args.samples, *real.shape[1:], generator=g)).clamp(0, 1)
-    fr, ff, fn = own_features(real), own_features(fake), own_features(noise)
+    # baselines: Gaussian noise matched to the data's per-channel mean and variance (no layout at all), and
+    # to its per-pixel mean and variance (the "mean image + noise", a much stronger one); the floor:
+    # as many training images, real against real
+    shape = (args.samples, *real.shape[1:])
+    per_channel = real.mean((0, 2, 3), keepdim=True)[0], real.std((0, 2, 3), keepdim=True)[0]
+    baselines = {"noise_channel": per_channel, "noise_pixel": (real.mean(0), real.std(0))}
+    fr, ff = own_features(real), own_features(fake)
+    spread = mean_pairwise_distance(fr)
     res = {"run": str(args.run), "split": args.split, "n_real": len(real), "n_generated": args.samples,
-           "fid_own_samples": frechet_distance(fr, ff), "fid_own_noise_baseline": frechet_distance(fr, fn),
-           "diversity_samples": mean_pairwise_distance(ff) / mean_pairwise_distance(fr),
-           "diversity_noise": mean_pairwise_distance(fn) / mean_pairwise_distance(fr)}
+           "fid_own_samples": frechet_distance(fr, ff), "diversity_samples": mean_pairwise_distance(ff) / spread}
+    for name, (mean, std) in baselines.items():
+        fn = own_features((mean + std * torch.randn(shape, generator=g)).clamp(0, 1))
+        res[f"fid_own_{name}"], res[f"diversity_{name}"] = frechet_distance(fr, fn), mean_pairwise_distance(fn) / spread
+    train = getattr(data["train"], "dataset", data["train"])  # the images as stored, not augmented
+    other = torch.stack([train[i]["image"] for i in range(min(len(train), len(real)))])
+    res["fid_own_real_train_vs_heldout"] = frechet_distance(fr, own_features(other))
     if "params" in held[0] and hasattr(model, "encoder"):
         fit_idx = list(range(min(len(data["train"]), args.fit)))
         for label, net in (("trained", model), ("untrained", build_model(cfg).to(next(model.parameters()).device))):
-            cf, pf = encode_dataset(net, data["train"], fit_idx)
+            cf, pf = encode_dataset(net, train, fit_idx)
             ct, pt = encode_dataset(net, held, list(range(len(held))))
             res[f"probe_{label}"] = latent_probe(cf, pf, ct, pt)
         res["probe_fit_images"] = len(fit_idx)

@@ -126,6 +126,12 @@ def test_ema_copy_follows_the_generator_and_is_used_in_eval():
     assert not any(p.requires_grad for p in ema.parameters())
 
 
+def test_dcgan_discriminator_norm_can_differ_from_the_generator():
+    gan = MODELS["dcgan"](size=32, d_norm="none", **TINY)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in gan.generator.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in gan.discriminator.modules())
+
+
 def test_aae_mixture_prior_has_its_components():
     aae = MODELS["aae"](size=32, prior="mixture", prior_components=3, **TINY)
     means = aae.mixture_means
@@ -155,6 +161,8 @@ def test_a_latent_that_does_not_fit_the_decoder_is_one_clear_line():
      r"model\.prior: unknown option for vae"),
     (["model.name=aae", "data.name=attractors", "loss={image: {mse: 1}}", "model.prior_components=4"],
      r"model\.prior_components: only the mixture prior"),
+    (["model.name=vae", "data.name=attractors", "loss={image: {mse: 1}}", "model.d_norm=none"],
+     r"model\.d_norm: unknown option for vae"),
     (["model.name=vae", "data.name=attractors", "loss={image: {mse: 1}}", "model.latent_dim=0"],
      r"model\.latent_dim: got 0, expected an integer >= 1"),
 ])
@@ -306,6 +314,20 @@ def test_two_training_steps_write_the_run_files(tmp_path, name, monkeypatch, cap
 
     with Image.open(gif.with_suffix(".png")) as strip:  # one row of 7 frames of 32 px, 2 px gaps, upscaled x2
         assert "7 frames" in out and strip.size == (2 * (7 * 34 + 2), 2 * 36)
+
+
+def test_discriminator_bce_takes_logits_and_smooths_real_labels_only():
+    from sandbox.trainers.adversarial import bce_logits
+
+    x = torch.tensor([[2.0], [-1.0]])
+    sig = torch.sigmoid(x)
+    assert bce_logits(x, True).item() == pytest.approx(float(-sig.log().mean()), rel=1e-6)
+    assert bce_logits(x, False).item() == pytest.approx(float(-(1 - sig).log().mean()), rel=1e-6)
+    smoothed = -(0.9 * sig.log() + 0.1 * (1 - sig).log()).mean()
+    assert bce_logits(x, True, 0.1).item() == pytest.approx(float(smoothed), rel=1e-6)
+    assert bce_logits(x, False, 0.1).item() == pytest.approx(float(-(1 - sig).log().mean()), rel=1e-6)
+    big = torch.tensor([[200.0]])  # log-sum-exp form: finite where sigmoid + log would give inf
+    assert torch.isfinite(bce_logits(big, False)) and bce_logits(big, False).item() == pytest.approx(200.0)
 
 
 def _snapshot(module):

@@ -32,19 +32,21 @@ class DCGAN(LatentModel):
 
     ``generator(z)`` gives logits of pixel values (``decode`` applies the sigmoid);
     ``discriminator(x)`` gives ``(B, 1)`` logits of "real". The discriminator is the core
-    Encoder (same options as the generator's Decoder) plus a linear layer on its
-    flattened bottleneck.
+    Encoder (same options as the generator's Decoder, except ``d_norm``) plus a linear layer
+    on its flattened bottleneck. BatchNorm in the discriminator sees all-real and all-fake
+    batches separately, which lets it tell them apart by batch statistics alone; ``d_norm``
+    (``none`` or ``group``) removes that shortcut.
     """
 
     generator_name = "generator"
 
     def __init__(self, in_channels: int, size: int, latent_dim: int, widths: Sequence[int], blocks: int = 1,
                  block: str = "plain", norm: str = "batch", upsample: str = "transpose", downsample: str = "stride",
-                 dilation: int = 1, dropout: float = 0.0, ema: float | None = None):
+                 dilation: int = 1, dropout: float = 0.0, ema: float | None = None, d_norm: str | None = None):
         super().__init__()
         self.latent_dim, self.size, self.in_channels = latent_dim, size, in_channels
-        self.discriminator = ImageEncoder(in_channels, size, 1, widths, blocks, downsample, block, dilation, norm,
-                                          dropout)
+        self.discriminator = ImageEncoder(in_channels, size, 1, widths, blocks, downsample, block, dilation,
+                                          d_norm or norm, dropout)
         self.generator = ImageDecoder(latent_dim, self.discriminator.bottleneck, in_channels, widths, upsample,
                                       blocks, block, norm, dilation)
         self.setup_ema(ema)
@@ -104,11 +106,16 @@ def _check_prior(options: dict[str, Any]) -> None:
                               "model.prior=mixture or drop model.prior_components")
 
 
-@register_generative("dcgan", "gan", defaults={"downsample": "stride"})
-def build_dcgan(latent_dim: int = 64, **core: Any) -> DCGAN:
+def _check_d_norm(options: dict[str, Any]) -> None:
+    if options.get("d_norm") not in (None, "batch", "group", "none"):
+        raise ConfigError(f"model.d_norm: got {options['d_norm']!r}, expected one of 'batch', 'group', 'none'")
+
+
+@register_generative("dcgan", "gan", extra=("d_norm",), defaults={"downsample": "stride"}, check=_check_d_norm)
+def build_dcgan(latent_dim: int = 64, d_norm: str | None = None, **core: Any) -> DCGAN:
     """DCGAN: ``MODELS["dcgan"](latent_dim=64, size=64, width=16, depth=3, ...)``; the discriminator
     downsamples with strided convolutions unless ``downsample`` says otherwise."""
-    return DCGAN(latent_dim=latent_dim, **core)
+    return DCGAN(latent_dim=latent_dim, d_norm=d_norm, **core)
 
 
 @register_generative("aae", "aae", extra=("prior", "prior_components"), check=_check_prior)

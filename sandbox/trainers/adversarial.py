@@ -14,7 +14,9 @@ prior samples (real) vs detached codes (fake) (optimizer 1), then the encoder al
 its codes pass as prior samples (optimizer 2). ``train/d_prior`` and ``train/d_code`` are the
 discriminator's mean probabilities.
 
-Discriminator losses are ``binary_cross_entropy_with_logits`` in float32 (AMP-safe). Adam's
+Discriminator losses are ``binary_cross_entropy_with_logits`` in float32 (AMP-safe), with
+optional one-sided label smoothing (``train.label_smoothing``) on the discriminator's real
+targets; the generator/encoder always aims at 1. Adam's
 beta1 defaults to 0.5 here (Radford et al. 2016; ``train.beta1``). One process only.
 """
 from __future__ import annotations
@@ -28,11 +30,13 @@ from sandbox.trainers import TRAINERS
 from sandbox.trainers.generative import GenerativeTrainer, check_single_process
 
 
-def bce_logits(logits: torch.Tensor, real: bool) -> torch.Tensor:
-    """Mean BCE of ``(B, 1)`` logits against all-real (1) or all-fake (0) labels, float32, autocast off."""
+def bce_logits(logits: torch.Tensor, real: bool, smoothing: float = 0.0) -> torch.Tensor:
+    """Mean BCE of ``(B, 1)`` logits against all-real (``1 - smoothing``) or all-fake (0) labels, float32,
+    autocast off. Smoothing applies to real labels only (one-sided, Salimans et al. 2016): a
+    discriminator asked for 0.9 on real images stops pushing its logits towards infinity."""
     with torch.autocast(device_type=logits.device.type, enabled=False):
         logits = logits.float()
-        return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, float(real)))
+        return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, 1.0 - smoothing if real else 0.0))
 
 
 def _prob(logits: torch.Tensor) -> torch.Tensor:
@@ -61,7 +65,7 @@ class GANTrainer(GenerativeTrainer):
         with acc.autocast():
             fake = m.decode(z)
             d_real, d_fake = m.discriminator(x), m.discriminator(self.to_input(fake.detach()))
-        d_loss = bce_logits(d_real, True) + bce_logits(d_fake, False)
+        d_loss = bce_logits(d_real, True, self.cfg.train.label_smoothing) + bce_logits(d_fake, False)
         out = {"loss/gan/d": d_loss.detach(), "d_real": _prob(d_real), "d_fake": _prob(d_fake)}
         self.backward_and_step(d_loss, index=1, model=m.discriminator, parts=out)
         total = d_loss.detach()
@@ -124,7 +128,7 @@ class AAETrainer(GenerativeTrainer):
             codes = m.encode(self.to_input(x))
         with acc.autocast():
             d_prior, d_code = m.discriminator(m.prior(x.shape[0])), m.discriminator(codes.float())
-        loss = bce_logits(d_prior, True) + bce_logits(d_code, False)
+        loss = bce_logits(d_prior, True, self.cfg.train.label_smoothing) + bce_logits(d_code, False)
         out = {"loss/aae/d": loss.detach(), "d_prior": _prob(d_prior), "d_code": _prob(d_code)}
         self.backward_and_step(loss, index=1, model=m.discriminator, parts=out)
         return out

@@ -176,6 +176,7 @@ class GenerativeTrainer(Trainer):
     def probe(self) -> dict[str, float]:
         """Latent probe R² on attractors (val codes, fitted on the first ``train.probe_samples`` training images)."""
         train, val = self.datasets["train"], self.datasets.get("val")
+        train = getattr(train, "dataset", train)  # the images as stored, not augmented
         n = min(self.cfg.train.probe_samples, len(train))
         if n < 4 or val is None or len(val) < 2 or "params" not in val[0] or not hasattr(self.unwrapped, "encoder"):
             return {}
