@@ -87,23 +87,36 @@ def machine_info() -> dict:
             "cuda": torch.cuda.is_available(), "load_avg": [round(v, 2) for v in os.getloadavg()]}
 
 
-def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 12) -> float:
-    """Median GFLOP/s of ``torch.mm`` on two ``(n, n)`` matrices (2 n^3 FLOPs each) in ``dtype``."""
+class Timer:
+    """Wall seconds and "owned" seconds of a block: process CPU seconds / torch threads, an
+    estimate of the wall time with the cores to ourselves. Other jobs on the cores stretch wall
+    time more than CPU time, though not zero: a descheduled OpenMP thread leaves its sibling
+    spinning at a barrier, burning CPU without work. On a quiet machine the two agree (torch's
+    OpenMP threads spin while waiting, so a busy process burns both cores)."""
+
+    def __enter__(self):
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.t0
+        self.owned = (time.process_time() - self.c0) / torch.get_num_threads()
+
+
+def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 12) -> tuple[float, float]:
+    """``(wall, owned)`` median GFLOP/s of ``torch.mm`` on two ``(n, n)`` matrices (2 n^3 FLOPs) in
+    ``dtype`` (owned: see :class:`Timer`)."""
     g = torch.Generator().manual_seed(0)
     a, b = (torch.randn(n, n, generator=g).to(dtype) for _ in range(2))
     for _ in range(2):
         torch.mm(a, b)
-    times = []
+    walls, owned = [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times) / 1e9
-
-
-def peaks() -> dict:
-    """fp32 and bf16 matmul peaks in GFLOP/s (medians), measured now."""
-    return {"fp32": round(matmul_peak(torch.float32), 1), "bf16": round(matmul_peak(torch.bfloat16), 1)}
+        with Timer() as t:
+            torch.mm(a, b)
+        walls.append(t.wall)
+        owned.append(t.owned)
+    return 2 * n**3 / statistics.median(walls) / 1e9, 2 * n**3 / statistics.median(owned) / 1e9
 
 
 # ----------------------------------------------------------------------------- models
@@ -186,22 +199,6 @@ def step_flops(name: str, width: int, size: int, batch: int = 16) -> tuple[int, 
         sum(v.float().mean() for v in out.values()).backward()
     f, b = int(fwd_counter.get_total_flops()), int(bwd_counter.get_total_flops())
     return f, f + b
-
-
-def time_steps(step: Callable[[dict], torch.Tensor], data: dict, warmup: int = 2, steps: int = 5,
-               min_time: float = 0.0) -> list[float]:
-    """Seconds of each timed step after ``warmup`` untimed ones; at least ``steps`` steps and, with
-    ``min_time``, as many more as fit in that many seconds. ``.item()`` ends each step (on CPU the
-    work is synchronous anyway)."""
-    for _ in range(warmup):
-        step(data).item()
-    times: list[float] = []
-    t_start = time.perf_counter()
-    while len(times) < steps or time.perf_counter() - t_start < min_time:
-        t0 = time.perf_counter()
-        step(data).item()
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def md_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
