@@ -7,7 +7,9 @@
 Each image (jpg, png, bmp, tif, ...; grayscale, RGBA and 16-bit become RGB) is fitted to the net's
 size with the run's data.resize, predicted, and P(mask) is mapped back to the original size. Writes
 <name>_mask.png (0/255 at P > 0.5) and <name>_overlay.png (the mask tinted green; with ground truth
-the errors instead: TP green, FP red, FN blue, and the Dice drawn on it), plus predictions.csv, into
+the errors instead: TP green, FP red, FN blue, and the Dice drawn on it); for a run with a depth head
+also <name>_depth.png (16-bit grayscale, depth in [0, 1] x 65535: the numbers) and
+<name>_depth_color.png (viridis, near = yellow: the picture); plus predictions.csv, into
 --out (default runs/<name>/predictions; a non-empty folder is never overwritten: <out>_2, ... is used).
 
 Ground truth: --mask-dir (paired by file stem), or the run's mask_dir when --input is a dataset root
@@ -103,6 +105,18 @@ def overlay(img, pred, truth=None, dice=None):
     return pil
 
 
+def save_depth(depth, stem: Path) -> None:
+    """``depth (H, W)`` in [0, 1] -> ``<stem>_depth.png`` (16-bit, x 65535) and ``<stem>_depth_color.png``
+    (viridis_r as in the trainer's panels: near = yellow, far = purple)."""
+    import numpy as np
+    from matplotlib import colormaps
+    from PIL import Image
+
+    d = np.clip(depth, 0.0, 1.0)
+    Image.fromarray((d * 65535 + 0.5).astype(np.uint16)).save(f"{stem}_depth.png")
+    Image.fromarray((colormaps["viridis_r"](d)[..., :3] * 255 + 0.5).astype(np.uint8)).save(f"{stem}_depth_color.png")
+
+
 def write_csv(path: Path, rows: list[dict]) -> None:
     import csv
 
@@ -166,7 +180,7 @@ def main() -> None:
     from PIL import Image
 
     from sandbox.data.splits import list_images
-    from sandbox.runs import checkpoint_dir, load_run, predict_probs
+    from sandbox.runs import checkpoint_dir, load_run, predict_maps
 
     run, _ = checkpoint_dir(args.run, args.which)
     cfg, model = load_run(args.run, args.which)
@@ -200,15 +214,17 @@ def main() -> None:
                     raise SandboxError(f"{exc}; {len(rows)} image(s) before it were predicted into {out}; "
                                        "--skip-unreadable skips such files") from None
                 bad.append(str(exc))
-        probs = predict_probs(model, [img for _, img, _ in loaded], cfg.data.size, cfg.data.resize,
-                              cfg.train.channels_last)
-        for (f, img, truth), prob in zip(loaded, probs):
-            pred = prob > 0.5
+        maps = predict_maps(model, [img for _, img, _ in loaded], cfg.data.size, cfg.data.resize,
+                            cfg.train.channels_last)
+        for (f, img, truth), heads in zip(loaded, maps):
+            pred = heads["mask"] > 0.5
             dice, iou = scores(pred, truth) if truth is not None else ("", "")
             written = not args.failures_only or (truth is not None and dice < args.threshold)
             if written:
                 Image.fromarray(pred.astype(np.uint8) * 255).save(out / f"{names[f]}_mask.png")
                 overlay(img, pred, truth, dice if truth is not None else None).save(out / f"{names[f]}_overlay.png")
+                if "depth" in heads:
+                    save_depth(heads["depth"], out / names[f])
             rows.append({"name": names[f], "image": str(f), "mask": str(paired[f] or ""), "height": img.shape[0],
                          "width": img.shape[1], "foreground": round(float(pred.mean()), 6),
                          "dice": dice if dice == "" else round(dice, 6), "iou": iou if iou == "" else round(iou, 6),

@@ -199,14 +199,22 @@ def evaluate_dataset(model: nn.Module, dataset, threshold: float = 0.5, batch_si
     return records
 
 
-def predict_probs(model: nn.Module, images: Sequence[np.ndarray], size: int, resize: str = "stretch",
-                  channels_last: bool = True) -> list[np.ndarray]:
-    """``[(H_i, W_i, 3) uint8] -> [(H_i, W_i) float32 P(mask)]``: each image fitted to ``size`` with
-    the run's ``data.resize`` policy (as the folder dataset does), predicted, and mapped back to
-    its original size (bilinear on the probability)."""
+def predict_maps(model: nn.Module, images: Sequence[np.ndarray], size: int, resize: str = "stretch",
+                 channels_last: bool = True) -> list[dict[str, np.ndarray]]:
+    """``[(H_i, W_i, 3) uint8] -> [{"mask": P(mask), "depth": depth, ...}]``, each ``(H_i, W_i) float32``:
+    each image fitted to ``size`` with the run's ``data.resize`` policy (as the folder dataset does),
+    predicted, and mapped back to its original size (bilinear). ``mask`` heads go through the
+    sigmoid; other heads (``depth``) are regressions, clipped to [0, 1] as the trainer's panels show them."""
     if not images:
         return []
     fitted, metas = zip(*(fit_to_size(im, size, resize, "image") for im in images))
     x = torch.from_numpy(np.stack(fitted).transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
-    prob = torch.sigmoid(forward(model, x, channels_last)["mask"]).cpu()  # (B, 1, S, S)
-    return [unfit(prob[i, 0], meta).numpy() for i, meta in enumerate(metas)]
+    out = {k: (torch.sigmoid(v) if k == "mask" else v.clamp(0, 1)).cpu()  # (B, 1, S, S)
+           for k, v in forward(model, x, channels_last).items()}
+    return [{k: unfit(v[i, 0], meta).numpy() for k, v in out.items()} for i, meta in enumerate(metas)]
+
+
+def predict_probs(model: nn.Module, images: Sequence[np.ndarray], size: int, resize: str = "stretch",
+                  channels_last: bool = True) -> list[np.ndarray]:
+    """``[(H_i, W_i, 3) uint8] -> [(H_i, W_i) float32 P(mask)]``: :func:`predict_maps`' mask head."""
+    return [m["mask"] for m in predict_maps(model, images, size, resize, channels_last)]

@@ -186,6 +186,27 @@ def test_predict_keeps_original_sizes(run, tmp_path):
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "net_mask.png")), expected)
 
 
+def test_predict_writes_depth_maps_for_a_depth_head(tmp_path, monkeypatch):
+    from sandbox.runs import forward, load_run
+
+    build_trainer(load_config(ROOT / "configs" / "unet_depth_mask.yaml",
+                              [f"out_dir={tmp_path}", *TINY, "name=depth", "loss.depth={l1: 1.0}"])).fit()
+    rng = np.random.default_rng(3)
+    net, odd = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), rng.integers(0, 256, (27, 40, 3), dtype=np.uint8)
+    save(net, tmp_path / "in" / "net.png")
+    save(odd, tmp_path / "in" / "odd.png")
+    call("predict", "--run", tmp_path / "depth", "--input", tmp_path / "in", "--out", tmp_path / "out",
+         monkeypatch=monkeypatch)
+    depth = np.asarray(Image.open(tmp_path / "out" / "net_depth.png"))
+    assert depth.dtype == np.uint16 and depth.shape == (32, 32)
+    assert np.asarray(Image.open(tmp_path / "out" / "odd_depth.png")).shape == (27, 40)
+    assert Image.open(tmp_path / "out" / "odd_depth_color.png").size == (40, 27)
+    # at the net's size the 16-bit map is the depth head itself, clipped to [0, 1]
+    _, model = load_run(tmp_path / "depth", device="cpu")
+    pred = forward(model, torch.from_numpy(net).permute(2, 0, 1)[None].float() / 255)["depth"][0, 0].clamp(0, 1)
+    assert np.abs(depth / 65535.0 - pred.numpy()).max() < 1e-4
+
+
 def test_failures_only(run, tmp_path, monkeypatch):
     root = labelled_folder(tmp_path / "ds", n=3, image_dir="images", mask_dir="masks")  # the run's layout
     out = tmp_path / "out"
