@@ -3,6 +3,9 @@
     python sandbox/probe.py --run runs/vae_attractors          # probe R², trained vs untrained encoder
     python sandbox/probe.py --run runs/dcgan_faces --split test  # fid_own: samples vs noise baselines
 
+Prints a table and writes everything to ``runs/<name>/eval/probe_<split>.json`` (written
+atomically; an existing file is replaced: the numbers are a function of the checkpoint).
+
 ``fid_own``: the Fréchet distance (Heusel et al. 2017) between Gaussian fits of the
 features of two image sets, where the features come from :class:`OwnFeatures`, a small
 convolutional network shipped with the sandbox: fixed architecture, weights drawn from a
@@ -22,6 +25,7 @@ per-epoch value in the trainer (``train.probe_samples``, 1,000) is a cheaper pro
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -255,7 +259,37 @@ def main() -> None:
             ct, pt = encode_dataset(net, held, list(range(len(held))))
             res[f"probe_{label}"] = latent_probe(cf, pf, ct, pt)
         res["probe_fit_images"] = len(fit_idx)
-    print(json.dumps(res, indent=2))
+    out = Path(args.run) / "eval" / f"probe_{args.split}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(res, indent=2))
+    os.replace(tmp, out)
+    print(report(res))
+    print(f"wrote {out}")
+
+
+def report(res: dict) -> str:
+    """The probe.py result as a short table: fid_own of the samples against its baselines and floor,
+    and the latent probe R² of the trained against the untrained encoder."""
+    w = 66
+
+    def row(label: str, *values: float) -> str:
+        return f"  {label:<{w}}" + "".join(f"{v:>11.3f}" for v in values)
+
+    lines = [f"{res['run']}: {res['n_real']} held-out {res['split']} images, {res['n_generated']} samples",
+             f"{'fid_own (own features, NOT Inception FID; lower is better)':<{w + 2}}{'fid_own':>11}{'diversity':>11}",
+             row("samples", res["fid_own_samples"], res["diversity_samples"]),
+             row("Gaussian noise, per-channel mean/std (baseline)", res["fid_own_noise_channel"],
+                 res["diversity_noise_channel"]),
+             row("Gaussian noise, per-pixel mean/std (baseline)", res["fid_own_noise_pixel"],
+                 res["diversity_noise_pixel"]),
+             row("training images vs held-out (the floor)", res["fid_own_real_train_vs_heldout"])]
+    if "probe_trained" in res:
+        lines += [f"{'latent probe R² on held-out images, fitted on %d training images' % res['probe_fit_images']:<{w + 2}}"
+                  f"{'linear':>11}{'kernel':>11}"]
+        lines += [row(f"{label} encoder", res[f"probe_{label}"]["linear"], res[f"probe_{label}"]["kernel"])
+                  for label in ("trained", "untrained")]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -369,3 +369,22 @@ def test_gan_generator_step_leaves_the_discriminator_alone(tmp_path):
     g1 = _snapshot(m2.generator)
     trainer2.train_step(trainer2.fit_batch(next(iter(trainer2.train_loader))))
     assert not _changed(g1, m2.generator)
+
+
+def test_probe_cli_writes_json_and_prints_the_same_numbers(tmp_path, monkeypatch, capsys):
+    import json
+
+    from sandbox import probe
+
+    build_trainer(tiny_run(tmp_path, "vae")).fit()
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["probe.py", "--run", str(tmp_path / "vae"), "--samples", "8", "--fit", "8"])
+    probe.main()
+    out = capsys.readouterr().out
+    res = json.loads((tmp_path / "vae" / "eval" / "probe_val.json").read_text())
+    assert res["n_real"] == 4 and res["n_generated"] == 8 and res["probe_fit_images"] == 8
+    for key in ("fid_own_samples", "fid_own_noise_channel", "fid_own_noise_pixel", "fid_own_real_train_vs_heldout"):
+        assert math.isfinite(res[key]) and f"{res[key]:11.3f}" in out
+    for label in ("trained", "untrained"):
+        assert f"{res['probe_' + label]['kernel']:11.3f}" in out and res["probe_" + label]["linear"] <= 1.0
+    assert "NOT Inception FID" in out and "probe_val.json" in out
