@@ -53,13 +53,10 @@ def prediction_grid(runs: list[Run], models: list, kind: str, path: Path, n: int
     import torch
     import torch.nn.functional as F
 
-    from sandbox.build import build_data
     from sandbox.runs import forward
-    from sandbox.trainers.base import collate
     from sandbox.viz import error_overlay, to_hwc
 
-    ds = build_data(runs[0].cfg, ("val",))["val"]
-    batch = collate([ds[i] for i in range(min(n, len(ds)))])
+    batch = _val_batch(runs, n)
     x, side = batch["image"], batch["image"].shape[-1]
     cols = ["input"] + (["truth"] if kind == "segmentation" else []) + [r.label for r in runs]
     panels = [[(to_hwc(img), None, "")] for img in x]  # (picture, colour map, caption)
@@ -81,6 +78,47 @@ def prediction_grid(runs: list[Run], models: list, kind: str, path: Path, n: int
             recon = F.interpolate(recon, size=(side, side), mode="bilinear", align_corners=False)
             for i, row in enumerate(panels):
                 row.append((to_hwc(recon[i]), None, what))
+    return _draw(panels, cols, path)
+
+
+def depth_grid(runs: list[Run], models: list, path: Path, n: int = 4) -> Path | None:
+    """input | depth truth | per run its depth prediction (viridis_r: near = yellow, as in the
+    training panels; nearest-neighbour display, so checkerboard artefacts of an upsampling
+    show) with its L1 on that image. ``None`` unless every run has a depth head and the data depth."""
+    import torch.nn.functional as F
+
+    from sandbox.runs import forward
+    from sandbox.viz import to_hwc
+
+    if not all("depth" in r.cfg.loss for r in runs):
+        return None
+    batch = _val_batch(runs, n)
+    if "depth" not in batch:
+        return None
+    x, side = batch["image"], batch["image"].shape[-1]
+    panels = [[(to_hwc(img), None, ""), (batch["depth"][i, 0].numpy(), "viridis_r", "")] for i, img in enumerate(x)]
+    for run, model in zip(runs, models):
+        size = run.cfg.data.size
+        xin = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False) if size != side else x
+        depth = forward(model, xin, run.cfg.train.channels_last)["depth"].cpu().clamp(0, 1)
+        depth = F.interpolate(depth, size=(side, side), mode="bilinear", align_corners=False) if size != side else depth
+        for i, row in enumerate(panels):
+            l1 = (depth[i, 0] - batch["depth"][i, 0]).abs().mean().item()
+            row.append((depth[i, 0].numpy(), "viridis_r", f"depth L1 {l1:.4f}"))
+    return _draw(panels, ["input", "depth truth"] + [r.label for r in runs], path)
+
+
+def _val_batch(runs: list[Run], n: int) -> dict:
+    """The first ``n`` validation samples of the first run's data config, collated."""
+    from sandbox.build import build_data
+    from sandbox.trainers.base import collate
+
+    ds = build_data(runs[0].cfg, ("val",))["val"]
+    return collate([ds[i] for i in range(min(n, len(ds)))])
+
+
+def _draw(panels: list[list[tuple]], cols: list[str], path: Path) -> Path:
+    """A grid of ``(picture, colour map, caption)`` panels, one list per row, titled by ``cols``."""
     fig, axes = plt.subplots(len(panels), len(cols), figsize=(2.1 * len(cols), 2.1 * len(panels) + 0.3), squeeze=False)
     for i, row in enumerate(panels):
         for j, (img, cmap, note) in enumerate(row):
@@ -111,7 +149,7 @@ def _reconstruct(model, x) -> tuple:
 
 def compare_runs(runs: list[Run], out: Path, metric: str, n_images: int = 4,
                  groups: dict[str, list[Run]] | None = None) -> Path:
-    """``out/``: report.md, table.csv, curves_epoch.png, curves_time.png, predictions.png. ``groups``:
+    """``out/``: report.md, table.csv, curves_epoch.png, curves_time.png, predictions.png[, depth.png]. ``groups``:
     curves of several runs per line (mean ± std), e.g. a sweep's seeds; default one line per run."""
     from sandbox.nn.measure import format_table
 
@@ -125,6 +163,8 @@ def compare_runs(runs: list[Run], out: Path, metric: str, n_images: int = 4,
     groups = groups or {r.label: [r] for r in runs}
     pics = [plot_curves(groups, out / "curves_epoch.png", "epoch"), plot_curves(groups, out / "curves_time.png", "time")]
     pics.append(prediction_grid(runs, models, kind, out / "predictions.png", n_images))
+    if kind == "segmentation" and (depth := depth_grid(runs, models, out / "depth.png", n_images)):
+        pics.append(depth)
     labels = {"epoch_time": "epoch time (s, mean)", "total_time": "total time (s)"}
     lines = [f"# Comparison of {len(runs)} {kind} runs", "",
              "Runs: " + ", ".join(f"`{r.label}` ({r.path})" for r in runs), "",

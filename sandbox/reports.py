@@ -267,7 +267,9 @@ def write_summary(specs: list, sweep_dir: Path, metric: str, study: dict, comman
              f"Curves: mean ± std over seeds per cell; predictions and the table in [compare/report.md]"
              f"({compare.relative_to(sweep_dir)}) use the best seed of each cell.", "",
              "![curves vs epoch](compare/curves_epoch.png)", "![curves vs time](compare/curves_time.png)",
-             "![predictions](compare/predictions.png)"] + [f"![{p.stem}](plots/{p.name})" for p in plots]
+             "![predictions](compare/predictions.png)"]
+    lines += ["![depth predictions](compare/depth.png)"] if (sweep_dir / "compare" / "depth.png").is_file() else []
+    lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
     (sweep_dir / "summary.md").write_text(f"# Sweep {sweep_dir.name}\n\n" + "\n".join(lines) + "\n")
     if not study:
         return sweep_dir / "summary.md"

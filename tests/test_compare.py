@@ -42,6 +42,7 @@ def test_compare_table_matches_metrics_jsonl(runs, tmp_path):
     for png in ("curves_epoch.png", "curves_time.png", "predictions.png"):
         assert (tmp_path / "cmp" / png).stat().st_size > 5000
         assert f"]({png})" in text
+    assert not (tmp_path / "cmp" / "depth.png").exists() and "depth.png" not in text  # mask-only runs
     rows = {r["run"]: r for r in csv.DictReader(open(tmp_path / "cmp" / "table.csv"))}
     for p in runs:
         val = [r for r in read_metrics(p / "metrics.jsonl") if r["split"] == "val"]
@@ -105,3 +106,36 @@ def test_runs_of_different_kinds_are_refused(runs, tmp_path, monkeypatch):
     with pytest.raises(SandboxError, match=r"cannot compare runs of different kinds: .* is segmentation, .* is generative"):
         compare_runs([open_run(runs[0]), open_run(runs[-1])], tmp_path / "x", "val/dice")
 
+
+
+def test_runs_with_a_depth_head_get_a_depth_picture(tmp_path, monkeypatch):
+    """transposed conv vs pixel shuffle: the depth maps side by side, each captioned with its own L1."""
+    import numpy as np
+    from PIL import Image
+
+    from sandbox.build import build_data
+    from sandbox.runs import forward, load_run
+
+    paths = []
+    for up in ("transpose", "pixel_shuffle"):
+        cfg = load_config(ROOT / "configs/unet_depth_mask.yaml", TINY + [
+            f"out_dir={tmp_path}", f"name=d_{up}", f"model.upsample={up}", "loss.depth={l1: 1.0}"])
+        build_trainer(cfg).fit()
+        paths.append(tmp_path / f"d_{up}")
+    report = compare_runs([open_run(p) for p in paths], tmp_path / "cmp", "val/dice", n_images=2)
+    assert "](depth.png)" in report.read_text()
+    pic = np.asarray(Image.open(tmp_path / "cmp" / "depth.png"))
+    assert pic.shape[1] > pic.shape[0] and pic.std() > 10  # 4 columns x 2 rows, not blank
+    cfg, model = load_run(paths[1], device="cpu")
+    sample = build_data(cfg, ("val",))["val"][0]
+    pred = forward(model, sample["image"][None], cfg.train.channels_last)["depth"].clamp(0, 1)
+    l1 = (pred[0, 0] - sample["depth"][0]).abs().mean().item()
+    from sandbox import compare
+
+    drawn = []
+    monkeypatch.setattr(compare, "_draw", lambda panels, cols, path: drawn.append((panels, cols)) or path)
+    compare.depth_grid([open_run(p) for p in paths], [load_run(p, device="cpu")[1] for p in paths],
+                       tmp_path / "x.png", n=2)
+    panels, cols = drawn[0]
+    assert cols == ["input", "depth truth", "d_transpose", "d_pixel_shuffle"]
+    assert panels[0][3][2] == f"depth L1 {l1:.4f}"
