@@ -121,7 +121,7 @@ class TrainConfig:
     keep_last_n: int = 0  # also keep checkpoints/epoch_NNN for the last n epochs (0: only best and last)
     sync_bn: bool = True  # several GPU processes: BatchNorm statistics over the global batch (SyncBatchNorm)
     compile: bool = False  # torch.compile the model (slow first epoch; see bench/)
-    mixed_precision: MixedPrecision = "auto"  # auto: what `accelerate launch` says, else "no"
+    mixed_precision: MixedPrecision = "auto"  # auto: what `accelerate launch` says, else bf16 where the device has fast bf16 kernels, else "no"
     grad_accum: int = 1
     clip: Optional[float] = 1.0  # max gradient norm; null disables clipping
     monitor: str = "val/dice"  # metric that picks checkpoints/best

@@ -104,6 +104,8 @@ class Trainer:
             mixed_precision=self.mixed_precision, gradient_accumulation_steps=t.grad_accum,
             log_with=None if self.wandb_mode == "disabled" else "wandb", project_dir=str(self.run.path))
         acc = self.accelerator
+        if acc.device.type == "cuda":  # fixed input sizes: let cuDNN time its algorithms once per shape
+            torch.backends.cudnn.benchmark = True
         if acc.is_main_process:
             self.run.create(resume=resume_ckpt is not None)
         acc.wait_for_everyone()
