@@ -15,6 +15,7 @@ Runs of different kinds (segmentation vs generative) are refused. Library: compa
 decode(encode(x)) of the same inputs (samples for a model without an encoder).
 """
 import sys
+import textwrap
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: the repo root, not sandbox/, goes first on sys.path
@@ -127,8 +128,8 @@ def _draw(panels: list[list[tuple]], cols: list[str], path: Path) -> Path:
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_xlabel(note, fontsize=7)
-            if i == 0:
-                ax.set_title(cols[j], fontsize=7)
+            if i == 0:  # long run labels (sweep cells) wrap instead of running into the next column
+                ax.set_title("\n".join(textwrap.wrap(cols[j], 26, break_on_hyphens=True)), fontsize=7)
     fig.tight_layout()
     return save_figure(fig, path)
 
