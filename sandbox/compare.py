@@ -46,18 +46,16 @@ def measure_row(run: Run, model) -> dict[str, Any]:
     return {"params": count_params(model)[0], "gflops": gflops}
 
 
-def prediction_grid(runs: list[Run], models: list, kind: str, path: Path, n: int = 4) -> Path:
-    """The same first ``n`` validation inputs (from the first run's data config) through every model:
+def prediction_grid(runs: list[Run], models: list, kind: str, path: Path, batch: dict) -> Path:
+    """The same validation inputs (``batch``, see :func:`val_batch`) through every model:
     segmentation: input | truth | per run the errors (TP green, FP red, FN blue) with its Dice;
     generative: input | per run the reconstruction ``decode(encode(x))``. Each model sees the
     inputs at its own ``data.size``; outputs are resized back for display."""
     import torch
-    import torch.nn.functional as F
 
     from sandbox.runs import forward
     from sandbox.viz import error_overlay, to_hwc
 
-    batch = _val_batch(runs, n)
     x, side = batch["image"], batch["image"].shape[-1]
     cols = ["input"] + (["truth"] if kind == "segmentation" else []) + [r.label for r in runs]
     panels = [[(to_hwc(img), None, "")] for img in x]  # (picture, colour map, caption)
@@ -65,52 +63,52 @@ def prediction_grid(runs: list[Run], models: list, kind: str, path: Path, n: int
         for i, row in enumerate(panels):
             row.append((batch["mask"][i, 0].numpy(), "gray", ""))
     for run, model in zip(runs, models):
-        size = run.cfg.data.size
-        xin = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False) if size != side else x
+        xin = _resized(x, run.cfg.data.size)
         if kind == "segmentation":
-            logits = forward(model, xin, run.cfg.train.channels_last)["mask"].cpu()
-            prob = F.interpolate(torch.sigmoid(logits), size=(side, side), mode="bilinear", align_corners=False)
+            prob = _resized(torch.sigmoid(forward(model, xin, run.cfg.train.channels_last)["mask"].cpu()), side)
             for i, row in enumerate(panels):
                 pred, truth = prob[i, 0].numpy() > 0.5, batch["mask"][i, 0].numpy() > 0.5
                 dice = 2 * (pred & truth).sum() / max(pred.sum() + truth.sum(), 1)
                 row.append((error_overlay(row[0][0], pred, truth), None, f"Dice {dice:.3f}"))
         else:
             recon, what = _reconstruct(model, xin)
-            recon = F.interpolate(recon, size=(side, side), mode="bilinear", align_corners=False)
+            recon = _resized(recon, side)
             for i, row in enumerate(panels):
                 row.append((to_hwc(recon[i]), None, what))
     return _draw(panels, cols, path)
 
 
-def depth_grid(runs: list[Run], models: list, path: Path, n: int = 4) -> Path | None:
+def depth_grid(runs: list[Run], models: list, path: Path, batch: dict) -> Path | None:
     """input | depth truth | per run its depth prediction (viridis_r: near = yellow, as in the
     training panels; nearest-neighbour display, so checkerboard artefacts of an upsampling
     show) with its L1 on that image. ``None`` unless every run has a depth head and the data depth."""
-    import torch.nn.functional as F
-
     from sandbox.runs import forward
     from sandbox.viz import to_hwc
 
-    if not all("depth" in r.cfg.loss for r in runs):
-        return None
-    batch = _val_batch(runs, n)
-    if "depth" not in batch:
+    if "depth" not in batch or not all("depth" in r.cfg.loss for r in runs):
         return None
     x, side = batch["image"], batch["image"].shape[-1]
     panels = [[(to_hwc(img), None, ""), (batch["depth"][i, 0].numpy(), "viridis_r", "")] for i, img in enumerate(x)]
     for run, model in zip(runs, models):
-        size = run.cfg.data.size
-        xin = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False) if size != side else x
-        depth = forward(model, xin, run.cfg.train.channels_last)["depth"].cpu().clamp(0, 1)
-        depth = F.interpolate(depth, size=(side, side), mode="bilinear", align_corners=False) if size != side else depth
+        xin = _resized(x, run.cfg.data.size)
+        depth = _resized(forward(model, xin, run.cfg.train.channels_last)["depth"].cpu().clamp(0, 1), side)
         for i, row in enumerate(panels):
             l1 = (depth[i, 0] - batch["depth"][i, 0]).abs().mean().item()
             row.append((depth[i, 0].numpy(), "viridis_r", f"depth L1 {l1:.4f}"))
     return _draw(panels, ["input", "depth truth"] + [r.label for r in runs], path)
 
 
-def _val_batch(runs: list[Run], n: int) -> dict:
-    """The first ``n`` validation samples of the first run's data config, collated."""
+def _resized(x, side: int):
+    """``x (B, C, H, W)`` at ``side x side`` (bilinear), or ``x`` itself when it is that size already:
+    each model sees the inputs at its own ``data.size``; outputs come back at the display size."""
+    import torch.nn.functional as F
+
+    return x if x.shape[-1] == side else F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
+
+
+def val_batch(runs: list[Run], n: int) -> dict:
+    """The first ``n`` validation samples of the first run's data config, collated: the inputs every
+    picture of a comparison shares."""
     from sandbox.build import build_data
     from sandbox.trainers.base import collate
 
@@ -163,9 +161,12 @@ def compare_runs(runs: list[Run], out: Path, metric: str, n_images: int = 4,
     write_csv(rows, out / "table.csv")
     groups = groups or {r.label: [r] for r in runs}
     pics = [plot_curves(groups, out / "curves_epoch.png", "epoch"), plot_curves(groups, out / "curves_time.png", "time")]
-    pics.append(prediction_grid(runs, models, kind, out / "predictions.png", n_images))
-    if kind == "segmentation" and (depth := depth_grid(runs, models, out / "depth.png", n_images)):
+    batch = val_batch(runs, n_images)
+    pics.append(prediction_grid(runs, models, kind, out / "predictions.png", batch))
+    if kind == "segmentation" and (depth := depth_grid(runs, models, out / "depth.png", batch)):
         pics.append(depth)
+    else:  # a rerun into the same folder must not keep (and link) another comparison's depth maps
+        (out / "depth.png").unlink(missing_ok=True)
     labels = {"epoch_time": "epoch time (s, mean)", "total_time": "total time (s)"}
     lines = [f"# Comparison of {len(runs)} {kind} runs", "",
              "Runs: " + ", ".join(f"`{r.label}` ({r.path})" for r in runs), "",

@@ -228,6 +228,7 @@ def main() -> None:
     import json
 
     from sandbox.build import build_data, build_model
+    from sandbox.data.transforms import unaugmented
     from sandbox.interpolate import load_generative
 
     cfg, model = load_generative(args.run, args.which)
@@ -249,14 +250,14 @@ def main() -> None:
     for name, (mean, std) in baselines.items():
         fn = own_features((mean + std * torch.randn(shape, generator=g)).clamp(0, 1))
         res[f"fid_own_{name}"], res[f"diversity_{name}"] = frechet_distance(fr, fn), mean_pairwise_distance(fn) / spread
-    train = getattr(data["train"], "dataset", data["train"])  # the images as stored, not augmented
+    train = unaugmented(data["train"])  # the images as stored
     # a seeded random subset: folder datasets list files sorted by name, and UTKFace's names start
     # with the age, so the first N training images are the youngest faces (floor 1.57 instead of 0.11)
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[:len(real)]
     other = torch.stack([train[int(i)]["image"] for i in pick])
     res["fid_own_real_train_vs_heldout"] = frechet_distance(fr, own_features(other))
     if "params" in held[0] and hasattr(model, "encoder"):
-        fit_idx = list(range(min(len(data["train"]), args.fit)))
+        fit_idx = list(range(min(len(train), args.fit)))
         for label, net in (("trained", model), ("untrained", build_model(cfg).to(next(model.parameters()).device))):
             cf, pf = encode_dataset(net, train, fit_idx)
             ct, pt = encode_dataset(net, held, list(range(len(held))))

@@ -3,7 +3,7 @@
     cfg, model = load_run("runs/unet_dice")                    # checkpoints/best, eval mode, cuda if any
     cfg, model = load_run("runs/unet_dice", "last", ["data.root=/other", "data.image_dir=images"])
     records = evaluate_dataset(model, build_data(cfg, ("test",))["test"], channels_last=cfg.train.channels_last)
-    probs = predict_probs(model, [rgb_uint8_hw3, ...], cfg.data.size, cfg.data.resize)
+    maps = predict_maps(model, [rgb_uint8_hw3, ...], cfg.data.size, cfg.data.resize)  # [{"mask": P, ...}]
 
 The checkpoint's own ``config.yaml`` builds the model (it is the config the weights were
 trained with); the run's ``config.yaml`` is the fallback for checkpoints without one. Only
@@ -213,8 +213,3 @@ def predict_maps(model: nn.Module, images: Sequence[np.ndarray], size: int, resi
            for k, v in forward(model, x, channels_last).items()}
     return [{k: unfit(v[i, 0], meta).numpy() for k, v in out.items()} for i, meta in enumerate(metas)]
 
-
-def predict_probs(model: nn.Module, images: Sequence[np.ndarray], size: int, resize: str = "stretch",
-                  channels_last: bool = True) -> list[np.ndarray]:
-    """``[(H_i, W_i, 3) uint8] -> [(H_i, W_i) float32 P(mask)]``: :func:`predict_maps`' mask head."""
-    return [m["mask"] for m in predict_maps(model, images, size, resize, channels_last)]

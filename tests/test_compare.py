@@ -135,7 +135,7 @@ def test_runs_with_a_depth_head_get_a_depth_picture(tmp_path, monkeypatch):
     drawn = []
     monkeypatch.setattr(compare, "_draw", lambda panels, cols, path: drawn.append((panels, cols)) or path)
     compare.depth_grid([open_run(p) for p in paths], [load_run(p, device="cpu")[1] for p in paths],
-                       tmp_path / "x.png", n=2)
+                       tmp_path / "x.png", compare.val_batch([open_run(paths[0])], 2))
     panels, cols = drawn[0]
     assert cols == ["input", "depth truth", "d_transpose", "d_pixel_shuffle"]
     assert panels[0][3][2] == f"depth L1 {l1:.4f}"

@@ -110,6 +110,11 @@ def build_augment(spec: Optional[list[dict]], path: str = "data.augment"):
     return A.Compose(transforms, additional_targets={"depth": "mask"}, seed=0)
 
 
+def unaugmented(dataset: Dataset) -> Dataset:
+    """The dataset under an :class:`Augmented` wrapper (the samples as stored), else ``dataset`` itself."""
+    return dataset.dataset if isinstance(dataset, Augmented) else dataset
+
+
 class Augmented(Dataset):
     """``dataset`` with ``transform`` applied to each sample; randomness from ``(seed, epoch, index)`` only.
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sandbox.data.transforms import unaugmented
 from sandbox.errors import SandboxError
 from sandbox.losses import CompositeLoss
 from sandbox.metrics import regression_metrics
@@ -176,7 +177,7 @@ class GenerativeTrainer(Trainer):
     def probe(self) -> dict[str, float]:
         """Latent probe R² on attractors (val codes, fitted on the first ``train.probe_samples`` training images)."""
         train, val = self.datasets["train"], self.datasets.get("val")
-        train = getattr(train, "dataset", train)  # the images as stored, not augmented
+        train = unaugmented(train)  # the latent probe reads the images as stored
         n = min(self.cfg.train.probe_samples, len(train))
         if n < 4 or val is None or len(val) < 2 or "params" not in val[0] or not hasattr(self.unwrapped, "encoder"):
             return {}
