@@ -151,13 +151,26 @@ def test_nonfinite_loss_guard(tmp_path, tiny_overrides, policy, monkeypatch):
         assert all(torch.isfinite(v).all() for v in w.values() if v.is_floating_point())
 
 
-def test_two_processes_match_one_process(tmp_path, tiny_overrides):
-    """gloo DDP on CPU: 2 processes x batch 4 == 1 process x batch 8 (GroupNorm: BatchNorm
-    statistics are per process on CPU, where SyncBatchNorm does not exist)."""
+def _ddp_common(tiny_overrides):
+    """GroupNorm: BatchNorm statistics are per process on CPU, where SyncBatchNorm does not exist."""
     if shutil.which("accelerate") is None:
         pytest.skip("accelerate CLI not on PATH")
     common = [o for o in tiny_overrides if not o.startswith(("data.batch_size=", "train.epochs=", "data.num_train="))]
-    common += ["model.norm=group", "model.width=8", "data.num_train=16", "train.epochs=2", "train.threads=1"]
+    return common + ["model.norm=group", "model.width=8", "data.num_train=16", "train.epochs=2", "train.threads=1"]
+
+
+def _assert_same_metrics(one_dir, two_dir):
+    one, two = strip(read_metrics(one_dir / "metrics.jsonl")), strip(read_metrics(two_dir / "metrics.jsonl"))
+    assert [(r["split"], r["step"]) for r in one] == [(r["split"], r["step"]) for r in two]
+    for a, b in zip(one, two):
+        for k, v in a.items():
+            if isinstance(v, float):
+                assert b[k] == pytest.approx(v, abs=1e-5, rel=1e-5), (k, a["step"])
+
+
+def test_two_processes_match_one_process(tmp_path, tiny_overrides):
+    """gloo DDP on CPU: 2 processes x batch 4 == 1 process x batch 8."""
+    common = _ddp_common(tiny_overrides)
     run(common + ["name=one", "data.batch_size=8"])
     env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
     cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
@@ -166,10 +179,60 @@ def test_two_processes_match_one_process(tmp_path, tiny_overrides):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "x2 processes" in done.stdout
-    one = strip(read_metrics(tmp_path / "one" / "metrics.jsonl"))
-    two = strip(read_metrics(tmp_path / "two" / "metrics.jsonl"))
-    assert [(r["split"], r["step"]) for r in one] == [(r["split"], r["step"]) for r in two]
-    for a, b in zip(one, two):
-        for k, v in a.items():
-            if isinstance(v, float):
-                assert b[k] == pytest.approx(v, abs=1e-5, rel=1e-5), (k, a["step"])
+    _assert_same_metrics(tmp_path / "one", tmp_path / "two")
+
+
+FAKE_SRUN = """#!/bin/bash
+# stands in for Slurm's srun: run the command once per node, here, as each node's task would
+while [[ $1 == --* ]]; do shift; done
+pids=()
+for ((n = 0; n < SLURM_NNODES; n++)); do SLURM_NODEID=$n SLURM_PROCID=$n "$@" > "$FAKE_LOGS/node$n.log" 2>&1 & pids+=($!); done
+rc=0; for p in "${pids[@]}"; do wait "$p" || rc=1; done; exit $rc
+"""
+
+
+def test_slurm_example_two_nodes_match_one_process(tmp_path, tiny_overrides):
+    """examples/slurm/train.sbatch on two "nodes" of this machine (srun and scontrol faked, CPU,
+    gloo, one process each): the multi-node launch reproduces the one-process run, and only the
+    main process writes the run directory while every process adds its RNG state."""
+    common = _ddp_common(tiny_overrides)
+    run(common + ["name=one", "data.batch_size=8"])
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(FAKE_SRUN)
+    (bin_dir / "scontrol").write_text("#!/bin/bash\necho 127.0.0.1\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", FAKE_LOGS=str(tmp_path),
+               SLURM_NNODES="2", SLURM_JOB_NODELIST="fake[1-2]", SLURM_JOB_ID="4242", SLURM_SUBMIT_DIR=str(ROOT),
+               SANDBOX_CPU="1", MIXED_PRECISION="no", OMP_NUM_THREADS="1")
+    cmd = ["bash", str(ROOT / "examples/slurm/train.sbatch"), str(ROOT / "configs/unet_dice.yaml"),
+           *common, "name=two", "data.batch_size=4"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    logs = {n: (tmp_path / f"node{n}.log").read_text() for n in (0, 1)}
+    assert done.returncode == 0, done.stdout + logs[0][-2000:] + logs[1][-2000:]
+    assert "2 node(s) x 1 process(es), rendezvous 127.0.0.1:24242" in done.stdout
+    assert "cpu x2 processes" in logs[0]
+    _assert_same_metrics(tmp_path / "one", tmp_path / "two")
+    last = tmp_path / "two/checkpoints/last"
+    assert (last / "random_states_0.pkl").exists() and (last / "random_states_1.pkl").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["bin", "one", "two"]
+
+
+def test_a_run_directory_other_machines_cannot_see_is_refused(tmp_path, tiny_overrides):
+    """Machine 1 looks in another out_dir (as a node-local disk would be): both stop at start-up
+    naming the process, and the main process leaves no empty run behind."""
+    common = _ddp_common(tiny_overrides)
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    procs = []
+    for rank in (0, 1):
+        cmd = ["accelerate", "launch", "--multi_gpu", "--num_machines", "2", "--machine_rank", str(rank),
+               "--num_processes", "2", "--main_process_ip", "127.0.0.1", "--main_process_port", "29519",
+               "--mixed_precision", "no", "--dynamo_backend", "no", *TRAIN[1:], *common, "name=two",
+               f"out_dir={tmp_path / f'machine{rank}'}"]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode != 0 for p in procs), outs
+    assert "is not shared: process 1 on" in outs[1] and "(of 2)" in outs[1]
+    assert "set out_dir= to a filesystem all of them mount" in outs[0] + outs[1]
+    assert not (tmp_path / "machine0" / "two").exists()

@@ -109,6 +109,7 @@ class Trainer:
         if acc.is_main_process:
             self.run.create(resume=resume_ckpt is not None)
         acc.wait_for_everyone()
+        self._check_shared_run_dir()
         self.threads = self._set_threads(t.threads)
         set_seed(cfg.seed)
 
@@ -436,6 +437,46 @@ class Trainer:
             return  # build_trainer already pointed data.splits at them
         write_splits(lists, self.run.splits)
 
+    def _check_shared_run_dir(self) -> None:
+        """With several processes every one must see the run directory the main process made:
+        a checkpoint holds each process's RNG state (written by that process) and a resume reads
+        them all. On several machines that means out_dir on a filesystem they all mount."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return
+        import socket
+        import uuid
+
+        from accelerate.utils import broadcast_object_list, gather_object
+
+        token = [uuid.uuid4().hex if acc.is_main_process else None]
+        broadcast_object_list(token)
+        marker = self.run.path / ".shared_check"
+        if acc.is_main_process:
+            marker.write_text(token[0])
+        acc.wait_for_everyone()
+        try:
+            seen = marker.read_text() == token[0]
+        except OSError:
+            seen = False
+        views = gather_object([(acc.process_index, socket.gethostname(), seen)])
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            marker.unlink(missing_ok=True)
+        blind = [f"{rank} on {host}" for rank, host, ok in views if not ok]
+        if blind:
+            if acc.is_main_process and not self.cfg.train.resume:  # leave no empty run behind
+                for d in (self.run.checkpoints, self.run.plots, self.run.images, self.run.path):
+                    try:
+                        d.rmdir()
+                    except OSError:
+                        pass
+            raise SandboxError(
+                f"run directory {str(self.run.path)!r} is not shared: process {', '.join(blind)} "
+                f"(of {acc.num_processes}) cannot see what the main process wrote there. Every process "
+                f"writes its RNG state into the checkpoints and a resume reads them all: with several "
+                f"machines set out_dir= to a filesystem all of them mount (e.g. out_dir=/shared/$USER/runs)")
+
     def _loader(self, ds: Dataset, train: bool) -> DataLoader:
         d = self.cfg.data
         workers = d.num_workers
@@ -456,7 +497,10 @@ class Trainer:
                 cores = len(os.sched_getaffinity(0))
             except AttributeError:
                 cores = os.cpu_count() or 1
-            threads = max(1, cores // max(1, self.accelerator.num_processes))
+            # processes on THIS machine (torchrun sets LOCAL_WORLD_SIZE; with several machines
+            # num_processes counts them all)
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", self.accelerator.num_processes))
+            threads = max(1, cores // max(1, local))
         torch.set_num_threads(threads)
         return threads
 
