@@ -5,8 +5,8 @@ The training step is the sandbox trainer's (``SupervisedTrainer.train_step`` +
 ``Trainer.backward_and_step``) without the run-directory plumbing: forward (under bf16
 autocast when asked), outputs cast to fp32, Dice + 0.5 BCE from ``sandbox.losses``, backward,
 gradient clipping at 1.0, AdamW step, ``zero_grad(set_to_none=True)``. bf16 is
-``torch.autocast("cpu", dtype=torch.bfloat16)`` around the forward only: exactly the context
-manager Accelerate's ``prepare``-wrapped forward enters for ``mixed_precision="bf16"`` on CPU
+``torch.autocast(<device>, dtype=torch.bfloat16)`` around the forward only: exactly the context
+manager Accelerate's ``prepare``-wrapped forward enters for ``mixed_precision="bf16"`` (CPU or CUDA)
 (``accelerate.utils.get_mixed_precision_context_manager``), followed, like Accelerate, by
 casting the outputs to fp32 before the loss.
 """
@@ -49,6 +49,27 @@ def set_threads(n: int = 0) -> int:
     return n
 
 
+def device_of(name: str) -> torch.device:
+    """``--device`` as a torch device; CUDA asked for but absent is an error, not a silent CPU run.
+    On CUDA cuDNN picks its algorithms once per shape (``cudnn.benchmark``, as the trainer does)."""
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise SystemExit(f"--device {name}: accepted: cpu, cuda, cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--device {name}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
+        torch.backends.cudnn.benchmark = True
+    return dev
+
+
+def sync(device: torch.device | str = "cpu") -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def load1() -> float:
     return os.getloadavg()[0]
 
@@ -84,7 +105,8 @@ def machine_info() -> dict:
     return {"cpu": model, "cores": cores(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "accelerate": accelerate.__version__, "python": platform.python_version(),
             "mkldnn_bf16": bf16, "avx512_bf16": "avx512_bf16" in flags, "amx": "amx_bf16" in flags,
-            "cuda": torch.cuda.is_available(), "load_avg": [round(v, 2) for v in os.getloadavg()]}
+            "cuda": torch.cuda.is_available(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "load_avg": [round(v, 2) for v in os.getloadavg()]}
 
 
 class Timer:
@@ -92,27 +114,38 @@ class Timer:
     estimate of the wall time with the cores to ourselves. Other jobs on the cores stretch wall
     time more than CPU time, though not zero: a descheduled OpenMP thread leaves its sibling
     spinning at a barrier, burning CPU without work. On a quiet machine the two agree (torch's
-    OpenMP threads spin while waiting, so a busy process burns both cores)."""
+    OpenMP threads spin while waiting, so a busy process burns both cores).
+    On CUDA the block is bracketed by ``torch.cuda.synchronize`` and owned = wall (the host's CPU
+    time says nothing about the GPU's)."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
 
     def __enter__(self):
+        sync(self.device)
         self.t0, self.c0 = time.perf_counter(), time.process_time()
         return self
 
     def __exit__(self, *exc):
+        sync(self.device)
         self.wall = time.perf_counter() - self.t0
-        self.owned = (time.process_time() - self.c0) / torch.get_num_threads()
+        self.owned = self.wall if self.device.type == "cuda" else \
+            (time.process_time() - self.c0) / torch.get_num_threads()
 
 
-def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 12) -> tuple[float, float]:
+def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 0, reps: int = 12,
+                device: torch.device | str = "cpu") -> tuple[float, float]:
     """``(wall, owned)`` median GFLOP/s of ``torch.mm`` on two ``(n, n)`` matrices (2 n^3 FLOPs) in
-    ``dtype`` (owned: see :class:`Timer`)."""
+    ``dtype`` (owned: see :class:`Timer`); n defaults to 2048 on CPU, 8192 on a GPU (where 2048 is
+    too small to fill it). fp32 on CUDA is what the step runs: TF32 off, torch's default."""
+    n = n or (8192 if torch.device(device).type == "cuda" else 2048)
     g = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(n, n, generator=g).to(dtype) for _ in range(2))
+    a, b = (torch.randn(n, n, generator=g).to(device=device, dtype=dtype) for _ in range(2))
     for _ in range(2):
         torch.mm(a, b)
     walls, owned = [], []
     for _ in range(reps):
-        with Timer() as t:
+        with Timer(device) as t:
             torch.mm(a, b)
         walls.append(t.wall)
         owned.append(t.owned)
@@ -150,19 +183,22 @@ def as_dict(out) -> dict[str, torch.Tensor]:
     return out if isinstance(out, dict) else {"mask": out}
 
 
-def batch_for(size: int, batch: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
+def batch_for(size: int, batch: int = 16, seed: int = 0, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """A random image batch ``(B, 3, S, S)`` in [0, 1] and a binary mask ``(B, 1, S, S)``."""
     g = torch.Generator().manual_seed(seed)
-    return {"image": torch.rand(batch, 3, size, size, generator=g),
-            "mask": (torch.rand(batch, 1, size, size, generator=g) > 0.7).float()}
+    return {"image": torch.rand(batch, 3, size, size, generator=g).to(device),
+            "mask": (torch.rand(batch, 1, size, size, generator=g) > 0.7).float().to(device)}
 
 
-def make_step(model: nn.Module, mode: str, clip: float = 1.0) -> Callable[[dict], torch.Tensor]:
-    """``step(batch) -> loss`` for ``mode`` in :data:`MODES` (see the module docstring)."""
+def make_step(model: nn.Module, mode: str, clip: float = 1.0,
+              device: torch.device | str = "cpu") -> Callable[[dict], torch.Tensor]:
+    """``step(batch) -> loss`` for ``mode`` in :data:`MODES` (see the module docstring) on
+    ``device``; a batch from a CPU loader is copied over first (``non_blocking``: pinned memory)."""
     from sandbox.losses import build_loss
 
+    device = torch.device(device)
     cl, bf16 = "cl" in mode.split("+"), mode.startswith("bf16")
-    model.train()
+    model.to(device).train()
     if cl:
         model = model.to(memory_format=torch.channels_last)
     fwd = torch.compile(model) if "compile" in mode else model
@@ -170,8 +206,9 @@ def make_step(model: nn.Module, mode: str, clip: float = 1.0) -> Callable[[dict]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
 
     def step(batch: dict) -> torch.Tensor:
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         x = batch["image"].contiguous(memory_format=torch.channels_last) if cl else batch["image"]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = as_dict(fwd(x))
         out = {k: v.float() for k, v in out.items()}
         total, _ = loss_fn(out, batch)
@@ -185,14 +222,15 @@ def make_step(model: nn.Module, mode: str, clip: float = 1.0) -> Callable[[dict]
     return step
 
 
-def step_flops(name: str, width: int, size: int, batch: int = 16) -> tuple[int, int]:
+def step_flops(name: str, width: int, size: int, batch: int = 16,
+               device: torch.device | str = "cpu") -> tuple[int, int]:
     """``(forward FLOPs, forward + backward FLOPs)`` of one fp32 training step on ``batch`` images,
     counted by ``torch.utils.flop_counter.FlopCounterMode`` on a fresh model (2 FLOPs per
     multiply-add of convs and matmuls; element-wise ops are not counted)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = build(name, width).train()
-    data = batch_for(size, batch)
+    model = build(name, width).to(device).train()
+    data = batch_for(size, batch, device=device)
     with FlopCounterMode(display=False) as fwd_counter:
         out = as_dict(model(data["image"]))
     with FlopCounterMode(display=False) as bwd_counter:

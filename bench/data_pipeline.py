@@ -4,6 +4,7 @@ rate at which the main job's training step consumes images.
 
     python bench/data_pipeline.py                 # 128 px, 0/1/2 workers, render + augment, then cached
     python bench/data_pipeline.py --workers 0,2 --images 640 --no-train
+    python bench/data_pipeline.py --device cuda --width 64 --size 256 --workers 0,2,4,8   # does it keep a GPU busy?
 
 Three numbers per worker count, medians over round-robin rounds (each round measures every row
 and the consumption rate, so load from other jobs on the cores hits them alike):
@@ -15,8 +16,9 @@ and the consumption rate, so load from other jobs on the cores hits them alike):
   * end-to-end train img/s: ``--train-steps`` training steps fed by a fresh epoch of that loader,
     so the workers compete with the training threads for the same cores (this decides the best
     ``data.num_workers`` here; epoch start-up is included, as in a real epoch).
-The consumption rate is the main job's step (UNet width 16, depth 3, 128 px, batch 16, the precision
-``train.mixed_precision=auto`` resolves to, channels_last) on an in-memory batch.
+The consumption rate is the main job's step (UNet width 16 (``--width``), depth 3, 128 px (``--size``),
+batch 16, the precision ``train.mixed_precision=auto`` resolves to, channels_last) on an in-memory
+batch, on ``--device`` (a GPU: is the CPU loader fast enough to keep it busy?)
 """
 from __future__ import annotations
 
@@ -53,14 +55,14 @@ def dataset(size: int, images: int, augment: bool, cached: bool):
     return Augmented(ds, build_augment(AUGMENT), seed=0) if augment else ds
 
 
-def loader(ds, workers: int, batch: int) -> DataLoader:
-    """The trainer's training loader (``Trainer._loader``) for ``ds``."""
+def loader(ds, workers: int, batch: int, pin: bool = False) -> DataLoader:
+    """The trainer's training loader (``Trainer._loader``) for ``ds`` (it pins memory on CUDA)."""
     from sandbox.trainers.base import EpochShuffle, collate
 
     keys = bool(getattr(ds, "epoch_keys", False))
     return DataLoader(ds, batch_size=batch, sampler=EpochShuffle(len(ds), 0, keys),
                       generator=torch.Generator().manual_seed(0), num_workers=workers, collate_fn=collate,
-                      drop_last=True, persistent_workers=workers > 0)
+                      drop_last=True, persistent_workers=workers > 0, pin_memory=pin)
 
 
 def set_epoch(dl: DataLoader, epoch: int) -> None:
@@ -83,10 +85,11 @@ def loader_rate(dl: DataLoader, first: bool = False) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def main_job_mode() -> str:
+def main_job_mode(device: torch.device) -> str:
     from sandbox.trainers.base import resolve_mixed_precision
 
-    return ("bf16" if resolve_mixed_precision("auto", cpu=True) == "bf16" else "fp32") + "+cl"
+    auto = resolve_mixed_precision("auto", cpu=device.type == "cpu")
+    return ("bf16" if auto == "bf16" else "fp32") + "+cl"
 
 
 def step_rate(step, data: dict, steps: int = 3) -> float:
@@ -114,6 +117,7 @@ def train_rate(dl: DataLoader, step, epoch: int, steps: int) -> float:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=128)
+    p.add_argument("--width", type=int, default=16, help="width of the consuming UNet (16: the main job's)")
     p.add_argument("--images", type=int, default=480, help="samples per epoch (multiple of the batch)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--workers", default="0,1,2")
@@ -121,22 +125,24 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=3, help="round-robin rounds (medians are reported)")
     p.add_argument("--no-train", action="store_true", help="skip the end-to-end training measurement")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--device", default="cpu", help="where the consuming training step runs: cpu, cuda, cuda:N")
     p.add_argument("--max-load", type=float, default=1.5)
     p.add_argument("--no-wait", action="store_true")
     p.add_argument("--out", default="data_pipeline")
     args = p.parse_args(argv)
     threads = common.set_threads(0)
+    dev = common.device_of(args.device)
     quiet = {"load_before": round(common.load1(), 2), "waited_s": 0.0} if args.no_wait \
         else common.wait_for_quiet(args.max_load)
-    mode = main_job_mode()
+    mode = main_job_mode(dev)
     augment = not args.no_augment
     probe = dataset(args.size, 64, False, False)
     t0 = time.perf_counter()
     for i in range(64):
         probe.render(i)
     render_ms = 1000 * (time.perf_counter() - t0) / 64
-    consume_step = common.make_step(common.build("unet", 16), mode)
-    fixed = common.batch_for(args.size, args.batch)
+    consume_step = common.make_step(common.build("unet", args.width), mode, device=dev)
+    fixed = common.batch_for(args.size, args.batch, device=dev)
     for _ in range(2):
         consume_step(fixed).item()
     rows, loaders = [], []
@@ -145,7 +151,7 @@ def main(argv=None) -> None:
         for w in [int(x) for x in args.workers.split(",")]:
             rows.append({"data": ("cached render" if cached else "render") + (" + augment" if augment else ""),
                          "workers": w, "rates": [], "ratios": [], "train": []})
-            loaders.append(loader(ds, w, args.batch))
+            loaders.append(loader(ds, w, args.batch, pin=dev.type == "cuda"))
     consumption_rounds, loads = [], []
     for r in range(args.rounds):  # round-robin, so that other jobs' load hits every row alike
         rate = step_rate(consume_step, fixed)
@@ -157,7 +163,7 @@ def main(argv=None) -> None:
         print(f"loader round {r + 1}/{args.rounds}: consumption {rate:.2f} img/s, "
               f"{[round(row['rates'][-1]) for row in rows]} img/s, load {loads[-1]}", flush=True)
     if not args.no_train:
-        steps = {i: common.make_step(common.build("unet", 16), mode) for i in range(len(rows))}
+        steps = {i: common.make_step(common.build("unet", args.width), mode, device=dev) for i in range(len(rows))}
         for r in range(args.rounds):
             for i, (row, dl) in enumerate(zip(rows, loaders)):
                 row["train"].append(train_rate(dl, steps[i], 100 + r, args.train_steps))
@@ -172,7 +178,7 @@ def main(argv=None) -> None:
     source = f"measured in this run, median of {args.rounds} rounds x 3 steps on an in-memory batch"
     del loaders
     res = {"command": "python bench/" + " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
-           "machine": common.machine_info(), "threads": threads, "load": {**quiet, "during": loads},
+           "machine": common.machine_info(), "device": str(dev), "threads": threads, "load": {**quiet, "during": loads},
            "size": args.size, "batch": args.batch, "images_per_epoch": args.images, "augment": AUGMENT if augment else [],
            "render_ms_per_img": round(render_ms, 2), "train_mode": mode,
            "consumption_img_s": round(rate, 2), "consumption_best_img_s": round(best_rate, 2),
@@ -184,7 +190,7 @@ def main(argv=None) -> None:
         f"persistent workers; augment: {json.dumps(res['augment'])}.",
         f"Rendering alone: {render_ms:.2f} ms/img in the main process. Load (1-min avg): "
         f"{quiet['load_before']} before, {loads} during.",
-        f"Training consumption (UNet w16, 128 px, {mode}): **{rate:.2f} img/s** median, {best_rate:.2f} "
+        f"Training consumption (UNet w{args.width}, {args.size} px, {mode}, on {dev}): **{rate:.2f} img/s** median, {best_rate:.2f} "
         f"best round ({source}). Per-round ratios divide each loader pass by that round's consumption, "
         "so load from other jobs slows both sides of a ratio alike; best = the least disturbed round.", "",
         common.md_table(rows, COLUMNS)])

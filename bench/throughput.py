@@ -5,6 +5,7 @@ MONAI BasicUNet) on this machine, against matmul peaks measured in the same run.
     python bench/throughput.py --full             # all models x widths 16/32/64 x 128/256 px
     python bench/throughput.py --models unet --widths 32 --modes fp32,fp32+cl,bf16,bf16+cl --compile --out options
     python bench/throughput.py --profile          # torch.profiler top ops of one default UNet step
+    python bench/throughput.py --device cuda --models unet --widths 64 --sizes 256 --modes bf16+cl --compile --out gpu
 
 Timing is round-robin: after every configuration is built and warmed up, each round times one
 step of every configuration (and fp32 and bf16 matmul peaks), so a change in the load from other
@@ -60,7 +61,8 @@ def configs(args) -> list[tuple[str, int, int]]:
 
 def run(args) -> dict:
     threads = common.set_threads(args.threads)
-    quiet = {"load_before": round(common.load1(), 2), "waited_s": 0.0} if args.no_wait \
+    dev = common.device_of(args.device)
+    quiet = {"load_before": round(common.load1(), 2), "waited_s": 0.0} if args.no_wait or dev.type == "cuda" \
         else common.wait_for_quiet(args.max_load)
     modes = args.modes.split(",") + (["bf16+cl+compile"] if args.compile else [])
     skipped, rows, steps = {}, [], {}
@@ -68,14 +70,14 @@ def run(args) -> dict:
         if name in common.PEERS and (why := common.peer_available(name)):
             skipped[name] = why
             continue
-        fwd, fb = common.step_flops(name, width, size, args.batch)
+        fwd, fb = common.step_flops(name, width, size, args.batch, dev)
         for mode in modes:
             model = common.build(name, width)
             row = {"model": name, "width": str(width or "-"), "size": size, "mode": mode,
                    "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
                    "gflop_img_fwd": fwd / args.batch / 1e9, "gflop_step": fb / 1e9}
-            step = common.make_step(model, mode)
-            data = common.batch_for(size, args.batch)
+            step = common.make_step(model, mode, device=dev)
+            data = common.batch_for(size, args.batch, device=dev)
             t0 = time.perf_counter()
             step(data).item()  # the first step: compilation for +compile modes
             row["first_step_s"] = round(time.perf_counter() - t0, 2)
@@ -89,9 +91,9 @@ def run(args) -> dict:
     loads = []
     for r in range(args.steps):  # round-robin: one step of every configuration per round
         for dt in peak_rounds:
-            peak_rounds[dt].append(common.matmul_peak(getattr(torch, DTYPES[dt]), reps=5))
+            peak_rounds[dt].append(common.matmul_peak(getattr(torch, DTYPES[dt]), reps=5, device=dev))
         for i, (step, data) in steps.items():
-            with common.Timer() as t:
+            with common.Timer(dev) as t:
                 step(data).item()
             timers[i].append(t)
         loads.append(round(common.load1(), 2))
@@ -116,12 +118,12 @@ def run(args) -> dict:
         b = base.get((row["model"], row["width"], row["size"]))
         row["speedup"] = b / row["s_step"] if b else None
     return {"command": "python bench/" + " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
-            "machine": common.machine_info(), "threads": threads, "batch": args.batch,
-            "rounds": args.steps, "warmup": args.warmup, "load": {**quiet, "during": loads},
+            "machine": common.machine_info(), "device": str(dev), "threads": threads, "batch": args.batch,
+            "matmul_n": 8192 if dev.type == "cuda" else 2048, "rounds": args.steps, "warmup": args.warmup, "load": {**quiet, "during": loads},
             "peak_gflops": {b: {k: round(v, 1) for k, v in p.items()} for b, p in peak.items()},
             "peak_rounds": {k: [[round(x, 1) for x in wo] for wo in v] for k, v in peak_rounds.items()},
-            "bf16_autocast": "torch.autocast('cpu', dtype=torch.bfloat16) around the forward "
-                             "(what Accelerate's mixed_precision='bf16' enters on CPU), outputs cast to fp32",
+            "bf16_autocast": f"torch.autocast('{dev.type}', dtype=torch.bfloat16) around the forward "
+                             "(what Accelerate's mixed_precision='bf16' enters), outputs cast to fp32",
             "skipped": skipped, "rows": rows, "targets": targets(rows)}
 
 
@@ -151,11 +153,12 @@ def targets(rows: list[dict]) -> dict:
 def markdown(res: dict) -> str:
     m = res["machine"]
     head = [f"Command: `{res['command']}`", "",
+            f"Device: {res['device']}" + (f" ({m['gpu']})" if res["device"].startswith("cuda") else "") + ". "
             f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({res['threads']} threads), "
             f"accelerate {m['accelerate']}, bf16 kernels: {m['mkldnn_bf16']}; batch {res['batch']}, "
             f"{res['rounds']} round-robin rounds after {res['warmup'] + 1} warm-up steps.",
             f"Load (1-min avg): {res['load']['load_before']} before, {res['load']['during']} during.", "",
-            f"Matmul peak (2048^3 torch.mm): best round (owned time) fp32 **{res['peak_gflops']['best']['fp32']} "
+            f"Matmul peak ({res['matmul_n']}^3 torch.mm): best round (owned time) fp32 **{res['peak_gflops']['best']['fp32']} "
             f"GFLOP/s**, bf16 **{res['peak_gflops']['best']['bf16']} GFLOP/s**; median wall clock fp32 "
             f"{res['peak_gflops']['wall']['fp32']}, bf16 {res['peak_gflops']['wall']['bf16']} (per round "
             f"[wall, owned]: fp32 {res['peak_rounds']['fp32']}, bf16 {res['peak_rounds']['bf16']}).", "",
@@ -201,6 +204,7 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--warmup", type=int, default=1, help="untimed steps after the first one")
     p.add_argument("--steps", type=int, default=5, help="round-robin rounds (timed steps per config)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (GPU: synchronised timing, cudnn.benchmark)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     p.add_argument("--max-load", type=float, default=1.5, help="wait until the 1-min load is below this")
     p.add_argument("--no-wait", action="store_true", help="measure at once whatever the load")
