@@ -134,7 +134,7 @@ class TrainConfig:
     # generative trainers (autoencoder, vae, gan, aae)
     beta: float = 1.0  # vae: KL weight; loss = recon + beta * KL / (C*H*W) (beta = 2 sigma^2 of a Gaussian decoder with mse)
     kl_warmup_frac: float = 0.0  # vae: fraction of the steps over which the KL weight rises linearly 0 -> beta
-    d_lr: Optional[float] = None  # gan/aae: discriminator learning rate (null: train.lr)
+    d_lr: Optional[float] = None  # gan: discriminator lr (null: train.lr); aae: regularisation phase lr (null: train.lr / 10)
     n_critic: int = 1  # gan: discriminator updates per generator update
     label_smoothing: float = 0.0  # gan/aae: the discriminator's "real" target is 1 - this (one-sided; 0.1 is common)
     beta1: Optional[float] = None  # adam/adamw beta1 (null: 0.5 in gan/aae trainers as in DCGAN, else 0.9)

@@ -11,7 +11,10 @@ wins outright (D(x) -> 1, D(G(z)) -> 0) or a collapse (``val/diversity`` falling
 ``aae`` (Makhzani et al. 2015), per batch: (1) reconstruction phase: encoder + decoder on
 the registry loss (optimizer 0); (2) regularisation phase: the latent discriminator on
 prior samples (real) vs detached codes (fake) (optimizer 1), then the encoder alone to make
-its codes pass as prior samples (optimizer 2). ``train/d_prior`` and ``train/d_code`` are the
+its codes pass as prior samples (optimizer 2). Both regularisation optimizers run at
+``train.d_lr``, by default a tenth of ``train.lr``: with the encoder's adversarial step at the
+full rate (measured on attractors, lr 3e-3) the prior matching overrode reconstruction (PSNR
+13.5 dB, probe kernel R² 0.30, against 17.0 dB and 0.78 at lr / 10). ``train/d_prior`` and ``train/d_code`` are the
 discriminator's mean probabilities.
 
 Discriminator losses are ``binary_cross_entropy_with_logits`` in float32 (AMP-safe), with
@@ -100,7 +103,8 @@ class GANTrainer(GenerativeTrainer):
 
 
 class AAETrainer(GenerativeTrainer):
-    """AAE: optimizer 0 = encoder + decoder, 1 = latent discriminator (``train.d_lr``), 2 = encoder."""
+    """AAE: optimizer 0 = encoder + decoder (``train.lr``), 1 = latent discriminator and 2 = encoder
+    in the regularisation phase (both ``train.d_lr``, default ``train.lr / 10``)."""
 
     kind = "aae"
     beta1_default = 0.5
@@ -110,10 +114,11 @@ class AAETrainer(GenerativeTrainer):
         check_single_process(self)
 
     def configure_optimizers(self):
-        m = self.model
+        m, t = self.model, self.cfg.train
+        reg_lr = t.d_lr if t.d_lr is not None else t.lr / 10
         return [self.optimizer_for(m.autoencoder_parameters),
-                self.optimizer_for(m.discriminator.parameters(), self.cfg.train.d_lr),
-                self.optimizer_for(m.encoder.parameters())]
+                self.optimizer_for(m.discriminator.parameters(), reg_lr),
+                self.optimizer_for(m.encoder.parameters(), reg_lr)]
 
     def recon_phase(self, batch: dict) -> tuple[torch.Tensor, dict]:
         out = self.model(self.to_input(batch["image"]))
