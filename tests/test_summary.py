@@ -139,6 +139,30 @@ def test_summarize_tiny_config():
     assert row["params"] == row["trainable"] > 0 and row["gflops"] > 0 and row["activation_mb"] > 0
 
 
+def test_strided_downsampling_reads_the_input_channels_of_the_encoder():
+    """With downsample=stride the first conv in module order is a 16 -> 16 downsampling conv."""
+    cfg = load_config(ROOT / "configs" / "unet_dice.yaml", ["data.size=32", "model.width=4", "model.depth=2",
+                                                            "model.downsample=stride"])
+    row = summarize(cfg)
+    assert row["bottleneck"] == (16, 8, 8) and row["rf"] > 0
+
+
+GENERATIVE = [n for n in MODELS if n not in SEG]
+
+
+@pytest.mark.parametrize("name", GENERATIVE)
+def test_summarize_generative_models(name):
+    """Built for one size (a linear bottleneck): the RF is the whole image, a lower bound measured at
+    that size (not re-measured larger); the bottleneck is the conv core's, before the flatten."""
+    over = ["data.name=attractors", "data.size=32", "model.width=4", "model.depth=2", "model.latent_dim=4",
+            f"model.name={name}", "loss={image: {mse: 1.0}}", "train.monitor=val/loss", "train.monitor_mode=min"]
+    row = summarize(load_config(None, over))
+    assert row["bottleneck"][1:] == (8, 8) and row["bottleneck_predicted"] == 8
+    assert (row["rf"], row["rf_at"], row["rf_lower_bound"]) == (32, 32, True)
+    assert row["gflops"] > 0 and row["params"] > 0
+    assert ("note" in row) == (name == "dcgan")  # a GAN is measured through its discriminator
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "sandbox/summary.py", "--config", "configs/unet_dice.yaml", *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)

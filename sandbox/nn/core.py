@@ -34,7 +34,7 @@ class Encoder(nn.Module):
         widths = list(widths)
         if not widths:
             raise SandboxError("Encoder needs at least one width")
-        self.downsample = downsample
+        self.in_channels, self.downsample = in_channels, downsample
         self.down = nn.ModuleList(
             [nn.Identity()] + [make_downsample(downsample, widths[i - 1]) for i in range(1, len(widths))])
         self.stages = nn.ModuleList()

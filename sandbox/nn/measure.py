@@ -29,7 +29,13 @@ def _eval_mode(model: nn.Module):
 
 
 def _in_channels(model: nn.Module) -> int:
-    """Input channels: the first convolution's (the encoder comes first in every sandbox model)."""
+    """Input channels: the core Encoder's, else the first convolution's (not the Encoder's first
+    convolution in module order: with ``downsample=stride`` that is a 2x downsampling conv)."""
+    from sandbox.nn.core import Encoder
+
+    for m in model.modules():
+        if isinstance(m, Encoder):
+            return m.in_channels
     for m in model.modules():
         if isinstance(m, nn.modules.conv._ConvNd):
             return m.in_channels
@@ -84,10 +90,12 @@ def flops_per_image(model: nn.Module, size: int, in_channels: int | None = None)
 
 
 def bottleneck_shape(model: nn.Module, size: int, in_channels: int | None = None) -> tuple[int, int, int]:
-    """Measured ``(C, h, w)`` of the last (coarsest) feature of ``model.encoder`` on a ``size`` x ``size`` input."""
+    """Measured ``(C, h, w)`` of the last (coarsest) feature of ``model.encoder`` on a ``size`` x ``size`` input
+    (of its convolutional ``core`` where it flattens into a latent vector: the generative models)."""
     encoder = getattr(model, "encoder", None)
     if encoder is None:
         raise SandboxError(f"{type(model).__name__} has no .encoder; bottleneck_shape needs an encoder-decoder model")
+    encoder = getattr(encoder, "core", encoder)
     with _eval_mode(model), torch.no_grad():
         feats = encoder(_input(model, size, 1, in_channels))
     last = feats[-1] if isinstance(feats, (list, tuple)) else feats
@@ -166,11 +174,14 @@ def measure_receptive_field(model: nn.Module, size: int, target: str | None = No
     """
     probe = _open_gates(copy.deepcopy(model)).eval().requires_grad_(False)  # input gradient only
     scale = 1
-    while True:
-        side, border = _rf_box(probe, size * scale, target, samples)
-        if not border or scale * 2 > max_scale:
-            return ReceptiveField(side, size * scale, border)
+    side, border = _rf_box(probe, size, target, samples)
+    while border and scale * 2 <= max_scale:
+        try:
+            side, border = _rf_box(probe, size * scale * 2, target, samples)
+        except SandboxError:  # built for one input size (a linear bottleneck): a lower bound at `size`
+            break
         scale *= 2
+    return ReceptiveField(side, size * scale, border)
 
 
 def receptive_field(model: nn.Module, size: int, target: str | None = None) -> int:
@@ -229,20 +240,45 @@ def summarize(cfg, model: nn.Module | None = None) -> dict[str, Any]:
     model = model if model is not None else build_model(cfg)
     size, m = cfg.data.size, cfg.model
     total, trainable = count_params(model)
-    rf = measure_receptive_field(model, size)
-    return {
+    # A GAN has no image -> image path: measure its discriminator (core Encoder + linear, image ->
+    # logit), and count the generator's FLOPs per sample with it.
+    gan = not hasattr(model, "encoder") and hasattr(model, "discriminator") and hasattr(model, "generator")
+    net = _GANDiscriminator(model.discriminator) if gan else model
+    rf = measure_receptive_field(net, size)
+    gflops = flops_per_image(net, size, m.in_channels) / 1e9
+    if gan:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with _eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model.generator(torch.zeros(1, model.latent_dim, device=_device_dtype(model)[0]))
+        gflops += counter.get_total_flops() / 1e9
+    row = {
         "model": m.name,
         "size": size,
         "params": total,
         "trainable": trainable,
-        "gflops": flops_per_image(model, size, m.in_channels) / 1e9,
+        "gflops": gflops,
         "bottleneck_predicted": predicted_bottleneck_side(size, m.depth, getattr(MODELS[m.name], "downsamples", True)),
-        "bottleneck": bottleneck_shape(model, size, m.in_channels),
+        "bottleneck": bottleneck_shape(net, size, m.in_channels),
         "rf": rf.side,
         "rf_at": rf.measured_at,
         "rf_lower_bound": rf.lower_bound,
-        "activation_mb": activation_memory(model, size, cfg.data.batch_size, 4, m.in_channels) / 2**20,
+        "activation_mb": activation_memory(net, size, cfg.data.batch_size, 4, m.in_channels) / 2**20,
     }
+    if gan:
+        row["note"] = "GAN: FLOPs = G(z) + D(x) per image; bottleneck, RF and activations of D"
+    return row
+
+
+class _GANDiscriminator(nn.Module):
+    """A GAN's discriminator seen as an encoder model, for the measures above."""
+
+    def __init__(self, discriminator: nn.Module):
+        super().__init__()
+        self.encoder = discriminator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)[..., None, None]  # (B, 1) logits as a 1x1 "map": its centre is the logit
 
 
 LABELS = {
