@@ -50,7 +50,7 @@ def test_sigkill_at_random_steps_then_resume_is_bit_identical(tmp_path, killable
     # the reference runs the same way as the killed one (a fresh process): oneDNN may pick
     # other kernels inside a long-lived pytest process, which is not what is under test
     done = subprocess.run(TRAIN + killable + ["name=straight"], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stdout[-1500:] + done.stderr[-3000:]
     rng = random.Random(1234)
     run_dir = tmp_path / "killed"
     kills = []
@@ -69,7 +69,7 @@ def test_sigkill_at_random_steps_then_resume_is_bit_identical(tmp_path, killable
     assert kills == sorted(kills) and kills[-1] < 12, kills  # killed mid-run each time, never restarted at 0
     done = subprocess.run(TRAIN + killable + ["name=killed", f"train.resume={run_dir}"], env=env,
                           capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stdout[-1500:] + done.stderr[-3000:]
     a = strip(read_metrics(tmp_path / "straight" / "metrics.jsonl"))
     b = strip(read_metrics(run_dir / "metrics.jsonl"))
     assert a == b  # every logged number, bit for bit
@@ -151,6 +151,15 @@ def test_nonfinite_loss_guard(tmp_path, tiny_overrides, policy, monkeypatch):
         assert all(torch.isfinite(v).all() for v in w.values() if v.is_floating_point())
 
 
+def free_port() -> int:
+    """A port nobody listens on now (a fixed one can be held by another job or in TIME_WAIT)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _ddp_common(tiny_overrides):
     """GroupNorm: BatchNorm statistics are per process on CPU, where SyncBatchNorm does not exist."""
     if shutil.which("accelerate") is None:
@@ -174,10 +183,10 @@ def test_two_processes_match_one_process(tmp_path, tiny_overrides):
     run(common + ["name=one", "data.batch_size=8"])
     env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
     cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
            *TRAIN[1:], *common, "name=two", "data.batch_size=4"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stdout[-1500:] + done.stderr[-3000:]
     assert "x2 processes" in done.stdout
     _assert_same_metrics(tmp_path / "one", tmp_path / "two")
 
@@ -205,13 +214,13 @@ def test_slurm_example_two_nodes_match_one_process(tmp_path, tiny_overrides):
         f.chmod(0o755)
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", FAKE_LOGS=str(tmp_path),
                SLURM_NNODES="2", SLURM_JOB_NODELIST="fake[1-2]", SLURM_JOB_ID="4242", SLURM_SUBMIT_DIR=str(ROOT),
-               SANDBOX_CPU="1", MIXED_PRECISION="no", OMP_NUM_THREADS="1")
+               SANDBOX_CPU="1", MIXED_PRECISION="no", OMP_NUM_THREADS="1", MASTER_PORT=str(port := free_port()))
     cmd = ["bash", str(ROOT / "examples/slurm/train.sbatch"), str(ROOT / "configs/unet_dice.yaml"),
            *common, "name=two", "data.batch_size=4"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     logs = {n: (tmp_path / f"node{n}.log").read_text() for n in (0, 1)}
     assert done.returncode == 0, done.stdout + logs[0][-2000:] + logs[1][-2000:]
-    assert "2 node(s) x 1 process(es), rendezvous 127.0.0.1:24242" in done.stdout
+    assert f"2 node(s) x 1 process(es), rendezvous 127.0.0.1:{port}" in done.stdout
     assert "cpu x2 processes" in logs[0]
     _assert_same_metrics(tmp_path / "one", tmp_path / "two")
     last = tmp_path / "two/checkpoints/last"
@@ -224,10 +233,10 @@ def test_a_run_directory_other_machines_cannot_see_is_refused(tmp_path, tiny_ove
     naming the process, and the main process leaves no empty run behind."""
     common = _ddp_common(tiny_overrides)
     env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
-    procs = []
+    procs, port = [], str(free_port())
     for rank in (0, 1):
         cmd = ["accelerate", "launch", "--multi_gpu", "--num_machines", "2", "--machine_rank", str(rank),
-               "--num_processes", "2", "--main_process_ip", "127.0.0.1", "--main_process_port", "29519",
+               "--num_processes", "2", "--main_process_ip", "127.0.0.1", "--main_process_port", port,
                "--mixed_precision", "no", "--dynamo_backend", "no", *TRAIN[1:], *common, "name=two",
                f"out_dir={tmp_path / f'machine{rank}'}"]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
