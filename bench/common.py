@@ -61,7 +61,13 @@ def device_of(name: str) -> torch.device:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise SystemExit(f"--device {name}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
+        if (dev.index or 0) >= torch.cuda.device_count():
+            raise SystemExit(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s): cuda:0..")
+        torch.cuda.set_device(dev)
         torch.backends.cudnn.benchmark = True
+        # torch runs fp32 convolutions in TF32 by default (cudnn.allow_tf32) but fp32 matmuls not:
+        # measure the fp32 peak the way the step's convolutions run, or fp32 MFU would pass 100 %
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32
     return dev
 
 
@@ -106,7 +112,8 @@ def machine_info() -> dict:
             "torch": torch.__version__, "accelerate": accelerate.__version__, "python": platform.python_version(),
             "mkldnn_bf16": bf16, "avx512_bf16": "avx512_bf16" in flags, "amx": "amx_bf16" in flags,
             "cuda": torch.cuda.is_available(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "load_avg": [round(v, 2) for v in os.getloadavg()]}
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "tf32": torch.backends.cudnn.allow_tf32 if torch.cuda.is_available() else None, "load_avg": [round(v, 2) for v in os.getloadavg()]}
 
 
 class Timer:
@@ -137,10 +144,10 @@ def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 0, reps: int = 12,
                 device: torch.device | str = "cpu") -> tuple[float, float]:
     """``(wall, owned)`` median GFLOP/s of ``torch.mm`` on two ``(n, n)`` matrices (2 n^3 FLOPs) in
     ``dtype`` (owned: see :class:`Timer`); n defaults to 2048 on CPU, 8192 on a GPU (where 2048 is
-    too small to fill it). fp32 on CUDA is what the step runs: TF32 off, torch's default."""
+    too small to fill it). fp32 on CUDA uses TF32 like the step's convolutions (see :func:`device_of`)."""
     n = n or (8192 if torch.device(device).type == "cuda" else 2048)
     g = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(n, n, generator=g).to(device=device, dtype=dtype) for _ in range(2))
+    a, b = (torch.randn(n, n, generator=g).to(device=device, dtype=dtype) for _ in range(2))  # a CPU generator
     for _ in range(2):
         torch.mm(a, b)
     walls, owned = [], []

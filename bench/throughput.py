@@ -215,6 +215,8 @@ def main(argv=None) -> None:
     if bad:
         p.error(f"--modes: unknown {bad}; accepted: {', '.join(common.MODES)}")
     if args.profile:
+        if args.device != "cpu":
+            p.error("--profile profiles the CPU step only; drop --device")
         return profile(args)
     res = run(args)
     md = markdown(res)

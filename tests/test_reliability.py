@@ -228,20 +228,57 @@ def test_slurm_example_two_nodes_match_one_process(tmp_path, tiny_overrides):
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["bin", "one", "two"]
 
 
-def test_a_run_directory_other_machines_cannot_see_is_refused(tmp_path, tiny_overrides):
-    """Machine 1 looks in another out_dir (as a node-local disk would be): both stop at start-up
-    naming the process, and the main process leaves no empty run behind."""
-    common = _ddp_common(tiny_overrides)
+@pytest.mark.parametrize("env,message", [
+    ({}, "no GPUs found (no --gres=gpu:N, no nvidia-smi): SANDBOX_CPU=1 for CPU nodes"),
+    ({"SANDBOX_CPU": "1", "PROCS_PER_NODE": "0"}, "processes per node must be a positive integer, got '0'"),
+    ({"SLURM_NNODES": None}, "not inside a Slurm allocation"),
+])
+def test_slurm_example_stops_with_a_reason(env, message):
+    if shutil.which("nvidia-smi"):
+        pytest.skip("nvidia-smi present: GPUs are found")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SANDBOX_", "PROCS_PER_NODE"))}
+    full = {**base, "SLURM_NNODES": "2", **env}
+    done = subprocess.run(["bash", str(ROOT / "examples/slurm/train.sbatch"), "configs/unet_dice.yaml"],
+                          env={k: v for k, v in full.items() if v is not None}, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode != 0 and message in done.stderr, done.stderr
+
+
+def _two_machines(tmp_path, common, out_dirs, timeout=120):
+    """Two "machines" of one process each on this host (gloo): their outputs and return codes."""
     env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
     procs, port = [], str(free_port())
     for rank in (0, 1):
         cmd = ["accelerate", "launch", "--multi_gpu", "--num_machines", "2", "--machine_rank", str(rank),
                "--num_processes", "2", "--main_process_ip", "127.0.0.1", "--main_process_port", port,
                "--mixed_precision", "no", "--dynamo_backend", "no", *TRAIN[1:], *common, "name=two",
-               f"out_dir={tmp_path / f'machine{rank}'}"]
+               f"out_dir={out_dirs[rank]}"]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode != 0 for p in procs), outs
+    try:
+        outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    return outs, [p.returncode for p in procs]
+
+
+def test_a_run_directory_other_machines_cannot_see_is_refused(tmp_path, tiny_overrides):
+    """Machine 1 looks in another out_dir (as a node-local disk would be): both stop at start-up
+    naming the process, and the main process leaves no empty run behind."""
+    outs, codes = _two_machines(tmp_path, _ddp_common(tiny_overrides), [tmp_path / "machine0", tmp_path / "machine1"])
+    assert all(c != 0 for c in codes), outs
     assert "is not shared: process 1 on" in outs[1] and "(of 2)" in outs[1]
     assert "set out_dir= to a filesystem all of them mount" in outs[0] + outs[1]
     assert not (tmp_path / "machine0" / "two").exists()
+
+
+def test_an_error_on_the_main_process_alone_stops_every_machine(tmp_path, tiny_overrides):
+    """The run directory exists (only the main process creates it, so only it can find out): the
+    other machine gets the same message at once instead of waiting in a collective for ever."""
+    (tmp_path / "two").mkdir()
+    (tmp_path / "two" / "config.yaml").write_text("seed: 0\n")
+    t0 = time.time()
+    outs, codes = _two_machines(tmp_path, _ddp_common(tiny_overrides), [tmp_path, tmp_path])
+    assert all(c != 0 for c in codes), outs
+    assert all("already holds a run" in out for out in outs), outs
+    assert time.time() - t0 < 100

@@ -13,8 +13,8 @@ the registry loss (optimizer 0); (2) regularisation phase: the latent discrimina
 prior samples (real) vs detached codes (fake) (optimizer 1), then the encoder alone to make
 its codes pass as prior samples (optimizer 2). Both regularisation optimizers run at
 ``train.d_lr``, by default a tenth of ``train.lr``: with the encoder's adversarial step at the
-full rate (measured on attractors, lr 3e-3) the prior matching overrode reconstruction (PSNR
-13.5 dB, probe kernel R² 0.30, against 17.0 dB and 0.78 at lr / 10). ``train/d_prior`` and ``train/d_code`` are the
+full rate (measured on attractors, lr 3e-3, study 5) the prior matching overrode reconstruction
+(PSNR 13.5 dB, probe kernel R² 0.325, against 17.0 dB and 0.762 at lr / 10). ``train/d_prior`` and ``train/d_code`` are the
 discriminator's mean probabilities.
 
 Discriminator losses are ``binary_cross_entropy_with_logits`` in float32 (AMP-safe), with

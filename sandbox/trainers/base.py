@@ -86,6 +86,21 @@ def resolve_mixed_precision(setting: str, cpu: bool) -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "no"
 
 
+def _sees(marker: Path, token: str, patience_s: float = 5.0) -> bool:
+    """Whether ``marker`` holds ``token``; retried for a few seconds, since a network filesystem's
+    attribute cache can hide a file another machine has just written."""
+    deadline = time.time() + patience_s
+    while True:
+        try:
+            if marker.read_text() == token:
+                return True
+        except OSError:
+            pass
+        if time.time() >= deadline:
+            return False
+        time.sleep(0.5)
+
+
 class Trainer:
     """Shared skeleton; see the module docstring for what subclasses provide."""
 
@@ -106,10 +121,7 @@ class Trainer:
         acc = self.accelerator
         if acc.device.type == "cuda":  # fixed input sizes: let cuDNN time its algorithms once per shape
             torch.backends.cudnn.benchmark = True
-        if acc.is_main_process:
-            self.run.create(resume=resume_ckpt is not None)
-        acc.wait_for_everyone()
-        self._check_shared_run_dir()
+        self._create_run_dir(resume=resume_ckpt is not None)
         self.threads = self._set_threads(t.threads)
         set_seed(cfg.seed)
 
@@ -437,35 +449,45 @@ class Trainer:
             return  # build_trainer already pointed data.splits at them
         write_splits(lists, self.run.splits)
 
-    def _check_shared_run_dir(self) -> None:
-        """With several processes every one must see the run directory the main process made:
-        a checkpoint holds each process's RNG state (written by that process) and a resume reads
-        them all. On several machines that means out_dir on a filesystem they all mount."""
+    def _create_run_dir(self, resume: bool) -> None:
+        """The main process creates (or, resuming, reuses) the run directory. With several processes
+        every one must also see it: a checkpoint holds each process's RNG state (written by that
+        process) and a resume reads them all, so on several machines out_dir must be on a filesystem
+        they all mount. A failure on any process stops every process with the same message, so none
+        is left waiting in a collective (one node's error would otherwise hang the others)."""
         acc = self.accelerator
-        if acc.num_processes == 1:
+        many = acc.num_processes > 1
+        import uuid
+
+        token, problem = uuid.uuid4().hex, None
+        marker = self.run.path / ".shared_check"
+        if acc.is_main_process:
+            try:
+                self.run.create(resume=resume)
+                if many:
+                    marker.write_text(token)
+            except (SandboxError, OSError) as exc:
+                problem = str(exc)
+        if not many:
+            if problem:
+                raise SandboxError(problem)
             return
         import socket
-        import uuid
 
         from accelerate.utils import broadcast_object_list, gather_object
 
-        token = [uuid.uuid4().hex if acc.is_main_process else None]
-        broadcast_object_list(token)
-        marker = self.run.path / ".shared_check"
-        if acc.is_main_process:
-            marker.write_text(token[0])
-        acc.wait_for_everyone()
-        try:
-            seen = marker.read_text() == token[0]
-        except OSError:
-            seen = False
-        views = gather_object([(acc.process_index, socket.gethostname(), seen)])
-        acc.wait_for_everyone()
+        box = [token, problem]
+        broadcast_object_list(box)  # the main process's token and error (also the barrier)
+        token, problem = box
+        seen = problem is None and _sees(marker, token)
+        views = gather_object([(acc.process_index, socket.gethostname(), seen)])  # every process gets all
         if acc.is_main_process:
             marker.unlink(missing_ok=True)
+        if problem:
+            raise SandboxError(problem)
         blind = [f"{rank} on {host}" for rank, host, ok in views if not ok]
         if blind:
-            if acc.is_main_process and not self.cfg.train.resume:  # leave no empty run behind
+            if acc.is_main_process and not resume:  # leave no empty run behind
                 for d in (self.run.checkpoints, self.run.plots, self.run.images, self.run.path):
                     try:
                         d.rmdir()
