@@ -168,18 +168,32 @@ def _ddp_common(tiny_overrides):
     return common + ["model.norm=group", "model.width=8", "data.num_train=16", "train.epochs=2", "train.threads=1"]
 
 
+# fid_own, diversity and the latent probe of a barely trained tiny model are ill-conditioned (sqrtm of
+# an 8-sample covariance, distances between near-identical samples, ridge regression on 8 codes): they
+# amplify the last-bit weight differences of another batch split to ~1e-4 relative
+LOOSE = ("val/fid_own", "val/diversity", "val/probe_r2_linear", "val/probe_r2_kernel")
+
+
 def _assert_same_metrics(one_dir, two_dir):
     one, two = strip(read_metrics(one_dir / "metrics.jsonl")), strip(read_metrics(two_dir / "metrics.jsonl"))
     assert [(r["split"], r["step"]) for r in one] == [(r["split"], r["step"]) for r in two]
     for a, b in zip(one, two):
         for k, v in a.items():
             if isinstance(v, float):
-                assert b[k] == pytest.approx(v, abs=1e-5, rel=1e-5), (k, a["step"])
+                tol = 1e-3 if k in LOOSE else 1e-5
+                assert b[k] == pytest.approx(v, abs=tol, rel=tol), (k, a["step"])
 
 
-def test_two_processes_match_one_process(tmp_path, tiny_overrides):
-    """gloo DDP on CPU: 2 processes x batch 4 == 1 process x batch 8."""
-    common = _ddp_common(tiny_overrides)
+AE_OVERRIDES = ["model.name=ae", "data.name=attractors", "loss={image: {mse: 1.0}}", "model.latent_dim=4",
+                "train.monitor=val/loss", "train.monitor_mode=min", "train.fid_samples=8", "train.probe_samples=8",
+                "data.num_val=8"]  # a batch of 4 per process: each sees different validation images
+
+
+@pytest.mark.parametrize("kind", ["segmentation", "autoencoder"])
+def test_two_processes_match_one_process(tmp_path, tiny_overrides, kind):
+    """gloo DDP on CPU: 2 processes x batch 4 == 1 process x batch 8, for the supervised trainer and
+    for the generative one (its fid_own and latent probe gather features from both processes)."""
+    common = _ddp_common(tiny_overrides) + (AE_OVERRIDES if kind == "autoencoder" else [])
     run(common + ["name=one", "data.batch_size=8"])
     env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
     cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
