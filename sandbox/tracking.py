@@ -124,6 +124,11 @@ def start_wandb(accelerator, mode: str, project: str, run_name: str, config: dic
         return None
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_CONSOLE", "off")
+    env = os.environ.get("WANDB_MODE")
+    if env is not None and env.strip().lower() not in ("online", "offline", "disabled", "dryrun"):
+        # wandb validates its environment itself and refuses to start on e.g. an empty WANDB_MODE
+        log.warning("WANDB_MODE=%r is not online/offline/disabled: running W&B %s", env, mode)
+        os.environ["WANDB_MODE"] = mode
     try:
         import wandb
 

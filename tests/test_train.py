@@ -44,6 +44,14 @@ def test_two_step_run_writes_every_run_file(tmp_path, tiny_overrides):
     trainer.unwrapped.load_state_dict(state)
 
 
+def test_an_empty_wandb_mode_in_the_environment_still_gives_an_offline_run(tmp_path, tiny_overrides, monkeypatch):
+    """`export WANDB_MODE=` made wandb refuse to start (its settings reject ''): W&B was lost."""
+    monkeypatch.setenv("WANDB_MODE", "")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    run([o for o in tiny_overrides if not o.startswith("track.wandb=")] + ["track.wandb=auto"])
+    assert list((tmp_path / "tiny" / "wandb").glob("offline-run-*")), "expected an offline W&B run"
+
+
 def test_resume_from_last_equals_uninterrupted(tmp_path, tiny_overrides):
     base = [o for o in tiny_overrides if not o.startswith(("name=", "train.epochs="))]
     run(base + ["name=straight", "train.epochs=2"])
