@@ -25,7 +25,6 @@ per-epoch value in the trainer (``train.probe_samples``, 1,000) is a cheaper pro
 from __future__ import annotations
 
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -229,6 +228,7 @@ def main() -> None:
 
     from sandbox.build import build_data, build_model
     from sandbox.data.transforms import unaugmented
+    from sandbox.rundir import write_atomic
     from sandbox.interpolate import load_generative
 
     cfg, model = load_generative(args.run, args.which)
@@ -265,9 +265,7 @@ def main() -> None:
         res["probe_fit_images"] = len(fit_idx)
     out = Path(args.run) / "eval" / f"probe_{args.split}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(res, indent=2))
-    os.replace(tmp, out)
+    write_atomic(out, json.dumps(res, indent=2))
     print(report(res))
     print(f"wrote {out}")
 

@@ -58,6 +58,23 @@ class RunDir:
             raise SandboxError(f"cannot write the run directory {str(self.path)!r}: {exc.strerror}; "
                                "choose another out_dir= or fix its permissions") from None
 
+    def discard_if_empty(self) -> None:
+        """Undo :meth:`create` for a run that never started: the directories go only if still empty."""
+        for p in (self.checkpoints, self.plots, self.images, self.path):
+            try:
+                p.rmdir()
+            except OSError:  # not empty (or already gone): keep it
+                pass
+
+
+def write_atomic(path: str | Path, text: str) -> Path:
+    """``path`` holds ``text`` or its previous content, never a torn mix (tmp file + rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
 
 def checkpoint_candidates(path: str | Path) -> list[Path]:
     """Checkpoints to resume from, newest first.

@@ -24,6 +24,8 @@ import matplotlib
 matplotlib.use("Agg")  # headless: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from sandbox.rundir import write_atomic  # noqa: E402
+
 log = logging.getLogger("sandbox")
 
 
@@ -37,15 +39,16 @@ def has_wandb_key() -> bool:
         return False
 
 
+WANDB_ENV_MODES = ("online", "offline", "disabled", "dryrun")  # what wandb accepts in WANDB_MODE (ours)
+
+
 def resolve_wandb_mode(setting: str) -> str:
     """``auto | online | offline | disabled`` -> the mode to run W&B in (decided before init)."""
     if setting != "auto":
         return setting
     env = os.environ.get("WANDB_MODE", "").strip().lower()
-    if env in ("online", "offline", "disabled"):
-        return env
-    if env == "dryrun":
-        return "offline"
+    if env in WANDB_ENV_MODES:
+        return "offline" if env == "dryrun" else env
     return "online" if has_wandb_key() else "offline"
 
 
@@ -65,9 +68,7 @@ def truncate_metrics(path: Path, epoch: int, step: int) -> int:
         if r.get("step", 0) <= step and (r.get("split") != "val" or r.get("epoch", 0) < epoch):
             keep.append(line)
     if len(keep) != len(lines):
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(k + "\n" for k in keep))
-        os.replace(tmp, path)
+        write_atomic(path, "".join(k + "\n" for k in keep))
     return len(lines) - len(keep)
 
 
@@ -125,7 +126,7 @@ def start_wandb(accelerator, mode: str, project: str, run_name: str, config: dic
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_CONSOLE", "off")
     env = os.environ.get("WANDB_MODE")
-    if env is not None and env.strip().lower() not in ("online", "offline", "disabled", "dryrun"):
+    if env is not None and env.strip().lower() not in WANDB_ENV_MODES:
         # wandb validates its environment itself and refuses to start on e.g. an empty WANDB_MODE
         log.warning("WANDB_MODE=%r is not online/offline/disabled: running W&B %s", env, mode)
         os.environ["WANDB_MODE"] = mode

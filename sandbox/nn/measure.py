@@ -82,10 +82,15 @@ def flops_per_image(model: nn.Module, size: int, in_channels: int | None = None)
     norm, activation, pooling and other element-wise ops are not counted (they are a few %).
     A training step costs about 3x this per image (forward + backward for inputs and weights).
     """
+    return _counted_flops(model, _input(model, size, 1, in_channels))
+
+
+def _counted_flops(model: nn.Module, *inputs: torch.Tensor, call=None) -> int:
+    """FLOPs of ``(call or model)(*inputs)`` in eval mode without gradients (``FlopCounterMode``)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with _eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(_input(model, size, 1, in_channels))
+        (call or model)(*inputs)
     return int(counter.get_total_flops())
 
 
@@ -247,11 +252,8 @@ def summarize(cfg, model: nn.Module | None = None) -> dict[str, Any]:
     rf = measure_receptive_field(net, size)
     gflops = flops_per_image(net, size, m.in_channels) / 1e9
     if gan:
-        from torch.utils.flop_counter import FlopCounterMode
-
-        with _eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model.generator(torch.zeros(1, model.latent_dim, device=_device_dtype(model)[0]))
-        gflops += counter.get_total_flops() / 1e9
+        z = torch.zeros(1, model.latent_dim, device=_device_dtype(model)[0])
+        gflops += _counted_flops(model, z, call=model.generator) / 1e9
     row = {
         "model": m.name,
         "size": size,

@@ -488,11 +488,7 @@ class Trainer:
         blind = [f"{rank} on {host}" for rank, host, ok in views if not ok]
         if blind:
             if acc.is_main_process and not resume:  # leave no empty run behind
-                for d in (self.run.checkpoints, self.run.plots, self.run.images, self.run.path):
-                    try:
-                        d.rmdir()
-                    except OSError:
-                        pass
+                self.run.discard_if_empty()
             raise SandboxError(
                 f"run directory {str(self.run.path)!r} is not shared: process {', '.join(blind)} "
                 f"(of {acc.num_processes}) cannot see what the main process wrote there. Every process "
