@@ -55,7 +55,10 @@ class OwnFeatures(nn.Module):
         self.convs = nn.ModuleList()
         cin = in_channels
         for w in widths:
-            conv = nn.Conv2d(cin, w, 3, padding=1)
+            # skip_init: nn.Conv2d's default init would draw from the global RNG, so building the
+            # features at a run's first evaluation shifted its training noise from then on (a run
+            # trained differently after another one in the same process, e.g. in a sweep)
+            conv = nn.utils.skip_init(nn.Conv2d, cin, w, 3, padding=1)
             with torch.no_grad():
                 conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * math.sqrt(2.0 / (cin * 9)))
                 conv.bias.zero_()

@@ -259,6 +259,20 @@ def test_attractors_reject_degenerate_draws():
 
 # ----------------------------------------------------------------------------- metrics
 
+def test_fid_features_are_fixed_and_leave_the_global_rng_alone():
+    """Built lazily at a run's first evaluation: drawing from the global RNG there shifted the
+    run's training noise from then on, so a run trained differently after another in one process."""
+    from sandbox.probe import OwnFeatures
+
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    a, b = OwnFeatures(), OwnFeatures()
+    assert torch.equal(torch.get_rng_state(), before)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert a.convs[0].weight.std().item() == pytest.approx(math.sqrt(2 / 27), rel=0.15)
+    assert a.convs[0].bias.abs().max().item() == 0
+
+
 def test_frechet_distance_matches_the_closed_form():
     a = torch.tensor([[1.0, 0, 0], [-1, 0, 0], [0, 2, 0], [0, -2, 0], [0, 0, 1], [0, 0, -1]])
     b = 2 * a + 3  # mean +3 in every dimension, covariance x4
