@@ -478,6 +478,10 @@ def _validate_generative(cfg: Config, models) -> None:
         if set(cfg.loss) != {"image"}:
             raise ConfigError(f"loss: {m.name} reconstructs images; expected loss.image only (e.g. "
                               f"{{image: {{mse: 1.0}}}}), got targets {', '.join(cfg.loss)}")
+        if models[m.name].trainer == "aae" and t.grad_accum > 1:
+            raise ConfigError(f"train.grad_accum: got {t.grad_accum}; the aae trainer steps the encoder in two phases "
+                              "per batch (reconstruction, then fooling the discriminator) and accumulated gradients "
+                              "would mix them: use 1 and raise data.batch_size (or launch more processes)")
     for path, value in [("train.beta", t.beta), ("train.fid_samples", t.fid_samples),
                         ("train.probe_samples", t.probe_samples)]:
         _positive(path, value, allow_zero=True)

@@ -20,7 +20,12 @@ discriminator's mean probabilities.
 Discriminator losses are ``binary_cross_entropy_with_logits`` in float32 (AMP-safe), with
 optional one-sided label smoothing (``train.label_smoothing``) on the discriminator's real
 targets; the generator/encoder always aims at 1. Adam's
-beta1 defaults to 0.5 here (Radford et al. 2016; ``train.beta1``). One process only.
+beta1 defaults to 0.5 here (Radford et al. 2016; ``train.beta1``).
+
+Several processes: the sub-modules are called outside the model's forward, so these trainers
+have no DDP wrapper (``Trainer.ddp = False``): the skeleton averages each optimizer's gradients
+across processes before it steps. The noise (``z``, prior samples) is drawn for the global batch
+and sliced per process (``Trainer.shard_draw``): P processes x batch B train as one x P*B.
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from sandbox.trainers import TRAINERS
-from sandbox.trainers.generative import GenerativeTrainer, check_single_process
+from sandbox.trainers.generative import GenerativeTrainer
 
 
 def bce_logits(logits: torch.Tensor, real: bool, smoothing: float = 0.0) -> torch.Tensor:
@@ -51,10 +56,7 @@ class GANTrainer(GenerativeTrainer):
 
     kind = "gan"
     beta1_default = 0.5
-
-    def __init__(self, cfg, model, datasets, loss):
-        super().__init__(cfg, model, datasets, loss)
-        check_single_process(self)
+    ddp = False
 
     def configure_optimizers(self):
         m = self.model
@@ -64,7 +66,7 @@ class GANTrainer(GenerativeTrainer):
     def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
         m, acc = self.unwrapped, self.accelerator
         x = self.to_input(batch["image"])
-        z = torch.randn(x.shape[0], m.latent_dim, device=x.device)
+        z = self.shard_draw(lambda n: torch.randn(n, m.latent_dim, device=x.device), x.shape[0])
         with acc.autocast():
             fake = m.decode(z)
             d_real, d_fake = m.discriminator(x), m.discriminator(self.to_input(fake.detach()))
@@ -108,10 +110,7 @@ class AAETrainer(GenerativeTrainer):
 
     kind = "aae"
     beta1_default = 0.5
-
-    def __init__(self, cfg, model, datasets, loss):
-        super().__init__(cfg, model, datasets, loss)
-        check_single_process(self)
+    ddp = False
 
     def configure_optimizers(self):
         m, t = self.model, self.cfg.train
@@ -132,7 +131,7 @@ class AAETrainer(GenerativeTrainer):
         with torch.no_grad(), acc.autocast():
             codes = m.encode(self.to_input(x))
         with acc.autocast():
-            d_prior, d_code = m.discriminator(m.prior(x.shape[0])), m.discriminator(codes.float())
+            d_prior, d_code = m.discriminator(self.shard_draw(m.prior, x.shape[0])), m.discriminator(codes.float())
         loss = bce_logits(d_prior, True, self.cfg.train.label_smoothing) + bce_logits(d_code, False)
         out = {"loss/aae/d": loss.detach(), "d_prior": _prob(d_prior), "d_code": _prob(d_code)}
         self.backward_and_step(loss, index=1, model=m.discriminator, parts=out)
@@ -161,7 +160,8 @@ class AAETrainer(GenerativeTrainer):
         x = batch["image"]
         with self.accelerator.autocast():
             values["d_code"] = torch.sigmoid(m.discriminator(m.encode(self.to_input(x))).float()).squeeze(1)
-            values["d_prior"] = torch.sigmoid(m.discriminator(m.prior(x.shape[0], g)).float()).squeeze(1)
+            prior = self.shard_draw(lambda n: m.prior(n, g), x.shape[0])
+            values["d_prior"] = torch.sigmoid(m.discriminator(prior).float()).squeeze(1)
         return values
 
 

@@ -7,7 +7,8 @@ A trainer subclass supplies:
   * ``save_images(epoch) -> list of PNG paths`` (panels for the run and for W&B).
 
 The skeleton owns the rest: seeding, threads, the epoch/step loop with gradient
-accumulation, the progress bar (main process only), logging every ``log_every`` steps
+accumulation, data parallelism (DDP, or for ``ddp = False`` trainers gradients averaged in
+``backward_and_step``), the progress bar (main process only), logging every ``log_every`` steps
 (values stay on device in between: no per-step sync), evaluation every epoch, the
 ``best``/``last`` checkpoints (atomic, resumable) and the plots.
 """
@@ -101,10 +102,37 @@ def _sees(marker: Path, token: str, patience_s: float = 5.0) -> bool:
         time.sleep(0.5)
 
 
+def _all_processes(tensors: list[torch.Tensor], how: str) -> None:
+    """In place on every process, through one flat buffer: ``mean`` (all-reduce) or ``broadcast``
+    (process 0's values). The tensors must be the same list (shapes, dtypes) on every process."""
+    import torch.distributed as dist
+
+    if not tensors:
+        return
+    with torch.no_grad():
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        if how == "mean":
+            dist.all_reduce(flat)
+            flat /= dist.get_world_size()
+        else:
+            dist.broadcast(flat, 0)
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset:offset + t.numel()].view(t.shape))
+            offset += t.numel()
+
+
 class Trainer:
     """Shared skeleton; see the module docstring for what subclasses provide."""
 
     kind = "base"
+    #: False for trainers that step optimizers on sub-modules, calling them outside the model's
+    #: forward (GAN, AAE): DDP would not see those calls. They get no DDP wrapper; with several
+    #: processes the skeleton broadcasts process 0's weights at start, averages each stepped
+    #: optimizer's gradients (one flat all-reduce) before clipping and stepping, averages the
+    #: BatchNorm statistics before evaluating and saving, and checks every epoch that the
+    #: processes still hold the same weights.
+    ddp = True
 
     def __init__(self, cfg: Config, model: torch.nn.Module, datasets: dict[str, Dataset]):
         self.cfg = cfg
@@ -141,7 +169,14 @@ class Trainer:
         if t.compile:
             self.model = torch.compile(self.model)
         self.optimizers: list[tuple[torch.optim.Optimizer, Any]] = self.configure_optimizers()
-        prepared = acc.prepare(self.model, *[o for o, _ in self.optimizers])
+        if self.ddp:
+            prepared = acc.prepare(self.model, *[o for o, _ in self.optimizers])
+        else:
+            self._check_data_parallel()
+            prepared = [acc.prepare_model(self.model, evaluation_mode=True),  # placed and autocast, not wrapped
+                        *[acc.prepare_optimizer(o) for o, _ in self.optimizers]]
+            if acc.num_processes > 1:  # as DDP does when it wraps a model
+                _all_processes(self._replicated(), "broadcast")
         self.model = prepared[0]
         self.optimizers = [(o, s) for o, (_, s) in zip(prepared[1:], self.optimizers)]
         for _, sched in self.optimizers:  # stepped by us once per optimizer step, saved with the state
@@ -211,6 +246,8 @@ class Trainer:
             return False
         acc.backward(loss)
         if acc.sync_gradients:
+            if not self.ddp and acc.num_processes > 1:
+                _all_processes([p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None], "mean")
             if self.cfg.train.clip:
                 acc.clip_grad_norm_((model or self.model).parameters(), self.cfg.train.clip)
             opt.step()
@@ -252,6 +289,15 @@ class Trainer:
             out[k] = v
         return out
 
+    def shard_draw(self, draw, n: int) -> torch.Tensor:
+        """This process's ``n`` rows of ``draw(n * processes)``: noise for a batch that differs between
+        processes and, as every process draws the same global batch (same seed), is the noise one
+        process would draw for the whole batch, so P processes x batch n train as 1 x P*n."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return draw(n)
+        return draw(n * acc.num_processes)[acc.process_index * n:(acc.process_index + 1) * n]
+
     def to_input(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last else x
 
@@ -275,6 +321,7 @@ class Trainer:
             t0 = time.time()
             self.size = self.size_at(epoch)
             train_means = self._train_epoch(epoch)
+            self._check_replicas(epoch)
             last_val = self.evaluate(self.val_loader) if self.val_loader is not None else {}
             for _, sched in self.optimizers:
                 if sched is not None and per_epoch(sched):
@@ -382,6 +429,7 @@ class Trainer:
 
     def _save(self, which: str) -> None:
         acc = self.accelerator
+        self._sync_statistics()
         final = self.run.checkpoints / which
         tmp = self.run.checkpoints / f".{which}.tmp"
         if acc.is_main_process and tmp.exists():
@@ -494,6 +542,46 @@ class Trainer:
                 f"(of {acc.num_processes}) cannot see what the main process wrote there. Every process "
                 f"writes its RNG state into the checkpoints and a resume reads them all: with several "
                 f"machines set out_dir= to a filesystem all of them mount (e.g. out_dir=/shared/$USER/runs)")
+
+    # ------------------------------------------------------------------ data parallel without DDP
+    def _check_data_parallel(self) -> None:
+        dist_type = self.accelerator.distributed_type
+        if dist_type.name != "NO" and not dist_type.name.startswith("MULTI_"):
+            raise SandboxError(f"the {self.kind} trainer steps optimizers on sub-modules and runs data-parallel "
+                               f"(one process per device, launched with --multi_gpu / --num_processes), not under "
+                               f"{dist_type.name}; launch it without that accelerate config")
+
+    def _replicated(self) -> list[torch.Tensor]:
+        """What every process holds a copy of: parameters and floating-point buffers."""
+        m = self.unwrapped
+        return [*m.parameters(), *(b for b in m.buffers() if b.is_floating_point())]
+
+    def _sync_statistics(self) -> None:
+        """``ddp = False`` trainers: each process's BatchNorm statistics come from its own batches;
+        their mean is what evaluation and the checkpoint use."""
+        if not self.ddp and self.accelerator.num_processes > 1:
+            _all_processes([b for b in self.unwrapped.buffers() if b.is_floating_point()], "mean")
+
+    def _check_replicas(self, epoch: int) -> None:
+        """``ddp = False`` trainers: after each epoch every process must hold process 0's weights
+        (the averaged updates keep them equal); a difference stops the run instead of evaluating,
+        and saving, one process's model as if it were all of them."""
+        acc = self.accelerator
+        if self.ddp or acc.num_processes == 1:
+            return
+        import torch.distributed as dist
+
+        self._sync_statistics()
+        with torch.no_grad():
+            mine = torch.cat([p.reshape(-1) for p in self.unwrapped.parameters()])
+            ref = mine.clone()
+            dist.broadcast(ref, 0)
+            diff = torch.stack([(mine - ref).abs().max(), ref.abs().max()])
+            dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+        if diff[0] > 1e-6 * max(float(diff[1]), 1.0):
+            raise SandboxError(f"after epoch {epoch + 1} the {acc.num_processes} processes hold different weights "
+                               f"(largest difference {float(diff[0]):.3g}): the {self.kind} trainer's gradient "
+                               f"averaging did not keep them in sync; checkpoints/last holds the epoch before")
 
     def _loader(self, ds: Dataset, train: bool) -> DataLoader:
         d = self.cfg.data

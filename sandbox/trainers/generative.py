@@ -28,7 +28,6 @@ import torch
 from PIL import Image
 
 from sandbox.data.transforms import unaugmented
-from sandbox.errors import SandboxError
 from sandbox.losses import CompositeLoss
 from sandbox.metrics import regression_metrics
 from sandbox.models.autoencoders import VAE
@@ -134,7 +133,8 @@ class GenerativeTrainer(Trainer):
                   **{k: v.float().expand(n) for k, v in parts.items()}}
         if self.is_vae:
             kl = VAE.kl(out["mu"], out["logvar"])
-            eps = torch.randn(out["mu"].shape, generator=g).to(x.device)
+            mu = out["mu"]
+            eps = self.shard_draw(lambda k: torch.randn((k, *mu.shape[1:]), generator=g), n).to(x.device)
             with self.accelerator.autocast():
                 sampled = self.unwrapped.decode(out["mu"] + torch.exp(0.5 * out["logvar"]) * eps).float()
             values.update({"kl": kl, "sse_sampled": (sampled - x.float()).square().flatten(1).sum(1)})
@@ -220,9 +220,3 @@ class GenerativeTrainer(Trainer):
 
 TRAINERS.register("autoencoder")(GenerativeTrainer)
 TRAINERS.register("vae")(GenerativeTrainer)
-
-
-def check_single_process(trainer: Trainer) -> None:
-    if trainer.accelerator.num_processes > 1:
-        raise SandboxError(f"the {trainer.kind} trainer steps several optimizers on sub-modules outside DDP and "
-                           "runs in one process; launch it without --multi_gpu / --num_processes")
