@@ -8,7 +8,7 @@ import torch
 
 from sandbox import build_trainer, load_config
 from sandbox.errors import SandboxError
-from sandbox.trainers.base import _all_processes
+from sandbox.trainers.processes import all_processes, check_replicas, replicated
 
 
 def main(out: str, overrides: list[str]) -> None:
@@ -16,18 +16,19 @@ def main(out: str, overrides: list[str]) -> None:
     rank, m = trainer.accelerator.process_index, trainer.unwrapped
     report = {"ddp": trainer.ddp}
     t = torch.full((3,), float(rank + 1))
-    _all_processes([t], "mean")
+    all_processes([t], "mean")
     report["mean"] = t.tolist()
     report["draw"] = trainer.shard_draw(lambda n: torch.arange(n), 2).tolist()
-    report["same_start"] = trainer._check_replicas(0) is None  # the weights were broadcast at start
+    acc = trainer.accelerator
+    report["same_start"] = check_replicas(acc, m, trainer.kind, 0) is None  # weights were broadcast at start
     with torch.no_grad():  # one process's weights drift: the epoch-end check must stop every process
         next(m.parameters()).add_(1e-3 * rank)
     try:
-        trainer._check_replicas(0)
+        check_replicas(acc, m, trainer.kind, 0)
         report["drift"] = "not detected"
     except SandboxError as exc:
         report["drift"] = str(exc)
-    _all_processes(trainer._replicated(), "broadcast")
+    all_processes(replicated(m), "broadcast")
     trainer.fit()
     report["params"] = [float(p.double().sum()) for p in m.parameters()]
     report["buffers"] = {k: float(b.double().sum()) for k, b in m.named_buffers() if b.is_floating_point()}

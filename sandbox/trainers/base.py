@@ -8,7 +8,7 @@ A trainer subclass supplies:
 
 The skeleton owns the rest: seeding, threads, the epoch/step loop with gradient
 accumulation, data parallelism (DDP, or for ``ddp = False`` trainers gradients averaged in
-``backward_and_step``), the progress bar (main process only), logging every ``log_every`` steps
+``backward_and_step``; the multi-process parts are in ``processes.py``), the progress bar (main process only), logging every ``log_every`` steps
 (values stay on device in between: no per-step sync), evaluation every epoch, the
 ``best``/``last`` checkpoints (atomic, resumable) and the plots.
 """
@@ -32,6 +32,7 @@ from sandbox.errors import SandboxError
 from sandbox.rundir import WEIGHTS_FILE, RunDir, checkpoint_candidates, commit_checkpoint, read_state
 from sandbox.tracking import (MetricsLog, plot_curves, read_metrics, resolve_wandb_mode, start_wandb,
                               truncate_metrics)
+from sandbox.trainers import processes
 from sandbox.trainers.schedules import make_scheduler, per_epoch
 
 log = logging.getLogger("sandbox")
@@ -87,41 +88,6 @@ def resolve_mixed_precision(setting: str, cpu: bool) -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "no"
 
 
-def _sees(marker: Path, token: str, patience_s: float = 5.0) -> bool:
-    """Whether ``marker`` holds ``token``; retried for a few seconds, since a network filesystem's
-    attribute cache can hide a file another machine has just written."""
-    deadline = time.time() + patience_s
-    while True:
-        try:
-            if marker.read_text() == token:
-                return True
-        except OSError:
-            pass
-        if time.time() >= deadline:
-            return False
-        time.sleep(0.5)
-
-
-def _all_processes(tensors: list[torch.Tensor], how: str) -> None:
-    """In place on every process, through one flat buffer: ``mean`` (all-reduce) or ``broadcast``
-    (process 0's values). The tensors must be the same list (shapes, dtypes) on every process."""
-    import torch.distributed as dist
-
-    if not tensors:
-        return
-    with torch.no_grad():
-        flat = torch.cat([t.reshape(-1) for t in tensors])
-        if how == "mean":
-            dist.all_reduce(flat)
-            flat /= dist.get_world_size()
-        else:
-            dist.broadcast(flat, 0)
-        offset = 0
-        for t in tensors:
-            t.copy_(flat[offset:offset + t.numel()].view(t.shape))
-            offset += t.numel()
-
-
 class Trainer:
     """Shared skeleton; see the module docstring for what subclasses provide."""
 
@@ -149,7 +115,7 @@ class Trainer:
         acc = self.accelerator
         if acc.device.type == "cuda":  # fixed input sizes: let cuDNN time its algorithms once per shape
             torch.backends.cudnn.benchmark = True
-        self._create_run_dir(resume=resume_ckpt is not None)
+        processes.create_run_dir(acc, self.run, resume=resume_ckpt is not None)
         self.threads = self._set_threads(t.threads)
         set_seed(cfg.seed)
 
@@ -172,11 +138,11 @@ class Trainer:
         if self.ddp:
             prepared = acc.prepare(self.model, *[o for o, _ in self.optimizers])
         else:
-            self._check_data_parallel()
+            processes.check_data_parallel(acc, self.kind)
             prepared = [acc.prepare_model(self.model, evaluation_mode=True),  # placed and autocast, not wrapped
                         *[acc.prepare_optimizer(o) for o, _ in self.optimizers]]
             if acc.num_processes > 1:  # as DDP does when it wraps a model
-                _all_processes(self._replicated(), "broadcast")
+                processes.all_processes(processes.replicated(self.model), "broadcast")
         self.model = prepared[0]
         self.optimizers = [(o, s) for o, (_, s) in zip(prepared[1:], self.optimizers)]
         for _, sched in self.optimizers:  # stepped by us once per optimizer step, saved with the state
@@ -246,8 +212,9 @@ class Trainer:
             return False
         acc.backward(loss)
         if acc.sync_gradients:
-            if not self.ddp and acc.num_processes > 1:
-                _all_processes([p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None], "mean")
+            if self.replicas:
+                processes.all_processes([p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None],
+                                        "mean")
             if self.cfg.train.clip:
                 acc.clip_grad_norm_((model or self.model).parameters(), self.cfg.train.clip)
             opt.step()
@@ -302,6 +269,11 @@ class Trainer:
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last else x
 
     @property
+    def replicas(self) -> bool:
+        """Several processes each holding the whole model without a DDP wrapper (``ddp = False``)."""
+        return not self.ddp and self.accelerator.num_processes > 1
+
+    @property
     def unwrapped(self) -> torch.nn.Module:
         return self.accelerator.unwrap_model(self.model)
 
@@ -321,7 +293,9 @@ class Trainer:
             t0 = time.time()
             self.size = self.size_at(epoch)
             train_means = self._train_epoch(epoch)
-            self._check_replicas(epoch)
+            if self.replicas:
+                processes.sync_statistics(self.unwrapped)
+                processes.check_replicas(acc, self.unwrapped, self.kind, epoch)
             last_val = self.evaluate(self.val_loader) if self.val_loader is not None else {}
             for _, sched in self.optimizers:
                 if sched is not None and per_epoch(sched):
@@ -429,7 +403,8 @@ class Trainer:
 
     def _save(self, which: str) -> None:
         acc = self.accelerator
-        self._sync_statistics()
+        if self.replicas:
+            processes.sync_statistics(self.unwrapped)
         final = self.run.checkpoints / which
         tmp = self.run.checkpoints / f".{which}.tmp"
         if acc.is_main_process and tmp.exists():
@@ -496,92 +471,6 @@ class Trainer:
         if self.run.splits.exists() and self.cfg.train.resume:
             return  # build_trainer already pointed data.splits at them
         write_splits(lists, self.run.splits)
-
-    def _create_run_dir(self, resume: bool) -> None:
-        """The main process creates (or, resuming, reuses) the run directory. With several processes
-        every one must also see it: a checkpoint holds each process's RNG state (written by that
-        process) and a resume reads them all, so on several machines out_dir must be on a filesystem
-        they all mount. A failure on any process stops every process with the same message, so none
-        is left waiting in a collective (one node's error would otherwise hang the others)."""
-        acc = self.accelerator
-        many = acc.num_processes > 1
-        import uuid
-
-        token, problem = uuid.uuid4().hex, None
-        marker = self.run.path / ".shared_check"
-        if acc.is_main_process:
-            try:
-                self.run.create(resume=resume)
-                if many:
-                    marker.write_text(token)
-            except (SandboxError, OSError) as exc:
-                problem = str(exc)
-        if not many:
-            if problem:
-                raise SandboxError(problem)
-            return
-        import socket
-
-        from accelerate.utils import broadcast_object_list, gather_object
-
-        box = [token, problem]
-        broadcast_object_list(box)  # the main process's token and error (also the barrier)
-        token, problem = box
-        seen = problem is None and _sees(marker, token)
-        views = gather_object([(acc.process_index, socket.gethostname(), seen)])  # every process gets all
-        if acc.is_main_process:
-            marker.unlink(missing_ok=True)
-        if problem:
-            raise SandboxError(problem)
-        blind = [f"{rank} on {host}" for rank, host, ok in views if not ok]
-        if blind:
-            if acc.is_main_process and not resume:  # leave no empty run behind
-                self.run.discard_if_empty()
-            raise SandboxError(
-                f"run directory {str(self.run.path)!r} is not shared: process {', '.join(blind)} "
-                f"(of {acc.num_processes}) cannot see what the main process wrote there. Every process "
-                f"writes its RNG state into the checkpoints and a resume reads them all: with several "
-                f"machines set out_dir= to a filesystem all of them mount (e.g. out_dir=/shared/$USER/runs)")
-
-    # ------------------------------------------------------------------ data parallel without DDP
-    def _check_data_parallel(self) -> None:
-        dist_type = self.accelerator.distributed_type
-        if dist_type.name != "NO" and not dist_type.name.startswith("MULTI_"):
-            raise SandboxError(f"the {self.kind} trainer steps optimizers on sub-modules and runs data-parallel "
-                               f"(one process per device, launched with --multi_gpu / --num_processes), not under "
-                               f"{dist_type.name}; launch it without that accelerate config")
-
-    def _replicated(self) -> list[torch.Tensor]:
-        """What every process holds a copy of: parameters and floating-point buffers."""
-        m = self.unwrapped
-        return [*m.parameters(), *(b for b in m.buffers() if b.is_floating_point())]
-
-    def _sync_statistics(self) -> None:
-        """``ddp = False`` trainers: each process's BatchNorm statistics come from its own batches;
-        their mean is what evaluation and the checkpoint use."""
-        if not self.ddp and self.accelerator.num_processes > 1:
-            _all_processes([b for b in self.unwrapped.buffers() if b.is_floating_point()], "mean")
-
-    def _check_replicas(self, epoch: int) -> None:
-        """``ddp = False`` trainers: after each epoch every process must hold process 0's weights
-        (the averaged updates keep them equal); a difference stops the run instead of evaluating,
-        and saving, one process's model as if it were all of them."""
-        acc = self.accelerator
-        if self.ddp or acc.num_processes == 1:
-            return
-        import torch.distributed as dist
-
-        self._sync_statistics()
-        with torch.no_grad():
-            mine = torch.cat([p.reshape(-1) for p in self.unwrapped.parameters()])
-            ref = mine.clone()
-            dist.broadcast(ref, 0)
-            diff = torch.stack([(mine - ref).abs().max(), ref.abs().max()])
-            dist.all_reduce(diff, op=dist.ReduceOp.MAX)
-        if diff[0] > 1e-6 * max(float(diff[1]), 1.0):
-            raise SandboxError(f"after epoch {epoch + 1} the {acc.num_processes} processes hold different weights "
-                               f"(largest difference {float(diff[0]):.3g}): the {self.kind} trainer's gradient "
-                               f"averaging did not keep them in sync; checkpoints/last holds the epoch before")
 
     def _loader(self, ds: Dataset, train: bool) -> DataLoader:
         d = self.cfg.data

@@ -1,0 +1,135 @@
+"""What the training skeleton does when it runs as several processes (``accelerate launch``).
+
+* :func:`create_run_dir`: the main process creates the run directory and every process checks
+  that it sees it (a checkpoint holds each process's RNG state, so with several machines
+  ``out_dir`` must be on a filesystem they all mount); an error on any process stops them all.
+* Data parallelism without a DDP wrapper, for trainers that step optimizers on sub-modules called
+  outside the model's forward (GAN, AAE; ``Trainer.ddp = False``): :func:`all_processes` (one flat
+  all-reduce mean or broadcast), :func:`check_data_parallel`, :func:`replicated`,
+  :func:`sync_statistics` (BatchNorm statistics averaged) and :func:`check_replicas` (every
+  process holds process 0's weights).
+"""
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from accelerate import Accelerator
+
+from sandbox.errors import SandboxError
+from sandbox.rundir import RunDir
+
+
+def sees(marker: Path, token: str, patience_s: float = 5.0) -> bool:
+    """Whether ``marker`` holds ``token``; retried for a few seconds, since a network filesystem's
+    attribute cache can hide a file another machine has just written."""
+    deadline = time.time() + patience_s
+    while True:
+        try:
+            if marker.read_text() == token:
+                return True
+        except OSError:
+            pass
+        if time.time() >= deadline:
+            return False
+        time.sleep(0.5)
+
+
+def create_run_dir(acc: Accelerator, run: RunDir, resume: bool) -> None:
+    """The main process creates (or, resuming, reuses) the run directory. With several processes
+    every one must also see it: a checkpoint holds each process's RNG state (written by that
+    process) and a resume reads them all, so on several machines out_dir must be on a filesystem
+    they all mount. A failure on any process stops every process with the same message, so none
+    is left waiting in a collective (one node's error would otherwise hang the others)."""
+    many = acc.num_processes > 1
+    token, problem = uuid.uuid4().hex, None
+    marker = run.path / ".shared_check"
+    if acc.is_main_process:
+        try:
+            run.create(resume=resume)
+            if many:
+                marker.write_text(token)
+        except (SandboxError, OSError) as exc:
+            problem = str(exc)
+    if not many:
+        if problem:
+            raise SandboxError(problem)
+        return
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    box = [token, problem]
+    broadcast_object_list(box)  # the main process's token and error (also the barrier)
+    token, problem = box
+    seen = problem is None and sees(marker, token)
+    views = gather_object([(acc.process_index, socket.gethostname(), seen)])  # every process gets all
+    if acc.is_main_process:
+        marker.unlink(missing_ok=True)
+    if problem:
+        raise SandboxError(problem)
+    blind = [f"{rank} on {host}" for rank, host, ok in views if not ok]
+    if blind:
+        if acc.is_main_process and not resume:  # leave no empty run behind
+            run.discard_if_empty()
+        raise SandboxError(
+            f"run directory {str(run.path)!r} is not shared: process {', '.join(blind)} "
+            f"(of {acc.num_processes}) cannot see what the main process wrote there. Every process "
+            f"writes its RNG state into the checkpoints and a resume reads them all: with several "
+            f"machines set out_dir= to a filesystem all of them mount (e.g. out_dir=/shared/$USER/runs)")
+
+
+# ----------------------------------------------------------------------------- data parallel without DDP
+
+def all_processes(tensors: list[torch.Tensor], how: str) -> None:
+    """In place on every process, through one flat buffer: ``mean`` (all-reduce) or ``broadcast``
+    (process 0's values). The tensors must be the same list (shapes, dtypes) on every process."""
+    if not tensors:
+        return
+    with torch.no_grad():
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        if how == "mean":
+            dist.all_reduce(flat)
+            flat /= dist.get_world_size()
+        else:
+            dist.broadcast(flat, 0)
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset:offset + t.numel()].view(t.shape))
+            offset += t.numel()
+
+
+def check_data_parallel(acc: Accelerator, kind: str) -> None:
+    dist_type = acc.distributed_type
+    if dist_type.name != "NO" and not dist_type.name.startswith("MULTI_"):
+        raise SandboxError(f"the {kind} trainer steps optimizers on sub-modules and runs data-parallel "
+                           f"(one process per device, launched with --multi_gpu / --num_processes), not under "
+                           f"{dist_type.name}; launch it without that accelerate config")
+
+
+def replicated(model: torch.nn.Module) -> list[torch.Tensor]:
+    """What every process holds a copy of: parameters and floating-point buffers."""
+    return [*model.parameters(), *(b for b in model.buffers() if b.is_floating_point())]
+
+
+def sync_statistics(model: torch.nn.Module) -> None:
+    """Each process's BatchNorm statistics come from its own batches: their mean is what evaluation
+    and the checkpoint use."""
+    all_processes([b for b in model.buffers() if b.is_floating_point()], "mean")
+
+
+def check_replicas(acc: Accelerator, model: torch.nn.Module, kind: str, epoch: int) -> None:
+    """Every process must hold process 0's weights (identical averaged updates keep them equal); a
+    difference stops the run instead of evaluating, and saving, one process's model as if it were all of them."""
+    with torch.no_grad():
+        mine = torch.cat([p.reshape(-1) for p in model.parameters()])
+        ref = mine.clone()
+        dist.broadcast(ref, 0)
+        diff = torch.stack([(mine - ref).abs().max(), ref.abs().max()])
+        dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+    if diff[0] > 1e-6 * max(float(diff[1]), 1.0):
+        raise SandboxError(f"after epoch {epoch + 1} the {acc.num_processes} processes hold different weights "
+                           f"(largest difference {float(diff[0]):.3g}): the {kind} trainer's gradient "
+                           f"averaging did not keep them in sync; checkpoints/last holds the epoch before")
