@@ -187,12 +187,13 @@ def _assert_same_metrics(one_dir, two_dir):
 GENERATIVE_OVERRIDES = ["data.name=attractors", "loss={image: {mse: 1.0}}", "model.latent_dim=4",
                         "train.monitor_mode=min", "train.fid_samples=8", "train.probe_samples=8",
                         "data.num_val=8"]  # a batch of 4 per process: each sees different validation images
-# Adam's first steps are lr * sign(g): the discriminators' near-zero gradients take the sign of their
-# last-bit rounding, which differs with the batch split (measured: d_fake 0.403 vs 0.410 after two
-# steps). SGD's update is linear in the gradient, so a wrong average (a sum, one process's) still shows.
+# Adam's first steps are lr * sign(g): near-zero gradients (the discriminators', the VAE's KL on
+# logvar) take the sign of their last-bit rounding, which differs with the batch split (measured:
+# GAN d_fake 0.403 vs 0.410 after two steps, VAE KL 1.4e-4 relative after three). SGD's update is linear in the gradient, so a wrong average (a sum, one process's) still shows.
 LINEAR_STEPS = ["train.optimizer=sgd", "train.lr=0.01"]
 KIND_OVERRIDES = {"segmentation": [],
                   "autoencoder": ["model.name=ae", "train.monitor=val/loss", *GENERATIVE_OVERRIDES],
+                  "vae": ["model.name=vae", "train.monitor=val/loss", *GENERATIVE_OVERRIDES, *LINEAR_STEPS],
                   "gan": ["model.name=dcgan", "train.monitor=val/fid_own", *GENERATIVE_OVERRIDES, *LINEAR_STEPS],
                   "aae": ["model.name=aae", "train.monitor=val/loss", *GENERATIVE_OVERRIDES, *LINEAR_STEPS]}
 
@@ -200,7 +201,8 @@ KIND_OVERRIDES = {"segmentation": [],
 @pytest.mark.parametrize("kind", KIND_OVERRIDES)
 def test_two_processes_match_one_process(tmp_path, tiny_overrides, kind):
     """gloo on CPU: 2 processes x batch 4 == 1 process x batch 8, for the supervised trainer (DDP), the
-    generative one (DDP; its fid_own and latent probe gather features from both processes) and the
+    generative one (DDP; its fid_own and latent probe gather features from both processes; the VAE's
+    reparameterisation noise and validation ELBO samples are sliced per process) and the
     GAN and AAE, which average their optimizers' gradients themselves and slice the global batch's
     noise per process."""
     common = _ddp_common(tiny_overrides) + KIND_OVERRIDES[kind]

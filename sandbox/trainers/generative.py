@@ -96,7 +96,12 @@ class GenerativeTrainer(Trainer):
         return total, {f"loss/{k}": v for k, v in parts.items()}
 
     def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
-        out = self.model(self.to_input(batch["image"]))
+        x = batch["image"]
+        if self.is_vae:  # each process its own slice of the global batch's noise
+            eps = self.shard_draw(lambda n: torch.randn(n, self.unwrapped.latent_dim, device=x.device), x.shape[0])
+            out = self.model(self.to_input(x), eps=eps)
+        else:
+            out = self.model(self.to_input(x))
         total, scalars = self.reconstruction(out, batch)
         if self.is_vae:
             kl = VAE.kl(out["mu"], out["logvar"]).mean()
