@@ -219,9 +219,10 @@ def test_two_processes_match_one_process(tmp_path, tiny_overrides, kind):
 
 @pytest.mark.parametrize("model", ["dcgan", "aae"])
 def test_trainers_without_ddp_keep_their_processes_in_sync(tmp_path, tiny_overrides, model):
-    """GAN and AAE with BatchNorm (statistics differ per process) on 2 gloo processes: gradients are
-    averaged (a mean, not a sum), noise is sliced from the global batch's draw, BatchNorm statistics
-    are averaged before saving, every process ends with the same weights, and a drift is caught."""
+    """GAN and AAE with BatchNorm (statistics differ per process) on 2 gloo processes: the weights are
+    broadcast at start, gradients averaged (a mean, not a sum), noise sliced from the global batch's
+    draw, running statistics averaged, every process ends with the same weights and buffers (also
+    in the checkpoint), and a drift is caught."""
     if shutil.which("accelerate") is None:
         pytest.skip("accelerate CLI not on PATH")
     base = [o for o in tiny_overrides if not o.startswith(("data.num_train=", "data.num_val="))]
@@ -239,7 +240,8 @@ def test_trainers_without_ddp_keep_their_processes_in_sync(tmp_path, tiny_overri
     assert r0["ddp"] is False
     assert r0["mean"] == r1["mean"] == [1.5] * 3
     assert (r0["draw"], r1["draw"]) == ([0, 1], [2, 3])
-    assert r0["same_start"] and r1["same_start"]
+    assert r0["first"] == r1["first"]  # process 1's weights were changed before the trainer broadcast process 0's
+    assert r0["running_mean"] == r1["running_mean"] == [1.5]
     for r in (r0, r1):
         assert "after epoch 1 the 2 processes hold different weights" in r["drift"], r["drift"]
     assert r0["params"] == r1["params"] and r0["buffers"] == r1["buffers"]

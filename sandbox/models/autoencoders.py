@@ -196,12 +196,12 @@ class VAE(AutoEncoder):
         """The posterior mean ``mu``: the code used for probes and interpolation."""
         return self.encode_stats(x)[0]
 
-    def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Training mode: ``z = mu + sigma * eps`` with ``eps`` given (the trainer draws it, see
-        ``Trainer.shard_draw``) or drawn here; eval mode: ``z = mu``."""
+    def forward(self, x: torch.Tensor, noise=None) -> dict[str, torch.Tensor]:
+        """Training mode: ``z = mu + sigma * eps``, ``eps = noise(mu)`` (the trainer's draw, see
+        ``Trainer.shard_draw``) or ``randn_like(mu)``, drawn after the encoder; eval mode: ``z = mu``."""
         mu, logvar = self.encode_stats(x)
         if self.training:
-            eps = torch.randn_like(mu) if eps is None else eps.to(mu.dtype)
+            eps = torch.randn_like(mu) if noise is None else noise(mu)
         z = mu + torch.exp(0.5 * logvar) * eps if self.training else mu
         return {"image": self.decode(z), "z": z, "mu": mu, "logvar": logvar}
 

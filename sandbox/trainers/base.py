@@ -96,7 +96,7 @@ class Trainer:
     #: forward (GAN, AAE): DDP would not see those calls. They get no DDP wrapper; with several
     #: processes the skeleton broadcasts process 0's weights at start, averages each stepped
     #: optimizer's gradients (one flat all-reduce) before clipping and stepping, averages the
-    #: BatchNorm statistics before evaluating and saving, and checks every epoch that the
+    #: running statistics (BatchNorm) before evaluating and saving, and checks every epoch that the
     #: processes still hold the same weights.
     ddp = True
 
@@ -215,8 +215,12 @@ class Trainer:
             if self.replicas:
                 processes.all_processes([p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None],
                                         "mean")
-            if self.cfg.train.clip:
+            if self.cfg.train.clip and self.ddp:
                 acc.clip_grad_norm_((model or self.model).parameters(), self.cfg.train.clip)
+            elif self.cfg.train.clip:  # acc.clip_grad_norm_ unscales EVERY optimizer's gradients (fp16): the
+                # AAE's optimizers 0 and 2 share the encoder, whose gradients would be unscaled twice
+                acc.unscale_gradients(optimizer=opt)
+                torch.nn.utils.clip_grad_norm_((model or self.model).parameters(), self.cfg.train.clip)
             opt.step()
             if sched is not None and not per_epoch(sched) and not opt.step_was_skipped:
                 sched.step()

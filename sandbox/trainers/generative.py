@@ -98,8 +98,8 @@ class GenerativeTrainer(Trainer):
     def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
         x = batch["image"]
         if self.is_vae:  # each process its own slice of the global batch's noise
-            eps = self.shard_draw(lambda n: torch.randn(n, self.unwrapped.latent_dim, device=x.device), x.shape[0])
-            out = self.model(self.to_input(x), eps=eps)
+            out = self.model(self.to_input(x), noise=lambda mu: self.shard_draw(
+                lambda n: torch.randn((n, *mu.shape[1:]), dtype=mu.dtype, device=mu.device), mu.shape[0]))
         else:
             out = self.model(self.to_input(x))
         total, scalars = self.reconstruction(out, batch)

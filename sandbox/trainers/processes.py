@@ -6,7 +6,7 @@
 * Data parallelism without a DDP wrapper, for trainers that step optimizers on sub-modules called
   outside the model's forward (GAN, AAE; ``Trainer.ddp = False``): :func:`all_processes` (one flat
   all-reduce mean or broadcast), :func:`check_data_parallel`, :func:`replicated`,
-  :func:`sync_statistics` (BatchNorm statistics averaged) and :func:`check_replicas` (every
+  :func:`sync_statistics` (running statistics averaged) and :func:`check_replicas` (every
   process holds process 0's weights).
 """
 from __future__ import annotations
@@ -83,22 +83,30 @@ def create_run_dir(acc: Accelerator, run: RunDir, resume: bool) -> None:
 
 # ----------------------------------------------------------------------------- data parallel without DDP
 
+def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def _unflat(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset:offset + t.numel()].view(t.shape))
+        offset += t.numel()
+
+
 def all_processes(tensors: list[torch.Tensor], how: str) -> None:
     """In place on every process, through one flat buffer: ``mean`` (all-reduce) or ``broadcast``
     (process 0's values). The tensors must be the same list (shapes, dtypes) on every process."""
     if not tensors:
         return
     with torch.no_grad():
-        flat = torch.cat([t.reshape(-1) for t in tensors])
+        flat = _flat(tensors)
         if how == "mean":
             dist.all_reduce(flat)
             flat /= dist.get_world_size()
         else:
             dist.broadcast(flat, 0)
-        offset = 0
-        for t in tensors:
-            t.copy_(flat[offset:offset + t.numel()].view(t.shape))
-            offset += t.numel()
+        _unflat(flat, tensors)
 
 
 def check_data_parallel(acc: Accelerator, kind: str) -> None:
@@ -109,22 +117,36 @@ def check_data_parallel(acc: Accelerator, kind: str) -> None:
                            f"{dist_type.name}; launch it without that accelerate config")
 
 
+def _float_buffers(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [b for b in model.buffers() if b.is_floating_point()]
+
+
 def replicated(model: torch.nn.Module) -> list[torch.Tensor]:
     """What every process holds a copy of: parameters and floating-point buffers."""
-    return [*model.parameters(), *(b for b in model.buffers() if b.is_floating_point())]
+    return [*model.parameters(), *_float_buffers(model)]
 
 
 def sync_statistics(model: torch.nn.Module) -> None:
-    """Each process's BatchNorm statistics come from its own batches: their mean is what evaluation
-    and the checkpoint use."""
-    all_processes([b for b in model.buffers() if b.is_floating_point()], "mean")
+    """Running statistics (BatchNorm's, the autoencoders' code mean and variance) come from each
+    process's own batches: every process gets their mean. Buffers that are equal on all processes
+    (constants such as a mixture prior's means) are left as they are: a sum divided by P is not
+    always exact, and they would drift by an ulp per sync."""
+    bufs = _float_buffers(model)
+    if not bufs:
+        return
+    with torch.no_grad():
+        flat = _flat(bufs)
+        total, spread = flat.clone(), torch.stack([flat, -flat])
+        dist.all_reduce(total)
+        dist.all_reduce(spread, op=dist.ReduceOp.MAX)  # the largest and minus the smallest value
+        _unflat(torch.where(spread[0] == -spread[1], flat, total / dist.get_world_size()), bufs)
 
 
 def check_replicas(acc: Accelerator, model: torch.nn.Module, kind: str, epoch: int) -> None:
     """Every process must hold process 0's weights (identical averaged updates keep them equal); a
     difference stops the run instead of evaluating, and saving, one process's model as if it were all of them."""
     with torch.no_grad():
-        mine = torch.cat([p.reshape(-1) for p in model.parameters()])
+        mine = _flat(list(model.parameters()))
         ref = mine.clone()
         dist.broadcast(ref, 0)
         diff = torch.stack([(mine - ref).abs().max(), ref.abs().max()])
@@ -132,4 +154,4 @@ def check_replicas(acc: Accelerator, model: torch.nn.Module, kind: str, epoch: i
     if diff[0] > 1e-6 * max(float(diff[1]), 1.0):
         raise SandboxError(f"after epoch {epoch + 1} the {acc.num_processes} processes hold different weights "
                            f"(largest difference {float(diff[0]):.3g}): the {kind} trainer's gradient "
-                           f"averaging did not keep them in sync; checkpoints/last holds the epoch before")
+                           f"averaging did not keep them in sync")
