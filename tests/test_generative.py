@@ -382,6 +382,12 @@ def test_aae_regularisation_phase_runs_at_d_lr_default_a_tenth_of_lr(tmp_path, e
     assert [opt.param_groups[0]["lr"] for opt, _ in gan.optimizers] == pytest.approx([1e-3, 1e-3])  # GAN: d_lr = lr
 
 
+def test_compile_says_it_does_little_for_the_gan(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda model: model)  # importing dynamo alone takes ~10 s
+    build_trainer(tiny_run(tmp_path, "dcgan", ["train.compile=true"]))
+    assert "the gan trainer calls its sub-modules directly" in caplog.text
+
+
 def test_gan_generator_step_leaves_the_discriminator_alone(tmp_path):
     trainer = build_trainer(tiny_run(tmp_path, "dcgan"))
     m = trainer.unwrapped

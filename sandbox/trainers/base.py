@@ -134,6 +134,9 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * t.epochs
         if t.compile:
             self.model = torch.compile(self.model)
+            if not self.ddp:
+                log.warning("train.compile: the %s trainer calls its sub-modules directly, mostly outside the "
+                            "compiled forward, so compiling does little or nothing for it", self.kind)
         self.optimizers: list[tuple[torch.optim.Optimizer, Any]] = self.configure_optimizers()
         if self.ddp:
             prepared = acc.prepare(self.model, *[o for o, _ in self.optimizers])
