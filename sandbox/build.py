@@ -78,11 +78,14 @@ def build_trainer(cfg: Config):
     """Everything for ``cfg``: data, model, loss and the trainer that drives them."""
     from sandbox.trainers import TRAINERS
 
-    if cfg.train.resume and cfg.data.splits is None:  # a resumed folder run keeps its exact split
+    if cfg.train.resume:
         from sandbox.rundir import checkpoint_candidates
 
-        splits = checkpoint_candidates(cfg.train.resume)[0].parent.parent / "splits"
-        if splits.is_dir():
+        run = checkpoint_candidates(cfg.train.resume)[0].parent.parent
+        # the run keeps its name and place (its config.yaml and W&B run are rewritten with them)
+        cfg = dataclasses.replace(cfg, name=run.name, out_dir=str(run.parent))
+        splits = run / "splits"
+        if splits.is_dir() and cfg.data.splits is None:  # a resumed folder run keeps its exact split
             cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, splits=str(splits)))
     name = getattr(MODELS[cfg.model.name], "trainer", "supervised")
     return TRAINERS[name](cfg, build_model(cfg), build_data(cfg, ("train", "val")), loss=build_loss_from(cfg))

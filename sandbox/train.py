@@ -2,7 +2,7 @@
 
     accelerate launch sandbox/train.py --config configs/unet_dice.yaml [key.path=value ...]
     python sandbox/train.py --config configs/unet_dice.yaml train.epochs=3 model.depth=4
-    python sandbox/train.py --config configs/unet_dice.yaml --resume runs/unet_dice
+    python sandbox/train.py --resume runs/unet_dice            # continue a run with its own config.yaml
 """
 import sys
 from pathlib import Path
@@ -16,14 +16,22 @@ from sandbox.errors import cli_entry, setup_cli  # noqa: E402
 @cli_entry
 def main() -> None:
     parser = setup_cli(__doc__)
-    parser.add_argument("--config", required=True, help="YAML config, e.g. configs/unet_dice.yaml")
+    parser.add_argument("--config", help="YAML config, e.g. configs/unet_dice.yaml (with --resume: by default "
+                                          "the run's own config.yaml)")
     parser.add_argument("--resume", help="continue a run: its directory or a checkpoint directory")
     parser.add_argument("overrides", nargs="*", help="key.path=value, e.g. train.epochs=3 model.name=hourglass")
     args = parser.parse_intermixed_args()
     from sandbox import build_trainer, load_config
 
     overrides = args.overrides + ([f"train.resume={args.resume}"] if args.resume else [])
-    cfg = load_config(args.config, overrides)
+    config = args.config
+    if config is None:
+        if not args.resume:
+            parser.error("--config is required (or --resume RUN, which continues a run with its own config.yaml)")
+        from sandbox.rundir import checkpoint_candidates
+
+        config = str(checkpoint_candidates(args.resume)[0].parent.parent / "config.yaml")
+    cfg = load_config(config, overrides)
     trainer = build_trainer(cfg)
     trainer.fit()
     trainer.accelerator.print(f"done: {trainer.run.path} (config.yaml, metrics.jsonl, checkpoints/, plots/, images/)")

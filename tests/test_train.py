@@ -88,6 +88,68 @@ def test_resume_with_other_model_is_refused(tmp_path, tiny_overrides):
         run(tiny_overrides + ["model.width=8", f"train.resume={tmp_path / 'tiny'}"])
 
 
+def test_resume_on_other_data_is_refused(tmp_path, tiny_overrides):
+    """More images meant more steps than the restored LR schedule was sized for: the run trained on
+    and died at its end ('Tried to step 81 times'); other data is another experiment anyway."""
+    run(tiny_overrides)
+    with pytest.raises(SandboxError, match=r"trained on other data \(data.num_train: 8 there, 16 here\); resume "
+                                           r"with the run's own config: python sandbox/train.py --resume "):
+        run(tiny_overrides + ["data.num_train=16", "data.num_workers=1", f"train.resume={tmp_path / 'tiny'}"])
+
+
+def test_resume_with_other_steps_per_epoch_is_refused(tmp_path, tiny_overrides):
+    run(tiny_overrides)
+    state = tmp_path / "tiny/checkpoints/last/trainer_state.json"
+    saved = json.loads(state.read_text())
+    assert saved["steps_per_epoch"] == 2
+    state.write_text(json.dumps({**saved, "steps_per_epoch": 1}))  # as if launched on 2 processes
+    with pytest.raises(SandboxError, match=r"1 optimizer steps per epoch and process there, 2 here"):
+        run(tiny_overrides + [f"train.resume={tmp_path / 'tiny' / 'checkpoints' / 'last'}"])
+
+
+def test_a_scheduled_run_is_extended_with_scheduler_none(tmp_path, tiny_overrides, capsys):
+    """The error above suggests it: the saved scheduler state must not make the checkpoint look corrupt."""
+    run(tiny_overrides)
+    longer = [o for o in tiny_overrides if not o.startswith("train.epochs=")] + ["train.epochs=2"]
+    trainer = run(longer + ["train.scheduler=none", f"train.resume={tmp_path / 'tiny'}"])
+    assert trainer.state["epoch"] == 2
+    vals = [r for r in read_metrics(tmp_path / "tiny/metrics.jsonl") if r["split"] == "val"]
+    assert [r["epoch"] for r in vals] == [0, 1]
+    again = [o for o in longer if not o.startswith("train.epochs=")] + ["train.epochs=3"]
+    assert run(again + ["train.scheduler=none", f"train.resume={tmp_path / 'tiny'}"]).state["epoch"] == 3
+    capsys.readouterr()
+    run(again + ["train.scheduler=none", f"train.resume={tmp_path / 'tiny'}"])  # finished: says so
+    assert "has finished its 3 epochs: nothing to train" in capsys.readouterr().out
+
+
+def test_cli_resume_uses_the_runs_own_config_and_keeps_its_name(tmp_path, tiny_overrides):
+    """`--resume RUN` alone continues RUN with its config.yaml; a resumed run keeps its name even when
+    the command line says another (the README form passes configs/unet_dice.yaml, name unet_dice)."""
+    base = [o for o in tiny_overrides if not o.startswith("train.epochs=")]
+    run(base + ["train.epochs=2"], until_epoch=1)
+    res = subprocess.run([sys.executable, "sandbox/train.py", "--resume", str(tmp_path / "tiny")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "epoch 2/2" in res.stdout and "epoch 1/2" not in res.stdout
+    cfg = load_config(tmp_path / "tiny" / "config.yaml")
+    assert (cfg.name, cfg.data.size, cfg.train.epochs) == ("tiny", 32, 2)
+    resumed = run(base + ["name=other", "train.epochs=2", f"train.resume={tmp_path / 'tiny'}"])
+    assert resumed.cfg.name == "tiny" and load_config(tmp_path / "tiny" / "config.yaml").name == "tiny"
+    res = subprocess.run([sys.executable, "sandbox/train.py", "train.epochs=2"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode != 0 and "--config is required (or --resume RUN" in res.stderr
+
+
+def test_an_epoch_shorter_than_log_every_is_still_logged(tmp_path, tiny_overrides):
+    """log_every 10 with 2 steps per epoch: each epoch's steps get one train row at its last step
+    (they were dropped: a short run's metrics.jsonl and loss plot had no training loss at all)."""
+    base = [o for o in tiny_overrides if not o.startswith(("train.epochs=", "train.log_every="))]
+    run(base + ["train.epochs=2", "train.log_every=3"])
+    train = [r for r in read_metrics(tmp_path / "tiny/metrics.jsonl") if r["split"] == "train"]
+    assert [(r["epoch"], r["step"]) for r in train] == [(0, 2), (1, 3), (1, 4)]
+    assert all(r["train/loss"] > 0 for r in train)
+
+
 def test_best_checkpoint_follows_monitor(tmp_path, tiny_overrides):
     trainer = run([o for o in tiny_overrides if not o.startswith("train.epochs=")] + ["train.epochs=3"])
     vals = [r["val/dice"] for r in read_metrics(tmp_path / "tiny/metrics.jsonl") if r["split"] == "val"]

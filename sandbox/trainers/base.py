@@ -88,6 +88,21 @@ def resolve_mixed_precision(setting: str, cpu: bool) -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "no"
 
 
+#: data keys a resumed run may change: they do not change which samples it sees (where the folder
+#: is now, the splits build_trainer points a resumed folder run at, caching and loader workers)
+RESUME_FREE_DATA_KEYS = ("root", "splits", "cache", "num_workers")
+
+
+class _DroppedScheduler:
+    """Takes a saved LR scheduler's state when a scheduled run is extended with train.scheduler=none."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 class Trainer:
     """Shared skeleton; see the module docstring for what subclasses provide."""
 
@@ -156,7 +171,7 @@ class Trainer:
         # with the running sums needed to finish that epoch's means exactly as if never stopped.
         self.state = {"epoch": 0, "step": 0, "batch": 0, "best": None, "best_epoch": None, "best_loss": None,
                       "wandb_id": None, "elapsed": 0.0, "skipped": 0, "sums": {}, "count": 0,
-                      "epoch_sums": {}, "epoch_count": 0}
+                      "epoch_sums": {}, "epoch_count": 0, "steps_per_epoch": self.steps_per_epoch}
         if resume_ckpt is not None:
             self._load_newest(resume_ckpts)
             if acc.is_main_process:
@@ -296,6 +311,9 @@ class Trainer:
             list(cfg.track.tags), cfg.track.entity, self.state["wandb_id"])
         self._banner()
         last_val: dict[str, float] = {}
+        if t.resume and self.state["epoch"] >= t.epochs:
+            acc.print(f"{self.run.path} has finished its {self.state['epoch']} epochs: nothing to train. To go on, "
+                      f"raise train.epochs (with train.scheduler=none if the run has an LR schedule)")
         for epoch in range(self.state["epoch"], min(t.epochs, until_epoch or t.epochs)):
             t0 = time.time()
             self.size = self.size_at(epoch)
@@ -359,18 +377,23 @@ class Trainer:
             if acc.sync_gradients:
                 st["step"] += 1
                 if st["step"] % t.log_every == 0:
-                    means = self._reduce_means(sums, count)
-                    lr = self.optimizers[0][0].param_groups[0]["lr"]
-                    self.metrics.log("train", epoch, st["step"], {**means, "train/lr": lr})
-                    bar.set_postfix(loss=f"{means.get('train/loss', float('nan')):.4f}")
+                    self._log_train(epoch, sums, count, bar)
                     sums, count = {}, 0
                 if t.checkpoint_every and st["step"] % t.checkpoint_every == 0 and st["batch"] < len(self.train_loader):
                     st.update(sums={k: float(v) for k, v in sums.items()}, count=count,
                               epoch_sums={k: float(v) for k, v in epoch_sums.items()}, epoch_count=epoch_count,
                               elapsed=time.time() - self.metrics.start)
                     self._save("last")
+        if sums:  # the steps since the last log line (an epoch shorter than log_every, or its tail)
+            self._log_train(epoch, sums, count, bar)
         st.update(batch=0, sums={}, count=0, epoch_sums={}, epoch_count=0)
         return self._reduce_means(epoch_sums, max(epoch_count, 1))
+
+    def _log_train(self, epoch: int, sums: dict[str, torch.Tensor], count: int, bar) -> None:
+        means = self._reduce_means(sums, count)
+        lr = self.optimizers[0][0].param_groups[0]["lr"]
+        self.metrics.log("train", epoch, self.state["step"], {**means, "train/lr": lr})
+        bar.set_postfix(loss=f"{means.get('train/loss', float('nan')):.4f}")
 
     def _reduce_means(self, sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
         if not sums:
@@ -446,24 +469,45 @@ class Trainer:
         if diff:
             raise SandboxError(f"checkpoint {str(ckpt)!r} was trained with a different model "
                                f"({', '.join(f'model.{k}: {saved[k]!r} there, {now[k]!r} here' for k in diff)})")
+        # Other data is another experiment: the run's config.yaml, metrics and best would describe a mix.
+        saved, now = saved_cfg.get("data", {}), self.cfg.to_dict()["data"]
+        diff = [k for k in now if k in saved and k not in RESUME_FREE_DATA_KEYS and saved[k] != now[k]]
+        if diff:
+            raise SandboxError(f"checkpoint {str(ckpt)!r} was trained on other data "
+                               f"({', '.join(f'data.{k}: {saved[k]!r} there, {now[k]!r} here' for k in diff)}); "
+                               f"resume with the run's own config: python sandbox/train.py --resume {self.run.path}")
         # A step-shaped LR schedule is sized by the run length: a resumed run must keep it, or
         # the restored scheduler would silently follow the old plan (or stop short of the new one).
         saved_train = saved_cfg.get("train", {})
         shaping = ("epochs", "scheduler", "lr", "warmup_frac", "grad_accum")
+        try:
+            saved_state = read_state(ckpt)
+        except (OSError, ValueError) as exc:
+            raise CorruptCheckpoint(f"checkpoint {str(ckpt)!r} has no readable trainer state ({exc})") from None
         if self.cfg.train.scheduler != "none":
-            changed = [k for k in shaping if k in saved_train and saved_train[k] != getattr(self.cfg.train, k)]
+            changed = [f"train.{k}: {saved_train[k]!r} there, {getattr(self.cfg.train, k)!r} here"
+                       for k in shaping if k in saved_train and saved_train[k] != getattr(self.cfg.train, k)]
+            planned = saved_state.get("steps_per_epoch")
+            if planned not in (None, self.steps_per_epoch):
+                changed.append(f"{planned} optimizer steps per epoch and process there, {self.steps_per_epoch} here "
+                               f"(another number of processes?)")
             if changed:
                 raise SandboxError(
-                    f"checkpoint {str(ckpt)!r} was planned with a different LR schedule "
-                    f"({', '.join(f'train.{k}: {saved_train[k]!r} there, {getattr(self.cfg.train, k)!r} here' for k in changed)}); "
+                    f"checkpoint {str(ckpt)!r} was planned with a different LR schedule ({'; '.join(changed)}); "
                     f"resume with the run's own settings, or use train.scheduler=none to extend it")
+        else:  # extending a scheduled run: its saved scheduler states have nothing to go into now
+            have = sum(s is not None for _, s in self.optimizers) + getattr(self, "_dropped", 0)
+            for _ in range(len(list(ckpt.glob("custom_checkpoint_*.pkl"))) - have):
+                self.accelerator.register_for_checkpointing(_DroppedScheduler())
+                self._dropped = getattr(self, "_dropped", 0) + 1
         try:
             self.accelerator.load_state(str(ckpt))
         except Exception as exc:  # a torn or foreign file: say which checkpoint, not where in torch
             raise CorruptCheckpoint(f"checkpoint {str(ckpt)!r} could not be loaded ({type(exc).__name__}: "
                                f"{str(exc).splitlines()[0][:200]})") from None
-        self.state.update(read_state(ckpt))
+        self.state.update(saved_state)
         self.state.pop("files", None)
+        self.state["steps_per_epoch"] = self.steps_per_epoch
         log.info("resumed from %s at epoch %d, step %d", ckpt, self.state["epoch"], self.state["step"])
 
     # ------------------------------------------------------------------ plumbing
