@@ -48,6 +48,8 @@ def checkpoint_dir(run_dir: str | Path, which: str = "best") -> tuple[Path, Path
         have = sorted(p.name for p in ckpts.iterdir() if (p / WEIGHTS_FILE).is_file()) if ckpts.is_dir() else []
         why = f"; it has {', '.join(have)} (pick one with --which)" if have else \
             " (stopped before its first checkpoint?)"
+        if have:  # a run, just not this checkpoint
+            raise SandboxError(f"run {str(path)!r} has no checkpoints/{which}/{WEIGHTS_FILE}{why}")
         raise SandboxError(f"{str(path)!r} is not a run directory: no checkpoints/{which}/{WEIGHTS_FILE}{why}; "
                            f"{RUN_HINT}")
     return path, ckpt

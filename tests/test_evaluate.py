@@ -280,7 +280,7 @@ def _break(run: Path, case: str, tmp: Path) -> list:
 
 
 BAD = [("not a run", r"empty' is not a run directory: no config.yaml; expected runs/<name>"),
-       ("no best checkpoint", r"is not a run directory: no checkpoints/best/model.pt; it has last"),
+       ("no best checkpoint", r"run '.*' has no checkpoints/best/model.pt; it has last \(pick one with --which\)"),
        ("other model config", r"model.pt' was trained with a different model config .*\(4, 3, 3, 3\) there, \(8, 3"),
        ("no mask head", r"has no mask head .*expected a segmentation run"),
        ("model override", r"override 'model.width=8': only data.\* keys"),
