@@ -70,7 +70,7 @@ def lr_range_test(trainer, min_lr: float = 1e-6, max_lr: float = 1.0, steps: int
     grads = (lo[1:stop + 1] - lo[:stop]) / math.log(factor) if stop > 0 else torch.tensor([0.0])
     k = int(grads.argmin()) if stop > 0 else 0
     return {"lrs": lrs, "losses": losses, "suggestion": lrs[k], "min_over_10": lrs[stop] / 10,
-            "stopped_early": stopped}
+            "stopped_early": stopped, "still_falling": not stopped and stop >= len(lrs) - 2}
 
 
 def plot(result: dict, path: Path, title: str) -> None:
@@ -126,6 +126,9 @@ def main() -> None:
           f"{result['lrs'][-1]:.1e}{', stopped at divergence' if result['stopped_early'] else ''}); "
           f"the conservative rule (lr at the minimum / 10) gives {result['min_over_10']:.2e}")
     print(f"plot: {out / 'lr_find.png'}  (set it with train.lr={result['suggestion']:.2e})")
+    if result["still_falling"]:
+        print(f"warning: the loss was still falling at --max-lr {result['lrs'][-1]:.1e}: the test never reached the "
+              f"side where the loss rises, so both numbers can be too low; run it again with a higher --max-lr")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Schedules (sized per process), the LR range test and progressive resizing."""
 import math
+import sys
 
 import pytest
 import torch
@@ -74,6 +75,20 @@ def test_lr_finder_suggests_inside_the_range(tmp_path, tiny_overrides):
     assert 1e-5 <= result["suggestion"] <= result["lrs"][-1] <= 1.0
     assert len(result["lrs"]) == len(result["losses"]) >= 5
     assert result["lrs"] == sorted(result["lrs"])
+
+
+def test_lr_finder_says_when_the_loss_never_turned(tmp_path, tiny_overrides, monkeypatch, capsys):
+    """A loss still falling at --max-lr: the suggestion (and minimum / 10) come from an incomplete curve."""
+    from sandbox import lr_find
+
+    lrs = [10 ** (-6 + i / 4) for i in range(12)]
+    fake = {"lrs": lrs, "losses": [1 - i / 20 for i in range(12)], "suggestion": lrs[3], "min_over_10": lrs[-1] / 10,
+            "stopped_early": False, "still_falling": True}
+    monkeypatch.setattr(lr_find, "lr_range_test", lambda *a, **k: fake)
+    monkeypatch.setattr(sys, "argv", ["lr_find.py", "--config", str(ROOT / "configs/unet_dice.yaml"),
+                                      "--out", str(tmp_path / "lr"), *tiny_overrides])
+    lr_find.main()
+    assert "the loss was still falling at --max-lr 5.6e-04" in capsys.readouterr().out
 
 
 def test_progressive_resizing_follows_the_schedule(tmp_path, tiny_overrides):
