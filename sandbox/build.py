@@ -79,9 +79,9 @@ def build_trainer(cfg: Config):
     from sandbox.trainers import TRAINERS
 
     if cfg.train.resume:
-        from sandbox.rundir import checkpoint_candidates
+        from sandbox.rundir import resumed_run
 
-        run = checkpoint_candidates(cfg.train.resume)[0].parent.parent
+        run = resumed_run(cfg.train.resume)
         # the run keeps its name and place (its config.yaml and W&B run are rewritten with them)
         cfg = dataclasses.replace(cfg, name=run.name, out_dir=str(run.parent))
         splits = run / "splits"

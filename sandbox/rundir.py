@@ -112,6 +112,11 @@ def find_checkpoint(path: str | Path) -> Path:
     return checkpoint_candidates(path)[0]
 
 
+def resumed_run(path: str | Path) -> Path:
+    """The run directory that ``train.resume`` (a run or one of its checkpoints) continues."""
+    return find_checkpoint(path).parent.parent
+
+
 def _check_complete(ckpt: Path) -> Path:
     try:
         state = json.loads((ckpt / STATE_FILE).read_text())

@@ -28,9 +28,9 @@ def main() -> None:
     if config is None:
         if not args.resume:
             parser.error("--config is required (or --resume RUN, which continues a run with its own config.yaml)")
-        from sandbox.rundir import checkpoint_candidates
+        from sandbox.rundir import resumed_run
 
-        config = str(checkpoint_candidates(args.resume)[0].parent.parent / "config.yaml")
+        config = str(resumed_run(args.resume) / "config.yaml")
     cfg = load_config(config, overrides)
     trainer = build_trainer(cfg)
     trainer.fit()

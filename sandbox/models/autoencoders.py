@@ -200,9 +200,9 @@ class VAE(AutoEncoder):
         """Training mode: ``z = mu + sigma * eps``, ``eps = noise(mu)`` (the trainer's draw, see
         ``Trainer.shard_draw``) or ``randn_like(mu)``, drawn after the encoder; eval mode: ``z = mu``."""
         mu, logvar = self.encode_stats(x)
+        z = mu
         if self.training:
-            eps = torch.randn_like(mu) if noise is None else noise(mu)
-        z = mu + torch.exp(0.5 * logvar) * eps if self.training else mu
+            z = mu + torch.exp(0.5 * logvar) * (torch.randn_like(mu) if noise is None else noise(mu))
         return {"image": self.decode(z), "z": z, "mu": mu, "logvar": logvar}
 
     @staticmethod

@@ -8,8 +8,9 @@ A trainer subclass supplies:
 
 The skeleton owns the rest: seeding, threads, the epoch/step loop with gradient
 accumulation, data parallelism (DDP, or for ``ddp = False`` trainers gradients averaged in
-``backward_and_step``; the multi-process parts are in ``processes.py``), the progress bar (main process only), logging every ``log_every`` steps
-(values stay on device in between: no per-step sync), evaluation every epoch, the
+``backward_and_step``; the multi-process parts are in ``processes.py``), the progress bar
+(main process only), logging every ``log_every`` steps and at each epoch's end (values stay
+on device in between: no per-step sync), evaluation every epoch, the
 ``best``/``last`` checkpoints (atomic, resumable) and the plots.
 """
 from __future__ import annotations
@@ -464,18 +465,16 @@ class Trainer:
         from sandbox.config import read_yaml
 
         saved_cfg = read_yaml(ckpt / "config.yaml") if (ckpt / "config.yaml").exists() else {}
-        saved, now = saved_cfg.get("model", {}), self.cfg.to_dict()["model"]
-        diff = [k for k in now if k in saved and saved[k] != now[k]]
-        if diff:
-            raise SandboxError(f"checkpoint {str(ckpt)!r} was trained with a different model "
-                               f"({', '.join(f'model.{k}: {saved[k]!r} there, {now[k]!r} here' for k in diff)})")
-        # Other data is another experiment: the run's config.yaml, metrics and best would describe a mix.
-        saved, now = saved_cfg.get("data", {}), self.cfg.to_dict()["data"]
-        diff = [k for k in now if k in saved and k not in RESUME_FREE_DATA_KEYS and saved[k] != now[k]]
-        if diff:
-            raise SandboxError(f"checkpoint {str(ckpt)!r} was trained on other data "
-                               f"({', '.join(f'data.{k}: {saved[k]!r} there, {now[k]!r} here' for k in diff)}); "
-                               f"resume with the run's own config: python sandbox/train.py --resume {self.run.path}")
+        # Another model or other data is another experiment: config.yaml, metrics and best would mix two.
+        now_cfg = self.cfg.to_dict()
+        kept = (("model", "with a different model", ()), ("data", "on other data", RESUME_FREE_DATA_KEYS))
+        for section, what, free in kept:
+            saved, now = saved_cfg.get(section, {}), now_cfg[section]
+            diff = [f"{section}.{k}: {saved[k]!r} there, {now[k]!r} here"
+                    for k in now if k in saved and k not in free and saved[k] != now[k]]
+            if diff:
+                raise SandboxError(f"checkpoint {str(ckpt)!r} was trained {what} ({', '.join(diff)}); resume with "
+                                   f"the run's own config: python sandbox/train.py --resume {self.run.path}")
         # A step-shaped LR schedule is sized by the run length: a resumed run must keep it, or
         # the restored scheduler would silently follow the old plan (or stop short of the new one).
         saved_train = saved_cfg.get("train", {})
