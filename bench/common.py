@@ -201,6 +201,7 @@ def make_step(model: nn.Module, mode: str, clip: float = 1.0,
               device: torch.device | str = "cpu") -> Callable[[dict], torch.Tensor]:
     """``step(batch) -> loss`` for ``mode`` in :data:`MODES` (see the module docstring) on
     ``device``; a batch from a CPU loader is copied over first (``non_blocking``: pinned memory)."""
+    from sandbox.engine.optim import make_optimizer
     from sandbox.losses import build_loss
 
     device = torch.device(device)
@@ -210,7 +211,7 @@ def make_step(model: nn.Module, mode: str, clip: float = 1.0,
         model = model.to(memory_format=torch.channels_last)
     fwd = torch.compile(model) if "compile" in mode else model
     loss_fn = build_loss({"mask": {"dice": 1.0, "bce": 0.5}})
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    opt = make_optimizer(model.parameters(), "adamw", lr=1e-3, weight_decay=1e-4)  # the trainer's factory
 
     def step(batch: dict) -> torch.Tensor:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}

@@ -57,7 +57,7 @@ def dataset(size: int, images: int, augment: bool, cached: bool):
 
 def loader(ds, workers: int, batch: int, pin: bool = False) -> DataLoader:
     """The trainer's training loader (``Trainer._loader``) for ``ds`` (it pins memory on CUDA)."""
-    from sandbox.trainers.base import EpochShuffle, collate
+    from sandbox.data.loader import EpochShuffle, collate
 
     keys = bool(getattr(ds, "epoch_keys", False))
     return DataLoader(ds, batch_size=batch, sampler=EpochShuffle(len(ds), 0, keys),
@@ -86,7 +86,7 @@ def loader_rate(dl: DataLoader, first: bool = False) -> float:
 
 
 def main_job_mode(device: torch.device) -> str:
-    from sandbox.trainers.base import resolve_mixed_precision
+    from sandbox.engine.runtime import resolve_mixed_precision
 
     auto = resolve_mixed_precision("auto", cpu=device.type == "cpu")
     return ("bf16" if auto == "bf16" else "fp32") + "+cl"

@@ -1,4 +1,11 @@
-"""Builders: a Config in, plain-argument modules out (modules never see the Config)."""
+"""Builders: a Config in, plain-argument modules out (modules never see the Config).
+
+    build_model(cfg)   MODELS[cfg.model.name](**options), weights from cfg.seed alone
+    build_data(cfg)    {split: Dataset}, the training split augmented
+    build_loss(cfg)    the CompositeLoss of cfg.loss (and cfg.loss_balance)
+
+``build_trainer`` (everything together) is :func:`sandbox.trainers.build_trainer`.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +16,12 @@ from torch.utils.data import Dataset
 
 from sandbox.config import Config
 from sandbox.data import DATASETS
-from sandbox.losses import CompositeLoss, build_loss
+from sandbox.data.folders import FolderDataset, ImageFolder
+from sandbox.data.splits import check_root, resolve_splits
+from sandbox.data.transforms import Augmented, build_augment
+from sandbox.errors import ConfigError
+from sandbox.losses import CompositeLoss
+from sandbox.losses import build_loss as build_composite_loss
 from sandbox.models import MODELS
 
 
@@ -19,7 +31,7 @@ def model_kwargs(cfg: Config) -> dict:
     optional = {"encoder": "core", "weights": None, "freeze_encoder": False}
     kw = {k: v for k, v in vars(m).items()
           if k != "name" and v is not None and not (k in optional and v == optional[k])}
-    kw["targets"] = {t: 1 for t in cfg.loss}
+    kw["targets"] = {t: 1 for t in cfg.loss or {}}
     return kw
 
 
@@ -38,11 +50,6 @@ def build_data(cfg: Config, splits: tuple[str, ...] = ("train", "val", "test")) 
     Folder datasets list and split the folder once (or read ``data.splits``) and share the
     lists; ``sandbox.data.splits_of(datasets["train"])`` returns them for the run directory.
     """
-    from sandbox.data.folders import FolderDataset, ImageFolder
-    from sandbox.data.splits import check_root, resolve_splits
-    from sandbox.data.transforms import Augmented, build_augment
-    from sandbox.errors import ConfigError
-
     d = cfg.data
     cls = DATASETS[d.name]
     augment = build_augment(d.augment) if "train" in splits else None  # config errors before any file is read
@@ -69,23 +76,7 @@ def build_data(cfg: Config, splits: tuple[str, ...] = ("train", "val", "test")) 
     return out
 
 
-def build_loss_from(cfg: Config) -> CompositeLoss:
+def build_loss(cfg: Config) -> CompositeLoss:
+    """The CompositeLoss of ``cfg.loss`` (empty for a model that takes none) with ``cfg.loss_balance``."""
     balance = dataclasses.asdict(cfg.loss_balance) if cfg.loss_balance is not None else None
-    return build_loss(cfg.loss, balance=balance)
-
-
-def build_trainer(cfg: Config):
-    """Everything for ``cfg``: data, model, loss and the trainer that drives them."""
-    from sandbox.trainers import TRAINERS
-
-    if cfg.train.resume:
-        from sandbox.rundir import resumed_run
-
-        run = resumed_run(cfg.train.resume)
-        # the run keeps its name and place (its config.yaml and W&B run are rewritten with them)
-        cfg = dataclasses.replace(cfg, name=run.name, out_dir=str(run.parent))
-        splits = run / "splits"
-        if splits.is_dir() and cfg.data.splits is None:  # a resumed folder run keeps its exact split
-            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, splits=str(splits)))
-    name = getattr(MODELS[cfg.model.name], "trainer", "supervised")
-    return TRAINERS[name](cfg, build_model(cfg), build_data(cfg, ("train", "val")), loss=build_loss_from(cfg))
+    return build_composite_loss(cfg.loss or {}, balance=balance)

@@ -1,7 +1,7 @@
 """Compare trained runs: overlaid curves, one table, predictions of every run on the same inputs.
 
-    python sandbox/compare.py runs/unet_dice runs/hourglass_dice runs/simpleconv_dice
-    python sandbox/compare.py runs/a runs/b --out runs/compare/a_vs_b --metric val/iou --images 6
+    python sandbox/compare.py --run runs/unet_dice runs/hourglass_dice runs/simpleconv_dice
+    python sandbox/compare.py --run runs/a runs/b --out runs/compare/a_vs_b --metric val/iou --images 6
 
 Writes into --out (default runs/compare/<run names joined by _vs_>, or a timestamp when that is long):
   report.md          the table (model, params, GFLOPs, mean epoch time, best metric and its epoch,
@@ -23,181 +23,26 @@ if __package__ in (None, ""):  # run as a file: the repo root, not sandbox/, goe
 
 from typing import Any  # noqa: E402
 
-from sandbox.errors import SandboxError, cli_entry, setup_cli  # noqa: E402
-from sandbox.reports import (Run, check_same_kind, lower_is_better, open_run, plot_curves, plt,  # noqa: E402
-                             run_stats, save_figure, write_csv)
-
-
-def load_models(runs: list[Run], kind: str) -> list:
-    """Each run's ``checkpoints/best`` model in eval mode (via :func:`sandbox.runs.load_run`)."""
-    from sandbox.runs import load_run
-
-    return [load_run(r.path, "best", need=("mask",) if kind == "segmentation" else ())[1] for r in runs]
-
-
-def measure_row(run: Run, model) -> dict[str, Any]:
-    from sandbox.nn.measure import count_params, flops_per_image
-
-    size, m = run.cfg.data.size, run.cfg.model
-    try:
-        gflops = flops_per_image(model, size, m.in_channels) / 1e9
-    except (RuntimeError, SandboxError):  # a model that does not take images (a GAN generator takes codes)
-        gflops = None
-    return {"params": count_params(model)[0], "gflops": gflops}
-
-
-def prediction_grid(runs: list[Run], models: list, kind: str, path: Path, batch: dict) -> Path:
-    """The same validation inputs (``batch``, see :func:`val_batch`) through every model:
-    segmentation: input | truth | per run the errors (TP green, FP red, FN blue) with its Dice;
-    generative: input | per run the reconstruction ``decode(encode(x))``. Each model sees the
-    inputs at its own ``data.size``; outputs are resized back for display."""
-    import torch
-
-    from sandbox.runs import forward
-    from sandbox.viz import error_overlay, to_hwc
-
-    x, side = batch["image"], batch["image"].shape[-1]
-    cols = ["input"] + (["truth"] if kind == "segmentation" else []) + [r.label for r in runs]
-    panels = [[(to_hwc(img), None, "")] for img in x]  # (picture, colour map, caption)
-    if kind == "segmentation":
-        for i, row in enumerate(panels):
-            row.append((batch["mask"][i, 0].numpy(), "gray", ""))
-    for run, model in zip(runs, models):
-        xin = _resized(x, run.cfg.data.size)
-        if kind == "segmentation":
-            prob = _resized(torch.sigmoid(forward(model, xin, run.cfg.train.channels_last)["mask"].cpu()), side)
-            for i, row in enumerate(panels):
-                pred, truth = prob[i, 0].numpy() > 0.5, batch["mask"][i, 0].numpy() > 0.5
-                dice = 2 * (pred & truth).sum() / max(pred.sum() + truth.sum(), 1)
-                row.append((error_overlay(row[0][0], pred, truth), None, f"Dice {dice:.3f}"))
-        else:
-            recon, what = _reconstruct(model, xin)
-            recon = _resized(recon, side)
-            for i, row in enumerate(panels):
-                row.append((to_hwc(recon[i]), None, what))
-    return _draw(panels, cols, path)
-
-
-def depth_grid(runs: list[Run], models: list, path: Path, batch: dict) -> Path | None:
-    """input | depth truth | per run its depth prediction (viridis_r: near = yellow, as in the
-    training panels; nearest-neighbour display, so checkerboard artefacts of an upsampling
-    show) with its L1 on that image. ``None`` unless every run has a depth head and the data depth."""
-    from sandbox.runs import forward
-    from sandbox.viz import to_hwc
-
-    if "depth" not in batch or not all("depth" in r.cfg.loss for r in runs):
-        return None
-    x, side = batch["image"], batch["image"].shape[-1]
-    panels = [[(to_hwc(img), None, ""), (batch["depth"][i, 0].numpy(), "viridis_r", "")] for i, img in enumerate(x)]
-    for run, model in zip(runs, models):
-        xin = _resized(x, run.cfg.data.size)
-        depth = _resized(forward(model, xin, run.cfg.train.channels_last)["depth"].cpu().clamp(0, 1), side)
-        for i, row in enumerate(panels):
-            l1 = (depth[i, 0] - batch["depth"][i, 0]).abs().mean().item()
-            row.append((depth[i, 0].numpy(), "viridis_r", f"depth L1 {l1:.4f}"))
-    return _draw(panels, ["input", "depth truth"] + [r.label for r in runs], path)
-
-
-def _resized(x, side: int):
-    """``x (B, C, H, W)`` at ``side x side`` (bilinear), or ``x`` itself when it is that size already:
-    each model sees the inputs at its own ``data.size``; outputs come back at the display size."""
-    import torch.nn.functional as F
-
-    return x if x.shape[-1] == side else F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
-
-
-def val_batch(runs: list[Run], n: int) -> dict:
-    """The first ``n`` validation samples of the first run's data config, collated: the inputs every
-    picture of a comparison shares."""
-    from sandbox.build import build_data
-    from sandbox.trainers.base import collate
-
-    ds = build_data(runs[0].cfg, ("val",))["val"]
-    return collate([ds[i] for i in range(min(n, len(ds)))])
-
-
-def _draw(panels: list[list[tuple]], cols: list[str], path: Path) -> Path:
-    """A grid of ``(picture, colour map, caption)`` panels, one list per row, titled by ``cols``."""
-    fig, axes = plt.subplots(len(panels), len(cols), figsize=(2.1 * len(cols), 2.1 * len(panels) + 0.3), squeeze=False)
-    for i, row in enumerate(panels):
-        for j, (img, cmap, note) in enumerate(row):
-            ax = axes[i, j]
-            ax.imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_xlabel(note, fontsize=7)
-            if i == 0:  # long run labels (sweep cells) wrap instead of running into the next column
-                ax.set_title("\n".join(textwrap.wrap(cols[j], 26, break_on_hyphens=True)), fontsize=7)
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
-def _reconstruct(model, x) -> tuple:
-    """``(decode(encode(x)) in [0, 1], "reconstruction")``; a model without an encoder (GAN) gives
-    ``(sample(len(x)) from a fixed seed, "sample")``."""
-    import torch
-
-    with torch.no_grad():
-        x = x.to(next(model.parameters()).device)
-        try:
-            y, what = model.decode(model.encode(x)), "reconstruction"
-        except SandboxError:  # e.g. DCGAN: "has no encoder"
-            y, what = model.sample(len(x), generator=torch.Generator().manual_seed(0)), "sample"
-        y = y.get("image", next(iter(y.values()))) if isinstance(y, dict) else y
-    return y.float().clamp(0, 1).cpu(), what
-
-def compare_runs(runs: list[Run], out: Path, metric: str, n_images: int = 4,
-                 groups: dict[str, list[Run]] | None = None) -> Path:
-    """``out/``: report.md, table.csv, curves_epoch.png, curves_time.png, predictions.png[, depth.png]. ``groups``:
-    curves of several runs per line (mean ± std), e.g. a sweep's seeds; default one line per run."""
-    from sandbox.nn.measure import format_table
-
-    kind = check_same_kind(runs)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    models = load_models(runs, kind)
-    rows = [{"run": r.label, "model": r.cfg.model.name, **measure_row(r, m), **run_stats(r, metric)}
-            for r, m in zip(runs, models)]
-    write_csv(rows, out / "table.csv")
-    groups = groups or {r.label: [r] for r in runs}
-    pics = [plot_curves(groups, out / "curves_epoch.png", "epoch"), plot_curves(groups, out / "curves_time.png", "time")]
-    batch = val_batch(runs, n_images)
-    pics.append(prediction_grid(runs, models, kind, out / "predictions.png", batch))
-    if kind == "segmentation" and (depth := depth_grid(runs, models, out / "depth.png", batch)):
-        pics.append(depth)
-    else:  # a rerun into the same folder must not keep (and link) another comparison's depth maps
-        (out / "depth.png").unlink(missing_ok=True)
-    labels = {"epoch_time": "epoch time (s, mean)", "total_time": "total time (s)"}
-    lines = [f"# Comparison of {len(runs)} {kind} runs", "",
-             "Runs: " + ", ".join(f"`{r.label}` ({r.path})" for r in runs), "",
-             f"Best = the epoch with the {'lowest' if lower_is_better(metric) else 'highest'} {metric}; "
-             "val/* columns are the final epoch's. Params and GFLOPs (forward, per image) measured on the "
-             "best checkpoint's model at the run's data.size.", "",
-             format_table(rows, labels), ""]
-    lines += [f"![{p.stem}]({p.name})" for p in pics]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    return out / "report.md"
-
-
-def default_out(runs: list[Path]) -> Path:
-    joined = "_vs_".join(p.name for p in runs)
-    if len(joined) > 80:
-        import time
-
-        joined = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / "compare" / joined
+from sandbox.cli import cli_entry, setup_cli  # noqa: E402
+from sandbox.errors import SandboxError  # noqa: E402
 
 
 @cli_entry
 def main() -> None:
     parser = setup_cli(__doc__)
-    parser.add_argument("runs", nargs="+", help="run directories, e.g. runs/unet_dice runs/hourglass_dice")
+    parser.add_argument("--run", nargs="+", default=[], help="run directories, e.g. runs/unet_dice runs/hourglass_dice")
+    parser.add_argument("runs", nargs="*", help="the same, without --run")
     parser.add_argument("--out", help="output folder (default runs/compare/<names>)")
     parser.add_argument("--metric", help="the metric that picks each run's best epoch (default: the first run's "
                                          "train.monitor, e.g. val/dice)")
     parser.add_argument("--images", type=int, default=4, help="validation images in predictions.png (default 4)")
     args = parser.parse_args()
-    paths = [Path(p) for p in args.runs]
+    if not args.run + args.runs:
+        parser.error("give the runs to compare: --run runs/a runs/b ...")
+    from sandbox.analysis.compare import compare_runs, default_out
+    from sandbox.analysis.reports import open_run
+
+    paths = [Path(p) for p in args.run + args.runs]
     runs = [open_run(p) for p in paths]  # a path that is not a run stops here with one line
     labels = [r.label for r in runs]
     if len(set(labels)) < len(labels):  # same run name in two folders: tell them apart by path

@@ -1,9 +1,5 @@
-"""The one exception type the CLIs turn into a single clear line and a non-zero exit."""
+"""The exception types every layer raises for user errors; commands turn them into one clear line."""
 from __future__ import annotations
-
-import functools
-import sys
-from typing import Callable
 
 
 class SandboxError(Exception):
@@ -12,34 +8,3 @@ class SandboxError(Exception):
 
 class ConfigError(SandboxError):
     """A config file, key or value is wrong."""
-
-
-def cli_entry(main: Callable[[], None]) -> Callable[[], None]:
-    """Wrap a CLI ``main``: a :class:`SandboxError` prints ``error: ...`` and exits 2.
-
-    Anything else is a bug in the sandbox and keeps its traceback.
-    """
-
-    @functools.wraps(main)
-    def wrapper() -> None:
-        try:
-            main()
-        except SandboxError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            sys.exit(130)
-
-    return wrapper
-
-
-def setup_cli(description: str):
-    """Logging for CLIs: ``INFO`` lines from the ``sandbox`` logger, quiet third-party libraries."""
-    import argparse
-    import logging
-
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("sandbox").setLevel(logging.INFO)
-    return argparse.ArgumentParser(description=description,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -18,62 +18,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: the repo root, not sandbox/, goes first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from sandbox.errors import SandboxError, cli_entry, setup_cli  # noqa: E402
-
-# overrides that point at other data: the run's own splits/ no longer apply
-OTHER_DATA = ("data.name", "data.root", "data.image_dir", "data.mask_dir", "data.depth_dir", "data.splits",
-              "data.val_fraction", "data.test_fraction", "data.train_fraction", "data.num_train",
-              "data.num_val", "data.num_test", "data.seq_len", "data.difficulty")
-
-
-def eval_config(cfg, run: Path, overrides: list[str]):
-    """The run's config for evaluation: no augmentation, the run's splits/, mask-only on folders without depth."""
-    import dataclasses
-
-    data = dataclasses.replace(cfg.data, augment=[])
-    if (run / "splits").is_dir() and not any(o.startswith(OTHER_DATA) for o in overrides):
-        data = dataclasses.replace(data, splits=str(run / "splits"))
-    loss = cfg.loss
-    if data.name == "folder" and not data.depth_dir:  # a depth model on masks only: score the mask
-        loss = {k: v for k, v in loss.items() if k != "depth"}
-    return dataclasses.replace(cfg, data=data, loss=loss)
-
-
-def free_stem(folder: Path, stems: list[str]) -> str:
-    """The first suffix ("", "_2", "_3", ...) for which no ``<stem><suffix>.json/.csv`` exists yet."""
-    k = 1
-    while True:
-        suffix = "" if k == 1 else f"_{k}"
-        if not any((folder / f"{s}{suffix}{ext}").exists() for s in stems for ext in (".json", ".csv")):
-            return suffix
-        k += 1
-
-
-def write_results(path: Path, records: list[dict], meta: dict) -> dict:
-    """``path.json`` (summary: n, means, mean/median/min per metric, ``meta``) and ``path.csv`` (per image)."""
-    import csv
-    import json
-
-    import numpy as np
-
-    keys = [k for k in records[0] if k not in ("index", "stem", "path", "split")]
-    summary = {k: {"mean": float(np.mean([r[k] for r in records])),
-                   "median": float(np.median([r[k] for r in records])),
-                   "min": float(np.min([r[k] for r in records]))} for k in keys}
-    result = {**meta, "n": len(records), "means": {k: s["mean"] for k, s in summary.items()}, "summary": summary}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    with open(path.with_suffix(".csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(records[0]))
-        writer.writeheader()
-        writer.writerows(records)
-    return result
-
-
-def table(result: dict) -> str:
-    lines = [f"{'metric':<14}{'mean':>9}{'median':>9}{'min':>9}"]
-    lines += [f"{k:<14}{s['mean']:>9.4f}{s['median']:>9.4f}{s['min']:>9.4f}" for k, s in result["summary"].items()]
-    return "\n".join(lines)
+from sandbox.cli import cli_entry, setup_cli  # noqa: E402
+from sandbox.errors import SandboxError  # noqa: E402
 
 
 @cli_entry
@@ -82,7 +28,8 @@ def main() -> None:
     parser.add_argument("--run", required=True, help="run directory, e.g. runs/unet_dice")
     parser.add_argument("--split", default="test", choices=["test", "val", "train", "all", "whole"])
     parser.add_argument("--which", default="best", help="checkpoint: best | last | epoch_NNN (default best)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="P(mask) above which a pixel is foreground")
+    parser.add_argument("--mask-threshold", "--threshold", dest="threshold", type=float, default=0.5,
+                        help="P(mask) above which a pixel is foreground (as in predict.py)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the run's data.batch_size")
     parser.add_argument("--resolution", default="net", choices=["net", "original"],
                         help="score at the net's data.size (as training does) or at each image's own size (folders)")
@@ -90,19 +37,21 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="data.* overrides, e.g. data.root=/other data.image_dir=images")
     args = parser.parse_intermixed_args()
     if not 0 < args.threshold < 1:
-        raise SandboxError(f"--threshold: got {args.threshold}, expected a probability in (0, 1)")
+        raise SandboxError(f"--mask-threshold: got {args.threshold}, expected a probability in (0, 1)")
     if args.batch_size is not None and args.batch_size < 1:
         raise SandboxError(f"--batch-size: got {args.batch_size}, expected a positive integer")
     if args.tag and (not args.tag.replace("-", "").replace("_", "").replace(".", "").isalnum()):
         raise SandboxError(f"--tag: got {args.tag!r}, expected letters, digits, '-', '_' or '.'")
     import time
 
+    from sandbox.analysis.evaluation import eval_config, free_stem, table, write_results
     from sandbox.build import build_data
-    from sandbox.rundir import read_state
-    from sandbox.runs import checkpoint_dir, evaluate_dataset, load_run
+    from sandbox.runs.checkpoints import read_state
+    from sandbox.runs.inference import evaluate_dataset
+    from sandbox.runs.load import checkpoint_dir, load_run
 
     run, ckpt = checkpoint_dir(args.run, args.which)
-    cfg, model = load_run(args.run, args.which, args.overrides)
+    cfg, model = load_run(args.run, args.which, args.overrides, task="segmentation", need=("mask",))
     cfg = eval_config(cfg, run, args.overrides)
     if args.resolution == "original" and cfg.data.name != "folder":
         raise SandboxError(f"--resolution original: {cfg.data.name} images exist only at data.size; "

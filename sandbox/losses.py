@@ -23,7 +23,7 @@ from pytorch_msssim import ms_ssim, ssim
 from torch import nn
 
 from sandbox.errors import ConfigError
-from sandbox.metrics import ssim_window
+from sandbox.metrics.regression import ssim_window
 from sandbox.registry import Registry
 
 LOSSES: Registry = Registry("loss")

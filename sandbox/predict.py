@@ -2,18 +2,18 @@
 
     python sandbox/predict.py --run runs/human_seg_unet --input photos/ [--out DIR]
     python sandbox/predict.py --run runs/human_seg_unet --input a.jpg b.png --mask-dir masks/
-    python sandbox/predict.py --run runs/human_seg_unet --input ../shared/data/human_seg --failures-only --threshold 0.8
+    python sandbox/predict.py --run runs/human_seg_unet --input ../shared/data/human_seg --failures-only --fail-below 0.8
 
 Each image (jpg, png, bmp, tif, ...; grayscale, RGBA and 16-bit become RGB) is fitted to the net's
 size with the run's data.resize, predicted, and P(mask) is mapped back to the original size. Writes
-<name>_mask.png (0/255 at P > 0.5) and <name>_overlay.png (the mask tinted green; with ground truth
+<name>_mask.png (0/255 at P > --mask-threshold, default 0.5) and <name>_overlay.png (the mask tinted green; with ground truth
 the errors instead: TP green, FP red, FN blue, and the Dice drawn on it); for a run with a depth head
 also <name>_depth.png (16-bit grayscale, depth in [0, 1] x 65535: the numbers) and
 <name>_depth_color.png (viridis, near = yellow: the picture); plus predictions.csv, into
 --out (default runs/<name>/predictions; a non-empty folder is never overwritten: <out>_2, ... is used).
 
 Ground truth: --mask-dir (paired by file stem), or the run's mask_dir when --input is a dataset root
-of the run's layout (or its image_dir). --failures-only keeps the images with Dice < --threshold and
+of the run's layout (or its image_dir). --failures-only keeps the images with Dice < --fail-below and
 writes failures.csv sorted by Dice. Non-image files are skipped and counted. An unreadable image
 stops the run naming it (what was written so far stays); --skip-unreadable skips it with a warning.
 """
@@ -23,141 +23,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: the repo root, not sandbox/, goes first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from sandbox.errors import SandboxError, cli_entry, setup_cli  # noqa: E402
-
-EXPECTED = "image files (jpg, png, bmp, tif, webp) or a folder of them"
-
-
-def gather(inputs: list[str], image_dir: str, mask_dir: str) -> tuple[list[Path], "Path | None", int]:
-    """``(image files, the dataset's mask folder or None, number of non-image entries skipped)``."""
-    from sandbox.data.splits import IMAGE_EXTS
-
-    files, gt, skipped = [], None, 0
-    for raw in inputs:
-        p = Path(raw)
-        if not p.exists():
-            raise SandboxError(f"--input {raw!r}: no such file or folder; expected {EXPECTED}")
-        if p.is_file():
-            if p.suffix.lower() in IMAGE_EXTS:
-                files.append(p)
-            else:
-                skipped += 1
-            continue
-        folder = p
-        if image_dir not in (".", "") and (p / image_dir).is_dir():  # a dataset root of the run's layout
-            folder, gt = p / image_dir, gt or ((p / mask_dir) if (p / mask_dir).is_dir() else None)
-        elif p.resolve().name == image_dir and (p.resolve().parent / mask_dir).is_dir():  # that root's images
-            gt = gt or p.resolve().parent / mask_dir
-        entries = sorted(folder.iterdir())
-        found = [e for e in entries if e.is_file() and not e.name.startswith(".") and e.suffix.lower() in IMAGE_EXTS]
-        if not found:
-            subs = [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
-            hint = f"; its sub-folders {', '.join(subs[:4])} are not the run's {image_dir}/" if subs else ""
-            raise SandboxError(f"--input {raw!r}: no image files in {folder} ({len(entries)} other "
-                               f"entr{'y' if len(entries) == 1 else 'ies'}{hint}); expected {EXPECTED}")
-        files += found
-        skipped += len(entries) - len(found)
-    first: dict[Path, Path] = {}
-    for f in files:  # a file named twice (itself and its folder) is predicted once
-        first.setdefault(f.resolve(), f)
-    unique = list(first.values())
-    if not unique:
-        raise SandboxError(f"--input {' '.join(inputs)}: no image files ({skipped} other file(s)); expected {EXPECTED}")
-    return unique, gt, skipped
-
-
-def fresh_dir(path: Path) -> Path:
-    """``path``, or ``path_2``, ``path_3``, ... : the first that does not exist or is empty, created."""
-    cand, k = path, 1
-    while cand.exists() and (not cand.is_dir() or any(cand.iterdir())):
-        k += 1
-        cand = path.with_name(f"{path.name}_{k}")
-    try:
-        cand.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SandboxError(f"--out {str(cand)!r}: cannot create it ({exc.strerror}); choose another --out") from None
-    return cand
-
-
-def overlay(img, pred, truth=None, dice=None):
-    """``(H, W, 3) uint8`` image with the mask tinted, or the TP/FP/FN colours and the Dice -> PIL image."""
-    import numpy as np
-    from PIL import Image, ImageDraw, ImageFont
-
-    from sandbox.viz import error_overlay
-
-    im = img.astype(np.float32) / 255.0
-    if truth is None:
-        out = im.copy()
-        out[pred] = 0.45 * im[pred] + 0.55 * np.asarray([0.1, 0.85, 0.2], np.float32)
-    else:
-        out = error_overlay(im, pred, truth)
-    pil = Image.fromarray(np.clip(out * 255 + 0.5, 0, 255).astype(np.uint8))
-    if dice is not None:
-        draw = ImageDraw.Draw(pil)
-        try:
-            font = ImageFont.load_default(size=max(10, min(pil.size) // 14))
-        except TypeError:  # Pillow < 10.1: one bitmap size
-            font = ImageFont.load_default()
-        x0, y0, x1, y1 = draw.textbbox((3, 3), f"Dice {dice:.3f}", font=font)
-        draw.rectangle((x0 - 2, y0 - 2, x1 + 2, y1 + 2), fill=(0, 0, 0))
-        draw.text((3, 3), f"Dice {dice:.3f}", fill=(255, 255, 255), font=font)
-    return pil
-
-
-def save_depth(depth, stem: Path) -> None:
-    """``depth (H, W)`` in [0, 1] -> ``<stem>_depth.png`` (16-bit, x 65535) and ``<stem>_depth_color.png``
-    (viridis_r as in the trainer's panels: near = yellow, far = purple)."""
-    import numpy as np
-    from matplotlib import colormaps
-    from PIL import Image
-
-    d = np.clip(depth, 0.0, 1.0)
-    Image.fromarray((d * 65535 + 0.5).astype(np.uint16)).save(f"{stem}_depth.png")
-    Image.fromarray((colormaps["viridis_r"](d)[..., :3] * 255 + 0.5).astype(np.uint8)).save(f"{stem}_depth_color.png")
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    import csv
-
-    cols = ["name", "image", "mask", "height", "width", "foreground", "dice", "iou", "written"]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=cols)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def output_names(files: list[Path]) -> dict[Path, str]:
-    """``file -> output name``: its stem, numbered when two inputs share one (a.jpg and a.png)."""
-    stems = [f.stem for f in files]
-    names, seen = {}, {}
-    for f in files:
-        if stems.count(f.stem) > 1:
-            seen[f.stem] = seen.get(f.stem, 0) + 1
-        names[f] = f"{f.stem}_{seen[f.stem]}" if stems.count(f.stem) > 1 else f.stem
-    return names
-
-
-def read_pair(image: Path, mask: "Path | None", mask_threshold: float):
-    """``(image (H, W, 3) uint8, mask (H, W) bool or None)``; a smaller mask is resized to the image
-    with nearest neighbour, as the folder dataset does."""
-    import cv2
-
-    from sandbox.data.folders import open_image, to_mask, to_rgb
-
-    img = to_rgb(open_image(image))
-    if mask is None:
-        return img, None
-    truth = to_mask(open_image(mask), mask_threshold)[0]
-    if truth.shape != img.shape[:2]:
-        truth = cv2.resize(truth, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)
-    return img, truth.astype(bool)
-
-
-def scores(pred, truth) -> tuple[float, float]:
-    """Dice and IoU of two ``(H, W)`` bool masks; 1.0 when both are empty (as sandbox.metrics)."""
-    inter, total = int((pred & truth).sum()), int(pred.sum() + truth.sum())
-    return (2 * inter / total, inter / (total - inter)) if total else (1.0, 1.0)
+from sandbox.cli import cli_entry, setup_cli  # noqa: E402
+from sandbox.errors import SandboxError  # noqa: E402
 
 
 @cli_entry
@@ -168,22 +35,28 @@ def main() -> None:
     parser.add_argument("--out", help="output folder (default runs/<name>/predictions)")
     parser.add_argument("--which", default="best", help="checkpoint: best | last | epoch_NNN (default best)")
     parser.add_argument("--mask-dir", help="ground-truth masks, paired with the images by file stem")
-    parser.add_argument("--failures-only", action="store_true", help="keep only images with Dice < --threshold")
-    parser.add_argument("--threshold", type=float, default=0.8, help="Dice below which an image is a failure")
+    parser.add_argument("--failures-only", action="store_true", help="keep only images with Dice < --fail-below")
+    parser.add_argument("--fail-below", type=float, default=0.8, help="Dice below which an image is a failure")
+    parser.add_argument("--mask-threshold", type=float, default=0.5,
+                        help="P(mask) above which a pixel is foreground (as in evaluate.py)")
     parser.add_argument("--skip-unreadable", action="store_true",
                         help="skip unreadable images (warned) instead of stopping")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the run's data.batch_size")
     args = parser.parse_args()
     if args.batch_size is not None and args.batch_size < 1:
         raise SandboxError(f"--batch-size: got {args.batch_size}, expected a positive integer")
+    if not 0 < args.mask_threshold < 1:
+        raise SandboxError(f"--mask-threshold: got {args.mask_threshold}, expected a probability in (0, 1)")
     import numpy as np
     from PIL import Image
 
+    from sandbox.analysis.prediction import fresh_dir, gather, output_names, overlay, read_pair, save_depth, scores, write_csv
     from sandbox.data.splits import list_images
-    from sandbox.runs import checkpoint_dir, load_run, predict_maps
+    from sandbox.runs.inference import predict_maps
+    from sandbox.runs.load import checkpoint_dir, load_run
 
     run, _ = checkpoint_dir(args.run, args.which)
-    cfg, model = load_run(args.run, args.which)
+    cfg, model = load_run(args.run, args.which, task="segmentation", need=("mask",))
     files, gt, skipped = gather(args.input, cfg.data.image_dir, cfg.data.mask_dir)
     gt = Path(args.mask_dir) if args.mask_dir else gt
     if gt is not None and not gt.is_dir():
@@ -217,9 +90,9 @@ def main() -> None:
         maps = predict_maps(model, [img for _, img, _ in loaded], cfg.data.size, cfg.data.resize,
                             cfg.train.channels_last)
         for (f, img, truth), heads in zip(loaded, maps):
-            pred = heads["mask"] > 0.5
+            pred = heads["mask"] > args.mask_threshold
             dice, iou = scores(pred, truth) if truth is not None else ("", "")
-            written = not args.failures_only or (truth is not None and dice < args.threshold)
+            written = not args.failures_only or (truth is not None and dice < args.fail_below)
             if written:
                 Image.fromarray(pred.astype(np.uint8) * 255).save(out / f"{names[f]}_mask.png")
                 overlay(img, pred, truth, dice if truth is not None else None).save(out / f"{names[f]}_overlay.png")
@@ -240,7 +113,7 @@ def main() -> None:
     if scored:
         summary += f"; mean Dice {sum(r['dice'] for r in scored) / len(scored):.4f} over {len(scored)} with masks"
     if args.failures_only:
-        summary += f"; {sum(r['written'] for r in scored)} failure(s) with Dice < {args.threshold} (failures.csv)"
+        summary += f"; {sum(r['written'] for r in scored)} failure(s) with Dice < {args.fail_below} (failures.csv)"
     print(summary)
 
 

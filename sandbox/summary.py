@@ -10,7 +10,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: the repo root, not sandbox/, goes first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from sandbox.errors import SandboxError, cli_entry, setup_cli  # noqa: E402
+from sandbox.cli import cli_entry, setup_cli  # noqa: E402
+from sandbox.errors import SandboxError  # noqa: E402
 
 NOTES = """\
 GFLOPs: forward convolutions and matmuls, 2 per multiply-add; a training step costs ~3x per image.
@@ -28,7 +29,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="key.path=value, e.g. data.size=64 model.width=8")
     args = parser.parse_args()
     from sandbox import load_config
-    from sandbox.nn.measure import format_table, segmentation_models, summarize
+    from sandbox.analysis.measure import segmentation_models, summarize
+    from sandbox.analysis.tables import format_table
 
     cfg = load_config(args.config, args.overrides)  # a bad config stops here with one line
     if not args.all_models:

@@ -25,248 +25,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: the repo root, not sandbox/, goes first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import itertools  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from typing import Any  # noqa: E402
-
-from sandbox.errors import ConfigError, SandboxError, cli_entry, setup_cli  # noqa: E402
-
-TRAIN = Path(__file__).resolve().parent / "train.py"
-RESERVED = {"seed": "use --seeds N", "name": "the sweep names its runs (--name)", "out_dir": "use --out-dir",
-            "track.group": "the sweep's name is the group", "train.resume": "the sweep resumes by itself"}
-STUDY_KEYS = ("title", "description", "config", "grid", "seeds", "overrides", "metric", "expected_minutes")
-IGNORED_DIFF = ("source", "train.resume", "train.threads", "track.", "data.splits")  # may differ between invocations
-
-
-@dataclass
-class Cell:
-    name: str  # e.g. "model-unet_depth-3"
-    labels: dict[str, str]  # axis -> value label
-    overrides: dict[str, Any]  # dotted key -> value
-    axis_of: dict[str, str]  # dotted key -> the (short) axis that sets it
-
-
-@dataclass
-class Spec:
-    cell: Cell
-    seed: int
-    name: str  # <sweep>/<cell>_s<seed>
-    path: Path
-    overrides: list[str]
-    epochs: int
-
-
-def slug(v: Any) -> str:
-    """A value as a file-name-safe label: ``{l1: 0.16, ms_ssim: 0.84}`` -> ``l1-0.16+ms_ssim-0.84``."""
-    if isinstance(v, dict):
-        s = "+".join(f"{k}-{slug(x)}" for k, x in v.items())
-    elif isinstance(v, (list, tuple)):
-        s = "-".join(slug(x) for x in v)
-    else:
-        s = f"{v:g}" if isinstance(v, float) else str(v)
-    return re.sub(r"[^A-Za-z0-9._+-]", "", s)
-
-
-def override(key: str, value: Any) -> str:
-    """``key=value`` that :func:`sandbox.config.parse_overrides` reads back as ``value`` (JSON is YAML)."""
-    from sandbox.config import load_yaml_text
-
-    plain = isinstance(value, str) and value and load_yaml_text(value) == value
-    return f"{key}={value if plain else json.dumps(value)}"
-
-
-def parse_grid(items: list[str]) -> dict[str, list]:
-    """``["model.name=unet,hourglass", "model.depth=2,3"]`` -> ``{"model.name": ["unet", "hourglass"], ...}``."""
-    import yaml
-
-    from sandbox.config import load_yaml_text
-
-    grid: dict[str, list] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key or not raw.strip():
-            raise ConfigError(f"--grid {item!r}: expected key.path=v1,v2 (e.g. --grid model.name=unet,hourglass)")
-        try:
-            values = load_yaml_text(f"[{raw}]")  # a flow sequence: lists and mappings stay whole
-        except yaml.YAMLError:
-            raise ConfigError(f"--grid {key}: {raw!r} is not a comma-separated list of YAML values") from None
-        if key in grid:
-            raise ConfigError(f"--grid {key}: given twice; put all its values in one --grid {key}=v1,v2")
-        grid[key] = values
-    return grid
-
-
-def make_cells(grid: dict[str, Any]) -> list[Cell]:
-    """Cartesian product of the axes. An axis is ``key: [v1, v2]`` or a named axis whose values set
-    several keys at once, ``train_size: {1pct: {data.num_train: 6, train.epochs: 40}, ...}``."""
-    if not grid:
-        raise ConfigError("no grid: give at least one --grid key=v1,v2 (or a grid: in the study file)")
-    axes = []
-    for key, values in grid.items():
-        if isinstance(values, dict) and values and all(isinstance(v, dict) and v for v in values.values()):
-            axes.append((key, [(slug(lab), dict(ov)) for lab, ov in values.items()]))
-        elif isinstance(values, list) and values:
-            axes.append((key, [(slug(v), {key: v}) for v in values]))
-        else:
-            raise ConfigError(f"grid {key}: got {values!r}, expected a non-empty list of values "
-                              "(or a mapping {label: {key.path: value, ...}})")
-        labels = [lab for lab, _ in axes[-1][1]]
-        if len(set(labels)) < len(labels):
-            raise ConfigError(f"grid {key}: values {labels} repeat; give each value once")
-        for _, ov in axes[-1][1]:
-            for k in ov:
-                if str(k) in RESERVED:
-                    raise ConfigError(f"grid {k}: set by the sweep itself; {RESERVED[str(k)]}")
-    shorts = [k if isinstance(grid[k], dict) else k.split(".")[-2 if k.endswith(".name") else -1] for k, _ in axes]
-    if len(set(shorts)) < len(shorts):
-        shorts = [k.replace(".", "-") for k, _ in axes]
-    cells = []
-    for combo in itertools.product(*[vals for _, vals in axes]):
-        name = "_".join(f"{s}-{lab}" for s, (lab, _) in zip(shorts, combo))
-        cells.append(Cell(name, {s: lab for s, (lab, _) in zip(shorts, combo)},
-                          {k: v for _, ov in combo for k, v in ov.items()},
-                          {k: s for s, (_, ov) in zip(shorts, combo) for k in ov}))
-    return cells
-
-
-def plan(config: str, cells: list[Cell], seeds: int, extra: list[str], name: str, out_dir: Path) -> list[Spec]:
-    """Every (cell, seed) as a run; every cell's config is loaded first, so a bad key stops before training."""
-    from sandbox import load_config
-
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-        raise ConfigError(f"--name {name!r}: expected letters, digits, '.', '_' or '-' (it names runs/<name>/)")
-    if seeds < 1:
-        raise ConfigError(f"--seeds: got {seeds}, expected 1 or more")
-    base = load_config(config, extra)
-    specs = []
-    for cell in cells:
-        cell_ov = [override(k, v) for k, v in cell.overrides.items()]
-        try:
-            cfg = load_config(config, extra + cell_ov)
-        except ConfigError as exc:
-            raise ConfigError(f"grid {' '.join(cell_ov)}: {exc}") from None
-        for seed in range(base.seed, base.seed + seeds):
-            run = f"{name}/{cell.name}_s{seed}"
-            tags = list(base.track.tags) + [f"{a}={lab}"[:64] for a, lab in cell.labels.items()] + [f"seed={seed}"]
-            ov = extra + cell_ov + [f"seed={seed}", f"name={run}", f"out_dir={out_dir}", f"track.group={name}",
-                                    f"track.tags={json.dumps(tags)}"]
-            specs.append(Spec(cell, seed, run, out_dir / run, ov, cfg.train.epochs))
-    return specs
-
-
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    return {k: v for key, val in d.items() for k, v in _flat(val, f"{prefix}{key}.").items()} if d else {prefix: d}
-
-
-def run_state(spec: Spec, config: str) -> str:
-    """``new`` | ``done`` (a checkpoint at train.epochs) | ``partial`` (resumable) | ``broken`` (no checkpoint).
-    A run trained with other settings than planned is refused (rerunning must not mix experiments)."""
-    from sandbox import load_config
-    from sandbox.config import read_yaml
-    from sandbox.rundir import RunDir, find_checkpoint, read_state
-
-    if not RunDir(spec.path).exists():
-        return "new"
-    if (spec.path / "config.yaml").is_file():
-        there = _flat(read_yaml(spec.path / "config.yaml"))
-        here = _flat(load_config(config, spec.overrides).to_dict())
-        diff = [k for k in sorted(set(there) | set(here)) if there.get(k) != here.get(k)
-                and not k.rstrip(".").startswith(IGNORED_DIFF)]
-        if diff:
-            k = diff[0].rstrip(".")
-            raise SandboxError(f"{spec.path} was trained with {k}={there.get(diff[0])!r}, this sweep plans "
-                               f"{here.get(diff[0])!r}; keep the sweep's settings or pick another --name")
-    try:
-        state = read_state(find_checkpoint(spec.path))
-    except SandboxError:
-        return "broken"
-    return "done" if state.get("epoch", 0) >= spec.epochs and not state.get("batch") else "partial"
-
-
-def _train_in_process(spec: Spec, config: str, resume: bool) -> int:
-    from sandbox import build_trainer, load_config
-
-    build_trainer(load_config(config, spec.overrides + ([f"train.resume={spec.path}"] if resume else []))).fit()
-    return 0
-
-
-def execute(specs: list[Spec], config: str, jobs: int = 1, in_process: bool = False) -> list[str]:
-    """Train what is not done yet; returns the names of runs that failed (the others still run)."""
-    todo = []
-    for i, spec in enumerate(specs, 1):
-        state = run_state(spec, config)
-        if state == "broken":  # killed before its first checkpoint: nothing to keep
-            shutil.rmtree(spec.path)
-        print(f"[{i}/{len(specs)}] {spec.name}: " + {"done": "finished, skipped", "partial": "resuming",
-                                                      "broken": "no checkpoint, restarting"}.get(state, "queued"))
-        if state != "done":
-            todo.append((spec, state == "partial"))
-    failed: list[str] = []
-    if in_process:
-        for spec, resume in todo:
-            t0 = time.time()
-            try:
-                _train_in_process(spec, config, resume)
-                print(f"{spec.name}: finished in {time.time() - t0:.0f} s")
-            except SandboxError as exc:
-                print(f"{spec.name}: FAILED: {exc}")
-                failed.append(spec.name)
-        return failed
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = [f"train.threads={max(1, cores // jobs)}"] if jobs > 1 else []
-    running: dict = {}
-    try:
-        while todo or running:
-            while todo and len(running) < jobs:
-                spec, resume = todo.pop(0)
-                log = spec.path.parent / "logs" / f"{Path(spec.name).name}.log"
-                log.parent.mkdir(parents=True, exist_ok=True)
-                cmd = [sys.executable, str(TRAIN), "--config", config, *spec.overrides, *threads] \
-                    + (["--resume", str(spec.path)] if resume else [])
-                f = open(log, "a")
-                running[spec.name] = (subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT), f, log, time.time())
-                print(f"{spec.name}: training (log {log})")
-            for name, (proc, f, log, t0) in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                f.close()
-                del running[name]
-                if proc.returncode == 0:
-                    print(f"{name}: finished in {time.time() - t0:.0f} s")
-                else:
-                    tail = [ln for ln in log.read_text().splitlines() if ln.strip()][-1:] or ["(no output)"]
-                    print(f"{name}: FAILED (exit {proc.returncode}): {tail[0]}")
-                    failed.append(name)
-            time.sleep(0.2)
-    finally:  # Ctrl-C: the children got the signal too; wait so their last checkpoints are whole
-        for proc, f, _, _ in running.values():
-            proc.wait()
-            f.close()
-    return failed
-
-
-def load_study(path: str) -> dict:
-    from sandbox.config import read_yaml
-
-    study = read_yaml(path)
-    unknown = [k for k in study if k not in STUDY_KEYS]
-    if unknown:
-        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; accepted: {', '.join(STUDY_KEYS)}")
-    for key in ("config", "grid"):
-        if key not in study:
-            raise ConfigError(f"{path}: missing {key!r}; a study needs config: <yaml> and grid: {{key: [values]}}")
-    if not isinstance(study.get("overrides", []), list):
-        raise ConfigError(f"{path}: overrides: expected a list of key.path=value strings")
-    return study
+from sandbox.cli import cli_entry, setup_cli  # noqa: E402
+from sandbox.errors import ConfigError, SandboxError  # noqa: E402
 
 
 @cli_entry
@@ -277,14 +37,18 @@ def main() -> None:
     parser.add_argument("--grid", action="append", default=[], help="key.path=v1,v2 (repeat for more axes)")
     parser.add_argument("--seeds", type=int, help="runs per cell, seeds seed..seed+N-1 (default 1; a study's own)")
     parser.add_argument("--name", help="sweep name: runs/<name>/ and the W&B group (default from config and grid)")
-    parser.add_argument("--out-dir", help="parent of the sweep folder (default runs; studies: runs/studies)")
+    parser.add_argument("--out", "--out-dir", dest="out_dir",
+                        help="parent of the sweep folder (default runs; studies: runs/studies)")
     parser.add_argument("--metric", help="metric for 'best' (default the config's train.monitor)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1: fastest on 2 cores)")
     parser.add_argument("--in-process", action="store_true", help="train in this process (no subprocesses)")
     parser.add_argument("overrides", nargs="*", help="key.path=value for every run, e.g. train.epochs=3")
     args = parser.parse_intermixed_args()
+    import time
+
     from sandbox import load_config
-    from sandbox.reports import write_summary
+    from sandbox.analysis.sweep import execute, load_study, make_cells, parse_grid, plan
+    from sandbox.analysis.sweep_report import write_summary
 
     study = load_study(args.study) if args.study else {}
     if args.study and (args.config or args.grid):

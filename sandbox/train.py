@@ -10,7 +10,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: the repo root, not sandbox/, goes first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from sandbox.errors import cli_entry, setup_cli  # noqa: E402
+from sandbox.cli import cli_entry, setup_cli  # noqa: E402
 
 
 @cli_entry
@@ -28,7 +28,7 @@ def main() -> None:
     if config is None:
         if not args.resume:
             parser.error("--config is required (or --resume RUN, which continues a run with its own config.yaml)")
-        from sandbox.rundir import resumed_run
+        from sandbox.runs.checkpoints import resumed_run
 
         config = str(resumed_run(args.resume) / "config.yaml")
     cfg = load_config(config, overrides)

@@ -16,3 +16,12 @@ def tiny_overrides(tmp_path):
     return [f"out_dir={tmp_path}", "name=tiny", "data.size=32", "data.num_train=8", "data.num_val=4",
             "data.batch_size=4", "model.width=4", "model.depth=2", "train.epochs=1", "train.log_every=1",
             "train.num_images=2", "track.wandb=disabled", "train.mixed_precision=no"]
+
+
+def command(name: str):
+    """A command's namespace (``command("compare").main()``), loaded from its file as
+    ``python sandbox/<name>.py`` loads it: commands are run, never imported by the library."""
+    import runpy
+    from types import SimpleNamespace
+
+    return SimpleNamespace(**runpy.run_path(str(ROOT / "sandbox" / f"{name}.py"), run_name=f"command_{name}"))

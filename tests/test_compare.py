@@ -7,13 +7,13 @@ import sys
 import pytest
 
 from sandbox import build_trainer, load_config
-from sandbox.compare import compare_runs
+from sandbox.analysis.compare import compare_runs
 from sandbox.errors import SandboxError
 from sandbox.models import MODELS
-from sandbox.nn.measure import segmentation_models
-from sandbox.reports import open_run
-from sandbox.tracking import read_metrics
-from tests.conftest import ROOT
+from sandbox.analysis.measure import segmentation_models
+from sandbox.analysis.reports import open_run
+from sandbox.tracking.metrics_log import read_metrics
+from tests.conftest import ROOT, command
 
 TINY = ["data.size=32", "data.num_train=8", "data.num_val=4", "data.batch_size=4", "model.width=4",
         "model.depth=2", "train.epochs=2", "train.log_every=1", "train.num_images=0", "track.wandb=disabled",
@@ -61,7 +61,7 @@ def test_compare_table_matches_metrics_jsonl(runs, tmp_path):
 
 def test_best_of_a_lower_is_better_metric_is_the_minimum(runs, tmp_path):
     run = open_run(runs[0])
-    from sandbox.reports import run_stats
+    from sandbox.analysis.reports import run_stats
 
     stats = run_stats(run, "val/loss")
     losses = [e["val/loss"] for e in run.epochs]
@@ -76,7 +76,7 @@ def test_cli_not_a_run_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
     lines = proc.stderr.strip().splitlines()
     assert lines == [f"error: {str(tmp_path / 'missing')!r} is not a run: no such directory; expected a run "
                      "directory (runs/<name>) with config.yaml and metrics.jsonl, written by sandbox/train.py"]
-    from sandbox import compare
+    compare = command("compare")
 
     (tmp_path / "empty").mkdir()
     monkeypatch.setattr(sys, "argv", ["compare.py", str(tmp_path / "empty")])
@@ -87,7 +87,7 @@ def test_cli_not_a_run_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
 
 
 def test_cli_writes_report_and_rejects_unknown_metric(runs, tmp_path, monkeypatch, capsys):
-    from sandbox import compare
+    compare = command("compare")
 
     monkeypatch.setattr(sys, "argv", ["compare.py", *map(str, runs[:2]), "--out", str(tmp_path / "o")])
     compare.main()
@@ -100,11 +100,14 @@ def test_cli_writes_report_and_rejects_unknown_metric(runs, tmp_path, monkeypatc
 
 
 def test_runs_of_different_kinds_are_refused(runs, tmp_path, monkeypatch):
-    # a model driven by another trainer counts as generative (as the VAE/AAE will)
+    # a model whose spec says generative counts as generative (as the VAE/AAE do)
     name = load_config(runs[-1] / "config.yaml").model.name
-    monkeypatch.setattr(MODELS[name], "trainer", "vae", raising=False)
+    import dataclasses
+
+    opened = [open_run(runs[0]), open_run(runs[-1])]
+    monkeypatch.setitem(MODELS._items, name, dataclasses.replace(MODELS[name], task="generative"))
     with pytest.raises(SandboxError, match=r"cannot compare runs of different kinds: .* is segmentation, .* is generative"):
-        compare_runs([open_run(runs[0]), open_run(runs[-1])], tmp_path / "x", "val/dice")
+        compare_runs(opened, tmp_path / "x", "val/dice")
 
 
 
@@ -114,7 +117,8 @@ def test_runs_with_a_depth_head_get_a_depth_picture(tmp_path, monkeypatch):
     from PIL import Image
 
     from sandbox.build import build_data
-    from sandbox.runs import forward, load_run
+    from sandbox.runs.inference import forward
+    from sandbox.runs.load import load_run
 
     paths = []
     for up in ("transpose", "pixel_shuffle"):
@@ -130,10 +134,10 @@ def test_runs_with_a_depth_head_get_a_depth_picture(tmp_path, monkeypatch):
     sample = build_data(cfg, ("val",))["val"][0]
     pred = forward(model, sample["image"][None], cfg.train.channels_last)["depth"].clamp(0, 1)
     l1 = (pred[0, 0] - sample["depth"][0]).abs().mean().item()
-    from sandbox import compare
+    from sandbox.analysis import compare
 
     drawn = []
-    monkeypatch.setattr(compare, "_draw", lambda panels, cols, path: drawn.append((panels, cols)) or path)
+    monkeypatch.setattr(compare, "draw_panels", lambda panels, cols, path: drawn.append((panels, cols)) or path)
     compare.depth_grid([open_run(p) for p in paths], [load_run(p, device="cpu")[1] for p in paths],
                        tmp_path / "x.png", compare.val_batch([open_run(paths[0])], 2))
     panels, cols = drawn[0]

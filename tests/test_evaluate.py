@@ -15,7 +15,7 @@ from PIL import Image
 
 from sandbox import build_trainer, load_config
 from sandbox.errors import SandboxError
-from sandbox.tracking import read_metrics
+from sandbox.tracking.metrics_log import read_metrics
 from tests.conftest import ROOT, SHARED_DATA
 
 TINY = ["name=tiny", "data.size=32", "data.num_train=8", "data.num_val=4", "data.num_test=4", "data.batch_size=4",
@@ -44,10 +44,10 @@ def cli(script: str, *args) -> subprocess.CompletedProcess:
 
 def call(script: str, *args, monkeypatch) -> None:
     """The CLI's main() in this process (no interpreter start-up): raises SystemExit on bad input."""
-    import importlib
+    from tests.conftest import command
 
     monkeypatch.setattr(sys, "argv", [f"{script}.py", *map(str, args)])
-    importlib.import_module(f"sandbox.{script}").main()
+    command(script).main()
 
 
 def rows(path: Path) -> list[dict]:
@@ -114,7 +114,8 @@ def test_split_all_writes_three_and_never_overwrites(run, monkeypatch):
 
 def test_external_folder_as_override(run, tmp_path, monkeypatch):
     from sandbox.data.folders import FolderDataset
-    from sandbox.runs import forward, load_run
+    from sandbox.runs.inference import forward
+    from sandbox.runs.load import load_run
 
     root = labelled_folder(tmp_path / "ext")
     over = ["data.name=folder", f"data.root={root}", "data.image_dir=imgs", "data.mask_dir=gt"]
@@ -142,7 +143,7 @@ def test_external_folder_as_override(run, tmp_path, monkeypatch):
 
 
 def test_checkpoint_config_builds_the_model(run, caplog):
-    from sandbox.runs import load_run
+    from sandbox.runs.load import load_run
 
     text = (run / "config.yaml").read_text()
     (run / "config.yaml").write_text(text.replace("width: 4", "width: 8"))  # edited after training
@@ -160,7 +161,8 @@ def test_checkpoint_config_builds_the_model(run, caplog):
 # ----------------------------------------------------------------------------- predict
 
 def test_predict_keeps_original_sizes(run, tmp_path):
-    from sandbox.runs import forward, load_run
+    from sandbox.runs.inference import forward
+    from sandbox.runs.load import load_run
 
     rng = np.random.default_rng(2)
     d = tmp_path / "in"
@@ -187,7 +189,8 @@ def test_predict_keeps_original_sizes(run, tmp_path):
 
 
 def test_predict_writes_depth_maps_for_a_depth_head(tmp_path, monkeypatch):
-    from sandbox.runs import forward, load_run
+    from sandbox.runs.inference import forward
+    from sandbox.runs.load import load_run
 
     build_trainer(load_config(ROOT / "configs" / "unet_depth_mask.yaml",
                               [f"out_dir={tmp_path}", *TINY, "name=depth", "loss.depth={l1: 1.0}"])).fit()
@@ -211,7 +214,7 @@ def test_failures_only(run, tmp_path, monkeypatch):
     root = labelled_folder(tmp_path / "ds", n=3, image_dir="images", mask_dir="masks")  # the run's layout
     out = tmp_path / "out"
     args = ["--run", run, "--input", root / "images", "--mask-dir", root / "masks", "--failures-only", "--out", out]
-    call("predict", *args, "--threshold", "1.01", monkeypatch=monkeypatch)
+    call("predict", *args, "--fail-below", "1.01", monkeypatch=monkeypatch)
     fails = rows(out / "failures.csv")
     assert len(fails) == 3 and [float(r["dice"]) for r in fails] == sorted(float(r["dice"]) for r in fails)
     for r in fails:  # the Dice is the written mask's, against the truth resized to the image (nearest)
@@ -219,12 +222,12 @@ def test_failures_only(run, tmp_path, monkeypatch):
         truth = cv2.resize(np.asarray(Image.open(r["mask"])), (pred.shape[1], pred.shape[0]),
                            interpolation=cv2.INTER_NEAREST) > 127
         assert float(r["dice"]) == pytest.approx(np_dice(pred, truth), abs=1e-6)
-    call("predict", *args, "--threshold", "0.0", monkeypatch=monkeypatch)
+    call("predict", *args, "--fail-below", "0.0", monkeypatch=monkeypatch)
     again = tmp_path / "out_2"  # the first folder is kept
     assert rows(again / "failures.csv") == [] and not list(again.glob("*.png"))
     assert len(rows(again / "predictions.csv")) == 3 and len(rows(out / "failures.csv")) == 3
     # a dataset root of the run's layout brings its own masks
-    call("predict", "--run", run, "--input", root, "--failures-only", "--threshold", "1.01",
+    call("predict", "--run", run, "--input", root, "--failures-only", "--fail-below", "1.01",
          "--out", tmp_path / "auto", monkeypatch=monkeypatch)
     assert len(rows(tmp_path / "auto" / "failures.csv")) == 3
 

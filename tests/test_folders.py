@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from sandbox.build import build_data
-from sandbox.config import config_from_dict, load_config
+from sandbox.config.loading import config_from_dict, load_config
 from sandbox.data import DATASETS, FolderDataset, ImageFolder, splits_of
 from sandbox.data.splits import find_items, make_splits, read_splits, write_splits
 from sandbox.data.transforms import Augmented

@@ -1,23 +1,25 @@
 """Generative models, their trainers, the attractors dataset, fid_own, the latent probe and interpolation."""
 import math
+from pathlib import Path
 import sys
 
 import pytest
 import torch
 
 from sandbox import build_trainer, load_config
-from sandbox.config import save_config
+from sandbox.config.loading import save_config
 from sandbox.data import DATASETS
 from sandbox.data.attractors import CHECK_GRID, MIN_COVERAGE, PARAM_HIGH, PARAM_LOW, Attractors, density
 from sandbox.errors import ConfigError, SandboxError
-from sandbox.interpolate import lerp, path, slerp
+from sandbox.analysis.interpolation import lerp, path, slerp
 from sandbox.models import MODELS
 from sandbox.models.autoencoders import VAE
-from sandbox.probe import frechet_distance, kernel_probe, latent_probe, ridge_probe
-from sandbox.tracking import read_metrics
+from sandbox.metrics.generative import frechet_distance
+from sandbox.metrics.probe import kernel_probe, latent_probe, ridge_probe
+from sandbox.tracking.metrics_log import read_metrics
 from tests.conftest import ROOT
 
-GENERATIVE = [n for n in MODELS.names() if getattr(MODELS[n], "generative", False)]
+GENERATIVE = [n for n in MODELS.names() if MODELS[n].task == "generative"]
 TINY = dict(width=4, depth=2, latent_dim=6)
 
 
@@ -41,11 +43,11 @@ def tiny_run(tmp_path, model: str, extra=()):
 
 def interpolate_cli(monkeypatch, capsys, *args):
     """``sandbox/interpolate.py ARGS --no-wandb`` in this process: ``(exit code, stdout, stderr)``."""
-    from sandbox import interpolate
+    import runpy
 
     monkeypatch.setattr(sys, "argv", ["interpolate.py", *args, "--no-wandb"])
-    try:
-        interpolate.main()
+    try:  # run as the command runs (commands are not imported)
+        runpy.run_path(str(Path(__file__).resolve().parents[1] / "sandbox" / "interpolate.py"), run_name="__main__")
         code = 0
     except SystemExit as exc:
         code = exc.code
@@ -226,7 +228,7 @@ def test_path_goes_through_the_endpoints_and_cycle_returns_to_the_first():
 def test_gif_keeps_every_frame_and_loops(tmp_path):
     from PIL import Image
 
-    from sandbox.interpolate import save_gif
+    from sandbox.viz.grids import save_gif
 
     frames = torch.linspace(0, 1, 5).view(5, 1, 1, 1).expand(5, 3, 8, 8)
     with Image.open(save_gif(frames, tmp_path / "a.gif", scale=1)) as im:
@@ -264,7 +266,7 @@ def test_attractors_reject_degenerate_draws():
 def test_fid_features_are_fixed_and_leave_the_global_rng_alone():
     """Built lazily at a run's first evaluation: drawing from the global RNG there shifted the
     run's training noise from then on, so a run trained differently after another in one process."""
-    from sandbox.probe import OwnFeatures
+    from sandbox.metrics.generative import OwnFeatures
 
     torch.manual_seed(0)
     before = torch.get_rng_state()
@@ -365,7 +367,7 @@ def test_aae_phases_update_only_their_parameters(tmp_path):
         phase()
         return {k for k, v in parts.items() if _changed(before[k], v)}
 
-    assert run(lambda: trainer.recon_phase(batch)) == {"encoder", "decoder"}
+    assert run(lambda: trainer.reconstruction_step(batch)) == {"encoder", "decoder"}
     assert run(lambda: trainer.disc_phase(batch["image"])) == {"discriminator"}
     assert run(lambda: trainer.gen_phase(batch["image"])) == {"encoder"}
     assert all(p.requires_grad for p in m.discriminator.parameters())  # unfrozen after the encoder's phase
@@ -407,11 +409,13 @@ def test_gan_generator_step_leaves_the_discriminator_alone(tmp_path):
 def test_probe_cli_writes_json_and_prints_the_same_numbers(tmp_path, monkeypatch, capsys):
     import json
 
-    from sandbox import probe
+    from tests.conftest import command
 
+    probe = command("probe")
     build_trainer(tiny_run(tmp_path, "vae")).fit()
     capsys.readouterr()
-    monkeypatch.setattr(sys, "argv", ["probe.py", "--run", str(tmp_path / "vae"), "--samples", "8", "--fit", "8"])
+    monkeypatch.setattr(sys, "argv", ["probe.py", "--run", str(tmp_path / "vae"), "--split", "val", "--samples", "8",
+                                      "--fit", "8"])
     probe.main()
     out = capsys.readouterr().out
     res = json.loads((tmp_path / "vae" / "eval" / "probe_val.json").read_text())

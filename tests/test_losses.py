@@ -6,7 +6,7 @@ import pytorch_msssim
 import torch
 import torch.nn.functional as F
 
-import sandbox.metrics
+import sandbox.metrics.regression
 
 from sandbox.errors import ConfigError, SandboxError
 from sandbox.losses import LOSSES, build_loss
@@ -185,7 +185,7 @@ def test_ms_ssim_of_identical_images_is_zero(size):
 
 
 def test_ms_ssim_matches_pytorch_msssim_with_adapted_window(caplog, monkeypatch):
-    monkeypatch.setattr(sandbox.metrics, "_ADAPTED", set())  # forget what earlier tests logged
+    monkeypatch.setattr(sandbox.metrics.regression, "_ADAPTED", set())  # forget what earlier tests logged
     x = F.avg_pool2d(torch.rand(2, 1, 132, 132), 5, stride=1)
     y = (x + 0.1 * torch.randn_like(x)).clamp(0, 1)
     with caplog.at_level(logging.INFO, logger="sandbox"):

@@ -13,7 +13,7 @@ from sandbox.nn.resnet import ResNet18Encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 # every registered model trained on (image -> targets); generative ones bring their own tests
-SEGMENTATION = [n for n in MODELS.names() if getattr(MODELS[n], "trainer", "supervised") == "supervised"]
+SEGMENTATION = [n for n in MODELS.names() if MODELS[n].task == "segmentation"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -223,7 +223,7 @@ def test_check_model_options_unknown_model_and_none_means_default():
 def test_every_segmentation_config_passes_the_checks_and_builds(path):
     """The model section of each config (with its data.size; its data source may be absent here)."""
     from sandbox.build import build_model
-    from sandbox.config import config_from_dict, read_yaml
+    from sandbox.config.loading import config_from_dict, read_yaml
 
     raw = read_yaml(path)
     model = raw.get("model") or {}

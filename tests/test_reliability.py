@@ -13,7 +13,7 @@ import torch
 
 from sandbox import build_trainer, load_config
 from sandbox.errors import SandboxError
-from sandbox.tracking import read_metrics
+from sandbox.tracking.metrics_log import read_metrics
 from tests.conftest import ROOT
 
 TRAIN = [sys.executable, str(ROOT / "sandbox" / "train.py"), "--config", str(ROOT / "configs" / "unet_dice.yaml")]
@@ -81,7 +81,7 @@ def test_sigkill_at_random_steps_then_resume_is_bit_identical(tmp_path, killable
 def test_failure_during_checkpoint_swap_falls_back(tmp_path, tiny_overrides, monkeypatch):
     base = [o for o in tiny_overrides if not o.startswith("train.epochs=")] + ["train.epochs=2"]
     run(base, until_epoch=1)
-    import sandbox.rundir as rundir
+    import sandbox.runs.checkpoints as rundir
 
     real_replace = os.replace
     calls = {"n": 0}
@@ -120,7 +120,7 @@ def test_corrupt_last_falls_back_to_an_older_checkpoint(tmp_path, tiny_overrides
 def test_resume_of_a_run_without_checkpoints_is_a_clear_error(tmp_path):
     (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
     with pytest.raises(SandboxError, match="has no complete checkpoint"):
-        from sandbox.rundir import find_checkpoint
+        from sandbox.runs.checkpoints import find_checkpoint
         find_checkpoint(tmp_path / "empty")
 
 

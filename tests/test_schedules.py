@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from sandbox import build_trainer, load_config
-from sandbox.lr_find import lr_range_test
-from sandbox.tracking import read_metrics
-from sandbox.trainers.schedules import lr_lambda, make_scheduler
+from sandbox.analysis.lr_find import lr_range_test
+from sandbox.tracking.metrics_log import read_metrics
+from sandbox.engine.optim import lr_lambda, make_scheduler
 from tests.conftest import ROOT
 
 
@@ -79,12 +79,14 @@ def test_lr_finder_suggests_inside_the_range(tmp_path, tiny_overrides):
 
 def test_lr_finder_says_when_the_loss_never_turned(tmp_path, tiny_overrides, monkeypatch, capsys):
     """A loss still falling at --max-lr: the suggestion (and minimum / 10) come from an incomplete curve."""
-    from sandbox import lr_find
+    import sandbox.analysis.lr_find
+    from tests.conftest import command
 
+    lr_find = command("lr_find")
     lrs = [10 ** (-6 + i / 4) for i in range(12)]
     fake = {"lrs": lrs, "losses": [1 - i / 20 for i in range(12)], "suggestion": lrs[3], "min_over_10": lrs[-1] / 10,
             "stopped_early": False, "still_falling": True}
-    monkeypatch.setattr(lr_find, "lr_range_test", lambda *a, **k: fake)
+    monkeypatch.setattr(sandbox.analysis.lr_find, "lr_range_test", lambda *a, **k: fake)
     monkeypatch.setattr(sys, "argv", ["lr_find.py", "--config", str(ROOT / "configs/unet_dice.yaml"),
                                       "--out", str(tmp_path / "lr"), *tiny_overrides])
     lr_find.main()

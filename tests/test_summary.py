@@ -8,9 +8,10 @@ from torch import nn
 
 from sandbox import load_config
 from sandbox.models import MODELS
-from sandbox.nn.measure import (ReceptiveField, activation_memory, bottleneck_shape, count_params, flops_per_image,
-                                format_table, measure_receptive_field, predicted_bottleneck_side, receptive_field,
-                                segmentation_models, summarize)
+from sandbox.analysis.measure import (ReceptiveField, activation_memory, bottleneck_shape, count_params,
+                                      flops_per_image, measure_receptive_field, predicted_bottleneck_side,
+                                      receptive_field, segmentation_models, summarize)
+from sandbox.analysis.tables import format_table
 from tests.conftest import ROOT
 
 SEG = segmentation_models()

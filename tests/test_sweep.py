@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from sandbox import build_trainer, load_config
-from sandbox.config import parse_overrides
-from sandbox.tracking import read_metrics
+from sandbox.config.loading import parse_overrides
+from sandbox.tracking.metrics_log import read_metrics
 from tests.conftest import ROOT
 
 CONFIG = str(ROOT / "configs/unet_dice.yaml")
@@ -23,16 +23,16 @@ CELLS = ["model-unet_width-4", "model-unet_width-8", "model-hourglass_width-4", 
 
 
 def sweep_main(argv):
-    from sandbox import sweep
+    from tests.conftest import command
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sys, "argv", ["sweep.py", *argv])
-        sweep.main()
+        command("sweep").main()
 
 
 def counting(mp):
     """Count in-process trainings: [(run name, resumed?), ...]."""
-    from sandbox import sweep
+    from sandbox.analysis import sweep
 
     calls, real = [], sweep._train_in_process
     mp.setattr(sweep, "_train_in_process", lambda spec, config, resume: calls.append((spec.name, resume))
@@ -100,7 +100,7 @@ def test_rerun_skips_finished_and_retrains_a_deleted_run(swept):
 
 
 def test_a_partial_run_is_resumed_not_restarted(tmp_path):
-    from sandbox.sweep import make_cells, plan
+    from sandbox.analysis.sweep import make_cells, plan
 
     tiny2 = [o for o in TINY if not o.startswith("train.epochs")] + ["train.epochs=2", "model.width=4"]
     spec = plan(CONFIG, make_cells({"model.name": ["unet"]}), 2, tiny2, "p", tmp_path)[1]
@@ -136,13 +136,13 @@ def test_grid_errors_are_one_line_naming_the_key(argv, message, tmp_path, capsys
 @pytest.mark.parametrize("value", ["unet", "pixel_shuffle", "1e-3", "true", "", 3, 1e-3, 0.5, True, None, [8, 16],
                                    {"l1": 1.0}, {"l1": 0.16, "ms_ssim": {"weight": 0.84, "win_size": 3}}])
 def test_override_reads_back_as_the_same_value(value):
-    from sandbox.sweep import override
+    from sandbox.analysis.sweep import override
 
     assert parse_overrides([override("a.b", value)]) == [("a.b", value)]
 
 
 def test_cells_are_the_product_and_named_axes_set_several_keys():
-    from sandbox.sweep import make_cells
+    from sandbox.analysis.sweep import make_cells
 
     cells = make_cells({"model.name": ["unet", "hourglass"], "size": {"small": {"data.num_train": 6, "train.epochs": 9},
                                                                        "all": {"data.num_train": 600}}})
@@ -156,7 +156,7 @@ def test_cells_are_the_product_and_named_axes_set_several_keys():
 
 @pytest.mark.parametrize("study", sorted((ROOT / "configs" / "studies").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_study_file_plans_valid_runs(study, tmp_path):
-    from sandbox.sweep import load_study, make_cells, plan
+    from sandbox.analysis.sweep import load_study, make_cells, plan
 
     s = load_study(str(study))
     if not (ROOT / s["config"]).is_file():

@@ -7,7 +7,7 @@ import torch
 
 from sandbox import build_trainer, load_config
 from sandbox.errors import SandboxError
-from sandbox.tracking import read_metrics
+from sandbox.tracking.metrics_log import read_metrics
 from tests.conftest import ROOT
 
 

@@ -8,11 +8,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from sandbox.build import build_data
-from sandbox.config import config_from_dict
+from sandbox.config.loading import config_from_dict
 from sandbox.data.synthetic import Dancers
 from sandbox.data.transforms import Augmented, build_augment, fit_to_size, unfit
 from sandbox.errors import ConfigError
-from sandbox.trainers.base import collate
+from sandbox.data.loader import collate
 
 S = 24
 

@@ -12,7 +12,7 @@ from sandbox.build import build_data, build_loss_from, build_model
 from sandbox.errors import SandboxError
 from sandbox.models import MODELS
 from sandbox.trainers import TRAINERS
-from sandbox.trainers.processes import all_processes, check_replicas, replicated, sync_statistics
+from sandbox.engine.distributed import all_processes, check_replicas, replicated, sync_statistics
 
 
 def main(out: str, overrides: list[str]) -> None:

@@ -143,13 +143,6 @@ class _FolderBase(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def set_size(self, size: int) -> None:
-        """Change the output side (progressive resizing); cached arrays of the old size are dropped."""
-        if size != self.size:
-            self.size = size
-            if self._cache is not None:
-                self._cache.clear()
-
     def path(self, index: int, key: str = "image") -> Path:
         return self.root / getattr(self.items[index], key)
 

@@ -39,6 +39,7 @@ class DCGAN(LatentModel):
     """
 
     generator_name = "generator"
+    encodes = False
 
     def __init__(self, in_channels: int, size: int, latent_dim: int, widths: Sequence[int], blocks: int = 1,
                  block: str = "plain", norm: str = "batch", upsample: str = "transpose", downsample: str = "stride",
@@ -111,7 +112,8 @@ def _check_d_norm(options: dict[str, Any]) -> None:
         raise ConfigError(f"model.d_norm: got {options['d_norm']!r}, expected one of 'batch', 'group', 'none'")
 
 
-@register_generative("dcgan", "gan", extra=("d_norm",), defaults={"downsample": "stride"}, check=_check_d_norm)
+@register_generative("dcgan", "gan", extra=("d_norm",), defaults={"downsample": "stride"}, check=_check_d_norm,
+                     takes_loss=False)
 def build_dcgan(latent_dim: int = 64, d_norm: str | None = None, **core: Any) -> DCGAN:
     """DCGAN: ``MODELS["dcgan"](latent_dim=64, size=64, width=16, depth=3, ...)``; the discriminator
     downsamples with strided convolutions unless ``downsample`` says otherwise."""

@@ -14,6 +14,7 @@ The adversarial models (``dcgan``, ``aae``) reuse these pieces: :mod:`sandbox.mo
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Callable, Sequence
 
 import torch
@@ -21,19 +22,14 @@ from einops import rearrange
 from torch import nn
 
 from sandbox.errors import ConfigError, SandboxError
-from sandbox.models import MODELS
-from sandbox.nn.core import Decoder, Encoder
+from sandbox.models.spec import ModelSpec, check_choices, check_common, register
+from sandbox.nn.core import Decoder, Encoder, stage_widths
 
 GENERATIVE_OPTIONS = ("in_channels", "size", "latent_dim", "width", "widths", "depth", "blocks", "block", "norm",
                       "upsample", "downsample", "dilation", "dropout", "ema")
-CHOICES = {"upsample": ("transpose", "pixel_shuffle", "bilinear"), "downsample": ("maxpool", "stride"),
-           "block": ("plain", "residual"), "norm": ("batch", "group", "none")}
+CHOICE_KEYS = ("upsample", "downsample", "block", "norm")
 # ModelConfig keys of segmentation models: accepted only at their "not used" values
 INERT = {"skip": (None, "none"), "encoder": (None, "core"), "weights": (None,), "freeze_encoder": (None, False)}
-
-
-def stage_widths(width: int, widths: Sequence[int] | None, depth: int) -> list[int]:
-    return list(widths) if widths is not None else [width * 2**i for i in range(depth + 1)]
 
 
 class ImageEncoder(nn.Module):
@@ -97,6 +93,7 @@ class LatentModel(nn.Module):
 
     kind = "generative"
     generator_name = "decoder"
+    encodes = True  # has an encoder (latent probe, reconstructions, interpolation from images)
 
     def setup_ema(self, decay: float | None) -> None:
         self.ema_decay = decay
@@ -176,6 +173,31 @@ class AutoEncoder(LatentModel):
         eps = super().prior(n, generator)
         return self.code_mean + self.code_var.sqrt() * eps
 
+    # ------------------------------------------------------------------ the objective (what trainers call)
+    @property
+    def dims(self) -> int:
+        """Values per image, ``C * S * S``: the unit the regulariser is spread over."""
+        return self.in_channels * self.size * self.size
+
+    def train_inputs(self, draw: Callable[[torch.Tensor], torch.Tensor]) -> dict:
+        """Extra ``forward`` arguments in training: an AutoEncoder needs none (a VAE takes its noise,
+        ``draw(like)``, from the trainer)."""
+        return {}
+
+    def objective(self, out: dict, batch: dict, recon: Callable, weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+        """``(total, parts)``: the reconstruction loss ``recon`` (a CompositeLoss on ``image``) of the
+        forward output ``out``; ``weight``: the regulariser's weight at this step (none here)."""
+        total, parts = recon({"image": out["image"]}, {"image": batch["image"]})
+        return total, {f"loss/{k}": v for k, v in parts.items()}
+
+    def validation_terms(self, out: dict, x: torch.Tensor, eps: Callable, weight: float) -> tuple[Any, dict]:
+        """Per-image validation extras ``(loss term (B,) or 0, values)``; ``eps(like)`` draws noise."""
+        return 0, {}
+
+    def validation_summary(self, res: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Split-level values from the gathered per-image ``res`` (none for an AutoEncoder)."""
+        return {}
+
 
 class VAE(AutoEncoder):
     """``forward(x) -> {"image": x̂, "z", "mu", "logvar"}`` (each ``(B, latent_dim)``); prior N(0, I).
@@ -214,13 +236,35 @@ class VAE(AutoEncoder):
     def prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return LatentModel.prior(self, n, generator)
 
+    def train_inputs(self, draw: Callable[[torch.Tensor], torch.Tensor]) -> dict:
+        return {"noise": draw}
+
+    def objective(self, out: dict, batch: dict, recon: Callable, weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+        """Reconstruction + ``weight * KL / (C*H*W)``, KL in nats per image (``weight``: beta times the
+        KL warm-up at this step); parts add ``loss/vae/kl`` and ``kl_weight``."""
+        total, parts = super().objective(out, batch, recon)
+        kl = self.kl(out["mu"], out["logvar"]).mean()
+        parts.update({"loss/vae/kl": kl.detach(), "kl_weight": torch.tensor(weight, device=kl.device)})
+        return total + weight * kl / self.dims, parts
+
+    def validation_terms(self, out: dict, x: torch.Tensor, eps: Callable, weight: float) -> tuple[Any, dict]:
+        """Per image: the KL (added to the loss at ``weight / (C*H*W)``) and the squared error of a
+        reconstruction from a sampled code (for the ELBO)."""
+        kl = self.kl(out["mu"], out["logvar"])
+        sampled = self.decode(out["mu"] + torch.exp(0.5 * out["logvar"]) * eps(out["mu"])).float()
+        return weight * kl / self.dims, {"kl": kl, "sse_sampled": (sampled - x.float()).square().flatten(1).sum(1)}
+
+    def validation_summary(self, res: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The ELBO in nats per image and bits per dimension under a Gaussian decoder whose variance is
+        calibrated on the split (sigma² = mean squared error, Rybkin et al. 2021), on the 8-bit scale."""
+        sigma2 = float(res["mse"].mean()) if "mse" in res else 1.0
+        nll = 0.5 * self.dims * math.log(2 * math.pi * max(sigma2, 1e-10)) + res["sse_sampled"] / (2 * sigma2)
+        elbo = -(nll + res["kl"])
+        return {"val/elbo": float(elbo.mean()), "val/bpd": float(-elbo.mean() / (self.dims * math.log(2)) + 8),
+                "val/sigma": math.sqrt(sigma2)}
+
 
 # ----------------------------------------------------------------------------- options and builders
-
-def _int(key: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"model.{key}: got {value!r}, expected an integer >= {low}")
-
 
 def check_generative(name: str, options: dict[str, Any], extra: Sequence[str] = ()) -> None:
     """ConfigError naming ``model.<key>`` for an option ``name`` does not take or an illegal value."""
@@ -233,25 +277,12 @@ def check_generative(name: str, options: dict[str, Any], extra: Sequence[str] = 
         elif key not in accepted and value is not None:
             raise ConfigError(f"model.{key}: unknown option for {name}; accepted: {', '.join(accepted)}")
     o = {k: v for k, v in o.items() if v is not None and k not in INERT}
-    for key, values in CHOICES.items():
-        if key in o and o[key] not in values:
-            raise ConfigError(f"model.{key}: got {o[key]!r}, expected one of {', '.join(map(repr, values))}")
-    for key, low in (("in_channels", 1), ("width", 1), ("depth", 0), ("blocks", 1), ("dilation", 1),
-                     ("latent_dim", 1), ("size", 2)):
-        if key in o:
-            _int(key, o[key], low)
-    if "dropout" in o and (isinstance(o["dropout"], bool) or not 0 <= o["dropout"] < 1):
-        raise ConfigError(f"model.dropout: got {o['dropout']!r}, expected a number in [0, 1)")
+    check_choices(o, CHOICE_KEYS)
+    check_common(o, (("in_channels", 1), ("width", 1), ("depth", 0), ("blocks", 1), ("dilation", 1),
+                     ("latent_dim", 1), ("size", 2)))
     if "ema" in o and (isinstance(o["ema"], bool) or not isinstance(o["ema"], (int, float)) or not 0 <= o["ema"] < 1):
         raise ConfigError(f"model.ema: got {o['ema']!r}, expected a decay in [0, 1) such as 0.999, or null (off)")
     depth = o.get("depth", 3)
-    if "widths" in o:
-        w = o["widths"]
-        if not isinstance(w, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in w):
-            raise ConfigError(f"model.widths: got {w!r}, expected a list of positive integers")
-        if len(w) != depth + 1:
-            raise ConfigError(f"model.widths: got {len(w)} widths for model.depth={depth}; expected depth + 1 = "
-                              f"{depth + 1} (or drop widths and set model.width)")
     if "size" in o and (o["size"] % 2**depth or o["size"] // 2**depth < 1):
         raise ConfigError(f"model.size: {o['size']} px does not halve model.depth={depth} times evenly; "
                           f"use a side divisible by {2**depth}")
@@ -268,13 +299,14 @@ def core_kwargs(in_channels: int = 3, size: int = 64, width: int = 16, widths: S
 
 
 def register_generative(name: str, trainer: str, extra: Sequence[str] = (), defaults: dict | None = None,
-                        check: Callable[[dict], None] | None = None):
+                        check: Callable[[dict], None] | None = None, takes_loss: bool = True):
     """Decorator: register ``build(latent_dim, **core) -> model`` as ``MODELS[name]`` with its checks.
 
     The registered builder accepts every ModelConfig key (``sandbox.build.model_kwargs`` passes
     them all): ``targets`` is ignored, the segmentation-only keys must keep their unused values.
     ``extra``: the model's own option names (passed to ``build``); ``defaults``: core options
-    whose default differs for this model; ``check(options)``: more checks of its own.
+    whose default differs for this model; ``check(options)``: more checks of its own; ``takes_loss``:
+    whether its trainer reads the ``loss`` section (the reconstruction loss).
     """
     def check_options(options: dict[str, Any]) -> None:
         check_generative(name, options, extra)
@@ -288,12 +320,8 @@ def register_generative(name: str, trainer: str, extra: Sequence[str] = (), defa
             own = {k: o.pop(k) for k in list(o) if k in extra or k == "latent_dim"}
             return build(**own, **core_kwargs(**o))
 
-        builder.__name__ = builder.__qualname__ = name
-        builder.__doc__ = build.__doc__
-        builder.check_options = check_options
-        builder.trainer = trainer  # read by sandbox.build.build_trainer
-        builder.generative = True  # config validation fills model.size from data.size
-        MODELS.register(name)(builder)
+        register(ModelSpec(name, builder, task="generative", trainer=trainer, check=check_options,
+                           takes_loss=takes_loss, doc=build.__doc__ or ""))
         return build
 
     return deco

@@ -24,17 +24,15 @@ import torch
 from torch import nn
 
 from sandbox.errors import ConfigError, SandboxError
-from sandbox.models import MODELS
-from sandbox.nn.core import Decoder, Encoder
+from sandbox.models.spec import ModelSpec, check_choices, check_common, register
+from sandbox.nn.core import Decoder, Encoder, stage_widths
 from sandbox.nn.heads import Heads
 from sandbox.nn.resnet import MAX_DEPTH as RESNET_MAX_DEPTH
 from sandbox.nn.resnet import ResNet18Encoder
 
 LOGIT_TARGETS = ("mask",)  # binary targets: heads return logits (losses take from_logits)
 
-CHOICES = {"upsample": ("transpose", "pixel_shuffle", "bilinear"), "skip": ("none", "concat", "add"),
-           "downsample": ("maxpool", "stride"), "block": ("plain", "residual"), "norm": ("batch", "group", "none"),
-           "encoder": ("core", "resnet18")}
+CHOICE_KEYS = ("upsample", "skip", "downsample", "block", "norm", "encoder")
 DEFAULTS = {"unet": {"skip": "concat", "upsample": "transpose", "downsample": "maxpool"},
             "hourglass": {"skip": "none", "upsample": "transpose", "downsample": "maxpool"},
             "simpleconv": {"skip": "none", "upsample": "none", "downsample": "none"}}
@@ -92,12 +90,6 @@ class SegmentationModel(nn.Module):
         return {k: v if k in LOGIT_TARGETS else torch.sigmoid(v) for k, v in out.items()}
 
 
-def _widths(width: int, widths: Sequence[int] | None, depth: int, grow: bool = True) -> list[int]:
-    if widths is not None:
-        return list(widths)
-    return [width * 2**i if grow else width for i in range(depth + 1)]
-
-
 def _build(name: str, targets: dict[str, int] | None = None, in_channels: int = 3, width: int = 16,
            widths: Sequence[int] | None = None, depth: int = 3, blocks: int = 2, block: str = "plain",
            norm: str = "batch", upsample: str | None = None, skip: str | None = None,
@@ -109,7 +101,7 @@ def _build(name: str, targets: dict[str, int] | None = None, in_channels: int = 
     ``dilation`` options shape the decoder only (the encoder is ResNet-18 as published).
     """
     d = DEFAULTS[name]
-    ws = _widths(width, widths, depth, grow=name != "simpleconv")
+    ws = stage_widths(width, widths, depth, grow=name != "simpleconv")
     if encoder == "resnet18":
         enc = ResNet18Encoder(in_channels, depth, weights, dropout)
     else:
@@ -121,33 +113,14 @@ def _build(name: str, targets: dict[str, int] | None = None, in_channels: int = 
 OPTIONS = [p for p in inspect.signature(_build).parameters if p not in ("name", "targets")]
 
 
-def _check_int(key: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"model.{key}: got {value!r}, expected an integer >= {low}")
-
-
 def _check_segmentation(name: str, options: dict[str, Any]) -> None:
     o = {k: v for k, v in options.items() if v is not None and k not in ("targets", "name")}
     unknown = sorted(set(o) - set(OPTIONS))
     if unknown:
         raise ConfigError(f"model.{unknown[0]}: unknown option for {name}; accepted: {', '.join(OPTIONS)}")
-    for key, accepted in CHOICES.items():
-        if key in o and o[key] not in accepted:
-            raise ConfigError(f"model.{key}: got {o[key]!r}, expected one of {', '.join(map(repr, accepted))}")
-    for key, low in (("in_channels", 1), ("width", 1), ("depth", 0), ("blocks", 1), ("dilation", 1)):
-        if key in o:
-            _check_int(key, o[key], low)
+    check_choices(o, CHOICE_KEYS)
+    check_common(o, (("in_channels", 1), ("width", 1), ("depth", 0), ("blocks", 1), ("dilation", 1)))
     depth = o.get("depth", 3)
-    if "dropout" in o and (isinstance(o["dropout"], bool) or not isinstance(o["dropout"], (int, float))
-                           or not 0 <= o["dropout"] < 1):
-        raise ConfigError(f"model.dropout: got {o['dropout']!r}, expected a number in [0, 1)")
-    if "widths" in o:
-        w = o["widths"]
-        if not isinstance(w, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in w):
-            raise ConfigError(f"model.widths: got {w!r}, expected a list of positive integers")
-        if len(w) != depth + 1:
-            raise ConfigError(f"model.widths: got {len(w)} widths for model.depth={depth}; "
-                              f"expected depth + 1 = {depth + 1} (or drop widths and set model.width)")
     if "freeze_encoder" in o and not isinstance(o["freeze_encoder"], bool):
         raise ConfigError(f"model.freeze_encoder: got {o['freeze_encoder']!r}, expected true or false")
     encoder = o.get("encoder", "core")
@@ -175,31 +148,16 @@ def _check_segmentation(name: str, options: dict[str, Any]) -> None:
                               "save a torchvision resnet18 state_dict there, or set model.weights=null)")
 
 
-def check_model_options(name: str, options: dict[str, Any]) -> None:
-    """Raise :class:`ConfigError` naming ``model.<key>`` for an unknown model, an unknown or
-    out-of-range option, or an illegal combination (e.g. ``model.upsample: simpleconv never
-    resizes; leave it unset``). ``options``: the model section without ``name``; ``None``
-    means "the model's default". Models registered elsewhere may attach their own
-    ``check_options(options)`` to their builder; without one, nothing more is checked.
-    """
-    if name not in MODELS:
-        raise ConfigError(f"model.name: unknown model {name!r}; accepted: {', '.join(MODELS.names())}")
-    check = getattr(MODELS[name], "check_options", None)
-    if check is not None:
-        check(options)
-
-
 def _register(name: str, doc: str) -> None:
-    def builder(targets: dict[str, int] | None = None, **options: Any) -> SegmentationModel:
+    def build(targets: dict[str, int] | None = None, **options: Any) -> SegmentationModel:
         _check_segmentation(name, options)
         return _build(name, targets, **{k: v for k, v in options.items() if v is not None})
 
-    builder.__name__ = builder.__qualname__ = name
-    builder.__doc__ = (f"{doc}\n\n``MODELS[{name!r}](targets={{'mask': 1}}, **options) -> SegmentationModel``; "
-                       f"options: {', '.join(OPTIONS)} (see ``_build``).")
-    builder.check_options = lambda options: _check_segmentation(name, options)
-    builder.downsamples = name != "simpleconv"  # read by config validation: any data.size works without it
-    MODELS.register(name)(builder)
+    register(ModelSpec(name, build, task="segmentation", trainer="supervised",
+                       check=lambda options: _check_segmentation(name, options),
+                       downsamples=name != "simpleconv",  # config validation: any data.size works without it
+                       default_loss={"mask": {"dice": 1.0}},
+                       doc=f"{doc} Options: {', '.join(OPTIONS)} (see ``_build``)."))
 
 
 _register("unet", "UNet: pooling encoder, transposed-conv decoder, concatenated skips.")

@@ -20,6 +20,14 @@ from sandbox.errors import SandboxError
 from sandbox.nn.blocks import Stage, make_downsample, make_upsample
 
 
+def stage_widths(width: int, widths: Sequence[int] | None, depth: int, grow: bool = True) -> list[int]:
+    """Per-stage widths, ``depth + 1`` of them: explicit ``widths``, else ``width * 2**i`` (or
+    ``width`` at every stage with ``grow=False``, as SimpleConv keeps it)."""
+    if widths is not None:
+        return list(widths)
+    return [width * 2**i if grow else width for i in range(depth + 1)]
+
+
 class Encoder(nn.Module):
     """``forward(x: (B, C, H, W)) -> [f0, ..., f_depth]``, fine to coarse.
 

@@ -1,9 +1,36 @@
-"""Trainer registry: ``TRAINERS[name](cfg, model, datasets, ...)``; all share trainers.base.Trainer."""
+"""Trainers: ``TRAINERS[name](cfg, model, datasets, loss=...)``, each on the engine's skeleton
+(:class:`sandbox.engine.trainer.Trainer`); a model's spec names its trainer.
+
+    supervised      image -> named targets (mask, depth) with a per-target composite loss
+    autoencoder/vae the reconstruction trainer: the model's own objective on the registry loss
+    gan             the adversarial game (generator vs discriminator); no loss section
+    aae             reconstruction, then the latent discriminator and the encoder fooling it
+
+``build_trainer(cfg)``: data, model, loss and the trainer that drives them (resume included).
+"""
+from sandbox.build import build_data, build_loss, build_model
+from sandbox.config import Config
+from sandbox.engine.checkpoint import resume_target
+from sandbox.models import MODELS
 from sandbox.registry import Registry
+from sandbox.trainers.adversarial import AAETrainer, GANTrainer
+from sandbox.trainers.reconstruction import ReconstructionTrainer
+from sandbox.trainers.supervised import SupervisedTrainer
 
 TRAINERS: Registry = Registry("trainer")
-
-from sandbox.trainers.supervised import SupervisedTrainer  # noqa: E402
-
 TRAINERS.register("supervised")(SupervisedTrainer)
-from sandbox.trainers import adversarial, generative  # noqa: E402,F401  (autoencoder, vae, gan, aae register)
+TRAINERS.register("autoencoder")(ReconstructionTrainer)
+TRAINERS.register("vae")(ReconstructionTrainer)
+TRAINERS.register("gan")(GANTrainer)
+TRAINERS.register("aae")(AAETrainer)
+
+
+def build_trainer(cfg: Config):
+    """Everything for ``cfg``: data, model, loss and the trainer that drives them. A ``train.resume``
+    run continues under its own name and directory (and a folder run with its exact splits)."""
+    cfg = resume_target(cfg)
+    trainer = TRAINERS[MODELS[cfg.model.name].trainer]
+    return trainer(cfg, build_model(cfg), build_data(cfg, ("train", "val")), loss=build_loss(cfg))
+
+
+__all__ = ["TRAINERS", "build_trainer"]

@@ -29,13 +29,12 @@ and sliced per process (``Trainer.shard_draw``): P processes x batch B train as 
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
-from sandbox.trainers import TRAINERS
-from sandbox.trainers.generative import GenerativeTrainer
+from sandbox.metrics.generative import own_features
+from sandbox.trainers.reconstruction import ReconstructionTrainer
+from sandbox.trainers.sampling import SamplingTrainer
 
 
 def bce_logits(logits: torch.Tensor, real: bool, smoothing: float = 0.0) -> torch.Tensor:
@@ -51,12 +50,16 @@ def _prob(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits.detach().float()).mean()
 
 
-class GANTrainer(GenerativeTrainer):
-    """DCGAN: optimizer 0 = generator, optimizer 1 = discriminator (``train.d_lr``)."""
+class GANTrainer(SamplingTrainer):
+    """DCGAN: optimizer 0 = generator, optimizer 1 = discriminator (``train.d_lr``). Its objective is
+    the adversarial game alone: it takes no ``loss`` section."""
 
     kind = "gan"
     beta1_default = 0.5
     ddp = False
+
+    def __init__(self, cfg, model, datasets, loss=None):
+        super().__init__(cfg, model, datasets)
 
     def configure_optimizers(self):
         m = self.model
@@ -91,20 +94,16 @@ class GANTrainer(GenerativeTrainer):
     @torch.no_grad()
     def evaluate(self, loader) -> dict[str, float]:
         """``val/fid_own`` and ``val/diversity`` of fixed-noise samples against the validation images."""
-        from sandbox.probe import frechet_distance, mean_pairwise_distance, own_features
-
         feats = []
         for batch in loader:
             f = own_features(self.fit_batch(batch)["image"])
             feats.append(self.accelerator.gather_for_metrics(f.contiguous()))
         if not feats or not self.cfg.train.fid_samples:
             return {}
-        real, fake = torch.cat(feats), own_features(self.samples(self.cfg.train.fid_samples))
-        return {"val/fid_own": frechet_distance(real, fake),
-                "val/diversity": mean_pairwise_distance(fake) / max(mean_pairwise_distance(real), 1e-12)}
+        return self.sample_metrics(torch.cat(feats))
 
 
-class AAETrainer(GenerativeTrainer):
+class AAETrainer(ReconstructionTrainer):
     """AAE: optimizer 0 = encoder + decoder (``train.lr``), 1 = latent discriminator and 2 = encoder
     in the regularisation phase (both ``train.d_lr``, default ``train.lr / 10``)."""
 
@@ -118,13 +117,6 @@ class AAETrainer(GenerativeTrainer):
         return [self.optimizer_for(m.autoencoder_parameters),
                 self.optimizer_for(m.discriminator.parameters(), reg_lr),
                 self.optimizer_for(m.encoder.parameters(), reg_lr)]
-
-    def recon_phase(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        out = self.model(self.to_input(batch["image"]))
-        total, scalars = self.reconstruction(out, batch)
-        if self.backward_and_step(total, index=0, model=self.unwrapped, parts=scalars) and self.accelerator.sync_gradients:
-            self.unwrapped.update_ema()
-        return total.detach(), scalars
 
     def disc_phase(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         m, acc = self.unwrapped, self.accelerator
@@ -149,7 +141,7 @@ class AAETrainer(GenerativeTrainer):
         return {"loss/aae/g": loss.detach()}
 
     def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
-        total, scalars = self.recon_phase(batch)
+        total, scalars = self.reconstruction_step(batch)  # (1) the reconstruction phase
         scalars.update(self.disc_phase(batch["image"]))
         scalars.update(self.gen_phase(batch["image"]))
         return {"loss": total, **scalars}
@@ -164,42 +156,3 @@ class AAETrainer(GenerativeTrainer):
             values["d_prior"] = torch.sigmoid(m.discriminator(prior).float()).squeeze(1)
         return values
 
-
-TRAINERS.register("gan")(GANTrainer)
-TRAINERS.register("aae")(AAETrainer)
-
-
-def plot_generative(metrics: Path, out: Path) -> Path | None:
-    """``plots/generative.png``: discriminator means and KL by step; fid_own, diversity and probe R² by epoch."""
-    from sandbox.tracking import read_metrics
-    from sandbox.viz import plt
-
-    records = read_metrics(metrics)
-    train = [r for r in records if r.get("split") == "train"]
-    val = [r for r in records if r.get("split") == "val"]
-    panels = [("train", ["train/d_real", "train/d_fake", "train/d_prior", "train/d_code"], "D means (by step)"),
-              ("train", ["train/loss/vae/kl"], "KL, nats per image (by step)"),
-              ("val", ["val/fid_own"], "fid_own (by epoch; not Inception FID)"),
-              ("val", ["val/diversity", "val/probe_r2_linear", "val/probe_r2_kernel", "val/ssim"],
-               "diversity, probe R², SSIM (by epoch)")]
-    panels = [(s, [k for k in keys if any(k in r for r in (train if s == "train" else val))], title)
-              for s, keys, title in panels]
-    panels = [p for p in panels if p[1]]
-    if not panels:
-        return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-    for ax, (split, keys, title) in zip(axes[0], panels):
-        rows = train if split == "train" else val
-        for k in keys:
-            pts = [(r["step"] if split == "train" else r["epoch"] + 1, r[k]) for r in rows
-                   if isinstance(r.get(k), (int, float))]
-            if pts:
-                ax.plot(*zip(*pts), "-" if split == "train" else "o-", label=k.split("/", 1)[1])
-        ax.set(title=title, xlabel="optimizer step" if split == "train" else "epoch")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import torch
 
+from sandbox.data.loader import collate
+from sandbox.engine.trainer import Trainer
 from sandbox.losses import CompositeLoss
 from sandbox.metrics import regression_metrics, segmentation_metrics
-from sandbox.trainers.base import Trainer, collate
+from sandbox.viz.panels import segmentation_panel
 
 BINARY_TARGETS = ("mask",)
 
@@ -69,8 +71,6 @@ class SupervisedTrainer(Trainer):
     def save_images(self, epoch: int) -> list[Path]:
         if not self.cfg.train.num_images or "val" not in self.datasets:
             return []
-        from sandbox.viz import segmentation_panel
-
         batch, out = self.predict_panel(self.cfg.train.num_images)
         path = self.run.images / f"val_epoch{epoch + 1:03d}.png"
         segmentation_panel(batch, out, path, title=f"{self.cfg.name}: validation, epoch {epoch + 1}")

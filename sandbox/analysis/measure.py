@@ -1,5 +1,6 @@
 """Measure a model instead of trusting its formula: parameters, FLOPs, bottleneck, receptive
-field and activation memory. Used by ``sandbox/summary.py``, compare tools and benchmarks.
+field and activation memory, each taking ``(model, size)``. Used by ``sandbox/summary.py``,
+compare and sweep reports and benchmarks; ``summarize(cfg)`` builds the model of a config first.
 
 Every function works on a copy of the model or restores its train/eval mode, so measuring
 never changes a model that is being trained (no BatchNorm running-stat updates, no mode flips).
@@ -13,7 +14,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from sandbox.build import build_model
 from sandbox.errors import SandboxError
+from sandbox.models import MODELS, names_for
+from sandbox.nn.core import Encoder
 
 
 @contextlib.contextmanager
@@ -31,8 +35,6 @@ def _eval_mode(model: nn.Module):
 def _in_channels(model: nn.Module) -> int:
     """Input channels: the core Encoder's, else the first convolution's (not the Encoder's first
     convolution in module order: with ``downsample=stride`` that is a 2x downsampling conv)."""
-    from sandbox.nn.core import Encoder
-
     for m in model.modules():
         if isinstance(m, Encoder):
             return m.in_channels
@@ -226,10 +228,8 @@ def activation_memory(model: nn.Module, size: int, batch_size: int, dtype_bytes:
 
 
 def segmentation_models() -> list[str]:
-    """MODELS names driven by the supervised trainer (generative models name their own trainer)."""
-    from sandbox.models import MODELS
-
-    return [n for n in MODELS if getattr(MODELS[n], "trainer", "supervised") == "supervised"]
+    """The registered segmentation models."""
+    return names_for("segmentation")
 
 
 def summarize(cfg, model: nn.Module | None = None) -> dict[str, Any]:
@@ -239,9 +239,6 @@ def summarize(cfg, model: nn.Module | None = None) -> dict[str, Any]:
     bottleneck (measured C x h x w), rf (px), rf_at (px it was measured at), rf_lower_bound,
     activation_mb (at ``data.batch_size``, fp32).
     """
-    from sandbox.build import build_model
-    from sandbox.models import MODELS
-
     model = model if model is not None else build_model(cfg)
     size, m = cfg.data.size, cfg.model
     total, trainable = count_params(model)
@@ -260,7 +257,7 @@ def summarize(cfg, model: nn.Module | None = None) -> dict[str, Any]:
         "params": total,
         "trainable": trainable,
         "gflops": gflops,
-        "bottleneck_predicted": predicted_bottleneck_side(size, m.depth, getattr(MODELS[m.name], "downsamples", True)),
+        "bottleneck_predicted": predicted_bottleneck_side(size, m.depth, MODELS[m.name].downsamples),
         "bottleneck": bottleneck_shape(net, size, m.in_channels),
         "rf": rf.side,
         "rf_at": rf.measured_at,
@@ -281,39 +278,3 @@ class _GANDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)[..., None, None]  # (B, 1) logits as a 1x1 "map": its centre is the logit
-
-
-LABELS = {
-    "model": "model", "size": "input (px)", "params": "params", "trainable": "trainable",
-    "gflops": "GFLOPs/img (fwd)", "bottleneck_predicted": "bottleneck side (predicted)",
-    "bottleneck": "bottleneck C x h x w (measured)", "rf": "receptive field (px)", "rf_at": "RF measured at (px)",
-    "rf_lower_bound": "RF is a lower bound", "activation_mb": "activations (MB, batch)",
-}
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 100 else f"{value:,.0f}"
-    if isinstance(value, (tuple, list)):
-        return " x ".join(str(v) for v in value)
-    return "" if value is None else str(value).replace("|", "\\|")
-
-
-def format_table(rows: list[dict[str, Any]], labels: dict[str, str] | None = None) -> str:
-    """A Markdown table: one row per dict, columns = keys in order of first appearance.
-
-    Headers come from ``labels`` (default :data:`LABELS`, else the key itself); ints get thousands
-    separators, floats 3 significant digits, tuples ``a x b x c``, booleans yes/no, missing cells stay empty.
-    """
-    labels = {**LABELS, **(labels or {})}
-    keys = list(dict.fromkeys(k for row in rows for k in row))
-    lines = ["| " + " | ".join(labels.get(k, k) for k in keys) + " |",
-             # numbers right-aligned, text left-aligned
-             "|" + "|".join("---:" if all(isinstance(r.get(k), (int, float, tuple, list, type(None)))
-                                          for r in rows) else "---" for k in keys) + "|"]
-    lines += ["| " + " | ".join(_cell(row.get(k)) for k in keys) + " |" for row in rows]
-    return "\n".join(lines)

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from accelerate import Accelerator
 
 from sandbox.errors import SandboxError
-from sandbox.rundir import RunDir
+from sandbox.runs.rundir import RunDir
 
 
 def sees(marker: Path, token: str, patience_s: float = 5.0) -> bool:

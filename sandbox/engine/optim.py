@@ -1,4 +1,4 @@
-"""Learning-rate schedules, all sized in optimizer steps of ONE process.
+"""Optimizers and learning-rate schedules; schedules are sized in optimizer steps of ONE process.
 
 With N processes each process sees 1/N of the batches, so an epoch is
 ``ceil(batches / N / grad_accum)`` optimizer steps: the trainer passes that number, and
@@ -19,6 +19,25 @@ import math
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR, OneCycleLR, ReduceLROnPlateau
+
+
+def make_optimizer(params, kind: str, lr: float, weight_decay: float = 0.0,
+                   momentum: float = 0.9) -> torch.optim.Optimizer:
+    """``adam`` | ``adamw`` | ``sgd`` (Nesterov, ``momentum``)."""
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
+
+
+def set_beta1(opt: torch.optim.Optimizer, beta1: float) -> torch.optim.Optimizer:
+    """Adam's first beta for every group (a no-op for SGD). Set after the scheduler is made: OneCycleLR
+    writes its own momentum into the betas when it is created."""
+    for group in opt.param_groups:
+        if "betas" in group:
+            group["betas"] = (beta1, group["betas"][1])
+    return opt
 
 
 def warmup_factor(step: int, warm: int) -> float:

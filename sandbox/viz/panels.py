@@ -4,12 +4,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from sandbox.metrics import hard_dice
+from sandbox.viz.backend import plt
 
 
 def to_hwc(x: torch.Tensor) -> np.ndarray:
@@ -43,8 +42,7 @@ def segmentation_panel(batch: dict, out: dict, path: Path, title: str = "") -> P
             prob = torch.sigmoid(out["mask"][i]).numpy()[0]
             truth = batch["mask"][i].numpy()[0] > 0.5
             pred = prob > 0.5
-            inter = (pred & truth).sum()
-            dice = 2 * inter / max(pred.sum() + truth.sum(), 1) if (pred.sum() + truth.sum()) else 1.0
+            dice = hard_dice(pred, truth)
             row += [(truth, "gray"), (prob, "magma"), (error_overlay(img, pred, truth), None)]
         if has_depth:
             row += [(batch["depth"][i].numpy()[0], "viridis_r"), (out["depth"][i].numpy()[0].clip(0, 1), "viridis_r")]

@@ -1,0 +1,100 @@
+"""Paths through a latent space: lerp, slerp, multi-point paths and their endpoint images."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sandbox.build import build_data
+from sandbox.data.folders import open_image, to_rgb
+from sandbox.data.transforms import fit_to_size
+from sandbox.errors import SandboxError
+
+PARALLEL_EPS = 1e-4  # |sin(angle)| below this: slerp is ill-conditioned, lerp is the same path
+
+
+def lerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    return a + (b - a) * t if 0 < t < 1 else (a.clone() if t <= 0 else b.clone())
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation of ``(D,)`` codes; the norm goes linearly from |a| to |b|.
+
+    ``t=0`` gives ``a`` and ``t=1`` gives ``b`` exactly; codes at (nearly) the same or opposite
+    direction, or zero codes, fall back to :func:`lerp`.
+    """
+    if t <= 0 or t >= 1:
+        return a.clone() if t <= 0 else b.clone()
+    na, nb = a.norm(), b.norm()
+    if na == 0 or nb == 0:
+        return lerp(a, b, t)
+    ua, ub = a / na, b / nb
+    omega = torch.arccos((ua * ub).sum().clamp(-1, 1))
+    so = torch.sin(omega)
+    if so.abs() < PARALLEL_EPS:
+        return lerp(a, b, t)
+    direction = (torch.sin((1 - t) * omega) * ua + torch.sin(t * omega) * ub) / so
+    return direction * ((1 - t) * na + t * nb)
+
+
+def path(codes: torch.Tensor, steps: int, mode: str = "slerp", cycle: bool = False) -> torch.Tensor:
+    """``codes: (K, D)`` endpoints -> ``(F, D)`` frames through them in order.
+
+    ``steps`` frames per segment (``steps >= 2``: the start of the segment plus ``steps - 1``
+    more); the path ends on the last endpoint, or with ``cycle`` on the first one again, so
+    ``F = segments * (steps - 1) + 1``.
+    """
+    if steps < 2:
+        raise SandboxError(f"--steps {steps}: expected at least 2 frames per segment")
+    if len(codes) < 2:
+        raise SandboxError(f"interpolation needs at least 2 endpoints, got {len(codes)}")
+    step = {"slerp": slerp, "lerp": lerp}[mode]
+    points = list(codes) + ([codes[0]] if cycle else [])
+    frames = []
+    for a, b in zip(points[:-1], points[1:]):
+        frames += [step(a, b, i / (steps - 1)) for i in range(steps - 1)]
+    frames.append(points[-1].clone())
+    return torch.stack(frames)
+
+
+def endpoint_images(cfg, items: list[str], split: str) -> tuple[torch.Tensor, list[str]]:
+    """``--from`` items (image files or split indices) -> ``(K, C, S, S)`` in [0, 1] and short labels."""
+    dataset, images, labels = None, [], []
+    for item in items:
+        if item.lstrip("-").isdigit():
+            if dataset is None:
+                dataset = build_data(cfg, (split,))[split]
+            i = int(item)
+            if not 0 <= i < len(dataset):
+                raise SandboxError(f"--from {item}: index out of range; the {split} split has {len(dataset)} images "
+                                   f"(0..{len(dataset) - 1})")
+            images.append(dataset[i]["image"])
+            labels.append(f"{split}{i}")
+        else:
+            p = Path(item)
+            if not p.is_file():
+                raise SandboxError(f"--from {item!r}: no such file; expected an image file or an index into "
+                                   f"the {split} split")
+            img, _ = fit_to_size(to_rgb(open_image(p)), cfg.data.size, cfg.data.resize, "image")
+            images.append(torch.from_numpy(img.transpose(2, 0, 1).astype(np.float32) / 255.0))
+            labels.append(p.stem.split(".")[0][:16])
+    return torch.stack(images), labels
+
+
+@torch.no_grad()
+def interpolate(model, cfg, items: list[str] | None, random: int | None, split: str = "test", steps: int = 8,
+                mode: str = "slerp", cycle: bool = False, seed: int = 0) -> tuple[torch.Tensor, list[str]]:
+    """``(frames (F, C, S, S) in [0, 1], endpoint labels)``: codes of ``items`` (image files or indices
+    into ``split``), else ``random`` (default 3) prior samples from ``seed``, decoded along the path."""
+    dev = next(model.parameters()).device
+    if items:
+        images, labels = endpoint_images(cfg, items, split)
+        codes = model.encode(images.to(dev)).float()
+    else:
+        k = 3 if random is None else random
+        if k < 2:
+            raise SandboxError(f"--random {k}: expected at least 2 endpoints")
+        codes = model.prior(k, torch.Generator().manual_seed(seed)).float()
+        labels = [f"random{k}", f"seed{seed}"]
+    return model.decode(path(codes.cpu(), steps, mode, cycle).to(dev)).float().cpu(), labels

@@ -1,0 +1,140 @@
+"""Predicting with a trained run on image files: inputs, outputs, ground truth and the picture per image."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from sandbox.errors import SandboxError
+
+EXPECTED = "image files (jpg, png, bmp, tif, webp) or a folder of them"
+
+
+def gather(inputs: list[str], image_dir: str, mask_dir: str) -> tuple[list[Path], "Path | None", int]:
+    """``(image files, the dataset's mask folder or None, number of non-image entries skipped)``."""
+    from sandbox.data.splits import IMAGE_EXTS
+
+    files, gt, skipped = [], None, 0
+    for raw in inputs:
+        p = Path(raw)
+        if not p.exists():
+            raise SandboxError(f"--input {raw!r}: no such file or folder; expected {EXPECTED}")
+        if p.is_file():
+            if p.suffix.lower() in IMAGE_EXTS:
+                files.append(p)
+            else:
+                skipped += 1
+            continue
+        folder = p
+        if image_dir not in (".", "") and (p / image_dir).is_dir():  # a dataset root of the run's layout
+            folder, gt = p / image_dir, gt or ((p / mask_dir) if (p / mask_dir).is_dir() else None)
+        elif p.resolve().name == image_dir and (p.resolve().parent / mask_dir).is_dir():  # that root's images
+            gt = gt or p.resolve().parent / mask_dir
+        entries = sorted(folder.iterdir())
+        found = [e for e in entries if e.is_file() and not e.name.startswith(".") and e.suffix.lower() in IMAGE_EXTS]
+        if not found:
+            subs = [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
+            hint = f"; its sub-folders {', '.join(subs[:4])} are not the run's {image_dir}/" if subs else ""
+            raise SandboxError(f"--input {raw!r}: no image files in {folder} ({len(entries)} other "
+                               f"entr{'y' if len(entries) == 1 else 'ies'}{hint}); expected {EXPECTED}")
+        files += found
+        skipped += len(entries) - len(found)
+    first: dict[Path, Path] = {}
+    for f in files:  # a file named twice (itself and its folder) is predicted once
+        first.setdefault(f.resolve(), f)
+    unique = list(first.values())
+    if not unique:
+        raise SandboxError(f"--input {' '.join(inputs)}: no image files ({skipped} other file(s)); expected {EXPECTED}")
+    return unique, gt, skipped
+
+
+def fresh_dir(path: Path) -> Path:
+    """``path``, or ``path_2``, ``path_3``, ... : the first that does not exist or is empty, created."""
+    cand, k = path, 1
+    while cand.exists() and (not cand.is_dir() or any(cand.iterdir())):
+        k += 1
+        cand = path.with_name(f"{path.name}_{k}")
+    try:
+        cand.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SandboxError(f"--out {str(cand)!r}: cannot create it ({exc.strerror}); choose another --out") from None
+    return cand
+
+
+def overlay(img, pred, truth=None, dice=None):
+    """``(H, W, 3) uint8`` image with the mask tinted, or the TP/FP/FN colours and the Dice -> PIL image."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    from sandbox.viz.panels import error_overlay
+
+    im = img.astype(np.float32) / 255.0
+    if truth is None:
+        out = im.copy()
+        out[pred] = 0.45 * im[pred] + 0.55 * np.asarray([0.1, 0.85, 0.2], np.float32)
+    else:
+        out = error_overlay(im, pred, truth)
+    pil = Image.fromarray(np.clip(out * 255 + 0.5, 0, 255).astype(np.uint8))
+    if dice is not None:
+        draw = ImageDraw.Draw(pil)
+        try:
+            font = ImageFont.load_default(size=max(10, min(pil.size) // 14))
+        except TypeError:  # Pillow < 10.1: one bitmap size
+            font = ImageFont.load_default()
+        x0, y0, x1, y1 = draw.textbbox((3, 3), f"Dice {dice:.3f}", font=font)
+        draw.rectangle((x0 - 2, y0 - 2, x1 + 2, y1 + 2), fill=(0, 0, 0))
+        draw.text((3, 3), f"Dice {dice:.3f}", fill=(255, 255, 255), font=font)
+    return pil
+
+
+def save_depth(depth, stem: Path) -> None:
+    """``depth (H, W)`` in [0, 1] -> ``<stem>_depth.png`` (16-bit, x 65535) and ``<stem>_depth_color.png``
+    (viridis_r as in the trainer's panels: near = yellow, far = purple)."""
+    import numpy as np
+    from matplotlib import colormaps
+    from PIL import Image
+
+    d = np.clip(depth, 0.0, 1.0)
+    Image.fromarray((d * 65535 + 0.5).astype(np.uint16)).save(f"{stem}_depth.png")
+    Image.fromarray((colormaps["viridis_r"](d)[..., :3] * 255 + 0.5).astype(np.uint8)).save(f"{stem}_depth_color.png")
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    import csv
+
+    cols = ["name", "image", "mask", "height", "width", "foreground", "dice", "iou", "written"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=cols)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def output_names(files: list[Path]) -> dict[Path, str]:
+    """``file -> output name``: its stem, numbered when two inputs share one (a.jpg and a.png)."""
+    stems = [f.stem for f in files]
+    names, seen = {}, {}
+    for f in files:
+        if stems.count(f.stem) > 1:
+            seen[f.stem] = seen.get(f.stem, 0) + 1
+        names[f] = f"{f.stem}_{seen[f.stem]}" if stems.count(f.stem) > 1 else f.stem
+    return names
+
+
+def read_pair(image: Path, mask: "Path | None", mask_threshold: float):
+    """``(image (H, W, 3) uint8, mask (H, W) bool or None)``; a smaller mask is resized to the image
+    with nearest neighbour, as the folder dataset does."""
+    import cv2
+
+    from sandbox.data.folders import open_image, to_mask, to_rgb
+
+    img = to_rgb(open_image(image))
+    if mask is None:
+        return img, None
+    truth = to_mask(open_image(mask), mask_threshold)[0]
+    if truth.shape != img.shape[:2]:
+        truth = cv2.resize(truth, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)
+    return img, truth.astype(bool)
+
+
+def scores(pred, truth) -> tuple[float, float]:
+    """Dice and IoU of two ``(H, W)`` bool masks; 1.0 when both are empty (as sandbox.metrics)."""
+    inter, total = int((pred & truth).sum()), int(pred.sum() + truth.sum())
+    return (2 * inter / total, inter / (total - inter)) if total else (1.0, 1.0)

@@ -1,0 +1,15 @@
+"""Typed config tree: YAML + dotted overrides, validated at load time with clear errors.
+
+    schema.py    the dataclasses; their Literals are the only list of allowed values (imports nothing
+                 from the sandbox, so the models read their choices from it)
+    loading.py   YAML and overrides -> Config: load_config, config_from_dict, read_yaml, save_config
+    resolve.py   derived values (a generative model.size from data.size)
+    validate.py  cross-field checks and registry names (pure)
+
+This package's own namespace holds the schema only: loading and validation sit above the registries
+they check, the schema below the models that read it. ``from sandbox import load_config``.
+"""
+from sandbox.config.schema import (BalanceConfig, Config, DataConfig, ModelConfig, TrackConfig, TrainConfig,
+                                   choices)
+
+__all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "TrackConfig", "BalanceConfig", "choices"]

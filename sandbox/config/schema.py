@@ -1,0 +1,154 @@
+"""The config schema: typed dataclasses, one per section. The ``Literal`` annotations here are the
+only list of allowed values anywhere in the sandbox (:func:`choices` reads them back).
+
+Pure Python: imports nothing from the sandbox, so every layer may read it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Union
+
+MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
+
+
+@dataclass
+class DataConfig:
+    name: str = "dancers"  # a DATASETS name
+    size: int = 128  # square side the net sees, in pixels
+    num_train: int = 1000  # synthetic datasets: number of samples per split
+    num_val: int = 200
+    num_test: int = 200
+    difficulty: float = 1.0  # dancers: clutter, contrast and limb thinness (0 easy .. 2 hard)
+    seq_len: int = 8  # dancers: frames per dance sequence (poses change smoothly within one)
+    cache: bool = True  # render synthetic samples once and keep them in memory
+    batch_size: int = 16
+    num_workers: int = 0  # 0 is fastest on 2 cores (docs/architecture.md; field notes of the design card)
+    # labelled / unlabelled folders (data.name: folder | images)
+    root: Optional[str] = None  # the dataset folder
+    image_dir: str = "images"  # sub-folder of root with the images
+    mask_dir: str = "masks"  # sub-folder of root with the masks (paired with images by file stem)
+    depth_dir: Optional[str] = None  # optional sub-folder with depth maps
+    mask_threshold: float = 0.5  # a mask pixel is foreground above this fraction of the format's max value
+    resize: Literal["stretch", "pad"] = "stretch"  # to data.size: stretch, or keep aspect and pad
+    val_fraction: float = 0.15  # folders: seeded split fractions of all pairs
+    test_fraction: float = 0.15
+    train_fraction: float = 1.0  # keep this fraction of what is left for training (0.01 = 1 %)
+    splits: Optional[str] = None  # a splits/ directory (train.csv, val.csv, test.csv) to reuse exactly
+    augment: list[dict[str, Any]] = field(default_factory=list)  # [{HorizontalFlip: {p: 0.5}}, ...]
+    size_schedule: Optional[dict[int, int]] = None  # progressive resizing {epoch: size}, e.g. {0: 80, 5: 160}
+
+
+@dataclass
+class ModelConfig:
+    name: str = "unet"  # a MODELS name
+    in_channels: int = 3
+    width: int = 16  # channels of the first stage; doubles at each downsampling
+    widths: Optional[list[int]] = None  # explicit per-stage widths (length depth + 1)
+    depth: int = 3  # number of 2x downsamplings; the bottleneck side is size / 2**depth
+    blocks: int = 2  # convolutions per stage
+    block: Literal["plain", "residual"] = "plain"
+    norm: Literal["batch", "group", "none"] = "batch"
+    upsample: Optional[Literal["transpose", "pixel_shuffle", "bilinear"]] = None  # None: the model's default
+    skip: Optional[Literal["none", "concat", "add"]] = None  # None: the model's default
+    downsample: Optional[Literal["maxpool", "stride"]] = None  # None: the model's default (maxpool)
+    dilation: int = 1
+    dropout: float = 0.0
+    encoder: Literal["core", "resnet18"] = "core"  # resnet18: torchvision ResNet-18 behind the same contract
+    weights: Optional[str] = None  # resnet18: null (from scratch) or a local .pth file; nothing is downloaded
+    freeze_encoder: bool = False
+    # generative models (ae, vae, dcgan, aae); None everywhere else, so segmentation builders never see them
+    latent_dim: Optional[int] = None  # size of the latent code (null: the model's default, 64)
+    size: Optional[int] = None  # image side the decoder produces; null: data.size (filled in at load time)
+    prior: Optional[Literal["gaussian", "mixture"]] = None  # aae: prior on the codes (null: gaussian)
+    prior_components: Optional[int] = None  # aae, prior: mixture: number of Gaussian components (null: 10)
+    ema: Optional[float] = None  # decay of an EMA copy of the generator/decoder used for sampling (e.g. 0.999)
+    d_norm: Optional[Literal["batch", "group", "none"]] = None  # dcgan: the discriminator's norm (null: model.norm)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 8
+    lr: float = 1.0e-3
+    weight_decay: float = 1.0e-4
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    momentum: float = 0.9  # sgd only
+    scheduler: Literal["none", "cosine", "onecycle", "cyclic", "step", "plateau"] = "onecycle"
+    warmup_frac: float = 0.3  # onecycle: fraction of steps rising to lr; others: linear warm-up fraction
+    cycle_epochs: float = 2.0  # cyclic (triangular2): epochs per half cycle
+    step_epochs: int = 3  # step: decay every this many epochs; plateau: patience in epochs
+    gamma: float = 0.1  # step / plateau: lr factor
+    nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/Inf loss stops the run, or skips the step (counted)
+    checkpoint_every: int = 0  # also save checkpoints/last every this many optimizer steps (0: at epoch ends)
+    keep_last_n: int = 0  # also keep checkpoints/epoch_NNN for the last n epochs (0: only best and last)
+    sync_bn: bool = True  # several GPU processes: BatchNorm statistics over the global batch (SyncBatchNorm)
+    compile: bool = False  # torch.compile the model (slow first epoch; see bench/)
+    mixed_precision: MixedPrecision = "auto"  # auto: what `accelerate launch` says, else bf16 where the device has fast bf16 kernels, else "no"
+    grad_accum: int = 1
+    clip: Optional[float] = 1.0  # max gradient norm; null disables clipping
+    monitor: str = "val/dice"  # metric that picks checkpoints/best
+    monitor_mode: Literal["max", "min"] = "max"
+    resume: Optional[str] = None  # a run directory or a checkpoint directory
+    channels_last: bool = True  # measured faster on CPU and GPU for conv nets
+    threads: int = 0  # torch CPU threads; 0 = cores / local processes
+    log_every: int = 10  # optimizer steps between train log lines in metrics.jsonl
+    num_images: int = 6  # validation samples drawn in the image panel each epoch
+    # generative trainers (autoencoder, vae, gan, aae)
+    beta: float = 1.0  # vae: KL weight; loss = recon + beta * KL / (C*H*W) (beta = 2 sigma^2 of a Gaussian decoder with mse)
+    kl_warmup_frac: float = 0.0  # vae: fraction of the steps over which the KL weight rises linearly 0 -> beta
+    d_lr: Optional[float] = None  # gan: discriminator lr (null: train.lr); aae: regularisation phase lr (null: train.lr / 10)
+    n_critic: int = 1  # gan: discriminator updates per generator update
+    label_smoothing: float = 0.0  # gan/aae: the discriminator's "real" target is 1 - this (one-sided; 0.1 is common)
+    beta1: Optional[float] = None  # adam/adamw beta1 (null: 0.5 in gan/aae trainers as in DCGAN, else 0.9)
+    fid_samples: int = 512  # generated images for val/fid_own each epoch (0: off)
+    probe_samples: int = 1000  # attractors: training images the latent probe is fitted on (0: off)
+
+
+@dataclass
+class TrackConfig:
+    wandb: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online if logged in, else offline
+    project: str = "sandbox"
+    entity: Optional[str] = None
+    group: Optional[str] = None  # runs of one experiment share it; default: the config file's stem
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BalanceConfig:
+    """Adaptive balance between two targets' losses: ``loss[scale] *= clamp(loss[to] / loss[scale], min, max)``
+    (ratio of detached values, recomputed every step and logged as ``train/loss/balance/<scale>``)."""
+    scale: str = "depth"  # the target whose loss is rescaled
+    to: str = "mask"  # the reference target
+    min: float = 0.1
+    max: float = 10.0
+
+
+@dataclass
+class Config:
+    name: str = "run"  # the run directory: <out_dir>/<name>
+    seed: int = 0
+    out_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    # per target, weighted; null: the model's default ({mask: {dice: 1.0}} for segmentation models)
+    loss: Optional[dict[str, dict[str, Any]]] = None
+    loss_balance: Optional[BalanceConfig] = None  # e.g. {scale: depth, to: mask, min: 0.1, max: 10}
+    train: TrainConfig = field(default_factory=TrainConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+    source: Optional[str] = None  # the YAML file this was loaded from (set by load_config)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+
+def choices(section: type, key: str) -> tuple:
+    """The allowed values of a ``Literal`` key: ``choices(ModelConfig, "upsample")`` ->
+    ``("transpose", "pixel_shuffle", "bilinear")`` (an ``Optional`` is unwrapped)."""
+    tp = typing.get_type_hints(section)[key]
+    if typing.get_origin(tp) is Union:
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    if typing.get_origin(tp) is not Literal:
+        raise TypeError(f"{section.__name__}.{key} is not a Literal")
+    return typing.get_args(tp)

@@ -1,0 +1,150 @@
+"""Cross-field checks and registry names of a resolved :class:`Config`: pure (it never changes the
+config), raising a :class:`ConfigError` that names the key path."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from sandbox.config.schema import Config
+from sandbox.data import DATASETS
+from sandbox.errors import ConfigError
+from sandbox.losses import LOSSES, build_loss
+from sandbox.models import MODELS, check_model_options
+from sandbox.nn.core import stage_widths
+
+
+# ----------------------------------------------------------------------------- semantics
+
+def _positive(path: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{path}: got {value!r}, expected a {'non-negative' if allow_zero else 'positive'} number")
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks and registry names; raises ConfigError naming the key path."""
+    for path, value in [("data.size", cfg.data.size), ("data.batch_size", cfg.data.batch_size),
+                        ("data.num_train", cfg.data.num_train), ("data.seq_len", cfg.data.seq_len),
+                        ("model.width", cfg.model.width), ("model.blocks", cfg.model.blocks),
+                        ("model.in_channels", cfg.model.in_channels), ("model.dilation", cfg.model.dilation),
+                        ("train.epochs", cfg.train.epochs), ("train.lr", cfg.train.lr),
+                        ("train.grad_accum", cfg.train.grad_accum), ("train.log_every", cfg.train.log_every)]:
+        _positive(path, value)
+    for path, value in [("data.num_val", cfg.data.num_val), ("data.num_test", cfg.data.num_test),
+                        ("data.num_workers", cfg.data.num_workers), ("model.depth", cfg.model.depth),
+                        ("model.dropout", cfg.model.dropout), ("train.weight_decay", cfg.train.weight_decay),
+                        ("train.threads", cfg.train.threads), ("train.num_images", cfg.train.num_images),
+                        ("data.difficulty", cfg.data.difficulty)]:
+        _positive(path, value, allow_zero=True)
+    if not 0 <= cfg.model.dropout < 1:
+        raise ConfigError(f"model.dropout: got {cfg.model.dropout}, expected a value in [0, 1)")
+    if not 0 < cfg.train.warmup_frac < 1:
+        raise ConfigError(f"train.warmup_frac: got {cfg.train.warmup_frac}, expected a value in (0, 1)")
+    if cfg.train.clip is not None:
+        _positive("train.clip", cfg.train.clip)
+    if not cfg.name.strip() or ".." in Path(cfg.name).parts or Path(cfg.name).is_absolute():
+        raise ConfigError(f"name: got {cfg.name!r}, expected a non-empty relative run name (no '..')")
+
+    if cfg.data.name not in DATASETS:
+        raise ConfigError(f"data.name: unknown dataset {cfg.data.name!r}; accepted: {', '.join(DATASETS.names())}")
+    if cfg.model.name not in MODELS:
+        raise ConfigError(f"model.name: unknown model {cfg.model.name!r}; accepted: {', '.join(MODELS.names())}")
+    check_model_options(cfg.model.name, {k: v for k, v in vars(cfg.model).items() if k != "name"})
+    d = cfg.data
+    for key in ("val_fraction", "test_fraction"):
+        if not 0 <= getattr(d, key) < 1:
+            raise ConfigError(f"data.{key}: got {getattr(d, key)}, expected a fraction in [0, 1)")
+    if d.val_fraction + d.test_fraction >= 1:
+        raise ConfigError(f"data.val_fraction + data.test_fraction = {d.val_fraction + d.test_fraction:g} "
+                          "leaves nothing to train on; expected a sum below 1")
+    if not 0 < d.train_fraction <= 1:
+        raise ConfigError(f"data.train_fraction: got {d.train_fraction}, expected a fraction in (0, 1] (0.01 = 1 %)")
+    if d.size_schedule:
+        for epoch, size in d.size_schedule.items():
+            if epoch < 0 or size <= 0:
+                raise ConfigError(f"data.size_schedule: got {{{epoch}: {size}}}, expected {{epoch >= 0: size > 0}}")
+
+    m = cfg.model
+    if m.widths is not None:
+        if len(m.widths) != m.depth + 1:
+            raise ConfigError(f"model.widths: got {len(m.widths)} widths for model.depth={m.depth}; "
+                              f"expected depth + 1 = {m.depth + 1} (or drop widths and set model.width)")
+        if any(w <= 0 for w in m.widths):
+            raise ConfigError(f"model.widths: got {m.widths}, expected positive integers")
+    downsamples = MODELS[m.name].downsamples
+    if downsamples and cfg.data.size % (2**m.depth) != 0:
+        ok = [d for d in range(0, 8) if cfg.data.size % 2**d == 0 and cfg.data.size // 2**d >= 2]
+        raise ConfigError(f"model.depth: {m.depth} halves data.size={cfg.data.size} to a non-integer side "
+                          f"({cfg.data.size}/{2**m.depth}); accepted depths for this size: {ok}")
+    if downsamples and cfg.data.size // 2**m.depth < 2:
+        raise ConfigError(f"model.depth: {m.depth} shrinks data.size={cfg.data.size} below 2 px at the bottleneck; "
+                          f"use a smaller depth or a larger data.size")
+    if m.norm == "group":
+        bad = [w for w in stage_widths(m.width, m.widths, m.depth) if w % min(8, w) != 0]
+        if bad:
+            raise ConfigError(f"model.norm: group norm needs widths divisible by 8, got {bad}")
+
+    if not cfg.loss and MODELS[cfg.model.name].takes_loss:
+        example = "{image: {mse: 1.0}}" if MODELS[cfg.model.name].task == "generative" else "{mask: {dice: 1.0}}"
+        raise ConfigError(f"loss: empty; expected e.g. {example}")
+    targets = DATASETS[cfg.data.name].targets
+    for target, spec in cfg.loss.items():
+        if target not in targets:
+            raise ConfigError(f"loss.{target}: dataset {cfg.data.name!r} has no target {target!r}; "
+                              f"accepted: {', '.join(targets)}")
+        if not isinstance(spec, dict) or not spec:
+            raise ConfigError(f"loss.{target}: got {spec!r}, expected a mapping of loss name to weight, "
+                              "e.g. {dice: 1.0, bce: 0.5}")
+        for name, weight in spec.items():
+            if name not in LOSSES:
+                raise ConfigError(f"loss.{target}.{name}: unknown loss; accepted: {', '.join(LOSSES.names())}")
+            if isinstance(weight, dict):
+                w = weight.get("weight", 1.0)
+            else:
+                w = weight
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
+                raise ConfigError(f"loss.{target}.{name}: got weight {w!r}, expected a non-negative number "
+                                  "(or a mapping {weight: w, <loss options>})")
+    # build the losses once: bad options, targets and clamps fail here, naming loss.<target>.<name>
+    build_loss(cfg.loss, balance=dataclasses.asdict(cfg.loss_balance) if cfg.loss_balance is not None else None)
+    if cfg.train.monitor.split("/")[0] not in ("val", "train"):
+        raise ConfigError(f"train.monitor: got {cfg.train.monitor!r}, expected a logged metric such as "
+                          "val/dice, val/iou or val/loss")
+    _validate_generative(cfg, MODELS)
+
+
+def _validate_generative(cfg: Config, models) -> None:
+    """Generative models: a fixed image side (model.size, filled from data.size), the image target only."""
+    m, t = cfg.model, cfg.train
+    generative = models[m.name].task == "generative"
+    own = {"latent_dim": m.latent_dim, "size": m.size, "prior": m.prior, "prior_components": m.prior_components,
+           "ema": m.ema, "d_norm": m.d_norm}
+    if not generative:
+        used = [k for k, v in own.items() if v is not None]
+        if used:
+            raise ConfigError(f"model.{used[0]}: only generative models (ae, vae, dcgan, aae) take it; "
+                              f"{m.name} does not; leave it unset")
+    else:
+        if m.size is not None and m.size != cfg.data.size:
+            raise ConfigError(f"model.size: {m.size} px but data.size is {cfg.data.size}; a generative model "
+                              "produces one image size: make them equal (or leave model.size unset)")
+        if cfg.data.size_schedule:
+            raise ConfigError("data.size_schedule: generative models produce one image size; remove it")
+        if models[m.name].takes_loss and set(cfg.loss) != {"image"}:
+            raise ConfigError(f"loss: {m.name} reconstructs images; expected loss.image only (e.g. "
+                              f"{{image: {{mse: 1.0}}}}), got targets {', '.join(cfg.loss)}")
+        if models[m.name].trainer == "aae" and t.grad_accum > 1:
+            raise ConfigError(f"train.grad_accum: got {t.grad_accum}; the aae trainer steps the encoder in two phases "
+                              "per batch (reconstruction, then fooling the discriminator) and accumulated gradients "
+                              "would mix them: use 1 and raise data.batch_size (or launch more processes)")
+    for path, value in [("train.beta", t.beta), ("train.fid_samples", t.fid_samples),
+                        ("train.probe_samples", t.probe_samples)]:
+        _positive(path, value, allow_zero=True)
+    if not 0 <= t.kl_warmup_frac <= 1:
+        raise ConfigError(f"train.kl_warmup_frac: got {t.kl_warmup_frac}, expected a fraction in [0, 1]")
+    if not 0 <= t.label_smoothing < 0.5:
+        raise ConfigError(f"train.label_smoothing: got {t.label_smoothing}, expected a value in [0, 0.5)")
+    if t.d_lr is not None:
+        _positive("train.d_lr", t.d_lr)
+    _positive("train.n_critic", t.n_critic)
+    if t.beta1 is not None and not 0 <= t.beta1 < 1:
+        raise ConfigError(f"train.beta1: got {t.beta1}, expected a value in [0, 1)")

@@ -1,0 +1,79 @@
+"""Batches for training and evaluation: a resumable shuffle, the collate function and the loader.
+
+The shuffle is a pure function of ``(seed, epoch)``: the same on every process, and resumable at
+any batch (see DESIGN field notes: a seedable sampler + ``set_epoch`` + an explicitly seeded
+generator were what made mid-epoch resume exact).
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+class EpochShuffle(Sampler):
+    """A permutation that is a pure function of ``(seed, epoch)``: resumable and identical on every process.
+
+    With ``keys=True`` it yields ``(epoch, index)`` so that a dataset can derive its
+    augmentation randomness from (seed, epoch, index) alone (exact resume, any worker count).
+    """
+
+    def __init__(self, n: int, seed: int, keys: bool = False):
+        self.n, self.seed, self.epoch, self.keys = n, seed, 0, keys
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        return iter([(self.epoch, i) for i in order] if self.keys else order)
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def collate(samples: list[dict]) -> dict:
+    out = {}
+    for key in samples[0]:
+        vals = [s[key] for s in samples]
+        out[key] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) else torch.tensor(vals)
+    return out
+
+
+def make_loader(ds: Dataset, batch_size: int, seed: int, train: bool, num_workers: int = 0) -> DataLoader:
+    """The trainer's loader: ``train`` shuffles with :class:`EpochShuffle` (yielding ``(epoch, index)``
+    keys for datasets with ``epoch_keys``, whose augmentation derives from them) and drops a last
+    partial batch; evaluation keeps the order and every sample."""
+    keys = bool(getattr(ds, "epoch_keys", False))
+    return DataLoader(ds, batch_size=batch_size,
+                      sampler=EpochShuffle(len(ds), seed, keys) if train else None,
+                      # its own generator: each new iterator draws a base seed, which must not
+                      # come from the global RNG (a resumed run creates one more iterator)
+                      generator=torch.Generator().manual_seed(seed),
+                      shuffle=False, num_workers=num_workers, collate_fn=collate,
+                      drop_last=train and len(ds) > batch_size,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)
+
+
+def size_at(size: int, schedule: dict[int, int] | None, epoch: int) -> int:
+    """The side at ``epoch`` (from 0) under progressive resizing ``{epoch: size}``: the entry with the
+    last key <= epoch, else ``size``."""
+    if not schedule:
+        return size
+    keys = [k for k in sorted(schedule) if k <= epoch]
+    return schedule[keys[-1]] if keys else size
+
+
+def resize_batch(batch: dict, size: int) -> dict:
+    """Image-like tensors ``(B, C, H, W)`` of ``batch`` at ``size x size``: masks nearest, the rest
+    bilinear (antialiased); everything else as it is."""
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor) and v.ndim == 4 and v.shape[-1] != size:
+            if k == "mask":
+                v = torch.nn.functional.interpolate(v, size=(size, size), mode="nearest")
+            else:
+                v = torch.nn.functional.interpolate(v, size=(size, size), mode="bilinear",
+                                                    align_corners=False, antialias=True)
+        out[k] = v
+    return out

@@ -1,0 +1,157 @@
+"""Checkpoints of a training run, end to end: resolving what ``train.resume`` continues, saving,
+loading with the checks a resume must pass, falling back past a corrupt checkpoint, pruning.
+
+    run = resume_target(cfg)                      # the config a resumed run continues with
+    ckpts = Checkpoints(accelerator, run_dir, cfg)
+    ckpts.save("last", model, state)              # atomic: tmp dir, state file last, swap
+    ckpts.load_newest(candidates, state, steps_per_epoch, n_schedulers)
+
+The file format (what makes a directory complete, the atomic commit) is :mod:`sandbox.runs.checkpoints`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from sandbox.config import Config
+from sandbox.config.loading import read_yaml, save_config
+from sandbox.errors import SandboxError
+from sandbox.runs.checkpoints import WEIGHTS_FILE, commit_checkpoint, read_state, resumed_run
+from sandbox.runs.rundir import RunDir
+
+log = logging.getLogger("sandbox")
+
+#: data keys a resumed run may change: they do not change which samples it sees (where the folder
+#: is now, the splits a resumed folder run is pointed at, caching and loader workers)
+RESUME_FREE_DATA_KEYS = ("root", "splits", "cache", "num_workers")
+#: train keys that shape a step-sized LR schedule: a resumed run must keep them
+SCHEDULE_KEYS = ("epochs", "scheduler", "lr", "warmup_frac", "grad_accum")
+
+
+class CorruptCheckpoint(SandboxError):
+    """A checkpoint whose files exist but do not load (truncated, foreign)."""
+
+
+class _DroppedScheduler:
+    """Takes a saved LR scheduler's state when a scheduled run is extended with train.scheduler=none."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def resume_target(cfg: Config) -> Config:
+    """The config a ``train.resume`` run continues with: the run keeps its name and place (its
+    config.yaml and W&B run are rewritten with them), and a folder run its exact splits."""
+    if not cfg.train.resume:
+        return cfg
+    run = resumed_run(cfg.train.resume)
+    cfg = dataclasses.replace(cfg, name=run.name, out_dir=str(run.parent))
+    splits = run / "splits"
+    if splits.is_dir() and cfg.data.splits is None:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, splits=str(splits)))
+    return cfg
+
+
+class Checkpoints:
+    """Save and load the checkpoints of one run for one Accelerator (every process calls them)."""
+
+    def __init__(self, accelerator: Accelerator, run: RunDir, cfg: Config):
+        self.acc, self.run, self.cfg = accelerator, run, cfg
+        self._dropped = 0  # placeholder schedulers registered for extended runs (see _match_schedulers)
+
+    def save(self, which: str, model: torch.nn.Module, state: dict) -> None:
+        acc = self.acc
+        final = self.run.checkpoints / which
+        tmp = self.run.checkpoints / f".{which}.tmp"
+        if acc.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp), safe_serialization=True)
+        if acc.is_main_process:
+            torch.save(acc.unwrap_model(model, keep_torch_compile=False).state_dict(), tmp / WEIGHTS_FILE)
+            save_config(self.cfg, tmp / "config.yaml")
+            commit_checkpoint(tmp, final, state)
+        acc.wait_for_everyone()
+
+    def prune_epochs(self, keep: int) -> None:
+        """Keep the newest ``keep`` ``epoch_NNN`` checkpoints (main process)."""
+        if not self.acc.is_main_process:
+            return
+        olds = sorted(p for p in self.run.checkpoints.glob("epoch_*") if p.is_dir())
+        for p in olds[:-keep]:
+            shutil.rmtree(p, ignore_errors=True)
+
+    def load_newest(self, candidates: list[Path], state: dict, steps_per_epoch: int, schedulers: int) -> None:
+        """Load the newest checkpoint that loads into ``state`` (updated in place); a corrupt one is
+        reported and skipped. ``schedulers``: LR schedulers registered with the Accelerator."""
+        for i, ckpt in enumerate(candidates):
+            try:
+                self.load(ckpt, state, steps_per_epoch, schedulers)
+                return
+            except CorruptCheckpoint as exc:
+                if i + 1 == len(candidates):
+                    raise SandboxError(str(exc)) from None
+                log.warning("%s; falling back to %s", exc, candidates[i + 1])
+
+    def load(self, ckpt: Path, state: dict, steps_per_epoch: int, schedulers: int) -> None:
+        saved_cfg = read_yaml(ckpt / "config.yaml") if (ckpt / "config.yaml").exists() else {}
+        self._check_same_experiment(ckpt, saved_cfg)
+        try:
+            saved_state = read_state(ckpt)
+        except (OSError, ValueError) as exc:
+            raise CorruptCheckpoint(f"checkpoint {str(ckpt)!r} has no readable trainer state ({exc})") from None
+        if self.cfg.train.scheduler != "none":
+            self._check_same_schedule(ckpt, saved_cfg.get("train", {}), saved_state, steps_per_epoch)
+        else:
+            self._match_schedulers(ckpt, schedulers)
+        try:
+            self.acc.load_state(str(ckpt))
+        except Exception as exc:  # a torn or foreign file: say which checkpoint, not where in torch
+            raise CorruptCheckpoint(f"checkpoint {str(ckpt)!r} could not be loaded ({type(exc).__name__}: "
+                                    f"{str(exc).splitlines()[0][:200]})") from None
+        state.update(saved_state)
+        state.pop("files", None)
+        state["steps_per_epoch"] = steps_per_epoch
+        log.info("resumed from %s at epoch %d, step %d", ckpt, state["epoch"], state["step"])
+
+    def _check_same_experiment(self, ckpt: Path, saved_cfg: dict) -> None:
+        """Another model or other data is another experiment: config.yaml, metrics and best would mix two."""
+        now_cfg = self.cfg.to_dict()
+        kept = (("model", "with a different model", ()), ("data", "on other data", RESUME_FREE_DATA_KEYS))
+        for section, what, free in kept:
+            saved, now = saved_cfg.get(section, {}), now_cfg[section]
+            diff = [f"{section}.{k}: {saved[k]!r} there, {now[k]!r} here"
+                    for k in now if k in saved and k not in free and saved[k] != now[k]]
+            if diff:
+                raise SandboxError(f"checkpoint {str(ckpt)!r} was trained {what} ({', '.join(diff)}); resume with "
+                                   f"the run's own config: python sandbox/train.py --resume {self.run.path}")
+
+    def _check_same_schedule(self, ckpt: Path, saved_train: dict, saved_state: dict, steps_per_epoch: int) -> None:
+        """A step-shaped LR schedule is sized by the run length: a resumed run must keep it, or the
+        restored scheduler would silently follow the old plan (or stop short of the new one)."""
+        t = self.cfg.train
+        changed = [f"train.{k}: {saved_train[k]!r} there, {getattr(t, k)!r} here"
+                   for k in SCHEDULE_KEYS if k in saved_train and saved_train[k] != getattr(t, k)]
+        planned = saved_state.get("steps_per_epoch")
+        if planned not in (None, steps_per_epoch):
+            changed.append(f"{planned} optimizer steps per epoch and process there, {steps_per_epoch} here "
+                           f"(another number of processes?)")
+        if changed:
+            raise SandboxError(
+                f"checkpoint {str(ckpt)!r} was planned with a different LR schedule ({'; '.join(changed)}); "
+                f"resume with the run's own settings, or use train.scheduler=none to extend it")
+
+    def _match_schedulers(self, ckpt: Path, schedulers: int) -> None:
+        """Extending a scheduled run with train.scheduler=none: its saved scheduler states have nothing
+        to go into now, so placeholders take them."""
+        for _ in range(len(list(ckpt.glob("custom_checkpoint_*.pkl"))) - schedulers - self._dropped):
+            self.acc.register_for_checkpointing(_DroppedScheduler())
+            self._dropped += 1

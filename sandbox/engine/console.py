@@ -1,0 +1,23 @@
+"""What a training run prints: the banner before the first epoch and one line per epoch."""
+from __future__ import annotations
+
+
+def banner(model_name: str, n_params: int, device: str, processes: int, threads: int | None, precision: str,
+           channels_last: bool, data: str, n_train: int, n_val: int, size: int, batch: int, epochs: int,
+           steps_per_epoch: int, run: str) -> str:
+    dev = device + (f" x{processes} processes" if processes > 1 else "")
+    thr = f", {threads} torch threads" if threads is not None else ""
+    return (f"sandbox: {model_name} ({n_params / 1e6:.2f} M params) on {dev}{thr}, "
+            f"precision {precision}, channels_last {channels_last} | "
+            f"{data} {n_train} train / {n_val} val at {size} px, batch {batch} | {epochs} epochs x "
+            f"{steps_per_epoch} steps | run {run}")
+
+
+def epoch_line(epoch: int, epochs: int, train: dict, val: dict, seconds: float, monitor: str,
+               best: float | None, best_epoch: int | None) -> str:
+    """``epoch`` counts from 1."""
+    keys = ["train/loss"] + [k for k in val]
+    vals = {**train, **val}
+    parts = "  ".join(f"{k} {vals[k]:.4f}" for k in keys if k in vals and not k.startswith("val/loss/"))
+    best_s = f"  best {monitor} {best:.4f} (epoch {best_epoch})" if best is not None else ""
+    return f"epoch {epoch}/{epochs}  {parts}{best_s}  {seconds:.1f} s"

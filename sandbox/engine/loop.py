@@ -1,0 +1,168 @@
+"""The epoch/step loop of the training skeleton (mixed into :class:`sandbox.engine.trainer.Trainer`).
+
+Logging every ``log_every`` steps and at each epoch's end (values stay on device in between: no
+per-step sync), evaluation every epoch, the ``best``/``last`` checkpoints (atomic, resumable), the
+plots and the console lines (main process only).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from sandbox.config.loading import save_config
+from sandbox.engine import distributed
+from sandbox.engine.console import banner, epoch_line
+from sandbox.engine.optim import per_epoch
+from sandbox.tracking.metrics_log import read_metrics
+from sandbox.tracking.wandb_run import start_wandb
+from sandbox.viz.curves import plot_curves
+
+log = logging.getLogger("sandbox")
+
+
+class Loop:
+    """``fit`` and what it calls; the attributes it uses are set up by ``Trainer.__init__``."""
+
+    def fit(self, until_epoch: int | None = None) -> dict[str, float]:
+        """Train to ``train.epochs`` (or stop after epoch ``until_epoch``; the run stays resumable)."""
+        cfg, t, acc = self.cfg, self.cfg.train, self.accelerator
+        if acc.is_main_process:
+            save_config(cfg, self.run.config)
+        self.state["wandb_id"] = start_wandb(
+            acc, self.wandb_mode, cfg.track.project, cfg.name, cfg.to_dict(), self.run.path,
+            cfg.track.group or (Path(cfg.source).stem if cfg.source else None), cfg.model.name,
+            list(cfg.track.tags), cfg.track.entity, self.state["wandb_id"])
+        self._banner()
+        last_val: dict[str, float] = {}
+        if t.resume and self.state["epoch"] >= t.epochs:
+            acc.print(f"{self.run.path} has finished its {self.state['epoch']} epochs: nothing to train. To go on, "
+                      f"raise train.epochs (with train.scheduler=none if the run has an LR schedule)")
+        for epoch in range(self.state["epoch"], min(t.epochs, until_epoch or t.epochs)):
+            t0 = time.time()
+            self.size = self.size_at(epoch)
+            train_means = self._train_epoch(epoch)
+            if self.replicas:
+                distributed.sync_statistics(self.unwrapped)
+                distributed.check_replicas(acc, self.unwrapped, self.kind, epoch)
+            last_val = self.evaluate(self.val_loader) if self.val_loader is not None else {}
+            for _, sched in self.optimizers:
+                if sched is not None and per_epoch(sched):
+                    value = {**train_means, **last_val}.get(t.monitor)
+                    if value is not None and math.isfinite(value):
+                        sched.step(value)
+            self.state["epoch"] = epoch + 1
+            self.state["elapsed"] = time.time() - self.metrics.start
+            epoch_time = time.time() - t0
+            n_images = len(self.train_loader) * self.cfg.data.batch_size * acc.num_processes
+            self.metrics.log("val", epoch, self.state["step"], last_val, epoch_time=round(epoch_time, 3),
+                             images_per_s=round(n_images / max(epoch_time, 1e-9), 2),
+                             **({"skipped_batches": self.state["skipped"]} if self.state["skipped"] else {}))
+            improved = self._update_best({**train_means, **last_val}, epoch)
+            self._save("last")
+            if improved:
+                self._save("best")
+            if t.keep_last_n:
+                self._save(f"epoch_{epoch + 1:03d}")
+                self.checkpoints.prune_epochs(t.keep_last_n)
+            if acc.is_main_process:
+                plot_curves(read_metrics(self.run.metrics), self.run.plots)
+                for path in self.save_images(epoch):
+                    self.metrics.log_image(f"images/{path.stem.rsplit('_', 1)[0]}", path, self.state["step"],
+                                           caption=f"epoch {epoch + 1}")
+            self._epoch_line(epoch, train_means, last_val, epoch_time)
+        acc.end_training()
+        return last_val
+
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        acc, t, st = self.accelerator, self.cfg.train, self.state
+        self.train_loader.set_epoch(epoch)
+        self.model.train()
+        # resuming mid-epoch: skip the batches already done, restore the running sums
+        skip = st["batch"] if st["epoch"] == epoch else 0
+        dev = acc.device
+        sums = {k: torch.tensor(v, device=dev) for k, v in st["sums"].items()} if skip else {}
+        epoch_sums = {k: torch.tensor(v, device=dev) for k, v in st["epoch_sums"].items()} if skip else {}
+        count, epoch_count = (st["count"], st["epoch_count"]) if skip else (0, 0)
+        loader = acc.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
+        st["batch"] = skip
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, dynamic_ncols=True,
+                   disable=not acc.is_local_main_process, initial=skip, total=len(self.train_loader))
+        for batch in bar:
+            with acc.accumulate(self.model):
+                scalars = self.train_step(self.fit_batch(batch))
+            for k, v in scalars.items():
+                v = v.detach().float()
+                sums[k] = sums[k] + v if k in sums else v
+                epoch_sums[k] = epoch_sums[k] + v if k in epoch_sums else v
+            count += 1
+            epoch_count += 1
+            st["batch"] += 1
+            if acc.sync_gradients:
+                st["step"] += 1
+                if st["step"] % t.log_every == 0:
+                    self._log_train(epoch, sums, count, bar)
+                    sums, count = {}, 0
+                if t.checkpoint_every and st["step"] % t.checkpoint_every == 0 and st["batch"] < len(self.train_loader):
+                    st.update(sums={k: float(v) for k, v in sums.items()}, count=count,
+                              epoch_sums={k: float(v) for k, v in epoch_sums.items()}, epoch_count=epoch_count,
+                              elapsed=time.time() - self.metrics.start)
+                    self._save("last")
+        if sums:  # the steps since the last log line (an epoch shorter than log_every, or its tail)
+            self._log_train(epoch, sums, count, bar)
+        st.update(batch=0, sums={}, count=0, epoch_sums={}, epoch_count=0)
+        return self._reduce_means(epoch_sums, max(epoch_count, 1))
+
+    def _log_train(self, epoch: int, sums: dict[str, torch.Tensor], count: int, bar) -> None:
+        means = self._reduce_means(sums, count)
+        lr = self.optimizers[0][0].param_groups[0]["lr"]
+        self.metrics.log("train", epoch, self.state["step"], {**means, "train/lr": lr})
+        bar.set_postfix(loss=f"{means.get('train/loss', float('nan')):.4f}")
+
+    def _reduce_means(self, sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
+        if not sums:
+            return {}
+        keys = sorted(sums)
+        vec = torch.stack([sums[k] for k in keys]) / max(count, 1)
+        vec = self.accelerator.reduce(vec, reduction="mean")
+        return {f"train/{k}": float(v) for k, v in zip(keys, vec.tolist())}
+
+    # ------------------------------------------------------------------ best / checkpoints
+    def _update_best(self, values: dict[str, float], epoch: int) -> bool:
+        t = self.cfg.train
+        value = values.get(t.monitor)
+        if value is None or not math.isfinite(value):
+            if value is None and epoch == 0:
+                log.warning("train.monitor=%s is not logged by this trainer (logged: %s); best = last",
+                            t.monitor, ", ".join(sorted(values)))
+            return value is None
+        loss = values.get("val/loss", math.inf)
+        if loss is not None and math.isnan(loss):  # a diverged model never becomes best
+            return False
+        best, best_loss = self.state["best"], self.state["best_loss"]
+        sign = 1 if t.monitor_mode == "max" else -1
+        better = best is None or sign * (value - best) > 0 or (value == best and loss < (best_loss or math.inf))
+        if better:
+            self.state.update(best=value, best_epoch=epoch + 1, best_loss=loss)
+        return better
+
+    def _save(self, which: str) -> None:
+        if self.replicas:
+            distributed.sync_statistics(self.unwrapped)
+        self.checkpoints.save(which, self.model, self.state)
+
+    def _banner(self) -> None:
+        acc, cfg = self.accelerator, self.cfg
+        acc.print(banner(cfg.model.name, sum(p.numel() for p in self.unwrapped.parameters()), acc.device.type,
+                         acc.num_processes, self.threads if acc.device.type == "cpu" else None,
+                         self.mixed_precision, cfg.train.channels_last, cfg.data.name, len(self.datasets["train"]),
+                         len(self.datasets.get("val", [])), cfg.data.size, cfg.data.batch_size, cfg.train.epochs,
+                         self.steps_per_epoch, str(self.run.path)))
+
+    def _epoch_line(self, epoch: int, train: dict, val: dict, seconds: float) -> None:
+        self.accelerator.print(epoch_line(epoch + 1, self.cfg.train.epochs, train, val, seconds,
+                                          self.cfg.train.monitor, self.state["best"], self.state["best_epoch"]))

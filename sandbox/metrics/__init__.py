@@ -1,0 +1,13 @@
+"""Metrics, one home per kind; every per-image function returns ``(B,)`` values.
+
+    segmentation.py  hard Dice, IoU, pixel accuracy, boundary F1 (the one Dice of the sandbox)
+    regression.py    L1, RMSE, SSIM (depth maps, reconstructions) and the SSIM window rule
+    generative.py    fid_own and diversity on the sandbox's own fixed features
+    probe.py         the latent probe (ridge and kernel ridge R² from codes to known parameters)
+"""
+from sandbox.metrics.regression import regression_metrics, ssim_window
+from sandbox.metrics.segmentation import (boundary_f1_per_image, dice_per_image, hard_dice, iou_per_image,
+                                          pixel_accuracy_per_image, segmentation_metrics)
+
+__all__ = ["boundary_f1_per_image", "dice_per_image", "hard_dice", "iou_per_image", "pixel_accuracy_per_image",
+           "regression_metrics", "segmentation_metrics", "ssim_window"]

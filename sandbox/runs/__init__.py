@@ -1,0 +1,7 @@
+"""Runs on disk: the run directory, its checkpoints, loading a trained run and inference with it.
+
+    rundir.py       RunDir (layout, create, discard_if_empty), write_atomic
+    checkpoints.py  complete checkpoints, which to resume from, the atomic commit
+    load.py         load_run (the one loader), run_config, load_weights, checkpoint_dir
+    inference.py    forward, evaluate_dataset, predict_maps
+"""

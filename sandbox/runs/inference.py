@@ -1,0 +1,98 @@
+"""Inference with a loaded run: the steps evaluate.py, predict.py and compare.py share.
+
+    records = evaluate_dataset(model, build_data(cfg, ("test",))["test"], channels_last=cfg.train.channels_last)
+    maps = predict_maps(model, [rgb_uint8_hw3, ...], cfg.data.size, cfg.data.resize)  # [{"mask": P, ...}]
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from sandbox.data.loader import collate
+from sandbox.data.transforms import fit_to_size, unfit
+from sandbox.metrics import regression_metrics, segmentation_metrics
+
+
+def forward(model: nn.Module, x: torch.Tensor, channels_last: bool = True) -> dict[str, torch.Tensor]:
+    """``x: (B, C, S, S)`` in [0, 1] -> ``{name: tensor}``, the model's outputs in fp32, fed as the trainer
+    feeds it (channels_last when the run trained so; no autocast: the reference precision)."""
+    dev = next(model.parameters()).device
+    x = x.to(dev, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = model(x)
+    out = out._asdict() if hasattr(out, "_asdict") else out  # NamedTuple outputs are allowed too
+    return {k: v.float() for k, v in out.items() if isinstance(v, torch.Tensor)}
+
+
+def _at_original_size(dataset, index: int, logits: torch.Tensor, threshold: float) -> dict[str, torch.Tensor]:
+    """Mask metrics of one folder sample at its image's own size: P(mask) ``(1, S, S)`` mapped back as
+    predict.py does, the truth read at full size (resized to its image with nearest, as the dataset does)."""
+    import cv2
+
+    from sandbox.data.folders import open_image, to_mask
+
+    meta = dataset.meta(index)
+    truth = to_mask(open_image(dataset.path(index, "mask")), dataset.mask_threshold)[0]
+    if truth.shape != tuple(meta["orig_hw"]):
+        truth = cv2.resize(truth, tuple(meta["orig_hw"][::-1]), interpolation=cv2.INTER_NEAREST)
+    prob = unfit(torch.sigmoid(logits.float().cpu()), meta)
+    hard = (prob > threshold).float() * 40 - 20  # the decision as logits of +-20: exact for any threshold
+    return segmentation_metrics(hard[None], torch.from_numpy(truth)[None, None].float(), threshold)
+
+
+def evaluate_dataset(model: nn.Module, dataset, threshold: float = 0.5, batch_size: int = 16,
+                     channels_last: bool = True, progress: Optional[str] = None,
+                     original_size: bool = False) -> list[dict]:
+    """Per-image metrics, one dict per sample in dataset order: ``{"index", ["stem", "path" (folders)],
+    "dice", "iou", "pixel_acc", "boundary_f1", ["depth_l1", "depth_rmse", "depth_ssim"]}``.
+
+    At the net's resolution, with the same functions, threshold convention and batching as the
+    trainer's validation; ``original_size`` (folder datasets): the mask metrics at each image's own
+    size instead (depth stays at the net's). ``progress``: a tqdm label (shown on terminals only).
+    """
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate)
+    items = getattr(dataset, "items", None)
+    records: list[dict] = []
+    for batch in tqdm(loader, desc=progress, disable=None if progress else True, leave=False):
+        out = forward(model, batch["image"], channels_last)
+        indices = batch["index"].tolist()
+        if original_size:
+            per = [_at_original_size(dataset, i, out["mask"][j], threshold) for j, i in enumerate(indices)]
+            values = {k: torch.cat([p[k] for p in per]) for k in per[0]}
+        else:
+            values = segmentation_metrics(out["mask"], batch["mask"].to(out["mask"].device), threshold)
+        if "depth" in out and "depth" in batch:
+            depth = regression_metrics(out["depth"], batch["depth"].to(out["depth"].device))
+            values.update({f"depth_{k}": v for k, v in depth.items()})
+        cols = {k: v.cpu().tolist() for k, v in values.items()}
+        for j, index in enumerate(indices):
+            rec: dict = {"index": index}
+            if items is not None:
+                rec.update(stem=items[index].stem, path=str(dataset.path(index)))
+            rec.update({k: float(v[j]) for k, v in cols.items()})
+            records.append(rec)
+    return records
+
+
+def predict_maps(model: nn.Module, images: Sequence[np.ndarray], size: int, resize: str = "stretch",
+                 channels_last: bool = True) -> list[dict[str, np.ndarray]]:
+    """``[(H_i, W_i, 3) uint8] -> [{"mask": P(mask), "depth": depth, ...}]``, each ``(H_i, W_i) float32``:
+    each image fitted to ``size`` with the run's ``data.resize`` policy (as the folder dataset does),
+    predicted, and mapped back to its original size (bilinear). ``mask`` heads go through the
+    sigmoid; other heads (``depth``) are regressions, clipped to [0, 1] as the trainer's panels show them."""
+    if not images:
+        return []
+    fitted, metas = zip(*(fit_to_size(im, size, resize, "image") for im in images))
+    x = torch.from_numpy(np.stack(fitted).transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+    out = {k: (torch.sigmoid(v) if k == "mask" else v.clamp(0, 1)).cpu()  # (B, 1, S, S)
+           for k, v in forward(model, x, channels_last).items()}
+    return [{k: unfit(v[i, 0], meta).numpy() for k, v in out.items()} for i, meta in enumerate(metas)]
+

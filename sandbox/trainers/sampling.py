@@ -1,0 +1,61 @@
+"""The base of every generative trainer: samples from fixed noise, their fid_own and diversity against
+the validation images, sample grids and ``plots/generative.png`` each epoch, Adam's beta1."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from sandbox.engine.optim import set_beta1
+from sandbox.engine.trainer import Trainer
+from sandbox.metrics.generative import diversity, frechet_distance, own_features
+from sandbox.tracking.metrics_log import read_metrics
+from sandbox.viz.curves import plot_generative
+from sandbox.viz.grids import save_grid
+
+log = logging.getLogger("sandbox")
+GRID = 64  # images in a sample grid (8 x 8)
+
+
+class SamplingTrainer(Trainer):
+    kind = "generative"
+    beta1_default = 0.9
+
+    def optimizer_for(self, params, lr: float | None = None):
+        """An optimizer (and its scheduler) for the trainable ``params``, Adam's beta1 set to
+        ``train.beta1`` or this trainer's default."""
+        opt, sched = self.make_optimizer([p for p in params if p.requires_grad], lr)
+        beta1 = self.cfg.train.beta1 if self.cfg.train.beta1 is not None else self.beta1_default
+        return set_beta1(opt, beta1), sched
+
+    @torch.no_grad()
+    def samples(self, n: int, seed_offset: int = 0) -> torch.Tensor:
+        """``n`` samples from fixed noise (the same every epoch), float32 on the device."""
+        g = torch.Generator().manual_seed(self.cfg.seed + seed_offset)
+        m = self.unwrapped
+        was = m.training
+        m.eval()
+        with self.accelerator.autocast():
+            out = torch.cat([m.sample(min(256, n - i), g).float() for i in range(0, n, 256)])
+        m.train(was)
+        return out
+
+    def sample_metrics(self, real_features: torch.Tensor) -> dict[str, float]:
+        """``val/fid_own`` and ``val/diversity`` of ``train.fid_samples`` samples against the features
+        of the validation images."""
+        fake = own_features(self.samples(self.cfg.train.fid_samples))
+        return {"val/fid_own": frechet_distance(real_features, fake), "val/diversity": diversity(fake, real_features)}
+
+    def extra_images(self, epoch: int) -> list[Path]:
+        """More pictures of the epoch beside the sample grid (reconstructions, for models that encode)."""
+        return []
+
+    def save_images(self, epoch: int) -> list[Path]:
+        paths = [save_grid(self.samples(GRID), self.run.images / f"samples_epoch{epoch + 1:03d}.png")]
+        paths += self.extra_images(epoch)
+        try:
+            plot_generative(read_metrics(self.run.metrics), self.run.plots / "generative.png")
+        except (OSError, ValueError) as exc:  # a plot must never stop training
+            log.warning("plots/generative.png not written (%s)", exc)
+        return paths
