@@ -49,7 +49,7 @@ def test_compare_table_matches_metrics_jsonl(runs, tmp_path):
         best = max(val, key=lambda r: (r["val/dice"], -r["epoch"]))  # highest; ties -> earliest epoch
         row = rows[p.name]
         assert float(row["best val/dice"]) == pytest.approx(best["val/dice"])
-        assert int(float(row["best epoch"])) == best["epoch"] + 1
+        assert int(float(row["best epoch"])) == best["epoch"]
         assert float(row["val/iou"]) == pytest.approx(val[-1]["val/iou"])  # final epoch
         assert float(row["epoch_time"]) == pytest.approx(statistics.mean(r["epoch_time"] for r in val))
         assert float(row["total_time"]) == pytest.approx(val[-1]["time"])

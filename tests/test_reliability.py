@@ -101,7 +101,7 @@ def test_failure_during_checkpoint_swap_falls_back(tmp_path, tiny_overrides, mon
     assert not (ck / "last").exists() and (ck / "last.old").exists()
     resumed = run(base + [f"train.resume={tmp_path / 'tiny'}"])  # falls back to last.old (epoch 1)
     vals = [r for r in read_metrics(tmp_path / "tiny" / "metrics.jsonl") if r["split"] == "val"]
-    assert [r["epoch"] for r in vals] == [0, 1] and resumed.state["epoch"] == 2
+    assert [r["epoch"] for r in vals] == [1, 2] and resumed.state["epoch"] == 2
     assert (ck / "last").exists() and not (ck / "last.old").exists()
 
 

@@ -112,7 +112,7 @@ def test_a_partial_run_is_resumed_not_restarted(tmp_path):
                     "--out-dir", str(tmp_path), "--in-process", *tiny2])
     assert calls == [("p/model-unet_s0", False), ("p/model-unet_s1", True)]
     val = [r for r in read_metrics(spec.path / "metrics.jsonl") if r["split"] == "val"]
-    assert [r["epoch"] for r in val] == [0, 1]
+    assert [r["epoch"] for r in val] == [1, 2]
     assert read_metrics(spec.path / "metrics.jsonl")[:len(first)] == first  # epoch 1 kept, not retrained
 
 

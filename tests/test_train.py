@@ -114,7 +114,7 @@ def test_a_scheduled_run_is_extended_with_scheduler_none(tmp_path, tiny_override
     trainer = run(longer + ["train.scheduler=none", f"train.resume={tmp_path / 'tiny'}"])
     assert trainer.state["epoch"] == 2
     vals = [r for r in read_metrics(tmp_path / "tiny/metrics.jsonl") if r["split"] == "val"]
-    assert [r["epoch"] for r in vals] == [0, 1]
+    assert [r["epoch"] for r in vals] == [1, 2]
     again = [o for o in longer if not o.startswith("train.epochs=")] + ["train.epochs=3"]
     assert run(again + ["train.scheduler=none", f"train.resume={tmp_path / 'tiny'}"]).state["epoch"] == 3
     capsys.readouterr()
@@ -146,7 +146,7 @@ def test_an_epoch_shorter_than_log_every_is_still_logged(tmp_path, tiny_override
     base = [o for o in tiny_overrides if not o.startswith(("train.epochs=", "train.log_every="))]
     run(base + ["train.epochs=2", "train.log_every=3"])
     train = [r for r in read_metrics(tmp_path / "tiny/metrics.jsonl") if r["split"] == "train"]
-    assert [(r["epoch"], r["step"]) for r in train] == [(0, 2), (1, 3), (1, 4)]
+    assert [(r["epoch"], r["step"]) for r in train] == [(1, 2), (2, 3), (2, 4)]
     assert all(r["train/loss"] > 0 for r in train)
 
 

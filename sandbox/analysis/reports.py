@@ -32,7 +32,7 @@ RUN_HINT = "expected a run directory (runs/<name>) with config.yaml and metrics.
 @dataclass
 class Run:
     """One finished or partial run as read from disk; ``epochs``: one dict per validated epoch
-    (``epoch`` 1-based, ``time`` s since start, ``epoch_time``, ``train/loss`` mean of its log
+    (``epoch`` from 1, ``time`` s since start, ``epoch_time``, ``train/loss`` mean of its log
     lines, every numeric ``val/*``)."""
     path: Path
     cfg: Config
@@ -65,7 +65,7 @@ def epoch_table(records: list[dict]) -> list[dict[str, float]]:
     for r in records:
         if r.get("split") != "val":
             continue
-        row = {"epoch": r["epoch"] + 1, "time": float(r["time"]), "epoch_time": _number(r.get("epoch_time"))}
+        row = {"epoch": r["epoch"], "time": float(r["time"]), "epoch_time": _number(r.get("epoch_time"))}
         if train[r["epoch"]]:
             row["train/loss"] = float(np.mean(train[r["epoch"]]))
         row.update({k: _number(v) for k, v in r.items() if k.startswith("val/") and _number(v) is not None})

@@ -59,7 +59,7 @@ class Loop:
             self.state["elapsed"] = time.time() - self.metrics.start
             epoch_time = time.time() - t0
             n_images = len(self.train_loader) * self.cfg.data.batch_size * acc.num_processes
-            self.metrics.log("val", epoch, self.state["step"], last_val, epoch_time=round(epoch_time, 3),
+            self.metrics.log("val", epoch + 1, self.state["step"], last_val, epoch_time=round(epoch_time, 3),
                              images_per_s=round(n_images / max(epoch_time, 1e-9), 2),
                              **({"skipped_batches": self.state["skipped"]} if self.state["skipped"] else {}))
             improved = self._update_best({**train_means, **last_val}, epoch)
@@ -120,7 +120,7 @@ class Loop:
     def _log_train(self, epoch: int, sums: dict[str, torch.Tensor], count: int, bar) -> None:
         means = self._reduce_means(sums, count)
         lr = self.optimizers[0][0].param_groups[0]["lr"]
-        self.metrics.log("train", epoch, self.state["step"], {**means, "train/lr": lr})
+        self.metrics.log("train", epoch + 1, self.state["step"], {**means, "train/lr": lr})
         bar.set_postfix(loss=f"{means.get('train/loss', float('nan')):.4f}")
 
     def _reduce_means(self, sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:

@@ -15,23 +15,32 @@ from sandbox.runs.rundir import write_atomic
 log = logging.getLogger("sandbox")
 
 
+def from_one(records: list[dict]) -> list[dict]:
+    """Records with epochs counted from 1. Files written before that convention counted from 0 (a
+    record of epoch 0 exists only there): their epochs are shifted by one, so old runs read alike."""
+    if any(r.get("epoch") == 0 for r in records):
+        return [{**r, "epoch": r["epoch"] + 1} if isinstance(r.get("epoch"), int) else r for r in records]
+    return records
+
+
 def truncate_metrics(path: Path, epoch: int, step: int) -> int:
     """Drop records written after the checkpoint being resumed (``epoch`` epochs done, ``step``
-    steps), so the file reads as if the run had never stopped. Atomic; returns records dropped."""
+    steps), so the file reads as if the run had never stopped (an old file counting epochs from 0 is
+    rewritten from 1, so that the resumed run appends alike). Atomic; returns records dropped."""
     path = Path(path)
     if not path.exists():
         return 0
     lines = path.read_text().splitlines()
-    keep = []
+    records = []
     for line in lines:
         try:
-            r = json.loads(line)
+            records.append(json.loads(line))
         except json.JSONDecodeError:  # a line torn by the kill
             continue
-        if r.get("step", 0) <= step and (r.get("split") != "val" or r.get("epoch", 0) < epoch):
-            keep.append(line)
-    if len(keep) != len(lines):
-        write_atomic(path, "".join(k + "\n" for k in keep))
+    renumbered = from_one(records)
+    keep = [r for r in renumbered if r.get("step", 0) <= step and (r.get("split") != "val" or r.get("epoch", 0) <= epoch)]
+    if len(keep) != len(lines) or renumbered is not records:
+        write_atomic(path, "".join(json.dumps(r) + "\n" for r in keep))
     return len(lines) - len(keep)
 
 
@@ -92,4 +101,4 @@ def read_metrics(path: Path) -> list[dict]:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
                 continue  # a line cut by a kill: the rest is still good
-    return records
+    return from_one(records)

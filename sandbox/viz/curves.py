@@ -57,7 +57,7 @@ def plot_curves(records: list[dict], out_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6.5, 4))
         for k in metric_keys:
             xs, ys = zip(*epoch_series[k])
-            ax.plot([x + 1 for x in xs], ys, "o-", label=k)
+            ax.plot(xs, ys, "o-", label=k)
         ax.set(xlabel="epoch", ylabel="score", title="validation metrics")
         ax.grid(alpha=0.3)
         ax.legend()
@@ -156,7 +156,7 @@ def plot_generative(records: list[dict], out: Path) -> Path | None:
     for ax, (split, keys, title) in zip(axes[0], panels):
         rows = train if split == "train" else val
         for k in keys:
-            pts = [(r["step"] if split == "train" else r["epoch"] + 1, r[k]) for r in rows
+            pts = [(r["step"] if split == "train" else r["epoch"], r[k]) for r in rows
                    if isinstance(r.get(k), (int, float))]
             if pts:
                 ax.plot(*zip(*pts), "-" if split == "train" else "o-", label=k.split("/", 1)[1])
