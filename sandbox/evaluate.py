@@ -42,59 +42,10 @@ def main() -> None:
         raise SandboxError(f"--batch-size: got {args.batch_size}, expected a positive integer")
     if args.tag and (not args.tag.replace("-", "").replace("_", "").replace(".", "").isalnum()):
         raise SandboxError(f"--tag: got {args.tag!r}, expected letters, digits, '-', '_' or '.'")
-    import time
+    from sandbox.analysis.evaluation import evaluate_run
 
-    from sandbox.analysis.evaluation import eval_config, free_stem, table, write_results
-    from sandbox.build import build_data
-    from sandbox.runs.checkpoints import read_state
-    from sandbox.runs.inference import evaluate_dataset
-    from sandbox.runs.load import checkpoint_dir, load_run
-
-    run, ckpt = checkpoint_dir(args.run, args.which)
-    cfg, model = load_run(args.run, args.which, args.overrides, task="segmentation", need=("mask",))
-    cfg = eval_config(cfg, run, args.overrides)
-    if args.resolution == "original" and cfg.data.name != "folder":
-        raise SandboxError(f"--resolution original: {cfg.data.name} images exist only at data.size; "
-                           "it needs a labelled folder (data.name=folder)")
-    splits = ("train", "val", "test") if args.split in ("all", "whole") else (args.split,)
-    datasets = build_data(cfg, splits)
-    state = read_state(ckpt) if (ckpt / "trainer_state.json").is_file() else {}
-    names = [args.split] if args.split != "all" else list(splits)
-    stems = [n + (f"_{args.tag}" if args.tag else "") for n in names]
-    suffix = free_stem(run / "eval", stems)
-    if any(o.startswith("data.root=") for o in args.overrides) and args.split not in ("whole", "all"):
-        print(f"note: scoring the {args.split} split of {cfg.data.root}; --split whole scores every image")
-    bs = args.batch_size or cfg.data.batch_size
-    results: dict[str, list[dict]] = {}
-    for s in splits:
-        if not len(datasets[s]):
-            if args.split in ("all", "whole"):  # e.g. a folder split with data.val_fraction=0
-                print(f"{s}: empty, skipped")
-                continue
-            raise SandboxError(f"the {s} split of {cfg.data.root or cfg.data.name} is empty; pick another --split")
-        t0 = time.time()
-        recs = evaluate_dataset(model, datasets[s], args.threshold, bs, cfg.train.channels_last, progress=s,
-                                original_size=args.resolution == "original")
-        results[s] = [{"split": s, **r} if args.split == "whole" else r for r in recs]
-        print(f"{s}: {len(recs)} images in {time.time() - t0:.1f} s")
-    if args.split == "whole":
-        results = {"whole": [r for recs in results.values() for r in recs]}
-    net = args.resolution == "net"
-    where = f"at {cfg.data.size} px" if net else "at each image's own size"
-    meta = {"run": str(run), "checkpoint": str(ckpt), "epoch": state.get("epoch"), "step": state.get("step"),
-            "threshold": args.threshold, "resolution": cfg.data.size if net else "original", "batch_size": bs,
-            "device": str(next(model.parameters()).device), "overrides": args.overrides,
-            "data": {k: v for k, v in vars(cfg.data).items() if k != "augment"},
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    for name, stem in zip(names, stems):
-        if name not in results:
-            continue
-        path = run / "eval" / f"{stem}{suffix}"
-        result = write_results(path, results[name], {"split": name, **meta})
-        print(f"\n{name}: {result['n']} images, {ckpt} (epoch {state.get('epoch')}), threshold {args.threshold}, "
-              f"{where}\n{table(result)}\n"
-              f"wrote {path}.json and {path}.csv")
-
+    evaluate_run(args.run, args.which, args.split, args.threshold, args.batch_size, args.resolution, args.tag,
+                 args.overrides, say=print)
 
 if __name__ == "__main__":
     main()

@@ -2,9 +2,7 @@
 
 A loss spec is per target and weighted, straight from YAML::
 
-    loss: {mask: {dice: 1.0, bce: 0.5}}                 # weights
-    loss: {mask: {bce: {weight: 1.0, pos_weight: 2.0}}}  # weight + options
-    loss: {mask: {dice: 1.0}, depth: {l1: 0.16, ms_ssim: 0.84}}
+    loss: {mask: {dice: 1.0, bce: {weight: 0.5, pos_weight: 2.0}}, depth: {l1: 0.16, ms_ssim: 0.84}}
 
 Mask losses (bce, dice, focal, jaccard) take logits (``from_logits: true``, the default) or
 probabilities; regression losses (l1, mse, ssim, ms_ssim) take values in [0, 1].

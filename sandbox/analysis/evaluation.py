@@ -1,8 +1,15 @@
 """Evaluating a trained run on a split: its config for evaluation, the result files and the table."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Callable
 
+from sandbox.build import build_data
+from sandbox.errors import SandboxError
+from sandbox.runs.checkpoints import read_state
+from sandbox.runs.inference import evaluate_dataset
+from sandbox.runs.load import checkpoint_dir, load_run
 
 # overrides that point at other data: the run's own splits/ no longer apply
 OTHER_DATA = ("data.name", "data.root", "data.image_dir", "data.mask_dir", "data.depth_dir", "data.splits",
@@ -58,3 +65,59 @@ def table(result: dict) -> str:
     lines = [f"{'metric':<14}{'mean':>9}{'median':>9}{'min':>9}"]
     lines += [f"{k:<14}{s['mean']:>9.4f}{s['median']:>9.4f}{s['min']:>9.4f}" for k, s in result["summary"].items()]
     return "\n".join(lines)
+
+
+def evaluate_run(run_arg: str, which: str = "best", split: str = "test", threshold: float = 0.5,
+                 batch_size: int | None = None, resolution: str = "net", tag: str = "",
+                 overrides: list[str] = (), say: Callable[[str], None] = lambda line: None) -> dict[str, dict]:
+    """Score a run's checkpoint on ``split`` (test | val | train | all | whole) and write
+    ``eval/<split>[_<tag>][_N].json/.csv``; ``say`` gets the progress and result lines. Returns
+    ``{split: result}``. (One straight sequence of steps, kept whole so it reads as evaluate.py does.)"""
+    overrides = list(overrides)
+    run, ckpt = checkpoint_dir(run_arg, which)
+    cfg, model = load_run(run_arg, which, overrides, task="segmentation", need=("mask",))
+    cfg = eval_config(cfg, run, overrides)
+    if resolution == "original" and cfg.data.name != "folder":
+        raise SandboxError(f"--resolution original: {cfg.data.name} images exist only at data.size; "
+                           "it needs a labelled folder (data.name=folder)")
+    splits = ("train", "val", "test") if split in ("all", "whole") else (split,)
+    datasets = build_data(cfg, splits)
+    state = read_state(ckpt) if (ckpt / "trainer_state.json").is_file() else {}
+    names = [split] if split != "all" else list(splits)
+    stems = [n + (f"_{tag}" if tag else "") for n in names]
+    suffix = free_stem(run / "eval", stems)
+    if any(o.startswith("data.root=") for o in overrides) and split not in ("whole", "all"):
+        say(f"note: scoring the {split} split of {cfg.data.root}; --split whole scores every image")
+    bs = batch_size or cfg.data.batch_size
+    results: dict[str, list[dict]] = {}
+    written: dict[str, dict] = {}
+    for s in splits:
+        if not len(datasets[s]):
+            if split in ("all", "whole"):  # e.g. a folder split with data.val_fraction=0
+                say(f"{s}: empty, skipped")
+                continue
+            raise SandboxError(f"the {s} split of {cfg.data.root or cfg.data.name} is empty; pick another --split")
+        t0 = time.time()
+        recs = evaluate_dataset(model, datasets[s], threshold, bs, cfg.train.channels_last, progress=s,
+                                original_size=resolution == "original")
+        results[s] = [{"split": s, **r} if split == "whole" else r for r in recs]
+        say(f"{s}: {len(recs)} images in {time.time() - t0:.1f} s")
+    if split == "whole":
+        results = {"whole": [r for recs in results.values() for r in recs]}
+    net = resolution == "net"
+    where = f"at {cfg.data.size} px" if net else "at each image's own size"
+    meta = {"run": str(run), "checkpoint": str(ckpt), "epoch": state.get("epoch"), "step": state.get("step"),
+            "threshold": threshold, "resolution": cfg.data.size if net else "original", "batch_size": bs,
+            "device": str(next(model.parameters()).device), "overrides": overrides,
+            "data": {k: v for k, v in vars(cfg.data).items() if k != "augment"},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    for name, stem in zip(names, stems):
+        if name not in results:
+            continue
+        path = run / "eval" / f"{stem}{suffix}"
+        result = written[name] = write_results(path, results[name], {"split": name, **meta})
+        say(f"\n{name}: {result['n']} images, {ckpt} (epoch {state.get('epoch')}), threshold {threshold}, "
+              f"{where}\n{table(result)}\n"
+              f"wrote {path}.json and {path}.csv")
+
+    return written

@@ -2,8 +2,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
+from PIL import Image
+
+from sandbox.data.splits import list_images
 from sandbox.errors import SandboxError
+from sandbox.runs.inference import predict_maps
+from sandbox.runs.load import checkpoint_dir, load_run
 
 EXPECTED = "image files (jpg, png, bmp, tif, webp) or a folder of them"
 
@@ -138,3 +145,79 @@ def scores(pred, truth) -> tuple[float, float]:
     """Dice and IoU of two ``(H, W)`` bool masks; 1.0 when both are empty (as sandbox.metrics)."""
     inter, total = int((pred & truth).sum()), int(pred.sum() + truth.sum())
     return (2 * inter / total, inter / (total - inter)) if total else (1.0, 1.0)
+
+
+def pair_masks(files: list[Path], gt: Path | None, failures_only: bool, data, say) -> tuple[dict, Path | None]:
+    """``({image: its mask or None}, mask folder)``: masks paired by file stem; ``data``: the run's data config."""
+    if gt is not None and not gt.is_dir():
+        raise SandboxError(f"--mask-dir {str(gt)!r}: no such folder; expected a folder of masks named like the images")
+    try:
+        masks = list_images(gt) if gt is not None else {}
+    except SandboxError as exc:
+        raise SandboxError(f"--mask-dir: {exc}") from None
+    paired = {f: masks.get(f.stem) for f in files}
+    lone = [f.name for f, m in paired.items() if m is None]
+    if gt is not None and len(lone) == len(files):
+        raise SandboxError(f"none of the {len(files)} images has a mask in {gt} (paired by file stem, "
+                           f"e.g. {files[0].name} -> {files[0].stem}.png)")
+    if failures_only and gt is None:
+        raise SandboxError("--failures-only needs ground truth: give --mask-dir DIR, or an --input dataset root with "
+                           f"{data.image_dir}/ and {data.mask_dir}/ (the run's layout)")
+    if gt is not None and lone:
+        say(f"warning: {len(lone)} image(s) have no mask in {gt} ({', '.join(lone[:3])}): not scored")
+    return paired, gt
+
+
+def predict_run(run_arg: str, inputs: list[str], which: str = "best", out_arg: str | None = None,
+                mask_dir: str | None = None, mask_threshold: float = 0.5, fail_below: float = 0.8,
+                failures_only: bool = False, skip_unreadable: bool = False, batch_size: int | None = None,
+                say: Callable[[str], None] = lambda line: None) -> list[dict]:
+    """predict.py's work: the run's masks (and depth) for ``inputs``, written with overlays and
+    predictions.csv into a fresh folder; ground truth scored when there is some. Returns the csv rows.
+    (One straight sequence of steps, kept whole so it reads as the command's help does.)"""
+    run, _ = checkpoint_dir(run_arg, which)
+    cfg, model = load_run(run_arg, which, task="segmentation", need=("mask",))
+    files, gt, skipped = gather(inputs, cfg.data.image_dir, cfg.data.mask_dir)
+    paired, gt = pair_masks(files, Path(mask_dir) if mask_dir else gt, failures_only, cfg.data, say)
+    out = fresh_dir(Path(out_arg) if out_arg else run / "predictions")
+    names, rows, bad, bs = output_names(files), [], [], batch_size or cfg.data.batch_size
+    for start in range(0, len(files), bs):
+        loaded = []
+        for f in files[start:start + bs]:
+            try:
+                loaded.append((f, *read_pair(f, paired[f], cfg.data.mask_threshold)))
+            except SandboxError as exc:
+                if not skip_unreadable:
+                    raise SandboxError(f"{exc}; {len(rows)} image(s) before it were predicted into {out}; "
+                                       "--skip-unreadable skips such files") from None
+                bad.append(str(exc))
+        maps = predict_maps(model, [img for _, img, _ in loaded], cfg.data.size, cfg.data.resize,
+                            cfg.train.channels_last)
+        for (f, img, truth), heads in zip(loaded, maps):
+            pred = heads["mask"] > mask_threshold
+            dice, iou = scores(pred, truth) if truth is not None else ("", "")
+            written = not failures_only or (truth is not None and dice < fail_below)
+            if written:
+                Image.fromarray(pred.astype(np.uint8) * 255).save(out / f"{names[f]}_mask.png")
+                overlay(img, pred, truth, dice if truth is not None else None).save(out / f"{names[f]}_overlay.png")
+                if "depth" in heads:
+                    save_depth(heads["depth"], out / names[f])
+            rows.append({"name": names[f], "image": str(f), "mask": str(paired[f] or ""), "height": img.shape[0],
+                         "width": img.shape[1], "foreground": round(float(pred.mean()), 6),
+                         "dice": dice if dice == "" else round(dice, 6), "iou": iou if iou == "" else round(iou, 6),
+                         "written": written})
+    write_csv(out / "predictions.csv", rows)
+    scored = [r for r in rows if r["dice"] != ""]
+    if failures_only:
+        write_csv(out / "failures.csv", sorted((r for r in scored if r["written"]), key=lambda r: r["dice"]))
+    for msg in bad:
+        say(f"warning: skipped {msg}")
+    summary = f"predicted {len(rows)} image(s) into {out}"
+    summary += f"; skipped {skipped} non-image file(s)" if skipped else ""
+    if scored:
+        summary += f"; mean Dice {sum(r['dice'] for r in scored) / len(scored):.4f} over {len(scored)} with masks"
+    if failures_only:
+        summary += f"; {sum(r['written'] for r in scored)} failure(s) with Dice < {fail_below} (failures.csv)"
+    say(summary)
+
+    return rows

@@ -18,7 +18,8 @@ from sandbox.viz.curves import plot_metric_vs
 
 def write_summary(specs: list, sweep_dir: Path, metric: str, study: dict, command: str, wall_s: float) -> Path:
     """summary.md, summary.csv (per cell: ``<stat>_mean/_std/_cv``), runs.csv, plots/, compare/ for a
-    sweep's finished runs (``specs``: :class:`sandbox.sweep.Spec`); a study also gets report.md."""
+    sweep's finished runs (``specs``: :class:`sandbox.analysis.sweep.Spec`); a study also gets report.md.
+    (A little over 60 lines: it writes one report top to bottom.)"""
     sweep_dir = Path(sweep_dir)
     cells, by_cell, per_run = {}, defaultdict(list), []
     for s in specs:

@@ -49,6 +49,16 @@ def validate(cfg: Config) -> None:
     if cfg.model.name not in MODELS:
         raise ConfigError(f"model.name: unknown model {cfg.model.name!r}; accepted: {', '.join(MODELS.names())}")
     check_model_options(cfg.model.name, {k: v for k, v in vars(cfg.model).items() if k != "name"})
+    _validate_data(cfg)
+    _validate_model(cfg)
+    _validate_loss(cfg)
+    if cfg.train.monitor.split("/")[0] not in ("val", "train"):
+        raise ConfigError(f"train.monitor: got {cfg.train.monitor!r}, expected a logged metric such as "
+                          "val/dice, val/iou or val/loss")
+    _validate_generative(cfg, MODELS)
+
+
+def _validate_data(cfg: Config) -> None:
     d = cfg.data
     for key in ("val_fraction", "test_fraction"):
         if not 0 <= getattr(d, key) < 1:
@@ -63,6 +73,9 @@ def validate(cfg: Config) -> None:
             if epoch < 0 or size <= 0:
                 raise ConfigError(f"data.size_schedule: got {{{epoch}: {size}}}, expected {{epoch >= 0: size > 0}}")
 
+
+
+def _validate_model(cfg: Config) -> None:
     m = cfg.model
     if m.widths is not None:
         if len(m.widths) != m.depth + 1:
@@ -83,6 +96,9 @@ def validate(cfg: Config) -> None:
         if bad:
             raise ConfigError(f"model.norm: group norm needs widths divisible by 8, got {bad}")
 
+
+
+def _validate_loss(cfg: Config) -> None:
     if not cfg.loss and MODELS[cfg.model.name].takes_loss:
         example = "{image: {mse: 1.0}}" if MODELS[cfg.model.name].task == "generative" else "{mask: {dice: 1.0}}"
         raise ConfigError(f"loss: empty; expected e.g. {example}")
@@ -106,10 +122,6 @@ def validate(cfg: Config) -> None:
                                   "(or a mapping {weight: w, <loss options>})")
     # build the losses once: bad options, targets and clamps fail here, naming loss.<target>.<name>
     build_loss(cfg.loss, balance=dataclasses.asdict(cfg.loss_balance) if cfg.loss_balance is not None else None)
-    if cfg.train.monitor.split("/")[0] not in ("val", "train"):
-        raise ConfigError(f"train.monitor: got {cfg.train.monitor!r}, expected a logged metric such as "
-                          "val/dice, val/iou or val/loss")
-    _validate_generative(cfg, MODELS)
 
 
 def _validate_generative(cfg: Config, models) -> None:

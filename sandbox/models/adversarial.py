@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from sandbox.errors import ConfigError
-from sandbox.models.autoencoders import AutoEncoder, ImageDecoder, ImageEncoder, LatentModel, register_generative
+from sandbox.models.autoencoders import AutoEncoder, LatentModel, register_generative
+from sandbox.nn.latent import ImageDecoder, ImageEncoder
 
 PRIORS = ("gaussian", "mixture")
 MIXTURE_RADIUS, MIXTURE_STD, MIXTURE_SEED = 2.0, 0.5, 1234
