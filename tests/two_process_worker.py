@@ -8,7 +8,7 @@ import sys
 import torch
 
 from sandbox import load_config
-from sandbox.build import build_data, build_loss_from, build_model
+from sandbox.build import build_data, build_loss, build_model
 from sandbox.errors import SandboxError
 from sandbox.models import MODELS
 from sandbox.trainers import TRAINERS
@@ -23,7 +23,7 @@ def main(out: str, overrides: list[str]) -> None:
         with torch.no_grad():
             first.add_(1.0)
     trainer = TRAINERS[MODELS[cfg.model.name].trainer](cfg, model, build_data(cfg, ("train", "val")),
-                                                       loss=build_loss_from(cfg))
+                                                       loss=build_loss(cfg))
     acc, m = trainer.accelerator, trainer.unwrapped
     rank = acc.process_index
     report = {"ddp": trainer.ddp, "first": float(first.double().sum())}
