@@ -3,8 +3,8 @@ loading with the checks a resume must pass, falling back past a corrupt checkpoi
 
     run = resume_target(cfg)                      # the config a resumed run continues with
     ckpts = Checkpoints(accelerator, run_dir, cfg)
-    ckpts.save("last", model, state)              # atomic: tmp dir, state file last, swap
-    ckpts.load_newest(candidates, state, steps_per_epoch, n_schedulers)
+    ckpts.save("last", model, state, schedulers)  # atomic: tmp dir, state file last, swap
+    ckpts.load_newest(candidates, state, steps_per_epoch, schedulers)
 
 The file format (what makes a directory complete, the atomic commit) is :mod:`sandbox.runs.checkpoints`.
 """
@@ -21,7 +21,8 @@ from accelerate import Accelerator
 from sandbox.config import Config
 from sandbox.config.loading import read_yaml, save_config
 from sandbox.errors import SandboxError
-from sandbox.runs.checkpoints import WEIGHTS_FILE, commit_checkpoint, read_state, resumed_run
+from sandbox.runs.checkpoints import (SCHEDULES_FILE, WEIGHTS_FILE, UnreadableFile, check_files, commit_checkpoint,
+                                      load_safely, read_state, resumed_run)
 from sandbox.runs.rundir import RunDir
 
 log = logging.getLogger("sandbox")
@@ -35,16 +36,6 @@ SCHEDULE_KEYS = ("epochs", "scheduler", "lr", "warmup_frac", "grad_accum")
 
 class CorruptCheckpoint(SandboxError):
     """A checkpoint whose files exist but do not load (truncated, foreign)."""
-
-
-class _DroppedScheduler:
-    """Takes a saved LR scheduler's state when a scheduled run is extended with train.scheduler=none."""
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
 
 def resume_target(cfg: Config) -> Config:
@@ -65,9 +56,10 @@ class Checkpoints:
 
     def __init__(self, accelerator: Accelerator, run: RunDir, cfg: Config):
         self.acc, self.run, self.cfg = accelerator, run, cfg
-        self._dropped = 0  # placeholder schedulers registered for extended runs (see _match_schedulers)
 
-    def save(self, which: str, model: torch.nn.Module, state: dict) -> None:
+    def save(self, which: str, model: torch.nn.Module, state: dict, schedulers: list = ()) -> None:
+        """Accelerate's state (model, optimizers, every process's RNG), the plain weights, the LR
+        schedules as plain state dicts (``schedules.pt``), the config, then the state file; atomic."""
         acc = self.acc
         final = self.run.checkpoints / which
         tmp = self.run.checkpoints / f".{which}.tmp"
@@ -77,9 +69,37 @@ class Checkpoints:
         acc.save_state(str(tmp), safe_serialization=True)
         if acc.is_main_process:
             torch.save(acc.unwrap_model(model, keep_torch_compile=False).state_dict(), tmp / WEIGHTS_FILE)
+            torch.save([s.state_dict() for s in schedulers], tmp / SCHEDULES_FILE)
             save_config(self.cfg, tmp / "config.yaml")
             commit_checkpoint(tmp, final, state)
         acc.wait_for_everyone()
+
+    def check_best(self, state: dict, resumed_from: Path) -> None:
+        """``best/`` must hold the best epoch the resumed state names. A kill while best was written
+        (before best was saved ahead of last) could leave an older one: it is repaired from the
+        resumed checkpoint when that is the best epoch's, else reported. A best NEWER than the state
+        is the epoch being redone: it will be written again. Main process."""
+        best_epoch, best_dir = state.get("best_epoch"), self.run.checkpoints / "best"
+        if not self.acc.is_main_process or best_epoch is None:
+            return
+        try:
+            held = read_state(best_dir).get("epoch") if (best_dir / "trainer_state.json").is_file() else None
+        except (OSError, ValueError):
+            held = None
+        if held is not None and held >= best_epoch:
+            return
+        if state.get("epoch") == best_epoch and not state.get("batch") and resumed_from.name != "best":
+            tmp = self.run.checkpoints / ".best.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(resumed_from, tmp)
+            (tmp / "trainer_state.json").unlink()  # commit writes it last again, marking tmp complete
+            commit_checkpoint(tmp, best_dir, {k: v for k, v in read_state(resumed_from).items() if k != "files"})
+            log.warning("checkpoints/best held %s, not the best epoch %d (a save interrupted by a kill); "
+                        "repaired from %s", f"epoch {held}" if held else "nothing", best_epoch, resumed_from.name)
+        else:
+            log.warning("checkpoints/best holds %s, but the run's best was epoch %d, whose checkpoint was lost "
+                        "(a save interrupted by a kill); best will be written again when an epoch beats it",
+                        f"epoch {held}" if held else "nothing", best_epoch)
 
     def prune_epochs(self, keep: int) -> None:
         """Keep the newest ``keep`` ``epoch_NNN`` checkpoints (main process)."""
@@ -89,29 +109,33 @@ class Checkpoints:
         for p in olds[:-keep]:
             shutil.rmtree(p, ignore_errors=True)
 
-    def load_newest(self, candidates: list[Path], state: dict, steps_per_epoch: int, schedulers: int) -> None:
-        """Load the newest checkpoint that loads into ``state`` (updated in place); a corrupt one is
-        reported and skipped. ``schedulers``: LR schedulers registered with the Accelerator."""
+    def load_newest(self, candidates: list[Path], state: dict, steps_per_epoch: int, schedulers: list = ()) -> Path:
+        """Load the newest checkpoint that loads into ``state`` (updated in place) and ``schedulers``; a
+        corrupt one is reported and skipped; an unsafe one stops the run (it is never loaded). Returns
+        the checkpoint loaded."""
         for i, ckpt in enumerate(candidates):
             try:
                 self.load(ckpt, state, steps_per_epoch, schedulers)
-                return
+                return ckpt
             except CorruptCheckpoint as exc:
                 if i + 1 == len(candidates):
                     raise SandboxError(str(exc)) from None
                 log.warning("%s; falling back to %s", exc, candidates[i + 1])
 
-    def load(self, ckpt: Path, state: dict, steps_per_epoch: int, schedulers: int) -> None:
+    def load(self, ckpt: Path, state: dict, steps_per_epoch: int, schedulers: list = ()) -> None:
         saved_cfg = read_yaml(ckpt / "config.yaml") if (ckpt / "config.yaml").exists() else {}
         self._check_same_experiment(ckpt, saved_cfg)
         try:
             saved_state = read_state(ckpt)
         except (OSError, ValueError) as exc:
             raise CorruptCheckpoint(f"checkpoint {str(ckpt)!r} has no readable trainer state ({exc})") from None
-        if self.cfg.train.scheduler != "none":
+        try:  # every pickled file, safely, before Accelerate reads any; an unsafe one stops here
+            check_files(ckpt)
+        except UnreadableFile as exc:
+            raise CorruptCheckpoint(f"checkpoint {str(ckpt)!r}: {exc}; resuming from it would not be exact") from None
+        if self.cfg.train.scheduler != "none":  # extending a run with scheduler=none ignores the saved ones
             self._check_same_schedule(ckpt, saved_cfg.get("train", {}), saved_state, steps_per_epoch)
-        else:
-            self._match_schedulers(ckpt, schedulers)
+            self._load_schedules(ckpt, schedulers)
         try:
             self.acc.load_state(str(ckpt))
         except Exception as exc:  # a torn or foreign file: say which checkpoint, not where in torch
@@ -149,9 +173,16 @@ class Checkpoints:
                 f"checkpoint {str(ckpt)!r} was planned with a different LR schedule ({'; '.join(changed)}); "
                 f"resume with the run's own settings, or use train.scheduler=none to extend it")
 
-    def _match_schedulers(self, ckpt: Path, schedulers: int) -> None:
-        """Extending a scheduled run with train.scheduler=none: its saved scheduler states have nothing
-        to go into now, so placeholders take them."""
-        for _ in range(len(list(ckpt.glob("custom_checkpoint_*.pkl"))) - schedulers - self._dropped):
-            self.acc.register_for_checkpointing(_DroppedScheduler())
-            self._dropped += 1
+    def _load_schedules(self, ckpt: Path, schedulers: list) -> None:
+        """The LR schedulers' state dicts from ``schedules.pt`` (or, for checkpoints of earlier versions,
+        Accelerate's ``custom_checkpoint_N.pkl``, read just as safely)."""
+        if (ckpt / SCHEDULES_FILE).is_file():
+            states = load_safely(ckpt / SCHEDULES_FILE)
+        else:
+            states = [load_safely(f) for f in sorted(ckpt.glob("custom_checkpoint_*.pkl"),
+                                                     key=lambda f: int(f.stem.rsplit("_", 1)[1]))]
+        if len(states) != len(schedulers):
+            raise CorruptCheckpoint(f"checkpoint {str(ckpt)!r} holds {len(states)} LR schedule state(s) for "
+                                    f"{len(schedulers)} scheduler(s)")
+        for sched, sd in zip(schedulers, states):
+            sched.load_state_dict(sd)

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from accelerate import Accelerator
 
 from sandbox.errors import SandboxError
+from sandbox.runs.lock import RunLock
 from sandbox.runs.rundir import RunDir
 
 
@@ -39,26 +40,36 @@ def sees(marker: Path, token: str, patience_s: float = 5.0) -> bool:
         time.sleep(0.5)
 
 
-def create_run_dir(acc: Accelerator, run: RunDir, resume: bool) -> None:
+def create_run_dir(acc: Accelerator, run: RunDir, resume: bool) -> RunLock | None:
     """The main process creates (or, resuming, reuses) the run directory. With several processes
     every one must also see it: a checkpoint holds each process's RNG state (written by that
     process) and a resume reads them all, so on several machines out_dir must be on a filesystem
     they all mount. A failure on any process stops every process with the same message, so none
-    is left waiting in a collective (one node's error would otherwise hang the others)."""
+    is left waiting in a collective (one node's error would otherwise hang the others). The main
+    process takes the run's writer lock (one writer per run) and returns it; the others get None."""
     many = acc.num_processes > 1
-    token, problem = uuid.uuid4().hex, None
+    token, problem, lock = uuid.uuid4().hex, None, None
     marker = run.path / ".shared_check"
     if acc.is_main_process:
         try:
+            if resume or not run.exists():  # a run being written may not be touched: the lock first
+                lock = RunLock(run.path) if run.path.is_dir() else None
+                if lock is not None:
+                    lock.acquire()
             run.create(resume=resume)
+            if lock is None:
+                lock = RunLock(run.path)
+                lock.acquire()
             if many:
                 marker.write_text(token)
         except (SandboxError, OSError) as exc:
+            if lock is not None:
+                lock.release()
             problem = str(exc)
     if not many:
         if problem:
             raise SandboxError(problem)
-        return
+        return lock
     from accelerate.utils import broadcast_object_list, gather_object
 
     box = [token, problem]
@@ -72,6 +83,8 @@ def create_run_dir(acc: Accelerator, run: RunDir, resume: bool) -> None:
         raise SandboxError(problem)
     blind = [f"{rank} on {host}" for rank, host, ok in views if not ok]
     if blind:
+        if lock is not None:
+            lock.release()
         if acc.is_main_process and not resume:  # leave no empty run behind
             run.discard_if_empty()
         raise SandboxError(
@@ -79,6 +92,7 @@ def create_run_dir(acc: Accelerator, run: RunDir, resume: bool) -> None:
             f"(of {acc.num_processes}) cannot see what the main process wrote there. Every process "
             f"writes its RNG state into the checkpoints and a resume reads them all: with several "
             f"machines set out_dir= to a filesystem all of them mount (e.g. out_dir=/shared/$USER/runs)")
+    return lock
 
 
 # ----------------------------------------------------------------------------- data parallel without DDP

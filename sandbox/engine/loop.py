@@ -29,7 +29,15 @@ class Loop:
     """``fit`` and what it calls; the attributes it uses are set up by ``Trainer.__init__``."""
 
     def fit(self, until_epoch: int | None = None) -> dict[str, float]:
-        """Train to ``train.epochs`` (or stop after epoch ``until_epoch``; the run stays resumable)."""
+        """Train to ``train.epochs`` (or stop after epoch ``until_epoch``; the run stays resumable).
+        The run's writer lock is released when it returns or fails."""
+        try:
+            return self._fit(until_epoch)
+        finally:
+            if self.run_lock is not None:
+                self.run_lock.release()
+
+    def _fit(self, until_epoch: int | None = None) -> dict[str, float]:
         cfg, t, acc = self.cfg, self.cfg.train, self.accelerator
         if acc.is_main_process:
             save_config(cfg, self.run.config)
@@ -37,6 +45,9 @@ class Loop:
             acc, self.wandb_mode, cfg.track.project, cfg.name, cfg.to_dict(), self.run.path,
             cfg.track.group or (Path(cfg.source).stem if cfg.source else None), cfg.model.name,
             list(cfg.track.tags), cfg.track.entity, self.state["wandb_id"])
+        if self.resave_last:
+            self._save("last")
+            self.resave_last = False
         self._banner()
         last_val: dict[str, float] = {}
         if t.resume and self.state["epoch"] >= t.epochs:
@@ -62,10 +73,12 @@ class Loop:
             self.metrics.log("val", epoch + 1, self.state["step"], last_val, epoch_time=round(epoch_time, 3),
                              images_per_s=round(n_images / max(epoch_time, 1e-9), 2),
                              **({"skipped_batches": self.state["skipped"]} if self.state["skipped"] else {}))
-            improved = self._update_best({**train_means, **last_val}, epoch)
-            self._save("last")
-            if improved:
+            # best before last: a kill between the two leaves last at the previous epoch, so the resumed
+            # run redoes this epoch and writes both again (last first could leave a best older than the
+            # best epoch last's state names, with nothing left to train that would repair it)
+            if self._update_best({**train_means, **last_val}, epoch):
                 self._save("best")
+            self._save("last")
             if t.keep_last_n:
                 self._save(f"epoch_{epoch + 1:03d}")
                 self.checkpoints.prune_epochs(t.keep_last_n)
@@ -153,7 +166,7 @@ class Loop:
     def _save(self, which: str) -> None:
         if self.replicas:
             distributed.sync_statistics(self.unwrapped)
-        self.checkpoints.save(which, self.model, self.state)
+        self.checkpoints.save(which, self.model, self.state, self.schedulers)
 
     def _banner(self) -> None:
         acc, cfg = self.accelerator, self.cfg

@@ -61,7 +61,7 @@ class Trainer(Loop):
         self.accelerator = acc = make_accelerator(self.mixed_precision, t.grad_accum,
                                                   None if self.wandb_mode == "disabled" else "wandb",
                                                   str(self.run.path))
-        distributed.create_run_dir(acc, self.run, resume=bool(resume_ckpts))
+        self.run_lock = distributed.create_run_dir(acc, self.run, resume=bool(resume_ckpts))  # one writer per run
         self.threads = set_threads(acc, t.threads)
         set_seed(cfg.seed)
         self.datasets = datasets
@@ -70,12 +70,16 @@ class Trainer(Loop):
         self.checkpoints = Checkpoints(acc, self.run, cfg)
         # epoch = completed epochs; batch = batches done in the current epoch (mid-epoch checkpoints),
         # with the running sums needed to finish that epoch's means exactly as if never stopped.
+        self.resave_last = False
         self.state = {"epoch": 0, "step": 0, "batch": 0, "best": None, "best_epoch": None, "best_loss": None,
                       "wandb_id": None, "elapsed": 0.0, "skipped": 0, "sums": {}, "count": 0,
                       "epoch_sums": {}, "epoch_count": 0, "steps_per_epoch": self.steps_per_epoch}
         if resume_ckpts:
-            self.checkpoints.load_newest(resume_ckpts, self.state, self.steps_per_epoch,
-                                         sum(s is not None for _, s in self.optimizers))
+            loaded = self.checkpoints.load_newest(resume_ckpts, self.state, self.steps_per_epoch, self.schedulers)
+            self.checkpoints.check_best(self.state, loaded)
+            # resumed from another checkpoint than last (a torn last, or best saved just before a kill):
+            # last is written again first, so that it names where the run stands
+            self.resave_last = loaded.name != "last"
             if acc.is_main_process:
                 truncate_metrics(self.run.metrics, self.state["epoch"], self.state["step"])
         self.metrics = MetricsLog(self.run.metrics, acc, start_time=time.time() - self.state["elapsed"])
@@ -111,10 +115,9 @@ class Trainer(Loop):
             if acc.num_processes > 1:  # as DDP does when it wraps a model
                 distributed.all_processes(distributed.replicated(self.model), "broadcast")
         self.model = prepared[0]
+        # schedulers are stepped by us once per optimizer step and saved by engine/checkpoint.py as plain
+        # state dicts (Accelerate's register_for_checkpointing would pickle them, loaded with code)
         self.optimizers = [(o, s) for o, (_, s) in zip(prepared[1:], self.optimizers)]
-        for _, sched in self.optimizers:  # stepped by us once per optimizer step, saved with the state
-            if sched is not None:
-                acc.register_for_checkpointing(sched)
 
     # ------------------------------------------------------------------ to override
     def configure_optimizers(self) -> list[tuple[torch.optim.Optimizer, Any]]:
@@ -207,6 +210,11 @@ class Trainer(Loop):
 
     def to_input(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last else x
+
+    @property
+    def schedulers(self) -> list:
+        """The LR schedulers in use, in optimizer order."""
+        return [s for _, s in self.optimizers if s is not None]
 
     @property
     def replicas(self) -> bool:

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from sandbox.errors import SandboxError
+from sandbox.nn.weights import UnreadableFile, UnsafeFile, load_safely
 
 CHANNELS = (64, 64, 128, 256, 512)  # stem, layer1 .. layer4
 MAX_DEPTH = len(CHANNELS)
@@ -38,11 +39,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise SandboxError(f"resnet18 weights: file {str(path)!r} not found (nothing is downloaded; "
                            "save torchvision.models.resnet18(...).state_dict() there, or set model.weights: null)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - a corrupt file raises pickle, zip, EOF or runtime errors alike
-        first = (str(exc).splitlines() or [""])[0][:160]
+        obj = load_safely(path)
+    except UnsafeFile as exc:
+        raise SandboxError(f"resnet18 weights: {exc}") from None
+    except UnreadableFile as exc:
         raise SandboxError(f"resnet18 weights: cannot read {str(path)!r} as a torch state dict "
-                           f"({type(exc).__name__}: {first})") from None
+                           f"({str(exc).split(' ', 1)[1]})") from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

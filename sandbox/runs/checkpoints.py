@@ -1,6 +1,14 @@
-"""Checkpoint directories: what makes one complete, which to resume from, and the atomic commit.
+"""Checkpoint directories: what makes one complete, which to resume from, the atomic commit, and
+loading their files safely.
 
-    checkpoints/<which>/   Accelerate state (exact resume) + model.pt + config.yaml + trainer_state.json
+    checkpoints/<which>/   Accelerate state (exact resume) + model.pt + schedules.pt + config.yaml
+                           + trainer_state.json
+
+Nothing in a run directory is ever unpickled with code: every torch file is read with
+``weights_only=True`` (:func:`sandbox.nn.weights.load_safely`), and a file that would need code to load is refused
+with one line naming it. The LR schedules are saved by the sandbox as plain state dicts
+(``schedules.pt``), not through Accelerate's ``register_for_checkpointing``, whose
+``custom_checkpoint_*.pkl`` Accelerate loads with ``weights_only=False``.
 
 The trainer state file is written last and lists every file, so a directory without it (or
 missing a listed file) is incomplete. Checkpoints are written to a temporary directory and
@@ -16,11 +24,23 @@ import shutil
 from pathlib import Path
 
 from sandbox.errors import SandboxError
+from sandbox.nn.weights import UnreadableFile, UnsafeFile, load_safely  # noqa: F401  (re-exported)
 
 log = logging.getLogger("sandbox")
 
 STATE_FILE = "trainer_state.json"
 WEIGHTS_FILE = "model.pt"
+SCHEDULES_FILE = "schedules.pt"
+#: torch-pickled files of a checkpoint (Accelerate's optimizer.bin, random_states_N.pkl, ...; ours)
+PICKLED = ("*.bin", "*.pkl", "*.pt", "*.pth")
+
+
+def check_files(ckpt: Path) -> None:
+    """Load every pickled file of ``ckpt`` safely first, so that an unsafe one is named before
+    Accelerate reads any (and a torn one is reported as such)."""
+    for pattern in PICKLED:
+        for f in sorted(Path(ckpt).glob(pattern)):
+            load_safely(f)
 
 
 def checkpoint_candidates(path: str | Path) -> list[Path]:

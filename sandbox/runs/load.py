@@ -23,6 +23,7 @@ from sandbox.config import Config
 from sandbox.config.loading import config_from_dict, read_yaml
 from sandbox.errors import ConfigError, SandboxError
 from sandbox.models import MODELS
+from sandbox.nn.weights import UnreadableFile, load_safely
 from sandbox.runs.checkpoints import WEIGHTS_FILE
 
 log = logging.getLogger("sandbox")
@@ -77,13 +78,9 @@ def run_config(run_dir: str | Path, which: str = "best", overrides: Sequence[str
 def load_weights(model: nn.Module, path: Path, config_path: Path | str) -> None:
     """Load a plain state_dict (``weights_only``) into ``model``; a mismatch names the first differing keys."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torn, foreign or pickled-object files: say which file, not where in torch
-        text = " ".join(str(exc).split()) or type(exc).__name__
-        if "WeightsUnpickler error:" in text:  # torch's advice around it is about trusting pickles: keep the cause
-            text = re.split(r" Please use| Check the documentation", text.split("WeightsUnpickler error:", 1)[1])[0]
-        reason = text.strip()[:200]
-        raise SandboxError(f"checkpoint {str(path)!r} could not be loaded ({type(exc).__name__}: {reason}); "
+        state = load_safely(path)  # an unsafe file raises its own one line (UnsafeFile): never loaded
+    except UnreadableFile as exc:  # torn or foreign: say which file, not where in torch
+        raise SandboxError(f"checkpoint {str(path)!r} could not be loaded ({str(exc).split(' ', 1)[1]}); "
                            "expected a state_dict saved by sandbox/train.py") from None
     if not isinstance(state, dict):
         raise SandboxError(f"checkpoint {str(path)!r} holds a {type(state).__name__}; expected a state_dict")
