@@ -130,12 +130,13 @@ def read_pair(image: Path, mask: "Path | None", mask_threshold: float):
     with nearest neighbour, as the folder dataset does."""
     import cv2
 
-    from sandbox.data.folders import open_image, to_mask, to_rgb
+    from sandbox.data.folders import open_image, to_rgb
+    from sandbox.data.masks import to_mask
 
     img = to_rgb(open_image(image))
     if mask is None:
         return img, None
-    truth = to_mask(open_image(mask), mask_threshold)[0]
+    truth = to_mask(open_image(mask), mask_threshold).mask
     if truth.shape != img.shape[:2]:
         truth = cv2.resize(truth, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)
     return img, truth.astype(bool)

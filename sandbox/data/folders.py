@@ -6,11 +6,10 @@ in {0, 1}, ["depth": (1, S, S) float,] "index": int}`` (``images``: image and in
 Reading rules:
   * images become RGB: grayscale is repeated, palette expanded, alpha dropped, 16-bit scaled
     to 8-bit (``value / 65535``); EXIF rotation is applied, as image viewers and labelling tools do.
-  * masks are binarised: a pixel is foreground when ``value > mask_threshold * max``, with max
-    the format's (255 for 8-bit, 65535 for 16-bit, 1 for 1-bit, 1.0 for float); colour masks use
-    the brightest channel; palette masks count every non-zero palette index as foreground.
-    Masks with many grey levels (JPEG masks, soft edges) are accepted under the same rule; a
-    warning is logged once per dataset naming the first such file.
+  * masks are binarised by ``sandbox.data.masks``: a pixel is foreground when ``value >
+    mask_threshold * level``, with ``level`` the mask's own full scale (0/1, 0/255 in 8 or 16 bits,
+    palettes: see there). Masks with many grey levels (JPEG masks, soft edges) are accepted under
+    the same rule; a warning is logged once per dataset naming the first such file.
   * a mask (or depth map) whose size differs from its image is resized to it with nearest
     neighbour, then image, mask and depth are resized to ``size`` (see ``fit_to_size``).
   * depth maps: 16-bit PNG -> ``value / 65535``, 8-bit -> ``value / 255``, float TIFF / ``.npy`` as is.
@@ -30,6 +29,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
+from sandbox.data.masks import to_mask
 from sandbox.data.splits import SPLITS, Item, check_root, resolve_splits
 from sandbox.data.transforms import fit_to_size
 from sandbox.errors import SandboxError
@@ -70,28 +70,6 @@ def to_rgb(im: Image.Image) -> np.ndarray:
     if im.mode in ("P", "PA"):  # via RGBA: palettes with transparency would warn otherwise
         im = im.convert("RGBA")
     return np.asarray(im.convert("RGB"))
-
-
-def to_mask(im: Image.Image, threshold: float) -> tuple[np.ndarray, int]:
-    """``PIL image -> ((H, W) uint8 in {0, 1}, number of distinct values)`` by the rule in the module doc."""
-    if im.mode == "P":
-        arr = np.asarray(im)
-        return (arr != 0).astype(np.uint8), int(np.count_nonzero(np.bincount(arr.ravel(), minlength=256)))
-    if im.mode == "1":
-        arr, top = np.asarray(im), 1
-    elif _is16(im):
-        arr, top = np.asarray(im), 65535
-    elif im.mode == "F":
-        arr, top = np.asarray(im), 1.0
-    elif im.mode in ("L", "LA"):
-        arr, top = np.asarray(im.getchannel(0)), 255
-    else:  # colour masks: the brightest channel, so red-on-black counts as foreground
-        arr, top = np.asarray(im.convert("RGB")).max(axis=2), 255
-    if arr.dtype == np.uint8:
-        levels = int(np.count_nonzero(np.bincount(arr.ravel(), minlength=256)))
-    else:
-        levels = len(np.unique(arr))
-    return (arr > threshold * top).astype(np.uint8), levels
 
 
 def to_depth(path: Path) -> np.ndarray:
@@ -220,7 +198,7 @@ class FolderDataset(_FolderBase):
     def _read(self, it: Item) -> tuple:
         """Full-size ``(image (H, W, 3) uint8, mask (H, W) uint8, depth (H, W) float32 | None), levels``."""
         img = to_rgb(open_image(self.root / it.image))
-        mask, levels = to_mask(open_image(self.root / it.mask), self.mask_threshold)
+        mask, levels, _ = to_mask(open_image(self.root / it.mask), self.mask_threshold)
         mask = _align(mask, img.shape[:2])
         depth = _align(to_depth(self.root / it.depth), img.shape[:2]) if "depth" in self.targets else None
         return (img, mask, depth), levels
@@ -230,7 +208,7 @@ class FolderDataset(_FolderBase):
         folder = str(self.path(index, "mask").parent)
         if levels > 2 and folder not in _GREY_WARNED:
             _GREY_WARNED.add(folder)
-            log.warning("%s: mask has %d grey levels; binarised as value > %.2f x max (data.mask_threshold)",
+            log.warning("%s: mask has %d grey levels; binarised as value > %.2f x its level (data.mask_threshold)",
                         self.path(index, "mask"), levels, self.mask_threshold)
         img, _ = fit_to_size(img, self.size, self.resize, "image")
         mask, _ = fit_to_size(mask, self.size, self.resize, "mask")

@@ -34,10 +34,11 @@ def _at_original_size(dataset, index: int, logits: torch.Tensor, threshold: floa
     predict.py does, the truth read at full size (resized to its image with nearest, as the dataset does)."""
     import cv2
 
-    from sandbox.data.folders import open_image, to_mask
+    from sandbox.data.folders import open_image
+    from sandbox.data.masks import to_mask
 
     meta = dataset.meta(index)
-    truth = to_mask(open_image(dataset.path(index, "mask")), dataset.mask_threshold)[0]
+    truth = to_mask(open_image(dataset.path(index, "mask")), dataset.mask_threshold).mask
     if truth.shape != tuple(meta["orig_hw"]):
         truth = cv2.resize(truth, tuple(meta["orig_hw"][::-1]), interpolation=cv2.INTER_NEAREST)
     prob = unfit(torch.sigmoid(logits.float().cpu()), meta)
