@@ -1,5 +1,9 @@
-"""Masks from folders are read as the user meant them: the value range of the mask format
-(0/1, 0/255 in 8 or 16 bits, palettes)."""
+"""Masks from folders are read as the user meant them, or the run stops with one line saying why:
+the value range of the mask format (0/1, 0/255 in 8 or 16 bits, palettes), a split with no
+foreground (or no background) at all."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -7,6 +11,9 @@ from PIL import Image
 from sandbox.build import build_data
 from sandbox.config.loading import config_from_dict
 from sandbox.data import FolderDataset
+from sandbox.data.splits import write_splits
+from sandbox.errors import SandboxError
+from tests.conftest import ROOT
 
 S = 16
 BLOCK = np.zeros((S, S), np.uint8)
@@ -89,3 +96,63 @@ def test_grey_masks_keep_their_scale(tmp_path):
     assert ds[0]["mask"].sum() == 0
     assert ds[1]["mask"][0, 0].numpy().tolist() == (np.linspace(0, 200, S).astype(np.uint8) > 127.5).tolist()
     assert np.array_equal(ds[2]["mask"][0].numpy(), np.maximum(BLOCK, np.arange(S)[None] < 2))
+
+
+# --------------------------------------------------------------------------- a split without foreground
+
+def test_all_empty_split_stops_naming_folder_and_threshold(tmp_path):
+    _pairs(tmp_path, 6, lambda i: Image.fromarray(np.zeros((S, S), np.uint8)))
+    with pytest.raises(SandboxError) as info:
+        build_data(_cfg(tmp_path, mask_threshold=0.3), ("train", "val"))
+    msg = str(info.value)
+    assert "\n" not in msg and str(tmp_path / "masks") in msg and "data.mask_threshold=0.3" in msg
+    assert "all 4 masks" in msg and "empty" in msg and "largest mask value 0" in msg
+
+
+def test_all_full_split_stops(tmp_path):
+    _pairs(tmp_path, 6, lambda i: Image.fromarray(np.full((S, S), 200, np.uint8)))
+    with pytest.raises(SandboxError, match=r"train split: all 4 masks in .*masks are full .*"
+                                           r"data.mask_threshold=0.5.*raise data.mask_threshold"):
+        build_data(_cfg(tmp_path), ("train", "val"))
+
+
+def test_split_check_is_certain_and_cheap(tmp_path, monkeypatch):
+    """One mask with foreground among empty ones is found wherever it is; a split that starts with
+    a mask holding foreground and background costs one mask read, whatever its length."""
+    import sandbox.data.folders as folders
+
+    _pairs(tmp_path, 9, lambda i: Image.fromarray(BLOCK * 255 if i == 8 else np.zeros((S, S), np.uint8)))
+    data = build_data(_cfg(tmp_path, val_fraction=0), ("train",))
+    assert data["train"].items[-1].stem == "8"  # the only mask with foreground is read last, and found
+    (tmp_path / "masks" / "0.png").unlink()
+    _mask(tmp_path / "masks" / "0.png", Image.fromarray(BLOCK * 255))
+    reads = []
+    real = folders.open_image
+    monkeypatch.setattr(folders, "open_image", lambda p: reads.append(p) or real(p))
+    build_data(_cfg(tmp_path, val_fraction=0), ("train",))
+    assert reads == [tmp_path / "masks" / "0.png"]
+
+
+def test_val_split_without_foreground_is_named(tmp_path):
+    _pairs(tmp_path, 6, lambda i: Image.fromarray(BLOCK * 255 if i < 4 else np.zeros((S, S), np.uint8)))
+    items = _folder(tmp_path).items
+    write_splits({"train": items[:4], "val": items[4:], "test": []}, tmp_path / "splits")
+    assert len(build_data(_cfg(tmp_path, splits=str(tmp_path / "splits")), ("train",))["train"]) == 4
+    with pytest.raises(SandboxError, match=r"val split: all 2 masks in .*masks are empty"):
+        build_data(_cfg(tmp_path, splits=str(tmp_path / "splits")), ("train", "val"))
+
+
+def test_cli_all_empty_masks_exit_2_with_one_line(tmp_path):
+    _pairs(tmp_path / "ds", 6, lambda i: Image.fromarray(np.zeros((S, S), np.uint8)))
+    out = tmp_path / "runs"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "sandbox" / "train.py"), "--config", str(ROOT / "configs" / "unet_dice.yaml"),
+         "data.name=folder", f"data.root={tmp_path / 'ds'}", "data.size=16", "data.val_fraction=0.34",
+         "data.test_fraction=0", "model.width=4", "model.depth=2", "train.epochs=1", "track.wandb=disabled",
+         "train.mixed_precision=no", f"out_dir={out}", "name=empty"],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: train split: all 4 masks in "), done.stderr
+    assert str(tmp_path / "ds" / "masks") in lines[0] and "data.mask_threshold=0.5" in lines[0]
+    assert "Traceback" not in done.stderr and not out.exists()

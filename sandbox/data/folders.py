@@ -12,6 +12,8 @@ Reading rules:
     the same rule; a warning is logged once per dataset naming the first such file.
   * a mask (or depth map) whose size differs from its image is resized to it with nearest
     neighbour, then image, mask and depth are resized to ``size`` (see ``fit_to_size``).
+  * ``check_masks()`` (run by ``build_data`` on every split it builds) stops a split whose masks
+    are all empty, or all full, at ``mask_threshold``.
   * depth maps: 16-bit PNG -> ``value / 65535``, 8-bit -> ``value / 255``, float TIFF / ``.npy`` as is.
 
 Files are decoded lazily in ``__getitem__``; ``cache=True`` keeps the resized arrays (about
@@ -202,6 +204,36 @@ class FolderDataset(_FolderBase):
         mask = _align(mask, img.shape[:2])
         depth = _align(to_depth(self.root / it.depth), img.shape[:2]) if "depth" in self.targets else None
         return (img, mask, depth), levels
+
+    def check_masks(self) -> None:
+        """Stop when every mask of this split is empty (or every one full) at ``mask_threshold``:
+        training on it would end with a Dice of 0 and no other sign.
+
+        Run where the datasets are built, not on the fly in ``__getitem__``: there an empty split
+        would cost a whole epoch before it shows, and with ``num_workers > 0`` each worker process
+        sees only its share of the masks, so none could conclude. The scan reads masks only and
+        stops once it has seen foreground and background (the first mask, in a usual folder; a
+        few, in one where most masks are empty); it reads every mask only when it must conclude,
+        so "all empty" is certain, never a guess from a sample.
+        """
+        empty = full = True
+        largest = 0.0
+        for it in self.items:
+            read = to_mask(open_image(self.root / it.mask), self.mask_threshold)
+            largest = max(largest, read.largest)
+            empty, full = empty and not read.mask.any(), full and bool(read.mask.all())
+            if not (empty or full):
+                return
+        if not self.items:
+            return
+        where = f"{self.split} split: all {len(self.items)} masks in {(self.root / self.items[0].mask).parent}"
+        at = f"data.mask_threshold={self.mask_threshold:g}"
+        if empty:
+            raise SandboxError(f"{where} are empty at {at} (largest mask value {largest:g}); expected some "
+                               "foreground: check that data.mask_dir names the masks and that they are drawn, "
+                               "or lower data.mask_threshold")
+        raise SandboxError(f"{where} are full (every pixel foreground) at {at}; expected some background: check "
+                           "that data.mask_dir names the masks, not the images, or raise data.mask_threshold")
 
     def _decode(self, index: int) -> tuple:
         (img, mask, depth), levels = self._read(self.items[index])
