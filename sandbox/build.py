@@ -67,7 +67,8 @@ def build_data(cfg: Config, splits: tuple[str, ...] = ("train", "val", "test")) 
         common = dict(root=root, image_dir=d.image_dir, size=d.size, resize=d.resize, seed=cfg.seed,
                       splits=shared, cache=d.cache)
         if labelled:
-            common.update(mask_dir=mask_dir, depth_dir=depth_dir, mask_threshold=d.mask_threshold)
+            common.update(mask_dir=mask_dir, depth_dir=depth_dir, mask_threshold=d.mask_threshold,
+                          mask_resize=d.mask_resize)
         out = {s: cls(split=s, **common) for s in splits}
         if labelled:
             for ds in out.values():

@@ -49,6 +49,7 @@ CONFIG_CASES = [
     ("train fraction", ["data.train_fraction=0"], r"data.train_fraction: got 0.0, expected a fraction in \(0, 1\]"),
     ("mask threshold over 1", ["data.mask_threshold=5"], r"data.mask_threshold: got 5.0, expected a fraction in \[0, 1\)"),
     ("mask threshold of 1", ["data.mask_threshold=1"], r"data.mask_threshold: got 1.0, expected a fraction in \[0, 1\)"),
+    ("mask resize choice", ["data.mask_resize=crop"], r"data.mask_resize: got 'crop', expected one of 'error', 'stretch'"),
     ("simpleconv resize", ["model.name=simpleconv", "model.upsample=bilinear"], r"model.upsample: simpleconv never resizes"),
     ("group norm widths", ["model.norm=group", "model.width=12"], r"model.norm: group norm needs widths divisible by 8"),
     ("resnet weights missing", ["model.encoder=resnet18", "model.weights=/nope/r18.pth"], r"/nope/r18.pth.*not found"),

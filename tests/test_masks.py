@@ -1,6 +1,6 @@
 """Masks from folders are read as the user meant them, or the run stops with one line saying why:
 the value range of the mask format (0/1, 0/255 in 8 or 16 bits, palettes), a split with no
-foreground (or no background) at all."""
+foreground (or no background) at all, a mask of another shape than its image (EXIF included)."""
 import subprocess
 import sys
 
@@ -156,3 +156,69 @@ def test_cli_all_empty_masks_exit_2_with_one_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: train split: all 4 masks in "), done.stderr
     assert str(tmp_path / "ds" / "masks") in lines[0] and "data.mask_threshold=0.5" in lines[0]
     assert "Traceback" not in done.stderr and not out.exists()
+
+
+# --------------------------------------------------------------------------- mask shape against image shape
+
+def test_aspect_mismatch_names_both_files(tmp_path):
+    _image(tmp_path / "images" / "a.png", w=32, h=32)
+    _mask(tmp_path / "masks" / "a.png", Image.fromarray(np.full((20, 32), 255, np.uint8)))  # 32 wide, 20 high
+    ds = _folder(tmp_path)
+    with pytest.raises(SandboxError) as info:
+        ds[0]
+    msg = str(info.value)
+    assert str(tmp_path / "masks" / "a.png") in msg and str(tmp_path / "images" / "a.png") in msg
+    assert "32x20" in msg and "32x32" in msg and "data.mask_resize=stretch" in msg and "\n" not in msg
+    with pytest.raises(SandboxError, match=r"unreadable file\(s\).*masks/a.png: mask is 32x20"):
+        ds.check()
+
+
+def test_mask_resize_stretch_accepts_it(tmp_path):
+    _image(tmp_path / "images" / "a.png", w=32, h=32)
+    _mask(tmp_path / "masks" / "a.png", Image.fromarray(np.repeat(np.eye(2, dtype=np.uint8) * 255, [10, 10], 0)
+                                                        .repeat(16, 1)))  # 32x20: quadrants
+    ds = FolderDataset(tmp_path, "train", size=32, val_fraction=0, test_fraction=0, mask_resize="stretch")
+    mask = ds[0]["mask"][0].numpy()
+    assert mask[:16, :16].all() and mask[16:, 16:].all() and not mask[:16, 16:].any() and not mask[16:, :16].any()
+    data = build_data(config_from_dict({"data": {"name": "folder", "root": str(tmp_path), "size": 32,
+                                                 "val_fraction": 0, "test_fraction": 0, "mask_resize": "stretch"},
+                                        "model": {"depth": 2}}), ("train",))
+    assert np.array_equal(data["train"][0]["mask"][0].numpy(), mask)
+
+
+def test_mask_on_raw_pixels_of_an_exif_rotated_photo(tmp_path):
+    """The photo is stored 24 wide x 16 high with EXIF orientation 6 (shown 16 x 24, as the loader
+    reads it); a mask drawn on the stored pixels is 24 x 16: named as such, not stretched."""
+    _image(tmp_path / "images" / "a.jpg", w=24, h=16, exif_orientation=6)
+    _mask(tmp_path / "masks" / "a.png", Image.fromarray(np.full((16, 24), 255, np.uint8)))
+    with pytest.raises(SandboxError, match=r"masks/a.png: mask is 24x16 but its image .*images/a.jpg is 16x24 "
+                                           r"after its EXIF rotation.*stored pixels"):
+        _folder(tmp_path)[0]
+
+
+def test_smaller_mask_of_the_same_aspect_still_loads(tmp_path):
+    """The shared human_seg layout: masks smaller than their image, same aspect (433x577 for 480x640),
+    and a one-pixel rounding on a tiny mask (15x11 for 40x30) also passes."""
+    m = np.zeros((577, 433), np.uint8)
+    m[100:400, 50:300] = 255
+    _image(tmp_path / "images" / "big.jpg", w=480, h=640)
+    _mask(tmp_path / "masks" / "big.png", Image.fromarray(m))
+    _image(tmp_path / "images" / "tiny.jpg", w=40, h=30)
+    _mask(tmp_path / "masks" / "tiny.png", Image.fromarray(np.full((11, 15), 255, np.uint8)))
+    ds = FolderDataset(tmp_path, "train", size=64, val_fraction=0, test_fraction=0)
+    big, tiny = (ds[i]["mask"][0].numpy() for i in range(2))
+    assert 0.2 < big.mean() < 0.4 and tiny.all()
+    assert ds.check() == {"items": 2, "grey_masks": 0}
+
+
+def test_predict_reads_masks_by_the_same_rules(tmp_path):
+    from sandbox.analysis.prediction import read_pair
+
+    _image(tmp_path / "a.png", w=S, h=S)
+    _mask(tmp_path / "a_mask.png", Image.fromarray(BLOCK))  # 0/1
+    _mask(tmp_path / "wide.png", Image.fromarray(np.zeros((8, S), np.uint8)))
+    _, truth = read_pair(tmp_path / "a.png", tmp_path / "a_mask.png", 0.5)
+    assert np.array_equal(truth, BLOCK.astype(bool))
+    with pytest.raises(SandboxError, match=r"wide.png: mask is 16x8 but its image .*a.png is 16x16"):
+        read_pair(tmp_path / "a.png", tmp_path / "wide.png", 0.5)
+    assert read_pair(tmp_path / "a.png", tmp_path / "wide.png", 0.5, "stretch")[1].shape == (S, S)

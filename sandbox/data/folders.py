@@ -10,8 +10,10 @@ Reading rules:
     mask_threshold * level``, with ``level`` the mask's own full scale (0/1, 0/255 in 8 or 16 bits,
     palettes: see there). Masks with many grey levels (JPEG masks, soft edges) are accepted under
     the same rule; a warning is logged once per dataset naming the first such file.
-  * a mask (or depth map) whose size differs from its image is resized to it with nearest
-    neighbour, then image, mask and depth are resized to ``size`` (see ``fit_to_size``).
+  * a mask whose size differs from its image is resized to it with nearest neighbour when both
+    have the same aspect ratio; another aspect ratio is an error naming both files unless
+    ``mask_resize="stretch"``. A depth map is resized to its image. Then image, mask and depth
+    are resized to ``size`` (see ``fit_to_size``).
   * ``check_masks()`` (run by ``build_data`` on every split it builds) stops a split whose masks
     are all empty, or all full, at ``mask_threshold``.
   * depth maps: 16-bit PNG -> ``value / 65535``, 8-bit -> ``value / 255``, float TIFF / ``.npy`` as is.
@@ -25,13 +27,12 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-from sandbox.data.masks import to_mask
+from sandbox.data.masks import align, exif_orientation, fit_mask, to_mask
 from sandbox.data.splits import SPLITS, Item, check_root, resolve_splits
 from sandbox.data.transforms import fit_to_size
 from sandbox.errors import SandboxError
@@ -93,13 +94,6 @@ def to_depth(path: Path) -> np.ndarray:
     return arr
 
 
-def _align(arr: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """Resize a mask or depth map to its image's ``(H, W)`` with nearest neighbour (labels stay labels)."""
-    if arr.shape[:2] == hw:
-        return arr
-    return cv2.resize(arr, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)
-
-
 class _FolderBase(Dataset):
     """Shared by ``folder`` and ``images``: split lists, lazy decoding, cache, ``meta`` and ``check``."""
 
@@ -131,8 +125,8 @@ class _FolderBase(Dataset):
         try:
             with Image.open(self.path(index)) as im:  # header only: no decoding
                 w, h = im.size
-                if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees, as open_image applies
-                    w, h = h, w
+            if exif_orientation(self.path(index)) in (5, 6, 7, 8):  # rotated by 90 degrees, as open_image applies
+                w, h = h, w
         except (OSError, ValueError, SyntaxError):
             open_image(self.path(index))  # raises the one-line error naming the file
             raise
@@ -185,11 +179,11 @@ class FolderDataset(_FolderBase):
 
     def __init__(self, root=None, split: str = "train", image_dir: str = "images", mask_dir: str = "masks",
                  depth_dir: Optional[str] = None, size: int = 128, resize: str = "stretch",
-                 mask_threshold: float = 0.5, seed: int = 0, val_fraction: float = 0.15,
+                 mask_threshold: float = 0.5, mask_resize: str = "error", seed: int = 0, val_fraction: float = 0.15,
                  test_fraction: float = 0.15, train_fraction: float = 1.0, splits=None, cache: bool = True):
         super().__init__(root, split, image_dir, mask_dir, depth_dir, size, resize, seed, val_fraction,
                          test_fraction, train_fraction, splits, cache)
-        self.mask_threshold = mask_threshold
+        self.mask_threshold, self.mask_resize = mask_threshold, mask_resize
         self.targets = ("mask", "depth") if depth_dir else ("mask",)
         for name, items in self.splits.items():
             for key in self.targets:
@@ -199,10 +193,11 @@ class FolderDataset(_FolderBase):
 
     def _read(self, it: Item) -> tuple:
         """Full-size ``(image (H, W, 3) uint8, mask (H, W) uint8, depth (H, W) float32 | None), levels``."""
-        img = to_rgb(open_image(self.root / it.image))
-        mask, levels, _ = to_mask(open_image(self.root / it.mask), self.mask_threshold)
-        mask = _align(mask, img.shape[:2])
-        depth = _align(to_depth(self.root / it.depth), img.shape[:2]) if "depth" in self.targets else None
+        image_path, mask_path = self.root / it.image, self.root / it.mask
+        img = to_rgb(open_image(image_path))
+        mask, levels, _ = to_mask(open_image(mask_path), self.mask_threshold)
+        mask = fit_mask(mask, img.shape[:2], mask_path, image_path, self.mask_resize)
+        depth = align(to_depth(self.root / it.depth), img.shape[:2]) if "depth" in self.targets else None
         return (img, mask, depth), levels
 
     def check_masks(self) -> None:
