@@ -49,6 +49,8 @@ def build_data(cfg: Config, splits: tuple[str, ...] = ("train", "val", "test")) 
 
     Folder datasets list and split the folder once (or read ``data.splits``) and share the
     lists; ``sandbox.data.splits_of(datasets["train"])`` returns them for the run directory.
+    Every labelled split built is checked here, and only here, for masks that are all empty or
+    all full (``FolderDataset.check_masks``: certain, and one mask read for a usual split).
     """
     d = cfg.data
     cls = DATASETS[d.name]
@@ -65,8 +67,12 @@ def build_data(cfg: Config, splits: tuple[str, ...] = ("train", "val", "test")) 
         common = dict(root=root, image_dir=d.image_dir, size=d.size, resize=d.resize, seed=cfg.seed,
                       splits=shared, cache=d.cache)
         if labelled:
-            common.update(mask_dir=mask_dir, depth_dir=depth_dir, mask_threshold=d.mask_threshold)
+            common.update(mask_dir=mask_dir, depth_dir=depth_dir, mask_threshold=d.mask_threshold,
+                          mask_resize=d.mask_resize)
         out = {s: cls(split=s, **common) for s in splits}
+        if labelled:
+            for ds in out.values():
+                ds.check_masks()
     else:
         counts = {"train": d.num_train, "val": d.num_val, "test": d.num_test}
         out = {s: cls(split=s, num=counts[s], size=d.size, seed=cfg.seed, difficulty=d.difficulty,

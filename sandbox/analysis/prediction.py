@@ -125,19 +125,16 @@ def output_names(files: list[Path]) -> dict[Path, str]:
     return names
 
 
-def read_pair(image: Path, mask: "Path | None", mask_threshold: float):
-    """``(image (H, W, 3) uint8, mask (H, W) bool or None)``; a smaller mask is resized to the image
-    with nearest neighbour, as the folder dataset does."""
-    import cv2
-
-    from sandbox.data.folders import open_image, to_mask, to_rgb
+def read_pair(image: Path, mask: "Path | None", mask_threshold: float, mask_resize: str = "error"):
+    """``(image (H, W, 3) uint8, mask (H, W) bool or None)``; the mask is binarised and fitted to
+    its image by the folder dataset's rules (:mod:`sandbox.data.masks`)."""
+    from sandbox.data.folders import open_image, to_rgb
+    from sandbox.data.masks import fit_mask, to_mask
 
     img = to_rgb(open_image(image))
     if mask is None:
         return img, None
-    truth = to_mask(open_image(mask), mask_threshold)[0]
-    if truth.shape != img.shape[:2]:
-        truth = cv2.resize(truth, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)
+    truth = fit_mask(to_mask(open_image(mask), mask_threshold).mask, img.shape[:2], mask, image, mask_resize)
     return img, truth.astype(bool)
 
 
@@ -185,7 +182,7 @@ def predict_run(run_arg: str, inputs: list[str], which: str = "best", out_arg: s
         loaded = []
         for f in files[start:start + bs]:
             try:
-                loaded.append((f, *read_pair(f, paired[f], cfg.data.mask_threshold)))
+                loaded.append((f, *read_pair(f, paired[f], cfg.data.mask_threshold, cfg.data.mask_resize)))
             except SandboxError as exc:
                 if not skip_unreadable:
                     raise SandboxError(f"{exc}; {len(rows)} image(s) before it were predicted into {out}; "

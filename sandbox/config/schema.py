@@ -30,7 +30,9 @@ class DataConfig:
     image_dir: str = "images"  # sub-folder of root with the images
     mask_dir: str = "masks"  # sub-folder of root with the masks (paired with images by file stem)
     depth_dir: Optional[str] = None  # optional sub-folder with depth maps
-    mask_threshold: float = 0.5  # a mask pixel is foreground above this fraction of the format's max value
+    mask_threshold: float = 0.5  # in [0, 1): a mask pixel is foreground above this fraction of the mask's own
+    # full scale (0/1, 0/255 in 8 or 16 bits, palettes: detected per mask, see sandbox/data/masks.py)
+    mask_resize: Literal["error", "stretch"] = "error"  # mask of another aspect ratio than its image: stop or stretch
     resize: Literal["stretch", "pad"] = "stretch"  # to data.size: stretch, or keep aspect and pad
     val_fraction: float = 0.15  # folders: seeded split fractions of all pairs
     test_fraction: float = 0.15

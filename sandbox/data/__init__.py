@@ -4,7 +4,8 @@ Every dataset class declares ``targets`` (the keys a loss may name, e.g. ``mask`
 ``depth``) and returns ``{"image": (3, H, W) in [0, 1], <target>: (K, H, W), "index": int}``.
 
   * ``dancers``: synthetic person segmentation with depth (:mod:`sandbox.data.synthetic`).
-  * ``folder``: images + masks [+ depth] from folders, paired by file stem (:mod:`sandbox.data.folders`).
+  * ``folder``: images + masks [+ depth] from folders, paired by file stem (:mod:`sandbox.data.folders`;
+    how masks are binarised and fitted to their image: :mod:`sandbox.data.masks`).
   * ``images``: an unlabelled image folder (``targets = ("image",)``).
 
 Seeded splits and their CSV files: :mod:`sandbox.data.splits`. Augmentations from YAML and

@@ -6,13 +6,16 @@ in {0, 1}, ["depth": (1, S, S) float,] "index": int}`` (``images``: image and in
 Reading rules:
   * images become RGB: grayscale is repeated, palette expanded, alpha dropped, 16-bit scaled
     to 8-bit (``value / 65535``); EXIF rotation is applied, as image viewers and labelling tools do.
-  * masks are binarised: a pixel is foreground when ``value > mask_threshold * max``, with max
-    the format's (255 for 8-bit, 65535 for 16-bit, 1 for 1-bit, 1.0 for float); colour masks use
-    the brightest channel; palette masks count every non-zero palette index as foreground.
-    Masks with many grey levels (JPEG masks, soft edges) are accepted under the same rule; a
-    warning is logged once per dataset naming the first such file.
-  * a mask (or depth map) whose size differs from its image is resized to it with nearest
-    neighbour, then image, mask and depth are resized to ``size`` (see ``fit_to_size``).
+  * masks are binarised by ``sandbox.data.masks``: a pixel is foreground when ``value >
+    mask_threshold * level``, with ``level`` the mask's own full scale (0/1, 0/255 in 8 or 16 bits,
+    palettes: see there). Masks with many grey levels (JPEG masks, soft edges) are accepted under
+    the same rule; a warning is logged once per dataset naming the first such file.
+  * a mask whose size differs from its image is resized to it with nearest neighbour when both
+    have the same aspect ratio; another aspect ratio is an error naming both files unless
+    ``mask_resize="stretch"``. A depth map is resized to its image. Then image, mask and depth
+    are resized to ``size`` (see ``fit_to_size``).
+  * ``check_masks()`` (run by ``build_data`` on every split it builds) stops a split whose masks
+    are all empty, or all full, at ``mask_threshold``.
   * depth maps: 16-bit PNG -> ``value / 65535``, 8-bit -> ``value / 255``, float TIFF / ``.npy`` as is.
 
 Files are decoded lazily in ``__getitem__``; ``cache=True`` keeps the resized arrays (about
@@ -24,12 +27,12 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
+from sandbox.data.masks import align, exif_orientation, fit_mask, to_mask
 from sandbox.data.splits import SPLITS, Item, check_root, resolve_splits
 from sandbox.data.transforms import fit_to_size
 from sandbox.errors import SandboxError
@@ -72,28 +75,6 @@ def to_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
-def to_mask(im: Image.Image, threshold: float) -> tuple[np.ndarray, int]:
-    """``PIL image -> ((H, W) uint8 in {0, 1}, number of distinct values)`` by the rule in the module doc."""
-    if im.mode == "P":
-        arr = np.asarray(im)
-        return (arr != 0).astype(np.uint8), int(np.count_nonzero(np.bincount(arr.ravel(), minlength=256)))
-    if im.mode == "1":
-        arr, top = np.asarray(im), 1
-    elif _is16(im):
-        arr, top = np.asarray(im), 65535
-    elif im.mode == "F":
-        arr, top = np.asarray(im), 1.0
-    elif im.mode in ("L", "LA"):
-        arr, top = np.asarray(im.getchannel(0)), 255
-    else:  # colour masks: the brightest channel, so red-on-black counts as foreground
-        arr, top = np.asarray(im.convert("RGB")).max(axis=2), 255
-    if arr.dtype == np.uint8:
-        levels = int(np.count_nonzero(np.bincount(arr.ravel(), minlength=256)))
-    else:
-        levels = len(np.unique(arr))
-    return (arr > threshold * top).astype(np.uint8), levels
-
-
 def to_depth(path: Path) -> np.ndarray:
     """``depth file -> (H, W) float32``: 16-bit / 65535, 8-bit / 255, float TIFF and ``.npy`` as stored."""
     if path.suffix.lower() == ".npy":
@@ -111,13 +92,6 @@ def to_depth(path: Path) -> np.ndarray:
     if arr.ndim != 2:
         raise SandboxError(f"{path}: depth map of shape {arr.shape}; expected (H, W)")
     return arr
-
-
-def _align(arr: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """Resize a mask or depth map to its image's ``(H, W)`` with nearest neighbour (labels stay labels)."""
-    if arr.shape[:2] == hw:
-        return arr
-    return cv2.resize(arr, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)
 
 
 class _FolderBase(Dataset):
@@ -151,8 +125,8 @@ class _FolderBase(Dataset):
         try:
             with Image.open(self.path(index)) as im:  # header only: no decoding
                 w, h = im.size
-                if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees, as open_image applies
-                    w, h = h, w
+            if exif_orientation(self.path(index)) in (5, 6, 7, 8):  # rotated by 90 degrees, as open_image applies
+                w, h = h, w
         except (OSError, ValueError, SyntaxError):
             open_image(self.path(index))  # raises the one-line error naming the file
             raise
@@ -205,11 +179,11 @@ class FolderDataset(_FolderBase):
 
     def __init__(self, root=None, split: str = "train", image_dir: str = "images", mask_dir: str = "masks",
                  depth_dir: Optional[str] = None, size: int = 128, resize: str = "stretch",
-                 mask_threshold: float = 0.5, seed: int = 0, val_fraction: float = 0.15,
+                 mask_threshold: float = 0.5, mask_resize: str = "error", seed: int = 0, val_fraction: float = 0.15,
                  test_fraction: float = 0.15, train_fraction: float = 1.0, splits=None, cache: bool = True):
         super().__init__(root, split, image_dir, mask_dir, depth_dir, size, resize, seed, val_fraction,
                          test_fraction, train_fraction, splits, cache)
-        self.mask_threshold = mask_threshold
+        self.mask_threshold, self.mask_resize = mask_threshold, mask_resize
         self.targets = ("mask", "depth") if depth_dir else ("mask",)
         for name, items in self.splits.items():
             for key in self.targets:
@@ -219,18 +193,49 @@ class FolderDataset(_FolderBase):
 
     def _read(self, it: Item) -> tuple:
         """Full-size ``(image (H, W, 3) uint8, mask (H, W) uint8, depth (H, W) float32 | None), levels``."""
-        img = to_rgb(open_image(self.root / it.image))
-        mask, levels = to_mask(open_image(self.root / it.mask), self.mask_threshold)
-        mask = _align(mask, img.shape[:2])
-        depth = _align(to_depth(self.root / it.depth), img.shape[:2]) if "depth" in self.targets else None
+        image_path, mask_path = self.root / it.image, self.root / it.mask
+        img = to_rgb(open_image(image_path))
+        mask, levels, _ = to_mask(open_image(mask_path), self.mask_threshold)
+        mask = fit_mask(mask, img.shape[:2], mask_path, image_path, self.mask_resize)
+        depth = align(to_depth(self.root / it.depth), img.shape[:2]) if "depth" in self.targets else None
         return (img, mask, depth), levels
+
+    def check_masks(self) -> None:
+        """Stop when every mask of this split is empty (or every one full) at ``mask_threshold``:
+        training on it would end with a Dice of 0 and no other sign.
+
+        Run where the datasets are built, not on the fly in ``__getitem__``: there an empty split
+        would cost a whole epoch before it shows, and with ``num_workers > 0`` each worker process
+        sees only its share of the masks, so none could conclude. The scan reads masks only and
+        stops once it has seen foreground and background (the first mask, in a usual folder; a
+        few, in one where most masks are empty); it reads every mask only when it must conclude,
+        so "all empty" is certain, never a guess from a sample.
+        """
+        empty = full = True
+        largest = 0.0
+        for it in self.items:
+            read = to_mask(open_image(self.root / it.mask), self.mask_threshold)
+            largest = max(largest, read.largest)
+            empty, full = empty and not read.mask.any(), full and bool(read.mask.all())
+            if not (empty or full):
+                return
+        if not self.items:
+            return
+        where = f"{self.split} split: all {len(self.items)} masks in {(self.root / self.items[0].mask).parent}"
+        at = f"data.mask_threshold={self.mask_threshold:g}"
+        if empty:
+            raise SandboxError(f"{where} are empty at {at} (largest mask value {largest:g}); expected some "
+                               "foreground: check that data.mask_dir names the masks and that they are drawn, "
+                               "or lower data.mask_threshold")
+        raise SandboxError(f"{where} are full (every pixel foreground) at {at}; expected some background: check "
+                           "that data.mask_dir names the masks, not the images, or raise data.mask_threshold")
 
     def _decode(self, index: int) -> tuple:
         (img, mask, depth), levels = self._read(self.items[index])
         folder = str(self.path(index, "mask").parent)
         if levels > 2 and folder not in _GREY_WARNED:
             _GREY_WARNED.add(folder)
-            log.warning("%s: mask has %d grey levels; binarised as value > %.2f x max (data.mask_threshold)",
+            log.warning("%s: mask has %d grey levels; binarised as value > %.2f x its level (data.mask_threshold)",
                         self.path(index, "mask"), levels, self.mask_threshold)
         img, _ = fit_to_size(img, self.size, self.resize, "image")
         mask, _ = fit_to_size(mask, self.size, self.resize, "mask")

@@ -32,14 +32,12 @@ def forward(model: nn.Module, x: torch.Tensor, channels_last: bool = True) -> di
 def _at_original_size(dataset, index: int, logits: torch.Tensor, threshold: float) -> dict[str, torch.Tensor]:
     """Mask metrics of one folder sample at its image's own size: P(mask) ``(1, S, S)`` mapped back as
     predict.py does, the truth read at full size (resized to its image with nearest, as the dataset does)."""
-    import cv2
-
-    from sandbox.data.folders import open_image, to_mask
+    from sandbox.data.folders import open_image
+    from sandbox.data.masks import fit_mask, to_mask
 
     meta = dataset.meta(index)
-    truth = to_mask(open_image(dataset.path(index, "mask")), dataset.mask_threshold)[0]
-    if truth.shape != tuple(meta["orig_hw"]):
-        truth = cv2.resize(truth, tuple(meta["orig_hw"][::-1]), interpolation=cv2.INTER_NEAREST)
+    truth = to_mask(open_image(dataset.path(index, "mask")), dataset.mask_threshold).mask
+    truth = fit_mask(truth, meta["orig_hw"], dataset.path(index, "mask"), dataset.path(index), dataset.mask_resize)
     prob = unfit(torch.sigmoid(logits.float().cpu()), meta)
     hard = (prob > threshold).float() * 40 - 20  # the decision as logits of +-20: exact for any threshold
     return segmentation_metrics(hard[None], torch.from_numpy(truth)[None, None].float(), threshold)
