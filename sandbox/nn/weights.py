@@ -48,13 +48,15 @@ def load_safely(path: str | Path, map_location: Any = "cpu") -> Any:
         text = " ".join(str(exc).split())
         if "weights only load failed" in text.lower():
             glob = re.search(r"GLOBAL ([\w.]+)", text)
+            if glob:  # a torch file that names code to run: what a planted payload looks like
+                raise UnsafeFile(f"{str(path)!r} was refused as unsafe (it names {glob.group(1)}, which only code "
+                                 "can build); nothing from it was loaded. Files written by sandbox/train.py never "
+                                 "need code to load: treat the run directory as untrusted, or delete that file") \
+                    from None
+            # anything else the weights-only reader cannot take (junk bytes, a raw pickle): not loaded either
             operand = re.search(r"Unsupported operand (\d+)", text)
-            why = (f"it names {glob.group(1)}, which only code can build" if glob else
-                   f"it is no plain torch file, pickle operand {operand.group(1)}: a torn file or a pickle "
-                   "that may carry code" if operand else "it holds more than tensors and numbers")
-            raise UnsafeFile(f"{str(path)!r} was refused as unsafe ({why}); nothing from it was loaded. Files "
-                             "written by sandbox/train.py never need code to load: treat the run directory as "
-                             "untrusted, or delete that file") from None
+            text = (f"not a plain torch file: pickle operand {operand.group(1)}" if operand
+                    else "the weights-only reader refused it")
         raise UnreadableFile(f"{str(path)!r} is not a readable torch file ({text[:120]})") from None
     except Exception as exc:  # torn zip, EOF, foreign bytes: all the same to a user
         raise UnreadableFile(f"{str(path)!r} could not be read ({type(exc).__name__}: "
