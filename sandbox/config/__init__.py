@@ -3,6 +3,7 @@
     schema.py    the dataclasses; their Literals are the only list of allowed values (imports nothing
                  from the sandbox, so the models read their choices from it)
     loading.py   YAML and overrides -> Config: load_config, config_from_dict, read_yaml, save_config
+    yamlfile.py  a config file read bounded: size, UTF-8, nesting, values with aliases expanded
     resolve.py   derived values (a generative model.size from data.size)
     validate.py  cross-field checks and registry names (pure)
 

@@ -9,7 +9,7 @@ accepted.
 from __future__ import annotations
 
 import dataclasses
-import re
+import logging
 import typing
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -19,36 +19,15 @@ import yaml
 from sandbox.config.resolve import resolve
 from sandbox.config.schema import Config
 from sandbox.config.validate import validate
-from sandbox.errors import ConfigError
+from sandbox.config.yamlfile import as_mapping, load_yaml_text, parse_yaml_file, read_yaml
+from sandbox.errors import ConfigError, short
+
+__all__ = ["load_config", "config_from_dict", "parse_overrides", "read_yaml", "load_yaml_text", "save_config"]
+
+log = logging.getLogger("sandbox")
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 scalars: ``1e-3`` is a float and only true/false are booleans
-    (PyYAML's 1.1 rules read ``1e-3`` as a string and ``no``/``off`` as False, which would turn
-    ``mixed_precision: no`` into a boolean)."""
 
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-    |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."),
-)
-
-
-def load_yaml_text(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)
 
 # ----------------------------------------------------------------------------- loading
 
@@ -158,33 +137,14 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     parsed = []
     for item in overrides:
         if "=" not in item or item.startswith("="):
-            raise ConfigError(f"override {item!r} is not of the form key.path=value (e.g. train.epochs=3)")
+            raise ConfigError(f"override {short(item)} is not of the form key.path=value (e.g. train.epochs=3)")
         key, raw = item.split("=", 1)
         try:
-            value = load_yaml_text(raw) if raw != "" else None
+            value = load_yaml_text(raw, f"override {short(item)}") if raw != "" else None
         except yaml.YAMLError:
             value = raw
         parsed.append((key.strip(), value))
     return parsed
-
-
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        hint = ""
-        configs = sorted(Path("configs").glob("*.yaml")) if Path("configs").is_dir() else []
-        if configs:
-            hint = "; available: " + ", ".join(str(c) for c in configs)
-        raise ConfigError(f"config file {str(path)!r} not found{hint}")
-    try:
-        data = load_yaml_text(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
-    return data
 
 
 def config_from_dict(data: dict, overrides: list[str] | None = None, source: str | None = None) -> Config:
@@ -206,8 +166,17 @@ def config_from_dict(data: dict, overrides: list[str] | None = None, source: str
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (or the defaults when ``path`` is None) and apply dotted overrides."""
-    data = read_yaml(path) if path is not None else {}
+    """Load a YAML config (or the defaults when ``path`` is None) and apply dotted overrides.
+
+    An empty file (or one of comments only) is the defaults, with a warning rather than an error:
+    it is valid YAML that changes nothing, as ``path=None`` does, and the run's config.yaml records
+    every value used; the warning only makes sure it is not silent (a file saved empty by mistake)."""
+    data = {}
+    if path is not None:
+        raw = parse_yaml_file(path)
+        if raw is None:
+            log.warning("%s: empty config file; using the defaults of every key (sandbox/config/schema.py)", path)
+        data = as_mapping(raw, path)
     return config_from_dict(data, overrides, str(path) if path is not None else None)
 
 
