@@ -59,6 +59,27 @@ CONFIG_CASES = [
     ("balance target", ["loss_balance={scale: depth, to: mask}"], r"loss_balance.scale: got 'depth', expected a loss target: mask"),
     ("override syntax", ["train.epochs"], r"override 'train.epochs' is not of the form key.path=value"),
     ("run name escapes", ["name=../elsewhere"], r"name: got '../elsewhere', expected a non-empty relative run name"),
+    # not finite: refused where floats are coerced (every float key, and the Any values of losses and augmentations)
+    ("nan lr", ["train.lr=.nan"], r"train.lr: got nan, expected a finite number"),
+    ("inf weight decay", ["train.weight_decay=.inf"], r"train.weight_decay: got inf, expected a finite number"),
+    ("nan optional float", ["train.clip=.nan"], r"train.clip: got nan, expected a finite number"),
+    ("nan loss weight", ["loss.mask.dice=.nan"], r"loss.mask.dice: got nan, expected a finite number"),
+    ("inf loss option", ["loss.mask.bce={weight: 1, pos_weight: .inf}"],
+     r"loss.mask.bce.pos_weight: got inf, expected a finite number"),
+    ("int beyond float", ["train.lr=1" + "0" * 400], r"train.lr: got 10+\.\.\.0+, expected a finite number"),
+    ("int beyond int64", ["train.epochs=" + "9" * 30], r"train.epochs: got 9+, expected an integer in \[-2\*\*63"),
+    # wrong type inside a list or a mapping: the element is named, under Optional too
+    ("list element", ["model.widths=[8, 16, x, 32]"], r"model.widths\[2\]: got 'x', expected an integer"),
+    ("mapping value", ["data.size_schedule={0: 32, 2: x}"], r"data.size_schedule.2: got 'x', expected an integer"),
+    ("mapping key not int", ["data.size_schedule={2.5: 32}"], r"data.size_schedule: key 2.5 is not an integer"),
+    ("optional section key", ["loss_balance={scale: depth, to: mask, strength: 2}"],
+     r"unknown key 'loss_balance.strength'; accepted keys under loss_balance: scale, to, min, max"),
+    ("augment element", ["data.augment=[{HorizontalFlip: {p: 0.5}}, flip]"],
+     r"data.augment\[1\]: got 'flip', expected a mapping"),
+    # a value embeds at most ~200 characters of itself in a message
+    ("long string value", ["train.optimizer=" + "a" * 5000], r"train.optimizer: got 'a+\.\.\.a+', expected one of"),
+    ("long list value", ["data.size_schedule=[" + ", ".join(["1"] * 5000) + "]"],
+     r"data.size_schedule: got \[1, 1, .*\.\.\.\], expected a dict or null"),
 ]
 
 
@@ -67,9 +88,10 @@ def test_config_errors_name_the_key(overrides, pattern):
     with pytest.raises(SandboxError) as err:
         load_config(CFG, overrides)
     msg = str(err.value)
-    assert "\n" not in msg, msg  # one line
-    assert str(CFG) in msg or msg.startswith("override"), msg  # naming the file (overrides are not in it)
-    assert __import__("re").search(pattern, msg), msg
+    assert "\n" not in msg, msg[:2000]  # one line
+    assert str(CFG) in msg or msg.startswith("override"), msg[:2000]  # naming the file (overrides are not in it)
+    assert __import__("re").search(pattern, msg), msg[:2000]
+    assert len(msg) < 600, f"{len(msg)} characters: {msg[:2000]}"  # no value embedded whole
 
 
 def test_config_file_errors(tmp_path):
@@ -352,6 +374,7 @@ def _cli_one_error_line(tmp_path, config, *args) -> str:
     (["train.epochz=3"], "unknown key 'train.epochz'"),
     (["model.name=resnet"], "unknown model 'resnet'"),
     (["train.resume=/definitely/not/here"], "does not exist"),
+    (["train.lr=.nan"], "train.lr: got nan, expected a finite number"),
 ])
 def test_cli_exits_nonzero_with_one_line(tmp_path, args, pattern):
     line = _cli_one_error_line(tmp_path, CFG, *args)
