@@ -68,6 +68,28 @@ CONFIG_CASES = [
      r"loss.mask.bce.pos_weight: got inf, expected a finite number"),
     ("int beyond float", ["train.lr=1" + "0" * 400], r"train.lr: got 10+\.\.\.0+, expected a finite number"),
     ("int beyond int64", ["train.epochs=" + "9" * 30], r"train.epochs: got 9+, expected an integer in \[-2\*\*63"),
+    # ranges (schema.RANGES): the key and the accepted interval
+    ("seed negative", ["seed=-1"], r"seed: got -1, expected an integer in \[0, 4294967295\]"),
+    ("seed beyond 32 bits", [f"seed={2**32}"], r"seed: got 4294967296, expected an integer in \[0, 4294967295\]"),
+    ("size too large", ["data.size=100000"], r"data.size: got 100000, expected an integer in \[8, 4096\]"),
+    ("size too small", ["data.size=4", "model.depth=1"], r"data.size: got 4, expected an integer in \[8, 4096\]"),
+    ("num_train bound", ["data.num_train=1000000000"],
+     r"data.num_train: got 1000000000, expected an integer in \[1, 1000000\]"),
+    ("num_val bound", ["data.num_val=2000000"], r"data.num_val: got 2000000, expected an integer in \[0, 1000000\]"),
+    ("momentum negative", ["train.momentum=-0.5"], r"train.momentum: got -0.5, expected a value in \[0, 1\)"),
+    ("momentum one", ["train.momentum=1"], r"train.momentum: got 1.0, expected a value in \[0, 1\)"),
+    ("sgd without momentum", ["train.optimizer=sgd", "train.momentum=0"],
+     r"train.momentum: got 0.0; sgd takes Nesterov"),
+    ("step_epochs zero", ["train.step_epochs=0"], r"train.step_epochs: got 0, expected an integer in \[1, inf\)"),
+    ("keep_last_n negative", ["train.keep_last_n=-1"], r"train.keep_last_n: got -1, expected an integer in \[0, inf\)"),
+    ("checkpoint_every negative", ["train.checkpoint_every=-1"],
+     r"train.checkpoint_every: got -1, expected an integer in \[0, inf\)"),
+    ("plateau gamma", ["train.gamma=1.5"], r"train.gamma: got 1.5, expected a value in \(0, 1\)"),
+    ("mask threshold", ["data.mask_threshold=2"], r"data.mask_threshold: got 2.0, expected a value in \[0, 1\)"),
+    ("schedule size", ["data.size_schedule={0: 32, 2: 100000}"], r"data.size_schedule: got \{2: 100000\}.*\[8, 4096\]"),
+    ("run name is out_dir", ["name=."], r"name: got '.', expected a non-empty relative run name .*not '.'"),
+    ("run name ./", ["name=./"], r"name: got './', expected a non-empty relative run name"),
+    ("run name control char", ['name="a\\nb"'], r"name: got 'a\\nb', expected .*no control characters"),
     # wrong type inside a list or a mapping: the element is named, under Optional too
     ("list element", ["model.widths=[8, 16, x, 32]"], r"model.widths\[2\]: got 'x', expected an integer"),
     ("mapping value", ["data.size_schedule={0: 32, 2: x}"], r"data.size_schedule.2: got 'x', expected an integer"),
@@ -80,6 +102,8 @@ CONFIG_CASES = [
     ("long string value", ["train.optimizer=" + "a" * 5000], r"train.optimizer: got 'a+\.\.\.a+', expected one of"),
     ("long list value", ["data.size_schedule=[" + ", ".join(["1"] * 5000) + "]"],
      r"data.size_schedule: got \[1, 1, .*\.\.\.\], expected a dict or null"),
+    ("long unknown model", ["model.name=" + "m" * 5000], r"model.name: unknown model 'm+\.\.\.m+'; accepted"),
+    ("long key", ["loss={" + "t" * 1000 + ": {dice: 1}}"], r"loss.t+\.\.\.: dataset 'dancers' has no target"),
 ]
 
 
@@ -374,6 +398,7 @@ def _cli_one_error_line(tmp_path, config, *args) -> str:
     (["train.epochz=3"], "unknown key 'train.epochz'"),
     (["model.name=resnet"], "unknown model 'resnet'"),
     (["train.resume=/definitely/not/here"], "does not exist"),
+    (["data.size=100000"], "data.size: got 100000, expected an integer in [8, 4096]"),
     (["train.lr=.nan"], "train.lr: got nan, expected a finite number"),
 ])
 def test_cli_exits_nonzero_with_one_line(tmp_path, args, pattern):
