@@ -1,14 +1,20 @@
 """The catalogue of bad inputs: each gives ONE line naming the culprit and what would be
 accepted, a non-zero exit from the CLIs, and leaves existing files alone."""
+import contextlib
+import logging
 import os
+import re
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from sandbox import build_trainer, load_config
+from sandbox.config import Config
 from sandbox.errors import SandboxError
 from tests.conftest import ROOT
 
@@ -56,6 +62,50 @@ CONFIG_CASES = [
     ("balance target", ["loss_balance={scale: depth, to: mask}"], r"loss_balance.scale: got 'depth', expected a loss target: mask"),
     ("override syntax", ["train.epochs"], r"override 'train.epochs' is not of the form key.path=value"),
     ("run name escapes", ["name=../elsewhere"], r"name: got '../elsewhere', expected a non-empty relative run name"),
+    # not finite: refused where floats are coerced (every float key, and the Any values of losses and augmentations)
+    ("nan lr", ["train.lr=.nan"], r"train.lr: got nan, expected a finite number"),
+    ("inf weight decay", ["train.weight_decay=.inf"], r"train.weight_decay: got inf, expected a finite number"),
+    ("nan optional float", ["train.clip=.nan"], r"train.clip: got nan, expected a finite number"),
+    ("nan loss weight", ["loss.mask.dice=.nan"], r"loss.mask.dice: got nan, expected a finite number"),
+    ("inf loss option", ["loss.mask.bce={weight: 1, pos_weight: .inf}"],
+     r"loss.mask.bce.pos_weight: got inf, expected a finite number"),
+    ("int beyond float", ["train.lr=1" + "0" * 400], r"train.lr: got 10+\.\.\.0+, expected a finite number"),
+    ("int beyond int64", ["train.epochs=" + "9" * 30], r"train.epochs: got 9+, expected an integer in \[-2\*\*63"),
+    # ranges (schema.RANGES): the key and the accepted interval
+    ("seed negative", ["seed=-1"], r"seed: got -1, expected an integer in \[0, 4294967295\]"),
+    ("seed beyond 32 bits", [f"seed={2**32}"], r"seed: got 4294967296, expected an integer in \[0, 4294967295\]"),
+    ("size too large", ["data.size=100000"], r"data.size: got 100000, expected an integer in \[8, 4096\]"),
+    ("size too small", ["data.size=4", "model.depth=1"], r"data.size: got 4, expected an integer in \[8, 4096\]"),
+    ("num_train bound", ["data.num_train=1000000000"],
+     r"data.num_train: got 1000000000, expected an integer in \[1, 1000000\]"),
+    ("num_val bound", ["data.num_val=2000000"], r"data.num_val: got 2000000, expected an integer in \[0, 1000000\]"),
+    ("momentum negative", ["train.momentum=-0.5"], r"train.momentum: got -0.5, expected a value in \[0, 1\)"),
+    ("momentum one", ["train.momentum=1"], r"train.momentum: got 1.0, expected a value in \[0, 1\)"),
+    ("sgd without momentum", ["train.optimizer=sgd", "train.momentum=0"],
+     r"train.momentum: got 0.0; sgd takes Nesterov"),
+    ("step_epochs zero", ["train.step_epochs=0"], r"train.step_epochs: got 0, expected an integer in \[1, inf\)"),
+    ("keep_last_n negative", ["train.keep_last_n=-1"], r"train.keep_last_n: got -1, expected an integer in \[0, inf\)"),
+    ("checkpoint_every negative", ["train.checkpoint_every=-1"],
+     r"train.checkpoint_every: got -1, expected an integer in \[0, inf\)"),
+    ("plateau gamma", ["train.gamma=1.5"], r"train.gamma: got 1.5, expected a value in \(0, 1\)"),
+    ("mask threshold", ["data.mask_threshold=2"], r"data.mask_threshold: got 2.0, expected a value in \[0, 1\)"),
+    ("schedule size", ["data.size_schedule={0: 32, 2: 100000}"], r"data.size_schedule: got \{2: 100000\}.*\[8, 4096\]"),
+    ("run name is out_dir", ["name=."], r"name: got '.', expected a non-empty relative run name .*not '.'"),
+    ("run name ./", ["name=./"], r"name: got './', expected a non-empty relative run name"),
+    ("run name control char", ['name="a\\nb"'], r"name: got 'a\\nb', expected .*no control characters"),
+    # wrong type inside a list or a mapping: the element is named, under Optional too
+    ("list element", ["model.widths=[8, 16, x, 32]"], r"model.widths\[2\]: got 'x', expected an integer"),
+    ("mapping value", ["data.size_schedule={0: 32, 2: x}"], r"data.size_schedule.2: got 'x', expected an integer"),
+    ("mapping key not int", ["data.size_schedule={2.5: 32}"], r"data.size_schedule: key 2.5 is not an integer"),
+    ("optional section key", ["loss_balance={scale: depth, to: mask, strength: 2}"],
+     r"unknown key 'loss_balance.strength'; accepted keys under loss_balance: scale, to, min, max"),
+    ("optional mapping value", ["loss={mask: {dice: 1}, depth: l1}"], r"loss.depth: got 'l1', expected a mapping"),
+    # a value embeds at most ~200 characters of itself in a message
+    ("long string value", ["train.optimizer=" + "a" * 5000], r"train.optimizer: got 'a+\.\.\.a+', expected one of"),
+    ("long list value", ["data.size_schedule=[" + ", ".join(["1"] * 5000) + "]"],
+     r"data.size_schedule: got \[1, 1, .*\.\.\.\], expected a dict or null"),
+    ("long unknown model", ["model.name=" + "m" * 5000], r"model.name: unknown model 'm+\.\.\.m+'; accepted"),
+    ("long key", ["loss={" + "t" * 1000 + ": {dice: 1}}"], r"loss.t+\.\.\.: dataset 'dancers' has no target"),
 ]
 
 
@@ -64,9 +114,10 @@ def test_config_errors_name_the_key(overrides, pattern):
     with pytest.raises(SandboxError) as err:
         load_config(CFG, overrides)
     msg = str(err.value)
-    assert "\n" not in msg, msg  # one line
-    assert str(CFG) in msg or msg.startswith("override"), msg  # naming the file (overrides are not in it)
-    assert __import__("re").search(pattern, msg), msg
+    assert "\n" not in msg, msg[:2000]  # one line
+    assert str(CFG) in msg or msg.startswith("override"), msg[:2000]  # naming the file (overrides are not in it)
+    assert __import__("re").search(pattern, msg), msg[:2000]
+    assert len(msg) < 600, f"{len(msg)} characters: {msg[:2000]}"  # no value embedded whole
 
 
 def test_config_file_errors(tmp_path):
@@ -80,6 +131,114 @@ def test_config_file_errors(tmp_path):
     notmap.write_text("- 1\n- 2\n")
     with pytest.raises(SandboxError, match=r"list.yaml.*expected a mapping"):
         load_config(notmap)
+
+
+def _bomb(levels: int, width: int = 10) -> str:
+    """Billion laughs: ``width ** levels`` copies of one string once the aliases are expanded, a few
+    hundred bytes of YAML (PyYAML shares the anchored node, so only what walks the value pays)."""
+    items = ['&x0 "lol"'] + [f"&x{i} [{', '.join([f'*x{i - 1}'] * width)}]" for i in range(1, levels + 1)]
+    return "model:\n  widths:\n" + "".join(f"    - {item}\n" for item in items)  # under a typed key
+
+
+@contextlib.contextmanager
+def _memory_cap(extra: int = 2 << 30):
+    """Cap this process's address space at its present size + ``extra`` while a test loads something
+    that would grow without bound if its guard were gone: a MemoryError then, not a dead machine."""
+    try:
+        import resource
+        size = int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (ImportError, OSError):  # not Linux: no cap
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (min(size + extra, hard) if hard > 0 else size + extra, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _one_line_naming(exc, path) -> str:
+    msg = str(exc.value)
+    assert "\n" not in msg and len(msg) < 400, msg[:2000]
+    assert str(path) in msg, msg[:2000]
+    return msg
+
+
+def test_alias_bomb_is_refused_while_parsing(tmp_path):
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(_bomb(12))  # 10**12 values once expanded
+    start = time.perf_counter()
+    with _memory_cap(), pytest.raises(SandboxError) as err:
+        load_config(bomb)
+    assert time.perf_counter() - start < 3
+    msg = _one_line_naming(err, bomb)
+    assert re.search(r"line \d+: over 10,000 values with its aliases \(\*name\) expanded", msg), msg
+
+
+def test_smaller_alias_bomb_gives_a_short_line(tmp_path):
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(_bomb(6))  # 10**6 values: the repr of the value was a 6 MB "one line"
+    with pytest.raises(SandboxError) as err:
+        load_config(bomb)
+    assert "aliases (*name) expanded" in _one_line_naming(err, bomb)
+    with pytest.raises(SandboxError, match=r"override 'model.widths=.*': line 1: over 10,000 values"):
+        load_config(CFG, ["model.widths=[&a [1,1,1,1,1,1,1,1,1,1], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a], "
+                          "&c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b], &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c], [*d,*d]]"])
+
+
+@pytest.mark.parametrize("text,pattern", [
+    ("data: &a {augment: [*a]}\n", r"line 1: alias \*a inside its own anchor &a \(a value of infinite size\)"),
+    ("data: {augment: " + "[" * 1000 + "]" * 1000 + "}\n", r"line 1: lists and mappings nested more than 64 deep"),
+    ("name: 2024-13-01\n", r"a value cannot be read \(month must be in 1..12\)"),
+    ("seed: " + "9" * 5000 + "\n", r"a value cannot be read \(Exceeds the limit \(4300 digits\)"),
+], ids=["recursive alias", "nested too deep", "impossible date", "int of 5000 digits"])
+def test_unbuildable_yaml_is_one_line(tmp_path, text, pattern):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    with pytest.raises(SandboxError) as err:
+        load_config(path)
+    assert re.search(pattern, _one_line_naming(err, path)), str(err.value)[:2000]
+
+
+def test_config_file_too_big(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"# " + b"x" * (2 << 20) + b"\n")
+    with pytest.raises(SandboxError) as err:
+        load_config(big)
+    assert "2.0 MiB; a config file is at most 1 MiB" in _one_line_naming(err, big)
+
+
+def test_config_file_not_utf8(tmp_path):
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(SandboxError) as err:
+        load_config(latin)
+    msg = _one_line_naming(err, latin)
+    assert "not UTF-8 text (byte 0xe9 at offset 9); expected a UTF-8 encoded YAML file" in msg, msg
+
+
+def test_config_path_is_a_directory(tmp_path):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    for name in ("b.yaml", "a.yaml", "c.yml", "notes.txt"):
+        (folder / name).write_text("{}")
+    with pytest.raises(SandboxError) as err:
+        load_config(folder)
+    msg = _one_line_naming(err, folder)
+    assert f"is a directory; expected a YAML file, e.g. {folder / 'a.yaml'}, {folder / 'b.yaml'}, " \
+           f"{folder / 'c.yml'}" in msg and "notes" not in msg, msg
+
+
+@pytest.mark.parametrize("text", ["", "# all defaults\n"], ids=["empty", "comments only"])
+def test_empty_config_file_warns_and_uses_the_defaults(tmp_path, caplog, text):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text(text)
+    with caplog.at_level(logging.WARNING, logger="sandbox"):
+        cfg = load_config(empty)
+    warned = [r.getMessage() for r in caplog.records if r.name == "sandbox"]
+    assert any(f"{empty}: empty config file; using the defaults" in m for m in warned), warned
+    assert cfg.model.name == Config().model.name and cfg.train.lr == Config().train.lr
 
 
 # ---------------------------------------------------------------------------- data
@@ -224,16 +383,37 @@ def test_output_dir_is_a_file(tmp_path):
 
 
 # ---------------------------------------------------------------------------- through the CLI
+def _cli_one_error_line(tmp_path, config, *args) -> str:
+    out = tmp_path / "out"
+    out.mkdir()
+    done = subprocess.run([sys.executable, str(ROOT / "sandbox" / "train.py"), "--config", str(config),
+                           f"out_dir={out}", *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and len(lines[0]) < 600, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert not any(out.iterdir())  # nothing written
+    return lines[0]
+
+
 @pytest.mark.parametrize("args,pattern", [
     (["train.epochz=3"], "unknown key 'train.epochz'"),
     (["model.name=resnet"], "unknown model 'resnet'"),
     (["train.resume=/definitely/not/here"], "does not exist"),
+    (["data.size=100000"], "data.size: got 100000, expected an integer in [8, 4096]"),
+    (["train.lr=.nan"], "train.lr: got nan, expected a finite number"),
 ])
 def test_cli_exits_nonzero_with_one_line(tmp_path, args, pattern):
-    done = subprocess.run([sys.executable, str(ROOT / "sandbox" / "train.py"), "--config", str(CFG),
-                           f"out_dir={tmp_path}", *args], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and pattern in lines[0], done.stderr
-    assert "Traceback" not in done.stderr
-    assert not any(tmp_path.iterdir())  # nothing written
+    line = _cli_one_error_line(tmp_path, CFG, *args)
+    assert pattern in line, line
+
+
+@pytest.mark.parametrize("make,pattern", [
+    (lambda p: p.write_text(_bomb(6)) and p, "over 10,000 values with its aliases (*name) expanded"),
+    (lambda p: p.write_bytes("name: caf\xe9\n".encode("latin-1")) and p, "not UTF-8 text"),
+    (lambda p: p.mkdir() or (p / "a.yaml").write_text("{}") and p, "is a directory; expected a YAML file, e.g. "),
+], ids=["alias bomb", "not utf-8", "directory"])
+def test_cli_bad_config_file_is_one_line(tmp_path, make, pattern):
+    config = make(tmp_path / "cfg.yaml")
+    line = _cli_one_error_line(tmp_path, config)
+    assert pattern in line and str(config) in line, line

@@ -9,7 +9,8 @@ accepted.
 from __future__ import annotations
 
 import dataclasses
-import re
+import logging
+import math
 import typing
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -19,36 +20,16 @@ import yaml
 from sandbox.config.resolve import resolve
 from sandbox.config.schema import Config
 from sandbox.config.validate import validate
-from sandbox.errors import ConfigError
+from sandbox.config.yamlfile import as_mapping, load_yaml_text, parse_yaml_file, read_yaml
+from sandbox.errors import ConfigError, short
 
+__all__ = ["load_config", "config_from_dict", "parse_overrides", "read_yaml", "load_yaml_text", "save_config"]
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 scalars: ``1e-3`` is a float and only true/false are booleans
-    (PyYAML's 1.1 rules read ``1e-3`` as a string and ``no``/``off`` as False, which would turn
-    ``mixed_precision: no`` into a boolean)."""
+log = logging.getLogger("sandbox")
 
+INF_OK = {"loss_balance.max"}  # float keys where .inf means something (no upper clamp); elsewhere it is refused
+INT_RANGE = (-2**63, 2**63 - 1)  # what numpy and torch take; the checks of validate.py narrow most keys further
 
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-    |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."),
-)
-
-
-def load_yaml_text(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)
 
 # ----------------------------------------------------------------------------- loading
 
@@ -64,76 +45,119 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _matches(value: Any, tp: Any) -> bool:
+    """Whether ``value`` has the outer shape of the union arm ``tp``; then that arm's own error,
+    which names the bad element (``model.widths[2]``), is the one to report."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return isinstance(value, (list, tuple))
+    if origin is dict or dataclasses.is_dataclass(tp):
+        return isinstance(value, dict)
+    return tp in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _coerce_union(value: Any, tp: Any, path: str) -> Any:
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    error = None
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(value, arg, path)
+        except ConfigError as exc:
+            error = error or (exc if _matches(value, arg) else None)
+    raise error or ConfigError(f"{path}: got {short(value)}, expected {_type_name(tp)}")
+
+
+def _coerce_dict(value: Any, tp: Any, path: str) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: got {short(value)}, expected a mapping")
+    key_tp, val_tp = typing.get_args(tp)
+    out = {}
+    for k, v in value.items():
+        if key_tp is int:
+            digits = k.strip().lstrip("+-") if isinstance(k, str) else ""
+            if not (isinstance(k, int) and not isinstance(k, bool)) and not (digits.isdigit() and len(digits) < 19):
+                raise ConfigError(f"{path}: key {short(k)} is not an integer")
+            k = int(k)
+        else:
+            k = str(k)
+        out[k] = _coerce(v, val_tp, f"{path}.{k}")
+    return out
+
+
+def _finite(value: Any, path: str) -> Any:
+    """Values typed ``Any`` (loss options, augmentations) hold no NaN or infinity either."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{path}: got {short(value)}, expected a finite number")
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        _finite(v, f"{path}[{k}]" if isinstance(value, list) else f"{path}.{k}")
+    return value
+
+
+def _coerce_scalar(value: Any, tp: Any, path: str) -> Any:
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: got {short(value)}, expected true or false")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: got {short(value)}, expected a string")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (tp is int and not isinstance(value, int)):
+        raise ConfigError(f"{path}: got {short(value)}, expected {'an integer' if tp is int else 'a number'}")
+    if tp is int:
+        if not INT_RANGE[0] <= value <= INT_RANGE[1]:
+            raise ConfigError(f"{path}: got {short(value)}, expected an integer in [-2**63, 2**63 - 1]")
+        return value
+    try:
+        out = float(value)
+    except OverflowError:  # an int beyond the float range
+        out = math.inf
+    if math.isnan(out) or (math.isinf(out) and path not in INF_OK):
+        raise ConfigError(f"{path}: got {short(value)}, expected a finite number")
+    return out
+
+
 def _coerce(value: Any, tp: Any, path: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it (ints widen to floats)."""
+    """Check ``value`` against the annotation ``tp``; return it (ints widen to floats). A wrong
+    element of a list or mapping is named by its path: ``model.widths[2]``, ``data.size_schedule.5``."""
     origin = typing.get_origin(tp)
     if tp is Any:
-        return value
+        return _finite(value, path)
     if origin is Union:
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, path)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{path}: got {value!r}, expected {_type_name(tp)}")
+        return _coerce_union(value, tp, path)
     if origin is Literal:
         if value not in typing.get_args(tp):
-            raise ConfigError(f"{path}: got {value!r}, expected {_type_name(tp)}")
+            raise ConfigError(f"{path}: got {short(value)}, expected {_type_name(tp)}")
         return value
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: got {value!r}, expected a list")
+            raise ConfigError(f"{path}: got {short(value)}, expected a list")
         (item_tp,) = typing.get_args(tp)
         return [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: got {value!r}, expected a mapping")
-        key_tp, val_tp = typing.get_args(tp)
-        out = {}
-        for k, v in value.items():
-            if key_tp is int:
-                try:
-                    k = int(k)
-                except (TypeError, ValueError):
-                    raise ConfigError(f"{path}: key {k!r} is not an integer") from None
-            out[k if key_tp is int else str(k)] = _coerce(v, val_tp, f"{path}.{k}")
-        return out
+        return _coerce_dict(value, tp, path)
     if dataclasses.is_dataclass(tp):
         return _from_dict(tp, value, path)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: got {value!r}, expected true or false")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: got {value!r}, expected an integer")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: got {value!r}, expected a number")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: got {value!r}, expected a string")
-        return value
+    if tp in (bool, int, float, str):
+        return _coerce_scalar(value, tp, path)
     raise TypeError(f"unsupported config annotation {tp!r} at {path}")
 
 
 def _from_dict(cls: type, data: Any, path: str) -> Any:
     if not isinstance(data, dict):
-        raise ConfigError(f"{path or 'config'}: got {data!r}, expected a mapping of keys")
+        raise ConfigError(f"{path or 'config'}: got {short(data)}, expected a mapping of keys")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
         key_path = f"{path}.{key}" if path else str(key)
         if key not in hints:
-            raise ConfigError(f"unknown key {key_path!r}; accepted keys{' under ' + path if path else ''}: "
+            raise ConfigError(f"unknown key {short(key_path)}; accepted keys{' under ' + path if path else ''}: "
                               + ", ".join(names))
         kwargs[key] = _coerce(value, hints[key], key_path)
     return cls(**kwargs)
@@ -148,7 +172,7 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
         if nxt is None:
             nxt = node[k] = {}
         if not isinstance(nxt, dict):
-            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
+            raise ConfigError(f"override {short(dotted)}: {short(k)} is not a section")
         node = nxt
     node[keys[-1]] = value
 
@@ -158,33 +182,14 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     parsed = []
     for item in overrides:
         if "=" not in item or item.startswith("="):
-            raise ConfigError(f"override {item!r} is not of the form key.path=value (e.g. train.epochs=3)")
+            raise ConfigError(f"override {short(item)} is not of the form key.path=value (e.g. train.epochs=3)")
         key, raw = item.split("=", 1)
         try:
-            value = load_yaml_text(raw) if raw != "" else None
+            value = load_yaml_text(raw, f"override {short(item)}") if raw != "" else None
         except yaml.YAMLError:
             value = raw
         parsed.append((key.strip(), value))
     return parsed
-
-
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        hint = ""
-        configs = sorted(Path("configs").glob("*.yaml")) if Path("configs").is_dir() else []
-        if configs:
-            hint = "; available: " + ", ".join(str(c) for c in configs)
-        raise ConfigError(f"config file {str(path)!r} not found{hint}")
-    try:
-        data = load_yaml_text(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
-    return data
 
 
 def config_from_dict(data: dict, overrides: list[str] | None = None, source: str | None = None) -> Config:
@@ -206,8 +211,17 @@ def config_from_dict(data: dict, overrides: list[str] | None = None, source: str
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (or the defaults when ``path`` is None) and apply dotted overrides."""
-    data = read_yaml(path) if path is not None else {}
+    """Load a YAML config (or the defaults when ``path`` is None) and apply dotted overrides.
+
+    An empty file (or one of comments only) is the defaults, with a warning rather than an error:
+    it is valid YAML that changes nothing, as ``path=None`` does, and the run's config.yaml records
+    every value used; the warning only makes sure it is not silent (a file saved empty by mistake)."""
+    data = {}
+    if path is not None:
+        raw = parse_yaml_file(path)
+        if raw is None:
+            log.warning("%s: empty config file; using the defaults of every key (sandbox/config/schema.py)", path)
+        data = as_mapping(raw, path)
     return config_from_dict(data, overrides, str(path) if path is not None else None)
 
 

@@ -144,6 +144,27 @@ class Config:
         return dataclasses.asdict(self)
 
 
+# Numeric keys' accepted ranges, as the Literals above are the keys' accepted choices: the only list
+# of them (validate.py checks it; a message quotes the interval). [a, b] closed, (a, b) open, inf: no
+# upper bound. Every float must be finite anyway (loading.py; loss_balance.max alone may be .inf).
+RANGES: dict[str, str] = {
+    "seed": "[0, 4294967295]",  # numpy's and torch's seeds are unsigned 32-bit
+    "data.size": "[8, 4096]",  # px; one 4096 px image is 200 MB per 16 float32 channels of activations
+    "data.num_train": "[1, 1000000]",  # synthetic data: the epoch's shuffle is a list of every index
+    "data.num_val": "[0, 1000000]",
+    "data.num_test": "[0, 1000000]",
+    "data.mask_threshold": "[0, 1)",  # a fraction of the mask format's max value
+    "train.momentum": "[0, 1)",
+    "train.gamma": "(0, 1)",  # a decay factor (ReduceLROnPlateau refuses 1)
+    "train.cycle_epochs": "(0, inf)",
+    "train.step_epochs": "[1, inf)",  # step: epochs between decays; plateau: patience
+    "train.checkpoint_every": "[0, inf)",  # 0: at epoch ends
+    "train.keep_last_n": "[0, inf)",  # 0: only best and last
+    "train.fid_samples": "[0, 1000000]",  # generated and held in memory each epoch
+    "train.probe_samples": "[0, 1000000]",
+}
+
+
 
 def choices(section: type, key: str) -> tuple:
     """The allowed values of a ``Literal`` key: ``choices(ModelConfig, "upsample")`` ->

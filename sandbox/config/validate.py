@@ -3,11 +3,12 @@ config), raising a :class:`ConfigError` that names the key path."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
-from sandbox.config.schema import Config
+from sandbox.config.schema import RANGES, Config
 from sandbox.data import DATASETS
-from sandbox.errors import ConfigError
+from sandbox.errors import ConfigError, short, short_key
 from sandbox.losses import LOSSES, build_loss
 from sandbox.models import MODELS, check_model_options
 from sandbox.nn.core import stage_widths
@@ -17,7 +18,34 @@ from sandbox.nn.core import stage_widths
 
 def _positive(path: str, value: float, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{path}: got {value!r}, expected a {'non-negative' if allow_zero else 'positive'} number")
+        kind = "non-negative" if allow_zero else "positive"
+        raise ConfigError(f"{path}: got {short(value)}, expected a {kind} number")
+
+
+def _inside(value: float, interval: str) -> bool:
+    """``_inside(3, "[1, inf)")``: interval notation as written in RANGES."""
+    low, high = (float(x) for x in interval[1:-1].split(","))
+    above = value >= low if interval[0] == "[" else value > low
+    return above and (value <= high if interval[-1] == "]" else value < high)
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Every key of :data:`~sandbox.config.schema.RANGES` inside its interval (unset keys pass)."""
+    for path, interval in RANGES.items():
+        value = functools.reduce(getattr, path.split("."), cfg)
+        if value is not None and not _inside(value, interval):
+            kind = "an integer" if isinstance(value, int) else "a value"
+            raise ConfigError(f"{path}: got {short(value)}, expected {kind} in {interval}")
+
+
+def _check_name(name: str) -> None:
+    """The run directory is ``<out_dir>/<name>``: a folder below out_dir, never out_dir itself
+    (``.``, where it would mix with the other runs) nor outside it."""
+    parts = Path(name).parts
+    if (not name.strip() or not parts or ".." in parts or Path(name).is_absolute()
+            or any(ord(c) < 32 for c in name)):
+        raise ConfigError(f"name: got {short(name)}, expected a non-empty relative run name (a folder below "
+                          "out_dir: not '.', no '..', no control characters)")
 
 
 def validate(cfg: Config) -> None:
@@ -36,24 +64,26 @@ def validate(cfg: Config) -> None:
                         ("data.difficulty", cfg.data.difficulty)]:
         _positive(path, value, allow_zero=True)
     if not 0 <= cfg.model.dropout < 1:
-        raise ConfigError(f"model.dropout: got {cfg.model.dropout}, expected a value in [0, 1)")
+        raise ConfigError(f"model.dropout: got {short(cfg.model.dropout)}, expected a value in [0, 1)")
     if not 0 < cfg.train.warmup_frac < 1:
-        raise ConfigError(f"train.warmup_frac: got {cfg.train.warmup_frac}, expected a value in (0, 1)")
+        raise ConfigError(f"train.warmup_frac: got {short(cfg.train.warmup_frac)}, expected a value in (0, 1)")
     if cfg.train.clip is not None:
         _positive("train.clip", cfg.train.clip)
-    if not cfg.name.strip() or ".." in Path(cfg.name).parts or Path(cfg.name).is_absolute():
-        raise ConfigError(f"name: got {cfg.name!r}, expected a non-empty relative run name (no '..')")
+    _check_ranges(cfg)
+    _check_name(cfg.name)
+    if cfg.train.optimizer == "sgd" and cfg.train.momentum == 0:
+        raise ConfigError("train.momentum: got 0.0; sgd takes Nesterov momentum, which needs a value in (0, 1)")
 
     if cfg.data.name not in DATASETS:
-        raise ConfigError(f"data.name: unknown dataset {cfg.data.name!r}; accepted: {', '.join(DATASETS.names())}")
+        raise ConfigError(f"data.name: unknown dataset {short(cfg.data.name)}; accepted: {', '.join(DATASETS.names())}")
     if cfg.model.name not in MODELS:
-        raise ConfigError(f"model.name: unknown model {cfg.model.name!r}; accepted: {', '.join(MODELS.names())}")
+        raise ConfigError(f"model.name: unknown model {short(cfg.model.name)}; accepted: {', '.join(MODELS.names())}")
     check_model_options(cfg.model.name, {k: v for k, v in vars(cfg.model).items() if k != "name"})
     _validate_data(cfg)
     _validate_model(cfg)
     _validate_loss(cfg)
     if cfg.train.monitor.split("/")[0] not in ("val", "train"):
-        raise ConfigError(f"train.monitor: got {cfg.train.monitor!r}, expected a logged metric such as "
+        raise ConfigError(f"train.monitor: got {short(cfg.train.monitor)}, expected a logged metric such as "
                           "val/dice, val/iou or val/loss")
     _validate_generative(cfg, MODELS)
 
@@ -62,7 +92,7 @@ def _validate_data(cfg: Config) -> None:
     d = cfg.data
     for key in ("val_fraction", "test_fraction"):
         if not 0 <= getattr(d, key) < 1:
-            raise ConfigError(f"data.{key}: got {getattr(d, key)}, expected a fraction in [0, 1)")
+            raise ConfigError(f"data.{key}: got {short(getattr(d, key))}, expected a fraction in [0, 1)")
     if d.val_fraction + d.test_fraction >= 1:
         raise ConfigError(f"data.val_fraction + data.test_fraction = {d.val_fraction + d.test_fraction:g} "
                           "leaves nothing to train on; expected a sum below 1")
@@ -70,11 +100,13 @@ def _validate_data(cfg: Config) -> None:
         raise ConfigError(f"data.mask_threshold: got {d.mask_threshold}, expected a fraction in [0, 1) of the "
                           "mask's full scale (0.5: above half of 1, 255 or 65535, whichever the mask uses)")
     if not 0 < d.train_fraction <= 1:
-        raise ConfigError(f"data.train_fraction: got {d.train_fraction}, expected a fraction in (0, 1] (0.01 = 1 %)")
+        raise ConfigError(f"data.train_fraction: got {short(d.train_fraction)}, "
+                          "expected a fraction in (0, 1] (0.01 = 1 %)")
     if d.size_schedule:
         for epoch, size in d.size_schedule.items():
-            if epoch < 0 or size <= 0:
-                raise ConfigError(f"data.size_schedule: got {{{epoch}: {size}}}, expected {{epoch >= 0: size > 0}}")
+            if epoch < 0 or not _inside(size, RANGES["data.size"]):
+                raise ConfigError(f"data.size_schedule: got {{{short(epoch)}: {short(size)}}}, expected "
+                                  f"{{epoch >= 0: size in {RANGES['data.size']}}}")
 
 
 
@@ -85,7 +117,7 @@ def _validate_model(cfg: Config) -> None:
             raise ConfigError(f"model.widths: got {len(m.widths)} widths for model.depth={m.depth}; "
                               f"expected depth + 1 = {m.depth + 1} (or drop widths and set model.width)")
         if any(w <= 0 for w in m.widths):
-            raise ConfigError(f"model.widths: got {m.widths}, expected positive integers")
+            raise ConfigError(f"model.widths: got {short(m.widths)}, expected positive integers")
     downsamples = MODELS[m.name].downsamples
     if downsamples and cfg.data.size % (2**m.depth) != 0:
         ok = [d for d in range(0, 8) if cfg.data.size % 2**d == 0 and cfg.data.size // 2**d >= 2]
@@ -97,7 +129,7 @@ def _validate_model(cfg: Config) -> None:
     if m.norm == "group":
         bad = [w for w in stage_widths(m.width, m.widths, m.depth) if w % min(8, w) != 0]
         if bad:
-            raise ConfigError(f"model.norm: group norm needs widths divisible by 8, got {bad}")
+            raise ConfigError(f"model.norm: group norm needs widths divisible by 8, got {short(bad)}")
 
 
 
@@ -107,21 +139,22 @@ def _validate_loss(cfg: Config) -> None:
         raise ConfigError(f"loss: empty; expected e.g. {example}")
     targets = DATASETS[cfg.data.name].targets
     for target, spec in cfg.loss.items():
+        where = f"loss.{short_key(target)}"
         if target not in targets:
-            raise ConfigError(f"loss.{target}: dataset {cfg.data.name!r} has no target {target!r}; "
+            raise ConfigError(f"{where}: dataset {short(cfg.data.name)} has no target {short(target)}; "
                               f"accepted: {', '.join(targets)}")
         if not isinstance(spec, dict) or not spec:
-            raise ConfigError(f"loss.{target}: got {spec!r}, expected a mapping of loss name to weight, "
+            raise ConfigError(f"{where}: got {short(spec)}, expected a mapping of loss name to weight, "
                               "e.g. {dice: 1.0, bce: 0.5}")
         for name, weight in spec.items():
             if name not in LOSSES:
-                raise ConfigError(f"loss.{target}.{name}: unknown loss; accepted: {', '.join(LOSSES.names())}")
+                raise ConfigError(f"{where}.{short_key(name)}: unknown loss; accepted: {', '.join(LOSSES.names())}")
             if isinstance(weight, dict):
                 w = weight.get("weight", 1.0)
             else:
                 w = weight
             if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
-                raise ConfigError(f"loss.{target}.{name}: got weight {w!r}, expected a non-negative number "
+                raise ConfigError(f"loss.{target}.{name}: got weight {short(w)}, expected a non-negative number "
                                   "(or a mapping {weight: w, <loss options>})")
     # build the losses once: bad options, targets and clamps fail here, naming loss.<target>.<name>
     build_loss(cfg.loss, balance=dataclasses.asdict(cfg.loss_balance) if cfg.loss_balance is not None else None)
@@ -148,18 +181,19 @@ def _validate_generative(cfg: Config, models) -> None:
             raise ConfigError(f"loss: {m.name} reconstructs images; expected loss.image only (e.g. "
                               f"{{image: {{mse: 1.0}}}}), got targets {', '.join(cfg.loss)}")
         if models[m.name].trainer == "aae" and t.grad_accum > 1:
-            raise ConfigError(f"train.grad_accum: got {t.grad_accum}; the aae trainer steps the encoder in two phases "
-                              "per batch (reconstruction, then fooling the discriminator) and accumulated gradients "
-                              "would mix them: use 1 and raise data.batch_size (or launch more processes)")
+            raise ConfigError(f"train.grad_accum: got {short(t.grad_accum)}; the aae trainer steps the encoder "
+                              "in two phases per batch (reconstruction, then fooling the discriminator) and "
+                              "accumulated gradients would mix them: use 1 and raise data.batch_size (or launch "
+                              "more processes)")
     for path, value in [("train.beta", t.beta), ("train.fid_samples", t.fid_samples),
                         ("train.probe_samples", t.probe_samples)]:
         _positive(path, value, allow_zero=True)
     if not 0 <= t.kl_warmup_frac <= 1:
-        raise ConfigError(f"train.kl_warmup_frac: got {t.kl_warmup_frac}, expected a fraction in [0, 1]")
+        raise ConfigError(f"train.kl_warmup_frac: got {short(t.kl_warmup_frac)}, expected a fraction in [0, 1]")
     if not 0 <= t.label_smoothing < 0.5:
-        raise ConfigError(f"train.label_smoothing: got {t.label_smoothing}, expected a value in [0, 0.5)")
+        raise ConfigError(f"train.label_smoothing: got {short(t.label_smoothing)}, expected a value in [0, 0.5)")
     if t.d_lr is not None:
         _positive("train.d_lr", t.d_lr)
     _positive("train.n_critic", t.n_critic)
     if t.beta1 is not None and not 0 <= t.beta1 < 1:
-        raise ConfigError(f"train.beta1: got {t.beta1}, expected a value in [0, 1)")
+        raise ConfigError(f"train.beta1: got {short(t.beta1)}, expected a value in [0, 1)")

@@ -1,0 +1,185 @@
+"""Reading YAML the sandbox can trust: bounded before and while it is parsed.
+
+A config file is at most :data:`MAX_BYTES`, UTF-8, a regular file (a directory is named as one,
+with the YAML files it holds). Its YAML 1.2 scalars (:class:`_Loader`) are composed into nodes
+that are counted as they come, *every alias as a full copy of its anchor*: PyYAML shares an
+anchored node among its aliases, so "billion laughs" costs nothing to compose, but everything
+that later walks the value (type checks, messages) would pay for every copy. Over
+:data:`MAX_NODES` such values, nesting deeper than :data:`MAX_DEPTH`, or an alias inside its own
+anchor is one :class:`ConfigError` line naming the file and line, raised before the rest of the
+file is even parsed.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sandbox.errors import ConfigError, short
+
+MAX_BYTES = 1 << 20  # a config is a few KiB; a bigger file is a wrong path (a dataset, a checkpoint)
+MAX_NODES = 10_000  # scalars, lists and mappings, aliases expanded (the largest config in configs/ has 98)
+MAX_DEPTH = 64  # nesting of lists and mappings (PyYAML composes recursively: deeper would hit Python's limit)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 scalars: ``1e-3`` is a float and only true/false are booleans
+    (PyYAML's 1.1 rules read ``1e-3`` as a string and ``no``/``off`` as False, which would turn
+    ``mixed_precision: no`` into a boolean); composing is bounded as the module says."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._values = 0  # nodes so far, each alias counted as the expanded size of its anchor
+        self._open: list = []  # anchors of the nodes being composed (None for a node without one)
+        self._sizes: dict[int, int] = {}  # expanded sizes of anchored nodes, memoised
+
+    def _refuse(self, mark, what: str) -> None:
+        raise ConfigError(f"line {mark.line + 1}: {what}")
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor in self._open:
+                self._refuse(event.start_mark, f"alias *{event.anchor} inside its own anchor &{event.anchor} "
+                                               "(a value of infinite size); expected a tree of keys and values")
+            node = super().compose_node(parent, index)
+            self._values += expanded_size(node, self._sizes)
+        else:
+            self._values += 1
+            if len(self._open) >= MAX_DEPTH:
+                self._refuse(event.start_mark, f"lists and mappings nested more than {MAX_DEPTH} deep")
+            self._open.append(getattr(event, "anchor", None))
+            try:
+                node = super().compose_node(parent, index)
+            finally:
+                self._open.pop()
+        if self._values > MAX_NODES:
+            self._refuse(event.start_mark, f"over {MAX_NODES:,} values with its aliases (*name) expanded; a config "
+                                           "holds a few hundred: expected a smaller file, or aliases not nested "
+                                           "in each other")
+        return node
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def _line(text: str, limit: int = 150) -> str:
+    """A library's message as part of one line: whitespace collapsed, at most ``limit`` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _children(node: yaml.Node) -> list:
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def expanded_size(root: yaml.Node, sizes: dict[int, int] | None = None) -> int:
+    """Nodes under ``root`` counting each alias as a full copy of its anchor, linear in the
+    *distinct* nodes (``sizes`` memoises by node id; the composer refuses cycles before this)."""
+    sizes = {} if sizes is None else sizes
+    stack = [(root, False)]
+    while stack:
+        node, closing = stack.pop()
+        if closing:
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in _children(node))
+        elif id(node) not in sizes:
+            stack.append((node, True))
+            stack.extend((c, False) for c in _children(node) if id(c) not in sizes)
+    return sizes[id(root)]
+
+
+def load_yaml_text(text: str, where: str = "YAML") -> Any:
+    """Parse YAML 1.2 text, bounded as the module says. Syntax errors stay :class:`yaml.YAMLError`;
+    a bound or a value that cannot be built is a :class:`ConfigError` starting with ``where``."""
+    loader = _Loader(text)
+    try:
+        try:
+            return loader.get_single_data()
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        except (ValueError, OverflowError) as exc:  # a date like 2024-13-01, an int of over 4300 digits
+            raise ConfigError(f"{where}: a value cannot be read ({_line(str(exc))})") from None
+    finally:
+        loader.dispose()
+
+
+def _check_file(path: Path) -> None:
+    if path.is_dir():
+        try:
+            found = sorted(p.name for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+        except OSError:
+            found = []
+        listed = ", ".join(str(path / n) for n in found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        raise ConfigError(f"config file {short(str(path))} is a directory; expected a YAML file"
+                          + (f", e.g. {listed}" if found else " (it holds no .yaml file)"))
+    if not path.exists():
+        configs = sorted(Path("configs").glob("*.yaml")) if Path("configs").is_dir() else []
+        hint = "; available: " + ", ".join(str(c) for c in configs) if configs else ""
+        raise ConfigError(f"config file {short(str(path))} not found{hint}")
+    if not path.is_file():
+        raise ConfigError(f"config file {short(str(path))} is not a regular file; expected a YAML file")
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise ConfigError(f"{path}: {size / 2**20:.1f} MiB; a config file is at most {MAX_BYTES >> 20} MiB "
+                          "(a few KiB is usual): is it the right file?")
+
+
+def parse_yaml_file(path: str | Path) -> Any:
+    """The YAML value of a config file (None when it is empty), every failure one ConfigError line."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_BYTES + 1)  # never more, even for a file that grew since the check
+    except OSError as exc:
+        raise ConfigError(f"config file {short(str(path))} cannot be read ({exc.strerror or exc})") from None
+    if len(raw) > MAX_BYTES:
+        raise ConfigError(f"{path}: over {MAX_BYTES >> 20} MiB; a config file is at most that: is it the right file?")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                          "expected a UTF-8 encoded YAML file") from None
+    try:
+        return load_yaml_text(text, str(path))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        raise ConfigError(f"{path}:{where} is not valid YAML ({_line(problem)})") from None
+
+
+def as_mapping(data: Any, path: str | Path) -> dict:
+    """A parsed config file's top level: a mapping (an empty file is ``{}``)."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML file whose top level is a mapping (configs, run configs, studies), bounded as above."""
+    return as_mapping(parse_yaml_file(path), path)
