@@ -153,7 +153,7 @@ RANGES: dict[str, str] = {
     "data.num_train": "[1, 1000000]",  # synthetic data: the epoch's shuffle is a list of every index
     "data.num_val": "[0, 1000000]",
     "data.num_test": "[0, 1000000]",
-    "data.mask_threshold": "[0, 1)",  # a fraction of the mask format's max value
+    "data.mask_threshold": "[0, 1)",  # a fraction of the mask's own full scale (1, 255 or 65535)
     "train.momentum": "[0, 1)",
     "train.gamma": "(0, 1)",  # a decay factor (ReduceLROnPlateau refuses 1)
     "train.cycle_epochs": "(0, inf)",

@@ -96,9 +96,6 @@ def _validate_data(cfg: Config) -> None:
     if d.val_fraction + d.test_fraction >= 1:
         raise ConfigError(f"data.val_fraction + data.test_fraction = {d.val_fraction + d.test_fraction:g} "
                           "leaves nothing to train on; expected a sum below 1")
-    if not 0 <= d.mask_threshold < 1:
-        raise ConfigError(f"data.mask_threshold: got {d.mask_threshold}, expected a fraction in [0, 1) of the "
-                          "mask's full scale (0.5: above half of 1, 255 or 65535, whichever the mask uses)")
     if not 0 < d.train_fraction <= 1:
         raise ConfigError(f"data.train_fraction: got {short(d.train_fraction)}, "
                           "expected a fraction in (0, 1] (0.01 = 1 %)")
