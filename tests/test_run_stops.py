@@ -101,3 +101,64 @@ def test_restart_is_refused_where_a_checkpoint_exists(tmp_path, tiny_overrides, 
     assert f"python sandbox/train.py --resume {run_dir}" in out
     assert (run_dir / "metrics.jsonl").read_text() == before
     assert (run_dir / "checkpoints" / "last" / "model.pt").exists()
+
+
+# ----------------------------------------------------------------------------- true stop messages
+
+def test_nonfinite_stop_before_any_checkpoint_says_so(tmp_path, tiny_overrides, monkeypatch):
+    nan_at(monkeypatch, 2)
+    with pytest.raises(SandboxError) as exc:
+        run(tiny_overrides)
+    msg = str(exc.value)
+    assert "non-finite loss at epoch 1, step 2" in msg
+    assert "no checkpoint was written yet" in msg and "last good model" not in msg, msg
+    assert "--restart" in msg
+
+
+def test_nonfinite_stop_after_epoch_1_names_what_last_and_best_hold(tmp_path, tiny_overrides, monkeypatch):
+    nan_at(monkeypatch, 3)  # the first step of epoch 2
+    base = [o for o in tiny_overrides if not o.startswith("train.epochs=")] + ["train.epochs=2"]
+    with pytest.raises(SandboxError) as exc:
+        run(base)
+    msg = str(exc.value)
+    assert "non-finite loss at epoch 2, step 3" in msg
+    assert "checkpoints/last holds epoch 1 (step 2), best epoch 1 (step 2)" in msg, msg
+    assert "nothing was saved at or after that step" in msg and "no checkpoint" not in msg
+
+
+def test_nonfinite_stop_says_when_last_holds_diverged_weights(tmp_path, tiny_overrides, monkeypatch):
+    from sandbox.losses import DiceLoss
+
+    real, calls = DiceLoss.forward, {"n": 0}
+
+    def forward(self, pred, target):  # step 2 (the end of epoch 1) poisons the weights with NaN gradients
+        out = real(self, pred, target)
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == 2:
+                return out + _poison(pred)
+        return out
+
+    monkeypatch.setattr(DiceLoss, "forward", forward)
+    base = [o for o in tiny_overrides if not o.startswith("train.epochs=")] + ["train.epochs=2"]
+    with pytest.raises(SandboxError) as exc:
+        run(base)
+    msg = str(exc.value)
+    assert "non-finite loss at epoch 2, step 3" in msg
+    assert "checkpoints/last holds epoch 1 (step 2) with non-finite weights" in msg, msg
+    assert "no best" in msg and "last good model" not in msg
+
+
+def _poison(x: torch.Tensor) -> torch.Tensor:
+    """Adds 0 to the loss, NaN to the gradient of ``x``."""
+    class Poison(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            ctx.shape = t.shape
+            return t.new_zeros(())
+
+        @staticmethod
+        def backward(ctx, grad):
+            return torch.full(ctx.shape, float("nan"))
+
+    return Poison.apply(x)
