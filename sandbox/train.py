@@ -5,6 +5,9 @@
     python sandbox/train.py --resume runs/unet_dice            # continue a run with its own config.yaml
     python sandbox/train.py --config configs/unet_dice.yaml --restart   # afresh, where a start failed before
                                                                         # its first checkpoint
+
+SIGTERM or Ctrl-C: the run saves checkpoints/last after the current step, prints the resume command
+and exits with 143 / 130; a second signal stops at once.
 """
 import os
 import shlex

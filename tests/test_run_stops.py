@@ -162,3 +162,127 @@ def _poison(x: torch.Tensor) -> torch.Tensor:
             return torch.full(ctx.shape, float("nan"))
 
     return Poison.apply(x)
+
+
+# ----------------------------------------------------------------------------- SIGTERM / SIGINT
+
+SLOW = ["data.size=32", "data.num_train=48", "data.num_val=4", "data.batch_size=4", "model.width=4",
+        "model.depth=2", "model.dropout=0.1", "train.epochs=2", "train.log_every=1", "train.num_images=2",
+        "track.wandb=disabled", "train.mixed_precision=no"]  # 2 epochs x 12 steps, dropout: RNG matters
+TRAIN = [sys.executable, str(ROOT / "sandbox" / "train.py")]
+ENV = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=str(ROOT))
+
+
+def _default_sigint():  # a child of a shell that ignores SIGINT would inherit that
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    done = subprocess.run(TRAIN + ["--config", CONFIG, *SLOW, f"out_dir={out}", "name=straight"], env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return strip(read_metrics(out / "straight" / "metrics.jsonl"))
+
+
+def _last_step(path):
+    try:
+        return max((json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()), default=0)
+    except (OSError, json.JSONDecodeError, KeyError):
+        return 0
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_saves_the_step_and_prints_the_resume_command(tmp_path, straight, sig, code):
+    run_dir = tmp_path / "stopped"
+    proc = subprocess.Popen(TRAIN + ["--config", CONFIG, *SLOW, f"out_dir={tmp_path}", "name=stopped"], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
+    deadline = time.time() + 120
+    while proc.poll() is None and _last_step(run_dir / "metrics.jsonl") < 3 and time.time() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, f"run ended before the signal: {proc.stderr.read()[-2000:]}"
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-3000:]
+    lines = [line for line in (out + err).splitlines() if f"python sandbox/train.py --resume {run_dir}" in line]
+    assert len(lines) == 1, out[-1500:] + err[-1500:]
+    state = json.loads((run_dir / "checkpoints" / "last" / "trainer_state.json").read_text())
+    assert 0 < state["batch"] < 12 and state["step"] == _last_step(run_dir / "metrics.jsonl")  # mid-epoch, that step
+
+    done = subprocess.run(TRAIN + ["--resume", str(run_dir)], env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert strip(read_metrics(run_dir / "metrics.jsonl")) == straight  # every logged number, bit for bit
+
+
+def test_a_signal_echoed_by_a_launcher_is_one_request_a_later_one_stops_at_once():
+    from sandbox.engine.stops import SignalStop
+
+    before = signal.getsignal(signal.SIGINT)
+    with SignalStop() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # torchrun passing on the Ctrl-C its process group got
+        time.sleep(0.05)
+        assert stop.signum == signal.SIGINT
+        time.sleep(1.1)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # meant: stop now
+            time.sleep(0.5)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def _rank_pid(rank: str, marker: str) -> int | None:
+    """The pid of the training process with RANK=rank whose command line holds ``marker``."""
+    for d in os.listdir("/proc"):
+        try:
+            raw = open(f"/proc/{d}/environ", "rb").read().decode()
+            env = dict(e.split("=", 1) for e in raw.split("\0") if "=" in e)
+            args = open(f"/proc/{d}/cmdline", "rb").read().decode().split("\0")
+        except (OSError, ValueError):
+            continue
+        if env.get("RANK") == rank and marker in " ".join(args) and any(a.endswith("train.py") for a in args[:3]):
+            return int(d)
+    return None
+
+
+def test_two_processes_stop_after_the_same_step_when_one_gets_the_signal(tmp_path):
+    """SIGTERM to process 1 alone: both save the same step (one that went on would wait forever in the
+    next all-reduce), only the main process prints, and the resume matches an uninterrupted run."""
+    from tests.test_reliability import free_port
+
+    if shutil.which("accelerate") is None or not os.path.isdir("/proc"):
+        pytest.skip("needs the accelerate CLI and /proc")
+    common = [o for o in SLOW if not o.startswith(("model.width=", "model.dropout=", "data.batch_size="))]
+    common += ["model.norm=group", "model.width=8", "train.threads=1", f"out_dir={tmp_path}"]
+    env = dict(ENV, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+
+    def launch(*args):
+        return ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+                str(ROOT / "sandbox" / "train.py"), *args]
+
+    done = subprocess.run(launch("--config", CONFIG, *common, "name=straight", "data.batch_size=2"), env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = tmp_path / "two"
+    proc = subprocess.Popen(launch("--config", CONFIG, *common, "name=two", "data.batch_size=2"), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while proc.poll() is None and _last_step(run_dir / "metrics.jsonl") < 3 and time.time() < deadline:
+        time.sleep(0.005)
+    pid = _rank_pid("1", f"out_dir={tmp_path}")
+    assert proc.poll() is None and pid, f"no process 1 to signal: {proc.stderr.read()[-2000:] if proc.poll() else ''}"
+    os.kill(pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode != 0
+    assert (out + err).count("stopped by SIGTERM") == 1, err[-3000:]
+    assert "accelerate launch --num_processes 2 sandbox/train.py --resume" in err
+    last = run_dir / "checkpoints" / "last"
+    state = json.loads((last / "trainer_state.json").read_text())
+    assert 0 < state["batch"] < 12 and state["step"] == _last_step(run_dir / "metrics.jsonl")
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(os.listdir(last))  # both processes saved
+
+    done = subprocess.run(launch("--resume", str(run_dir)), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    straight = strip(read_metrics(tmp_path / "straight" / "metrics.jsonl"))
+    assert strip(read_metrics(run_dir / "metrics.jsonl")) == straight  # bit for bit

@@ -2,12 +2,14 @@
 
 Logging every ``log_every`` steps and at each epoch's end (values stay on device in between: no
 per-step sync), evaluation every epoch, the ``best``/``last`` checkpoints (atomic, resumable), the
-plots and the console lines (main process only).
+plots and the console lines (main process only). A SIGTERM/SIGINT during ``fit`` stops after the
+optimizer step with ``checkpoints/last`` saved there (:mod:`.stops`).
 """
 from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from sandbox.config.loading import save_config
 from sandbox.engine import distributed
 from sandbox.engine.console import banner, epoch_line
 from sandbox.engine.optim import per_epoch
+from sandbox.engine.stops import RunStopped, SignalStop, stop_message
 from sandbox.tracking.metrics_log import read_metrics
 from sandbox.tracking.wandb_run import start_wandb
 from sandbox.viz.curves import plot_curves
@@ -29,7 +32,15 @@ class Loop:
     """``fit`` and what it calls; the attributes it uses are set up by ``Trainer.__init__``."""
 
     def fit(self, until_epoch: int | None = None) -> dict[str, float]:
-        """Train to ``train.epochs`` (or stop after epoch ``until_epoch``; the run stays resumable)."""
+        """Train to ``train.epochs`` (or stop after epoch ``until_epoch``; the run stays resumable).
+
+        A first SIGTERM/SIGINT ends the run after the current optimizer step, with checkpoints/last
+        saved at that step, by :class:`~sandbox.engine.stops.RunStopped` (the resume command in its
+        message); a second one stops at once. The handlers are there only while ``fit`` runs."""
+        with SignalStop() as self._signals:
+            return self._fit(until_epoch)
+
+    def _fit(self, until_epoch: int | None) -> dict[str, float]:
         cfg, t, acc = self.cfg, self.cfg.train, self.accelerator
         if acc.is_main_process:
             save_config(cfg, self.run.config)
@@ -42,7 +53,8 @@ class Loop:
         if t.resume and self.state["epoch"] >= t.epochs:
             acc.print(f"{self.run.path} has finished its {self.state['epoch']} epochs: nothing to train. To go on, "
                       f"raise train.epochs (with train.scheduler=none if the run has an LR schedule)")
-        for epoch in range(self.state["epoch"], min(t.epochs, until_epoch or t.epochs)):
+        end = min(t.epochs, until_epoch or t.epochs)
+        for epoch in range(self.state["epoch"], end):
             t0 = time.time()
             self.size = self.size_at(epoch)
             train_means = self._train_epoch(epoch)
@@ -75,6 +87,8 @@ class Loop:
                     self.metrics.log_image(f"images/{path.stem.rsplit('_', 1)[0]}", path, self.state["step"],
                                            caption=f"epoch {epoch + 1}")
             self._epoch_line(epoch, train_means, last_val, epoch_time)
+            if epoch + 1 < end and (signum := self._signals.agreed(acc)):  # came during evaluation or the last step
+                self._stop(signum)
         acc.end_training()
         return last_val
 
@@ -107,11 +121,16 @@ class Loop:
                 if st["step"] % t.log_every == 0:
                     self._log_train(epoch, sums, count, bar)
                     sums, count = {}, 0
-                if t.checkpoint_every and st["step"] % t.checkpoint_every == 0 and st["batch"] < len(self.train_loader):
+                # a signal: save here and stop (at the epoch's last step, fit stops after the epoch's saves)
+                signum = self._signals.agreed(acc)
+                if (signum or (t.checkpoint_every and st["step"] % t.checkpoint_every == 0)) \
+                        and st["batch"] < len(self.train_loader):
                     st.update(sums={k: float(v) for k, v in sums.items()}, count=count,
                               epoch_sums={k: float(v) for k, v in epoch_sums.items()}, epoch_count=epoch_count,
                               elapsed=time.time() - self.metrics.start)
                     self._save("last")
+                    if signum:
+                        self._stop(signum)
         if sums:  # the steps since the last log line (an epoch shorter than log_every, or its tail)
             self._log_train(epoch, sums, count, bar)
         st.update(batch=0, sums={}, count=0, epoch_sums={}, epoch_count=0)
@@ -149,6 +168,16 @@ class Loop:
         if better:
             self.state.update(best=value, best_epoch=epoch + 1, best_loss=loss)
         return better
+
+    def _stop(self, signum: int) -> None:
+        """checkpoints/last holds this step: say how to go on (main process; at once, as a launcher may
+        end the processes as soon as one has exited), end the trackers, raise RunStopped."""
+        acc = self.accelerator
+        line = stop_message(signum, self.state, self.run.path, acc.num_processes)
+        if acc.is_main_process:
+            tqdm.write(line, file=sys.stderr)  # on a line of its own, not after the progress bar
+        acc.end_training()
+        raise RunStopped(line, 128 + signum)
 
     def _save(self, which: str) -> None:
         if self.replicas:
