@@ -164,6 +164,39 @@ def _poison(x: torch.Tensor) -> torch.Tensor:
     return Poison.apply(x)
 
 
+# ----------------------------------------------------------------------------- divergence
+
+def _diverging(tiny_overrides):
+    base = [o for o in tiny_overrides if not o.startswith(("train.lr=", "data.num_train="))]
+    return base + ["train.lr=1e6", "data.num_train=16"]  # 4 steps: the loss explodes, no NaN yet
+
+
+def test_a_diverging_loss_warns_once(tmp_path, tiny_overrides, caplog):
+    with caplog.at_level(logging.WARNING, logger="sandbox"):
+        run(_diverging(tiny_overrides))
+    warned = [r.getMessage() for r in caplog.records if "diverg" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert "step" in warned[0] and "minimum" in warned[0]
+    losses = [r["train/loss"] for r in read_metrics(tmp_path / "tiny" / "metrics.jsonl") if r["split"] == "train"]
+    assert max(losses) > 1000 * min(losses)  # the case under test
+
+
+def test_a_diverging_loss_stops_the_run_with_diverge_action_stop(tmp_path, tiny_overrides, monkeypatch, capsys):
+    code, out = cli(monkeypatch, capsys, "--config", CONFIG, *_diverging(tiny_overrides), "train.diverge_action=stop")
+    assert code == 2
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "diverg" in errors[0] and "no checkpoint was written yet" in errors[0], out
+    assert not (tmp_path / "tiny" / "checkpoints" / "last").exists()
+
+
+def test_a_diverge_factor_must_be_above_1(tiny_overrides):
+    from sandbox.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.diverge_factor: got 0.5, expected a factor above 1"):
+        load_config(CONFIG, tiny_overrides + ["train.diverge_factor=0.5"])
+    assert load_config(CONFIG, tiny_overrides + ["train.diverge_factor=null"]).train.diverge_factor is None
+
+
 # ----------------------------------------------------------------------------- SIGTERM / SIGINT
 
 SLOW = ["data.size=32", "data.num_train=48", "data.num_val=4", "data.batch_size=4", "model.width=4",

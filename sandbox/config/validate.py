@@ -41,6 +41,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.warmup_frac: got {cfg.train.warmup_frac}, expected a value in (0, 1)")
     if cfg.train.clip is not None:
         _positive("train.clip", cfg.train.clip)
+    if cfg.train.diverge_factor is not None and not cfg.train.diverge_factor > 1:
+        raise ConfigError(f"train.diverge_factor: got {cfg.train.diverge_factor}, expected a factor above 1 "
+                          "(e.g. 1000), or null for no divergence check")
     if not cfg.name.strip() or ".." in Path(cfg.name).parts or Path(cfg.name).is_absolute():
         raise ConfigError(f"name: got {cfg.name!r}, expected a non-empty relative run name (no '..')")
 

@@ -3,7 +3,8 @@
 Logging every ``log_every`` steps and at each epoch's end (values stay on device in between: no
 per-step sync), evaluation every epoch, the ``best``/``last`` checkpoints (atomic, resumable), the
 plots and the console lines (main process only). A SIGTERM/SIGINT during ``fit`` stops after the
-optimizer step with ``checkpoints/last`` saved there (:mod:`.stops`).
+optimizer step with ``checkpoints/last`` saved there (:mod:`.stops`); a logged training loss far
+above its running minimum warns once, or stops the run (``train.diverge_factor``/``diverge_action``).
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from sandbox.config.loading import save_config
 from sandbox.engine import distributed
 from sandbox.engine.console import banner, epoch_line
 from sandbox.engine.optim import per_epoch
-from sandbox.engine.stops import RunStopped, SignalStop, stop_message
+from sandbox.engine.stops import RunStopped, SignalStop, stop_message, stopped_at
+from sandbox.errors import SandboxError
 from sandbox.tracking.metrics_log import read_metrics
 from sandbox.tracking.wandb_run import start_wandb
 from sandbox.viz.curves import plot_curves
@@ -141,6 +143,28 @@ class Loop:
         lr = self.optimizers[0][0].param_groups[0]["lr"]
         self.metrics.log("train", epoch + 1, self.state["step"], {**means, "train/lr": lr})
         bar.set_postfix(loss=f"{means.get('train/loss', float('nan')):.4f}")
+        self._check_divergence(means.get("train/loss"))
+
+    def _check_divergence(self, loss: float | None) -> None:
+        """A logged training loss above ``train.diverge_factor`` x its running minimum: one warning per
+        run, or a stop (``train.diverge_action: stop``). On the logged means (already on the host, the
+        same on every process), so it costs no sync; the minimum travels with the checkpoints."""
+        t, st = self.cfg.train, self.state
+        if loss is None or not math.isfinite(loss) or t.diverge_factor is None:
+            return
+        low = st.get("loss_min")
+        if low is not None and low > 0 and loss > t.diverge_factor * low and not st.get("diverged_at"):
+            what = (f"training loss {loss:.4g} at step {st['step']} is more than {t.diverge_factor:g}x its minimum "
+                    f"{low:.4g} (step {st['loss_min_step']}): the run is diverging")
+            if t.diverge_action == "stop":
+                raise SandboxError(stopped_at(self.run, self.accelerator.num_processes, what,
+                                              "lower train.lr (keep train.clip)"))
+            st["diverged_at"] = st["step"]
+            if self.accelerator.is_main_process:
+                log.warning("%s; lower train.lr (keep train.clip), or stop such runs with train.diverge_action=stop",
+                            what)
+        if low is None or loss < low:
+            st.update(loss_min=loss, loss_min_step=st["step"])
 
     def _reduce_means(self, sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
         if not sums:
