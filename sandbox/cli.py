@@ -14,7 +14,9 @@ from sandbox.errors import SandboxError
 def cli_entry(main: Callable[[], None]) -> Callable[[], None]:
     """Wrap a CLI ``main``: a :class:`SandboxError` prints ``error: ...`` and exits 2.
 
-    Anything else is a bug in the sandbox and keeps its traceback.
+    A run stopped by a signal after saving (``RunStopped``, which has printed how to resume) exits with
+    its ``exit_code`` (128 + the signal); any other KeyboardInterrupt prints ``interrupted`` and exits
+    130. Anything else is a bug in the sandbox and keeps its traceback.
     """
 
     @functools.wraps(main)
@@ -24,9 +26,11 @@ def cli_entry(main: Callable[[], None]) -> Callable[[], None]:
         except SandboxError as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            code = getattr(exc, "exit_code", None)  # duck-typed: cli.py does not import the engine (torch)
+            if code is None:
+                print("interrupted", file=sys.stderr)
+            sys.exit(130 if code is None else code)
 
     return wrapper
 

@@ -3,7 +3,14 @@
     accelerate launch sandbox/train.py --config configs/unet_dice.yaml [key.path=value ...]
     python sandbox/train.py --config configs/unet_dice.yaml train.epochs=3 model.depth=4
     python sandbox/train.py --resume runs/unet_dice            # continue a run with its own config.yaml
+    python sandbox/train.py --config configs/unet_dice.yaml --restart   # afresh, where a start failed before
+                                                                        # its first checkpoint
+
+SIGTERM or Ctrl-C: the run saves checkpoints/last after the current step, prints the resume command
+and exits with 143 / 130; a second signal stops at once.
 """
+import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -19,20 +26,41 @@ def main() -> None:
     parser.add_argument("--config", help="YAML config, e.g. configs/unet_dice.yaml (with --resume: by default "
                                           "the run's own config.yaml)")
     parser.add_argument("--resume", help="continue a run: its directory or a checkpoint directory")
+    parser.add_argument("--restart", action="store_true", help="start afresh in a run directory that holds no "
+                        "complete checkpoint (a failed start); refused where there is one: --resume it")
     parser.add_argument("overrides", nargs="*", help="key.path=value, e.g. train.epochs=3 model.name=hourglass")
     args = parser.parse_intermixed_args()
     from sandbox import build_trainer, load_config
+    from sandbox.errors import SandboxError
+    from sandbox.runs.restart import check_resumable, clear_failed_start, existing_run
 
+    if args.restart and args.resume:
+        parser.error("--restart starts a run afresh, --resume continues one: give one of them")
     overrides = args.overrides + ([f"train.resume={args.resume}"] if args.resume else [])
     config = args.config
-    if config is None:
-        if not args.resume:
-            parser.error("--config is required (or --resume RUN, which continues a run with its own config.yaml)")
-        from sandbox.runs.checkpoints import resumed_run
-
-        config = str(resumed_run(args.resume) / "config.yaml")
+    if config is None and not args.resume:
+        parser.error("--config is required (or --resume RUN, which continues a run with its own config.yaml)")
+    if args.resume and config is None:
+        config = str(check_resumable(args.resume) / "config.yaml")
     cfg = load_config(config, overrides)
-    trainer = build_trainer(cfg)
+    run = Path(cfg.out_dir) / cfg.name
+    if args.restart and cfg.train.resume:
+        parser.error(f"--restart starts a run afresh, but the config resumes {cfg.train.resume} (train.resume)")
+    if cfg.train.resume:
+        check_resumable(cfg.train.resume)  # a run with nothing to resume: the way on is --restart
+    elif args.restart and os.environ.get("RANK", "0") == "0":  # the main process alone; the others wait for it
+        removed = clear_failed_start(run)  # in build_trainer. None: a complete checkpoint, build_trainer refuses
+        if removed:
+            print(f"restart: cleared {', '.join(removed)} in {run}")
+    try:
+        trainer = build_trainer(cfg)
+    except SandboxError as exc:
+        # The run directory is there: every process gets this error (the main process creates the
+        # directory and shares its error), and here, where --restart is known, it says which way on applies.
+        if cfg.train.resume or "already holds a run" not in str(exc):
+            raise
+        again = "python " + shlex.join([sys.argv[0], *[a for a in sys.argv[1:] if a != "--restart"], "--restart"])
+        raise SandboxError(existing_run(run, args.restart, again)) from None
     trainer.fit()
     trainer.accelerator.print(f"done: {trainer.run.path} (config.yaml, metrics.jsonl, checkpoints/, plots/, images/)")
 

@@ -82,6 +82,10 @@ class TrainConfig:
     step_epochs: int = 3  # step: decay every this many epochs; plateau: patience in epochs
     gamma: float = 0.1  # step / plateau: lr factor
     nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/Inf loss stops the run, or skips the step (counted)
+    # a logged train/loss above diverge_factor x its running minimum (the run is diverging, maybe never
+    # NaN): warn once per run, or stop it as a NaN does; null: no check. Measured on the logged means.
+    diverge_factor: Optional[float] = 1000.0
+    diverge_action: Literal["warn", "stop"] = "warn"
     checkpoint_every: int = 0  # also save checkpoints/last every this many optimizer steps (0: at epoch ends)
     keep_last_n: int = 0  # also keep checkpoints/epoch_NNN for the last n epochs (0: only best and last)
     sync_bn: bool = True  # several GPU processes: BatchNorm statistics over the global batch (SyncBatchNorm)

@@ -73,6 +73,9 @@ def validate(cfg: Config) -> None:
     _check_name(cfg.name)
     if cfg.train.optimizer == "sgd" and cfg.train.momentum == 0:
         raise ConfigError("train.momentum: got 0.0; sgd takes Nesterov momentum, which needs a value in (0, 1)")
+    if cfg.train.diverge_factor is not None and not cfg.train.diverge_factor > 1:
+        raise ConfigError(f"train.diverge_factor: got {short(cfg.train.diverge_factor)}, expected a factor above 1 "
+                          "(e.g. 1000), or null for no divergence check")
 
     if cfg.data.name not in DATASETS:
         raise ConfigError(f"data.name: unknown dataset {short(cfg.data.name)}; accepted: {', '.join(DATASETS.names())}")

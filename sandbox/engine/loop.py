@@ -2,12 +2,15 @@
 
 Logging every ``log_every`` steps and at each epoch's end (values stay on device in between: no
 per-step sync), evaluation every epoch, the ``best``/``last`` checkpoints (atomic, resumable), the
-plots and the console lines (main process only).
+plots and the console lines (main process only). A SIGTERM/SIGINT during ``fit`` stops after the
+optimizer step with ``checkpoints/last`` saved there (:mod:`.stops`); a logged training loss far
+above its running minimum warns once, or stops the run (``train.diverge_factor``/``diverge_action``).
 """
 from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +21,8 @@ from sandbox.config.loading import save_config
 from sandbox.engine import distributed
 from sandbox.engine.console import banner, epoch_line
 from sandbox.engine.optim import per_epoch
+from sandbox.engine.stops import RunStopped, SignalStop, stop_message, stopped_at
+from sandbox.errors import SandboxError
 from sandbox.tracking.metrics_log import read_metrics
 from sandbox.tracking.wandb_run import start_wandb
 from sandbox.viz.curves import plot_curves
@@ -30,14 +35,19 @@ class Loop:
 
     def fit(self, until_epoch: int | None = None) -> dict[str, float]:
         """Train to ``train.epochs`` (or stop after epoch ``until_epoch``; the run stays resumable).
-        The run's writer lock is released when it returns or fails."""
+
+        A first SIGTERM/SIGINT ends the run after the current optimizer step, with checkpoints/last
+        saved at that step, by :class:`~sandbox.engine.stops.RunStopped` (the resume command in its
+        message); a second one stops at once. The handlers are there only while ``fit`` runs. The
+        run's writer lock is released when it returns or fails."""
         try:
-            return self._fit(until_epoch)
+            with SignalStop() as self._signals:
+                return self._fit(until_epoch)
         finally:
             if self.run_lock is not None:
                 self.run_lock.release()
 
-    def _fit(self, until_epoch: int | None = None) -> dict[str, float]:
+    def _fit(self, until_epoch: int | None) -> dict[str, float]:
         cfg, t, acc = self.cfg, self.cfg.train, self.accelerator
         if acc.is_main_process:
             save_config(cfg, self.run.config)
@@ -53,7 +63,8 @@ class Loop:
         if t.resume and self.state["epoch"] >= t.epochs:
             acc.print(f"{self.run.path} has finished its {self.state['epoch']} epochs: nothing to train. To go on, "
                       f"raise train.epochs (with train.scheduler=none if the run has an LR schedule)")
-        for epoch in range(self.state["epoch"], min(t.epochs, until_epoch or t.epochs)):
+        end = min(t.epochs, until_epoch or t.epochs)
+        for epoch in range(self.state["epoch"], end):
             t0 = time.time()
             self.size = self.size_at(epoch)
             train_means = self._train_epoch(epoch)
@@ -88,6 +99,8 @@ class Loop:
                     self.metrics.log_image(f"images/{path.stem.rsplit('_', 1)[0]}", path, self.state["step"],
                                            caption=f"epoch {epoch + 1}")
             self._epoch_line(epoch, train_means, last_val, epoch_time)
+            if epoch + 1 < end and (signum := self._signals.agreed(acc)):  # came during evaluation or the last step
+                self._stop(signum)
         acc.end_training()
         return last_val
 
@@ -120,11 +133,16 @@ class Loop:
                 if st["step"] % t.log_every == 0:
                     self._log_train(epoch, sums, count, bar)
                     sums, count = {}, 0
-                if t.checkpoint_every and st["step"] % t.checkpoint_every == 0 and st["batch"] < len(self.train_loader):
+                # a signal: save here and stop (at the epoch's last step, fit stops after the epoch's saves)
+                signum = self._signals.agreed(acc)
+                if (signum or (t.checkpoint_every and st["step"] % t.checkpoint_every == 0)) \
+                        and st["batch"] < len(self.train_loader):
                     st.update(sums={k: float(v) for k, v in sums.items()}, count=count,
                               epoch_sums={k: float(v) for k, v in epoch_sums.items()}, epoch_count=epoch_count,
                               elapsed=time.time() - self.metrics.start)
                     self._save("last")
+                    if signum:
+                        self._stop(signum)
         if sums:  # the steps since the last log line (an epoch shorter than log_every, or its tail)
             self._log_train(epoch, sums, count, bar)
         st.update(batch=0, sums={}, count=0, epoch_sums={}, epoch_count=0)
@@ -135,6 +153,28 @@ class Loop:
         lr = self.optimizers[0][0].param_groups[0]["lr"]
         self.metrics.log("train", epoch + 1, self.state["step"], {**means, "train/lr": lr})
         bar.set_postfix(loss=f"{means.get('train/loss', float('nan')):.4f}")
+        self._check_divergence(means.get("train/loss"))
+
+    def _check_divergence(self, loss: float | None) -> None:
+        """A logged training loss above ``train.diverge_factor`` x its running minimum: one warning per
+        run, or a stop (``train.diverge_action: stop``). On the logged means (already on the host, the
+        same on every process), so it costs no sync; the minimum travels with the checkpoints."""
+        t, st = self.cfg.train, self.state
+        if loss is None or not math.isfinite(loss) or t.diverge_factor is None:
+            return
+        low = st.get("loss_min")
+        if low is not None and low > 0 and loss > t.diverge_factor * low and not st.get("diverged_at"):
+            what = (f"training loss {loss:.4g} at step {st['step']} is more than {t.diverge_factor:g}x its minimum "
+                    f"{low:.4g} (step {st['loss_min_step']}): the run is diverging")
+            if t.diverge_action == "stop":
+                raise SandboxError(stopped_at(self.run, self.accelerator.num_processes, what,
+                                              "lower train.lr (keep train.clip)"))
+            st["diverged_at"] = st["step"]
+            if self.accelerator.is_main_process:
+                log.warning("%s; lower train.lr (keep train.clip), or stop such runs with train.diverge_action=stop",
+                            what)
+        if low is None or loss < low:
+            st.update(loss_min=loss, loss_min_step=st["step"])
 
     def _reduce_means(self, sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
         if not sums:
@@ -162,6 +202,16 @@ class Loop:
         if better:
             self.state.update(best=value, best_epoch=epoch + 1, best_loss=loss)
         return better
+
+    def _stop(self, signum: int) -> None:
+        """checkpoints/last holds this step: say how to go on (main process; at once, as a launcher may
+        end the processes as soon as one has exited), end the trackers, raise RunStopped."""
+        acc = self.accelerator
+        line = stop_message(signum, self.state, self.run.path, acc.num_processes)
+        if acc.is_main_process:
+            tqdm.write(line, file=sys.stderr)  # on a line of its own, not after the progress bar
+        acc.end_training()
+        raise RunStopped(line, 128 + signum)
 
     def _save(self, which: str) -> None:
         if self.replicas:

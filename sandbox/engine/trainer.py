@@ -184,9 +184,11 @@ class Trainer(Loop):
         bad = [f"{k}={float(v):.4g}" for k, v in (parts or {}).items() if not math.isfinite(float(v))]
         what = ", ".join(bad) or f"loss={float(loss):.4g}"
         where = f"epoch {self.state['epoch'] + 1}, step {self.state['step'] + 1}"
-        if self.cfg.train.nonfinite == "stop":
-            raise SandboxError(f"non-finite loss at {where} ({what}); checkpoints/last and best hold the last "
-                               f"good model; lower train.lr, keep train.clip, or set train.nonfinite=skip")
+        if self.cfg.train.nonfinite == "stop":  # what the checkpoint files hold now, read back, not assumed
+            from sandbox.engine.stops import stopped_at
+
+            raise SandboxError(stopped_at(self.run, self.accelerator.num_processes, f"non-finite loss at {where} "
+                                          f"({what})", "lower train.lr (keep train.clip)", "train.nonfinite=skip"))
         self.state["skipped"] += 1
         log.warning("skipped a batch with a non-finite loss at %s (%s); %d skipped so far",
                     where, what, self.state["skipped"])
