@@ -13,12 +13,14 @@ from sandbox.metrics.selection import best_index, better
 from tests.conftest import ROOT
 
 NAN = math.nan
-# val/dice ties at 0.7 (epochs 2 and 3, epoch 3 with the lower loss); epoch 4 is higher but diverged
+# val/dice (and val/rmse) tie in epochs 2-4, epoch 3 with the lowest loss (neither the earliest nor
+# the latest of the tie); epoch 5 is better but diverged (NaN loss)
 ROWS = [{"epoch": 1, "val/dice": 0.5, "val/loss": 0.5, "val/rmse": 0.30},
         {"epoch": 2, "val/dice": 0.7, "val/loss": 0.4, "val/rmse": 0.20},
         {"epoch": 3, "val/dice": 0.7, "val/loss": 0.3, "val/rmse": 0.20},
-        {"epoch": 4, "val/dice": 0.9, "val/loss": NAN, "val/rmse": 0.10},
-        {"epoch": 5, "val/dice": 0.6, "val/loss": 0.1, "val/rmse": 0.25}]
+        {"epoch": 4, "val/dice": 0.7, "val/loss": 0.35, "val/rmse": 0.20},
+        {"epoch": 5, "val/dice": 0.9, "val/loss": NAN, "val/rmse": 0.10},
+        {"epoch": 6, "val/dice": 0.6, "val/loss": 0.1, "val/rmse": 0.25}]
 
 
 def test_better_higher_wins_ties_go_to_the_lower_loss():
@@ -59,7 +61,7 @@ def test_run_stats_names_the_trainers_best_epoch():
     stats = run_stats(_run(ROWS), "val/rmse")  # lower is better by name
     assert (stats["best val/rmse"], stats["best epoch"]) == (0.2, 3)
     stats = run_stats(_run(ROWS), "val/loss")  # min by name; NaN is never best
-    assert (stats["best val/loss"], stats["best epoch"]) == (0.1, 5)
+    assert (stats["best val/loss"], stats["best epoch"]) == (0.1, 6)
 
 
 def test_run_stats_follows_the_runs_monitor_mode_for_its_monitor():
@@ -75,7 +77,7 @@ def test_the_trainers_update_best_agrees_with_run_stats(tmp_path, tiny_overrides
     trainer = build_trainer(load_config(ROOT / "configs/unet_dice.yaml", tiny_overrides + [
         f"train.monitor={metric}", f"train.monitor_mode={mode}"]))
     saved = [trainer._update_best({k: v for k, v in row.items() if k != "epoch"}, i) for i, row in enumerate(ROWS)]
-    assert saved == [True, True, True, False, False]
+    assert saved == [True, True, True, False, False, False]
     assert trainer.state["best_epoch"] == 3 == run_stats(_run(ROWS, f"train.monitor={metric}",
                                                               f"train.monitor_mode={mode}"), metric)["best epoch"]
     assert trainer.state["best"] == ROWS[2][metric] and trainer.state["best_loss"] == 0.3

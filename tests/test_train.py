@@ -163,17 +163,19 @@ def test_best_checkpoint_follows_monitor(tmp_path, tiny_overrides):
 
 
 def test_best_checkpoint_at_a_tie_is_the_lower_val_loss_for_trainer_and_compare(tmp_path, tiny_overrides, monkeypatch):
-    """Scripted validation: val/dice ties at 0.7 in epochs 2 and 3, epoch 3 with the lower val/loss."""
+    """Scripted validation: val/dice ties at 0.7 in epochs 2-4, epoch 3 with the lowest val/loss
+    (neither the earliest nor the latest of the tie)."""
     trainer = build_trainer(load_config(ROOT / "configs/unet_dice.yaml", [
-        o for o in tiny_overrides if not o.startswith("train.epochs=")] + ["train.epochs=4"]))
+        o for o in tiny_overrides if not o.startswith("train.epochs=")] + ["train.epochs=5"]))
     scripted = iter([{"val/dice": 0.5, "val/loss": 0.5}, {"val/dice": 0.7, "val/loss": 0.4},
-                     {"val/dice": 0.7, "val/loss": 0.3}, {"val/dice": 0.6, "val/loss": 0.2}])
+                     {"val/dice": 0.7, "val/loss": 0.3}, {"val/dice": 0.7, "val/loss": 0.35},
+                     {"val/dice": 0.6, "val/loss": 0.2}])
     monkeypatch.setattr(trainer, "evaluate", lambda loader: next(scripted))
     trainer.fit()
     best = json.loads((tmp_path / "tiny/checkpoints/best/trainer_state.json").read_text())
     assert (best["best"], best["best_epoch"], best["best_loss"], best["epoch"]) == (0.7, 3, 0.3, 3)
     stats = run_stats(open_run(tmp_path / "tiny"), "val/dice")
-    assert (stats["best val/dice"], stats["best epoch"]) == (0.7, 3)  # the earliest-epoch rule said 2
+    assert (stats["best val/dice"], stats["best epoch"]) == (0.7, 3)  # earliest-epoch rule: 2, latest: 4
 
 
 def test_cli_without_accelerate_launch(tmp_path, tiny_overrides):
