@@ -59,13 +59,26 @@ def test_step_and_cosine_shapes():
 def test_plateau_steps_per_epoch_on_the_monitor():
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     sched = make_scheduler(opt, "plateau", 1.0, 100, 10, step_epochs=1, gamma=0.1, mode="max")
-    for value in (0.5, 0.6, 0.6, 0.6):
+    lrs = []
+    for value in (0.5, 0.6, 0.6, 0.6):  # patience 1: the second epoch without improvement reduces
         sched.step(value)
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs == pytest.approx([1.0, 1.0, 1.0, 0.1])
 
 
-def test_plateau_run_end_to_end(tmp_path, tiny_overrides):
-    trainer_for(tiny_overrides, "train.epochs=2", "train.scheduler=plateau").fit()
+def test_plateau_run_end_to_end(tmp_path, tiny_overrides, monkeypatch):
+    """Through the loop: the monitor (scripted val/dice) plateaus from epoch 2; with patience 1 the
+    lr stays put through epoch 4's evaluation, then epoch 5 trains at lr * gamma."""
+    trainer = trainer_for(tiny_overrides, "train.epochs=5", "train.scheduler=plateau", "train.step_epochs=1",
+                          "train.gamma=0.5", "train.lr=0.01")
+    dice = iter([0.5, 0.6, 0.6, 0.6, 0.6])
+    monkeypatch.setattr(trainer, "evaluate", lambda loader: {"val/dice": next(dice), "val/loss": 0.5})
+    trainer.fit()
+    by_epoch = {}
+    for r in read_metrics(tmp_path / "tiny/metrics.jsonl"):
+        if r["split"] == "train":
+            by_epoch.setdefault(r["epoch"], set()).add(r["train/lr"])
+    assert by_epoch == {1: {0.01}, 2: {0.01}, 3: {0.01}, 4: {0.01}, 5: {0.005}}
     assert (tmp_path / "tiny/checkpoints/last/model.pt").exists()
 
 
