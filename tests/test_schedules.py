@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sandbox import build_trainer, load_config
-from sandbox.analysis.lr_find import lr_range_test
+from sandbox.analysis.lr_find import lr_range_test, suggest
 from sandbox.tracking.metrics_log import read_metrics
 from sandbox.engine.optim import lr_lambda, make_scheduler
 from tests.conftest import ROOT
@@ -82,12 +82,24 @@ def test_plateau_run_end_to_end(tmp_path, tiny_overrides, monkeypatch):
     assert (tmp_path / "tiny/checkpoints/last/model.pt").exists()
 
 
+def test_lr_finder_suggests_the_steepest_descent_before_the_minimum():
+    lrs = [10 ** (-5 + i / 4) for i in range(21)]  # 1e-5 .. 1, 4 per decade
+    losses = [2.0] * 6 + [1.9, 1.8, 1.7, 1.6, 1.1, 1.0, 0.9, 0.8, 1.0, 3.0, 1.5, 2.5, 4.0, 6.0, 8.0]
+    # steepest descent: 1.6 -> 1.1 from index 9; minimum 0.8 at 13; the drop 3.0 -> 1.5 after it is no descent
+    assert suggest(lrs, losses) == (9, 13)
+    # the slope is per log lr, not per step: 0.05 over 1.1x is steeper than 0.4 over 10x
+    assert suggest([1e-4, 1e-3, 1.1e-3, 1e-2, 1e-1], [1.0, 0.6, 0.55, 0.5, 2.0]) == (1, 3)
+    assert suggest([1e-3, 1e-2, 1e-1], [0.5, 0.9, 2.0]) == (0, 0)  # rising from the start
+    assert suggest([1e-3, 1e-2, 1e-1], [0.9, 0.7, 0.7]) == (0, 1)  # the first of equal minima
+
+
 def test_lr_finder_suggests_inside_the_range(tmp_path, tiny_overrides):
     trainer = trainer_for(tiny_overrides, "train.epochs=1", "train.scheduler=none")
     result = lr_range_test(trainer, min_lr=1e-5, max_lr=1.0, steps=24)
-    assert 1e-5 <= result["suggestion"] <= result["lrs"][-1] <= 1.0
     assert len(result["lrs"]) == len(result["losses"]) >= 5
-    assert result["lrs"] == sorted(result["lrs"])
+    assert result["lrs"] == sorted(result["lrs"]) and 1e-5 <= result["lrs"][0] <= result["lrs"][-1] <= 1.0
+    k, stop = suggest(result["lrs"], result["losses"])  # the test's pick is suggest's on its own curve
+    assert (result["suggestion"], result["min_over_10"]) == (result["lrs"][k], result["lrs"][stop] / 10)
 
 
 def test_lr_finder_says_when_the_loss_never_turned(tmp_path, tiny_overrides, monkeypatch, capsys):
