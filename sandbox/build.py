@@ -83,6 +83,8 @@ def build_data(cfg: Config, splits: tuple[str, ...] = ("train", "val", "test")) 
 
 
 def build_loss(cfg: Config) -> CompositeLoss:
-    """The CompositeLoss of ``cfg.loss`` (empty for a model that takes none) with ``cfg.loss_balance``."""
+    """The CompositeLoss of ``cfg.loss`` (empty for a model that takes none) with ``cfg.loss_balance``,
+    told which of the model's outputs are logits (``ModelSpec.logit_targets``: ``mask``), so that a
+    loss of probabilities on them (``mask: {mse: 1}``) gets ``sigmoid(logits)``."""
     balance = dataclasses.asdict(cfg.loss_balance) if cfg.loss_balance is not None else None
-    return build_composite_loss(cfg.loss or {}, balance=balance)
+    return build_composite_loss(cfg.loss or {}, balance=balance, logit_targets=MODELS[cfg.model.name].logit_targets)

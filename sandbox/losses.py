@@ -8,8 +8,8 @@ Mask losses (bce, dice, focal, jaccard) take logits (``from_logits: true``, the 
 probabilities; regression losses (l1, mse, ssim, ms_ssim) take values in [0, 1].
 :func:`build_loss` turns a spec into a :class:`CompositeLoss` whose ``forward(outputs, batch)``
 returns ``(total, parts)`` with parts named ``<target>/<loss>`` (logged as
-``train/loss/<target>/<loss>``). Every loss runs in float32 with autocast off, whatever the
-autocast dtype, so bf16/fp16 runs stay numerically safe.
+``train/loss/<target>/<loss>``). On a target output as logits (``mask``) a loss not ``from_logits``
+gets ``sigmoid(logits)`` (``mask: {mse: 1}``: MSE of probabilities); all run in float32, autocast off.
 """
 from __future__ import annotations
 
@@ -55,8 +55,7 @@ class BCELoss(_Float32Loss):
         super().__init__()
         if pos_weight is not None and not from_logits:
             raise ConfigError("loss bce: pos_weight needs from_logits: true")
-        self.from_logits = from_logits
-        self.pos_weight = pos_weight
+        self.from_logits, self.pos_weight = from_logits, pos_weight
 
     def compute(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.from_logits:
@@ -111,8 +110,7 @@ class DiceLoss(_Float32Loss):
 
     def __init__(self, from_logits: bool = True, smooth: float = 1.0):
         super().__init__()
-        self.from_logits = from_logits
-        self.smooth = smooth
+        self.from_logits, self.smooth = from_logits, smooth
 
     def compute(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         p, t = _probs(pred, self.from_logits), target
@@ -185,10 +183,9 @@ class MSSSIMLoss(_Float32Loss):
     """``1 - MS-SSIM(pred, target)`` (pytorch-msssim), mean over images.
 
     ``pred, target: (B, K, H, W)`` values in ``[0, data_range]``; ``weights``: per-scale
-    exponents, finest first (default pytorch-msssim's 5 scales). pytorch-msssim needs a side
-    above ``(win_size - 1) * 16``: the window shrinks by the rule of
-    :func:`sandbox.metrics.ssim_window` (win 7 at 128 px, 3 at 64 px); sides <= 32 px raise a
-    SandboxError.
+    exponents, finest first (default pytorch-msssim's 5 scales). A side must exceed ``(win_size - 1)
+    * 16``: the window shrinks by :func:`sandbox.metrics.ssim_window` (7 at 128 px, 3 at 64 px); sides
+    <= 32 px raise a SandboxError.
     """
 
     def __init__(self, data_range: float = 1.0, win_size: int = 11, weights: list[float] | None = None):
@@ -207,11 +204,6 @@ class MSSSIMLoss(_Float32Loss):
         return 1 - ms_ssim(pred, target, data_range=self.data_range, win_size=win, weights=self.weights)
 
 
-def _split_spec(spec: Any) -> tuple[float, dict]:
-    opts = dict(spec) if isinstance(spec, dict) else {"weight": spec}
-    return float(opts.pop("weight", 1.0)), opts
-
-
 class CompositeLoss(nn.Module):
     """Weighted sum of losses per target, optionally with an adaptive balance between two targets.
 
@@ -222,10 +214,14 @@ class CompositeLoss(nn.Module):
     weighted sum of ``scale``'s terms is multiplied by ``clamp(L_to / L_scale, min, max)``,
     a ratio of detached values (a per-step weight, not a gradient path), so the two targets
     pull with comparable strength; the factor is returned as ``parts["balance/<scale>"]``.
+    ``logit_targets`` (the model's, ``ModelSpec.logit_targets``): on those, every loss but a
+    ``from_logits=True`` one gets ``sigmoid(output)``; the one place that knows both sides.
     """
 
-    def __init__(self, terms: dict[str, dict[str, tuple[float, nn.Module]]], balance: dict | None = None):
+    def __init__(self, terms: dict[str, dict[str, tuple[float, nn.Module]]], balance: dict | None = None,
+                 logit_targets: tuple[str, ...] = ()):
         super().__init__()
+        self.logit_targets = tuple(logit_targets)
         self.weights = {t: {n: w for n, (w, _) in losses.items()} for t, losses in terms.items()}
         self.losses = nn.ModuleDict(
             {t: nn.ModuleDict({n: m for n, (_, m) in losses.items()}) for t, losses in terms.items()})
@@ -240,7 +236,10 @@ class CompositeLoss(nn.Module):
         parts: dict[str, torch.Tensor] = {}
         for target, losses in self.losses.items():
             for name, fn in losses.items():
-                value = fn(outputs[target], batch[target])
+                pred = outputs[target]
+                if target in self.logit_targets and not getattr(fn, "from_logits", False):
+                    pred = torch.sigmoid(pred.float())  # a loss of probabilities on a logit head
+                value = fn(pred, batch[target])
                 parts[f"{target}/{name}"] = value.detach()
                 term = self.weights[target][name] * value
                 per_target[target] = term if target not in per_target else per_target[target] + term
@@ -251,8 +250,7 @@ class CompositeLoss(nn.Module):
             factor = (ref / scale.clamp_min(torch.finfo(scale.dtype).tiny)).clamp(b["min"], b["max"])
             per_target[b["scale"]] = per_target[b["scale"]] * factor
             parts[f"balance/{b['scale']}"] = factor
-        total = sum(per_target.values())
-        return total, parts
+        return sum(per_target.values()), parts
 
 
 def _check_balance(balance: dict, targets: list[str]) -> dict:
@@ -275,18 +273,20 @@ def _check_balance(balance: dict, targets: list[str]) -> dict:
     return {**b, "min": float(b["min"]), "max": float(b["max"])}
 
 
-def build_loss(spec: dict[str, dict[str, Any]], balance: dict | None = None) -> CompositeLoss:
+def build_loss(spec: dict[str, dict[str, Any]], balance: dict | None = None,
+               logit_targets: tuple[str, ...] = ()) -> CompositeLoss:
     """``{"mask": {"dice": 1.0, "bce": {"weight": 0.5, "pos_weight": 2}}}`` -> CompositeLoss.
 
-    ``balance``: None or ``{"scale": target, "to": target, "min": 0.1, "max": 10.0}``
-    (see :class:`CompositeLoss`); both targets must be in ``spec``.
+    ``balance``: None or ``{"scale": target, "to": target, "min": 0.1, "max": 10.0}``; both
+    targets must be in ``spec``. ``logit_targets``: see :class:`CompositeLoss`.
     """
     terms: dict[str, dict[str, tuple[float, nn.Module]]] = {}
     for target, losses in spec.items():
         terms[target] = {}
         for name, s in losses.items():
             where = f"loss.{target}.{name}"
-            weight, opts = _split_spec(s)
+            opts = dict(s) if isinstance(s, dict) else {"weight": s}
+            weight = float(opts.pop("weight", 1.0))
             cls = LOSSES[name]
             try:
                 module = cls(**opts)
@@ -297,4 +297,4 @@ def build_loss(spec: dict[str, dict[str, Any]], balance: dict | None = None) -> 
             terms[target][name] = (weight, module)
     if balance is not None:
         balance = _check_balance(balance, list(spec))
-    return CompositeLoss(terms, balance)
+    return CompositeLoss(terms, balance, logit_targets)

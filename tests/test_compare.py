@@ -46,7 +46,7 @@ def test_compare_table_matches_metrics_jsonl(runs, tmp_path):
     rows = {r["run"]: r for r in csv.DictReader(open(tmp_path / "cmp" / "table.csv"))}
     for p in runs:
         val = [r for r in read_metrics(p / "metrics.jsonl") if r["split"] == "val"]
-        best = max(val, key=lambda r: (r["val/dice"], -r["epoch"]))  # highest; ties -> earliest epoch
+        best = max(val, key=lambda r: (r["val/dice"], -r["val/loss"], -r["epoch"]))  # ties: lower val/loss, then earlier
         row = rows[p.name]
         assert float(row["best val/dice"]) == pytest.approx(best["val/dice"])
         assert int(float(row["best epoch"])) == best["epoch"]

@@ -391,13 +391,29 @@ def test_compile_says_it_does_little_for_the_gan(tmp_path, caplog, monkeypatch):
 
 
 def test_gan_generator_step_leaves_the_discriminator_alone(tmp_path):
+    """Each optimizer step of one batch, watched: the D step (detached fakes) changes D and leaves G's
+    weights and gradients alone; the G step (D frozen) changes G and leaves D's weights unchanged and
+    its gradients unset (none left to leak into the next D step)."""
     trainer = build_trainer(tiny_run(tmp_path, "dcgan"))
     m = trainer.unwrapped
     batch = trainer.fit_batch(next(iter(trainer.train_loader)))
-    g0, d0 = _snapshot(m.generator), _snapshot(m.discriminator)
+    steps, step = [], trainer.backward_and_step
+
+    def watched(loss, index=0, model=None, parts=None):
+        g, d = _snapshot(m.generator), _snapshot(m.discriminator)
+        done = step(loss, index=index, model=model, parts=parts)
+        grads = {k: any(p.grad is not None for p in v.parameters()) for k, v in (("g", m.generator), ("d", m.discriminator))}
+        steps.append((index, _changed(g, m.generator), _changed(d, m.discriminator), grads))
+        return done
+
+    trainer.backward_and_step = watched
     trainer.train_step(batch)  # D step then G step
-    assert _changed(g0, m.generator) and _changed(d0, m.discriminator)
-    # the D step used detached fakes and the G step froze D: D's change equals one D step alone
+    assert [s[0] for s in steps] == [1, 0]
+    (_, g_in_d, d_in_d, grads_d), (_, g_in_g, d_in_g, grads_g) = steps
+    assert d_in_d and not g_in_d and grads_d == {"g": False, "d": False}
+    assert g_in_g and not d_in_g and grads_g == {"g": False, "d": False}
+    assert all(p.requires_grad for p in m.discriminator.parameters())  # unfrozen after the G step
+    # not a generator batch (n_critic 2, step 1): G is not touched at all
     trainer2 = build_trainer(tiny_run(tmp_path / "b", "dcgan", ["train.n_critic=2", "name=dcgan2"]))
     trainer2.state["step"] = 1  # not a generator batch
     m2 = trainer2.unwrapped

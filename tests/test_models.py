@@ -166,11 +166,20 @@ def test_add_skip_projects_mismatched_widths():
 
 
 def test_hourglass_has_no_skip_path_and_unet_does():
-    """Only the UNet's output depends on the fine encoder features directly."""
+    """Only the UNet's output depends on the fine encoder features directly: perturbing an encoder
+    feature of level < depth (the finest, f0, included) changes the UNet's output and leaves the
+    HourGlass's bit for bit, while the bottleneck feature drives both."""
     torch.manual_seed(0)
     for name, expect_skip in [("unet", True), ("hourglass", False)]:
-        m = MODELS[name](width=4, depth=2)
-        assert (m.decoder.skip != "none") == expect_skip
+        m = MODELS[name](width=4, depth=2).eval()
+        with torch.no_grad():
+            feats = m.encoder(torch.rand(2, 3, 16, 16))
+            out = m.heads(m.decoder(feats))["mask"]
+            for level in range(len(feats)):
+                moved = [f + 1.0 if i == level else f for i, f in enumerate(feats)]
+                delta = (m.heads(m.decoder(moved))["mask"] - out).abs().max().item()
+                carries = expect_skip or level == len(feats) - 1
+                assert (delta > 1e-4) if carries else (delta == 0), (name, level, delta)
 
 
 def test_simpleconv_never_resizes():

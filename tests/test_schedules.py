@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sandbox import build_trainer, load_config
-from sandbox.analysis.lr_find import lr_range_test
+from sandbox.analysis.lr_find import lr_range_test, suggest
 from sandbox.tracking.metrics_log import read_metrics
 from sandbox.engine.optim import lr_lambda, make_scheduler
 from tests.conftest import ROOT
@@ -59,22 +59,47 @@ def test_step_and_cosine_shapes():
 def test_plateau_steps_per_epoch_on_the_monitor():
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     sched = make_scheduler(opt, "plateau", 1.0, 100, 10, step_epochs=1, gamma=0.1, mode="max")
-    for value in (0.5, 0.6, 0.6, 0.6):
+    lrs = []
+    for value in (0.5, 0.6, 0.6, 0.6):  # patience 1: the second epoch without improvement reduces
         sched.step(value)
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs == pytest.approx([1.0, 1.0, 1.0, 0.1])
 
 
-def test_plateau_run_end_to_end(tmp_path, tiny_overrides):
-    trainer_for(tiny_overrides, "train.epochs=2", "train.scheduler=plateau").fit()
+def test_plateau_run_end_to_end(tmp_path, tiny_overrides, monkeypatch):
+    """Through the loop: the monitor (scripted val/dice) plateaus from epoch 2; with patience 1 the
+    lr stays put through epoch 4's evaluation, then epoch 5 trains at lr * gamma."""
+    trainer = trainer_for(tiny_overrides, "train.epochs=5", "train.scheduler=plateau", "train.step_epochs=1",
+                          "train.gamma=0.5", "train.lr=0.01")
+    dice = iter([0.5, 0.6, 0.6, 0.6, 0.6])
+    monkeypatch.setattr(trainer, "evaluate", lambda loader: {"val/dice": next(dice), "val/loss": 0.5})
+    trainer.fit()
+    by_epoch = {}
+    for r in read_metrics(tmp_path / "tiny/metrics.jsonl"):
+        if r["split"] == "train":
+            by_epoch.setdefault(r["epoch"], set()).add(r["train/lr"])
+    assert by_epoch == {1: {0.01}, 2: {0.01}, 3: {0.01}, 4: {0.01}, 5: {0.005}}
     assert (tmp_path / "tiny/checkpoints/last/model.pt").exists()
+
+
+def test_lr_finder_suggests_the_steepest_descent_before_the_minimum():
+    lrs = [10 ** (-5 + i / 4) for i in range(21)]  # 1e-5 .. 1, 4 per decade
+    losses = [2.0] * 6 + [1.9, 1.8, 1.7, 1.6, 1.1, 1.0, 0.9, 0.8, 1.0, 3.0, 1.5, 2.5, 4.0, 6.0, 8.0]
+    # steepest descent: 1.6 -> 1.1 from index 9; minimum 0.8 at 13; the drop 3.0 -> 1.5 after it is no descent
+    assert suggest(lrs, losses) == (9, 13)
+    # the slope is per log lr, not per step: 0.05 over 1.1x is steeper than 0.4 over 10x
+    assert suggest([1e-4, 1e-3, 1.1e-3, 1e-2, 1e-1], [1.0, 0.6, 0.55, 0.5, 2.0]) == (1, 3)
+    assert suggest([1e-3, 1e-2, 1e-1], [0.5, 0.9, 2.0]) == (0, 0)  # rising from the start
+    assert suggest([1e-3, 1e-2, 1e-1], [0.9, 0.7, 0.7]) == (0, 1)  # the first of equal minima
 
 
 def test_lr_finder_suggests_inside_the_range(tmp_path, tiny_overrides):
     trainer = trainer_for(tiny_overrides, "train.epochs=1", "train.scheduler=none")
     result = lr_range_test(trainer, min_lr=1e-5, max_lr=1.0, steps=24)
-    assert 1e-5 <= result["suggestion"] <= result["lrs"][-1] <= 1.0
     assert len(result["lrs"]) == len(result["losses"]) >= 5
-    assert result["lrs"] == sorted(result["lrs"])
+    assert result["lrs"] == sorted(result["lrs"]) and 1e-5 <= result["lrs"][0] <= result["lrs"][-1] <= 1.0
+    k, stop = suggest(result["lrs"], result["losses"])  # the test's pick is suggest's on its own curve
+    assert (result["suggestion"], result["min_over_10"]) == (result["lrs"][k], result["lrs"][stop] / 10)
 
 
 def test_lr_finder_says_when_the_loss_never_turned(tmp_path, tiny_overrides, monkeypatch, capsys):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from sandbox import build_trainer, load_config
+from sandbox.analysis.reports import open_run, run_stats
 from sandbox.errors import SandboxError
 from sandbox.tracking.metrics_log import read_metrics
 from tests.conftest import ROOT
@@ -152,11 +153,29 @@ def test_an_epoch_shorter_than_log_every_is_still_logged(tmp_path, tiny_override
 
 def test_best_checkpoint_follows_monitor(tmp_path, tiny_overrides):
     trainer = run([o for o in tiny_overrides if not o.startswith("train.epochs=")] + ["train.epochs=3"])
-    vals = [r["val/dice"] for r in read_metrics(tmp_path / "tiny/metrics.jsonl") if r["split"] == "val"]
+    val = [r for r in read_metrics(tmp_path / "tiny/metrics.jsonl") if r["split"] == "val"]
+    # the rule, stated here on its own: highest val/dice; a tie goes to the lower val/loss, then the earlier epoch
+    expected = min(val, key=lambda r: (-r["val/dice"], r["val/loss"], r["epoch"]))
     best = json.loads((tmp_path / "tiny/checkpoints/best/trainer_state.json").read_text())
-    assert best["best"] == pytest.approx(max(vals))
-    assert best["best_epoch"] == vals.index(max(vals)) + 1 or vals.count(max(vals)) > 1
-    assert trainer.state["best"] == pytest.approx(max(vals))
+    assert (best["best"], best["best_epoch"]) == (pytest.approx(expected["val/dice"]), expected["epoch"])
+    assert (trainer.state["best"], trainer.state["best_epoch"]) == (best["best"], best["best_epoch"])
+    assert run_stats(open_run(tmp_path / "tiny"), "val/dice")["best epoch"] == expected["epoch"]  # compare agrees
+
+
+def test_best_checkpoint_at_a_tie_is_the_lower_val_loss_for_trainer_and_compare(tmp_path, tiny_overrides, monkeypatch):
+    """Scripted validation: val/dice ties at 0.7 in epochs 2-4, epoch 3 with the lowest val/loss
+    (neither the earliest nor the latest of the tie)."""
+    trainer = build_trainer(load_config(ROOT / "configs/unet_dice.yaml", [
+        o for o in tiny_overrides if not o.startswith("train.epochs=")] + ["train.epochs=5"]))
+    scripted = iter([{"val/dice": 0.5, "val/loss": 0.5}, {"val/dice": 0.7, "val/loss": 0.4},
+                     {"val/dice": 0.7, "val/loss": 0.3}, {"val/dice": 0.7, "val/loss": 0.35},
+                     {"val/dice": 0.6, "val/loss": 0.2}])
+    monkeypatch.setattr(trainer, "evaluate", lambda loader: next(scripted))
+    trainer.fit()
+    best = json.loads((tmp_path / "tiny/checkpoints/best/trainer_state.json").read_text())
+    assert (best["best"], best["best_epoch"], best["best_loss"], best["epoch"]) == (0.7, 3, 0.3, 3)
+    stats = run_stats(open_run(tmp_path / "tiny"), "val/dice")
+    assert (stats["best val/dice"], stats["best epoch"]) == (0.7, 3)  # earliest-epoch rule: 2, latest: 4
 
 
 def test_cli_without_accelerate_launch(tmp_path, tiny_overrides):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from sandbox.analysis.measure import count_params, flops_per_image
-from sandbox.analysis.reports import Run, check_same_kind, lower_is_better, run_stats, write_csv
+from sandbox.analysis.reports import Run, check_same_kind, metric_mode, run_stats, write_csv
 from sandbox.analysis.tables import format_table
 from sandbox.build import build_data
 from sandbox.data.loader import collate
@@ -126,9 +126,9 @@ def compare_runs(runs: list[Run], out: Path, metric: str, n_images: int = 4,
     labels = {"epoch_time": "epoch time (s, mean)", "total_time": "total time (s)"}
     lines = [f"# Comparison of {len(runs)} {kind} runs", "",
              "Runs: " + ", ".join(f"`{r.label}` ({r.path})" for r in runs), "",
-             f"Best = the epoch with the {'lowest' if lower_is_better(metric) else 'highest'} {metric}; "
-             "val/* columns are the final epoch's. Params and GFLOPs (forward, per image) measured on the "
-             "best checkpoint's model at the run's data.size.", "",
+             f"Best = the epoch with the {'lowest' if metric_mode(runs[0], metric) == 'min' else 'highest'} {metric} "
+             "(ties: the lower val/loss, the rule of checkpoints/best); val/* columns are the final epoch's. "
+             "Params and GFLOPs (forward, per image) measured on the best checkpoint's model at the run's data.size.", "",
              format_table(rows, labels), ""]
     lines += [f"![{p.stem}]({p.name})" for p in pics]
     (out / "report.md").write_text("\n".join(lines) + "\n")

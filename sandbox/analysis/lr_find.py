@@ -1,7 +1,23 @@
-"""The LR range test (Smith 2015) on a trainer's own step."""
+"""The LR range test (Smith 2015) on a trainer's own step; :func:`suggest` picks from its curve."""
 from __future__ import annotations
 
+import math
+from pathlib import Path
+from typing import Sequence
+
 from sandbox.errors import SandboxError
+
+
+def suggest(lrs: Sequence[float], losses: Sequence[float]) -> tuple[int, int]:
+    """``(k, stop)`` on a (smoothed) loss curve over increasing lrs: ``stop`` the index of its minimum
+    (the first, if several), ``k`` the index where its steepest descent in log lr starts, searched
+    before the minimum (the segment ``k -> k + 1`` with the most negative ``d loss / d log lr``;
+    0 when the curve starts at its minimum). The suggested lr is ``lrs[k]``."""
+    stop = min(range(len(losses)), key=losses.__getitem__)
+    if stop == 0:
+        return 0, 0
+    slopes = [(losses[i + 1] - losses[i]) / (math.log(lrs[i + 1]) - math.log(lrs[i])) for i in range(stop)]
+    return min(range(stop), key=slopes.__getitem__), stop
 
 
 def lr_range_test(trainer, min_lr: float = 1e-6, max_lr: float = 1.0, steps: int = 100,
@@ -12,9 +28,6 @@ def lr_range_test(trainer, min_lr: float = 1e-6, max_lr: float = 1.0, steps: int
     suggestion is the lr at the steepest descent of the smoothed loss (in log lr), searched
     before the minimum; the test stops once the loss exceeds ``diverge`` x its best.
     """
-    import math
-
-    import torch
     from tqdm.auto import tqdm
 
     if len(trainer.optimizers) != 1:
@@ -53,10 +66,7 @@ def lr_range_test(trainer, min_lr: float = 1e-6, max_lr: float = 1.0, steps: int
             break
     if len(lrs) < 5:
         raise SandboxError(f"lr_find: the loss diverged after {len(lrs)} steps; lower --min-lr (got {min_lr:g})")
-    lo = torch.tensor(losses)
-    stop = int(lo.argmin())  # the steepest descent before the minimum
-    grads = (lo[1:stop + 1] - lo[:stop]) / math.log(factor) if stop > 0 else torch.tensor([0.0])
-    k = int(grads.argmin()) if stop > 0 else 0
+    k, stop = suggest(lrs, losses)  # the steepest descent before the minimum
     return {"lrs": lrs, "losses": losses, "suggestion": lrs[k], "min_over_10": lrs[stop] / 10,
             "stopped_early": stopped, "still_falling": not stopped and stop >= len(lrs) - 2}
 

@@ -22,6 +22,7 @@ import numpy as np
 from sandbox.config import Config
 from sandbox.config.loading import load_config
 from sandbox.errors import SandboxError
+from sandbox.metrics.selection import best_index
 from sandbox.models import MODELS
 from sandbox.tracking.metrics_log import read_metrics
 
@@ -100,14 +101,23 @@ def lower_is_better(metric: str) -> bool:
     return any(w in metric.rsplit("/", 1)[-1] for w in LOWER_IS_BETTER)
 
 
+def metric_mode(run: Run, metric: str) -> str:
+    """``max`` or ``min`` for ``metric`` in ``run``: the run's ``train.monitor_mode`` for its own monitor
+    (the direction its ``checkpoints/best`` was chosen by), else by name (:func:`lower_is_better`)."""
+    if metric == run.cfg.train.monitor:
+        return run.cfg.train.monitor_mode
+    return "min" if lower_is_better(metric) else "max"
+
+
 def run_stats(run: Run, metric: str) -> dict[str, float]:
     """``best <metric>``, ``best epoch``, the final epoch's ``val/*`` (loss parts left out), mean ``epoch_time``
-    and ``total_time`` (s since start at the last evaluation, resumes included)."""
-    have = [e for e in run.epochs if metric in e and math.isfinite(e[metric])]
+    and ``total_time`` (s since start at the last evaluation, resumes included). The best epoch is the
+    trainer's (:func:`sandbox.metrics.selection.best_index`): ties go to the lower ``val/loss``, an epoch
+    with a NaN ``val/loss`` is never best."""
     out: dict[str, float] = {}
-    if have:
-        sign = -1 if lower_is_better(metric) else 1
-        best = max(have, key=lambda e: (sign * e[metric], -e["epoch"]))  # ties: the earliest epoch
+    i = best_index(run.epochs, metric, metric_mode(run, metric))
+    if i is not None:
+        best = run.epochs[i]
         out.update({f"best {metric}": best[metric], "best epoch": best["epoch"]})
     last = run.epochs[-1]
     out.update({k: v for k, v in last.items() if k.startswith("val/") and not k.startswith("val/loss/")})

@@ -186,22 +186,21 @@ class Loop:
 
     # ------------------------------------------------------------------ best / checkpoints
     def _update_best(self, values: dict[str, float], epoch: int) -> bool:
+        from sandbox.metrics.selection import better  # the one rule, shared with the reports (run_stats)
+
         t = self.cfg.train
         value = values.get(t.monitor)
-        if value is None or not math.isfinite(value):
-            if value is None and epoch == 0:
+        if value is None:
+            if epoch == 0:
                 log.warning("train.monitor=%s is not logged by this trainer (logged: %s); best = last",
                             t.monitor, ", ".join(sorted(values)))
-            return value is None
+            return True
         loss = values.get("val/loss", math.inf)
-        if loss is not None and math.isnan(loss):  # a diverged model never becomes best
+        # higher (max) / lower (min) value wins; a tie goes to the lower val/loss; a NaN loss never wins
+        if not better(value, loss, self.state["best"], self.state["best_loss"], t.monitor_mode):
             return False
-        best, best_loss = self.state["best"], self.state["best_loss"]
-        sign = 1 if t.monitor_mode == "max" else -1
-        better = best is None or sign * (value - best) > 0 or (value == best and loss < (best_loss or math.inf))
-        if better:
-            self.state.update(best=value, best_epoch=epoch + 1, best_loss=loss)
-        return better
+        self.state.update(best=value, best_epoch=epoch + 1, best_loss=loss)
+        return True
 
     def _stop(self, signum: int) -> None:
         """checkpoints/last holds this step: say how to go on (main process; at once, as a launcher may

@@ -4,6 +4,7 @@
     regression.py    L1, RMSE, SSIM (depth maps, reconstructions) and the SSIM window rule
     generative.py    fid_own and diversity on the sandbox's own fixed features
     probe.py         the latent probe (ridge and kernel ridge R² from codes to known parameters)
+    selection.py     the best-epoch rule (trainer's checkpoints/best and the reports alike)
 """
 from sandbox.metrics.regression import regression_metrics, ssim_window
 from sandbox.metrics.segmentation import (boundary_f1_per_image, dice_per_image, hard_dice, iou_per_image,

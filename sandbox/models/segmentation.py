@@ -30,7 +30,7 @@ from sandbox.nn.heads import Heads
 from sandbox.nn.resnet import MAX_DEPTH as RESNET_MAX_DEPTH
 from sandbox.nn.resnet import ResNet18Encoder
 
-LOGIT_TARGETS = ("mask",)  # binary targets: heads return logits (losses take from_logits)
+LOGIT_TARGETS = ("mask",)  # binary targets: heads return logits (the CompositeLoss gives others sigmoid)
 
 CHOICE_KEYS = ("upsample", "skip", "downsample", "block", "norm", "encoder")
 DEFAULTS = {"unet": {"skip": "concat", "upsample": "transpose", "downsample": "maxpool"},
@@ -156,7 +156,7 @@ def _register(name: str, doc: str) -> None:
     register(ModelSpec(name, build, task="segmentation", trainer="supervised",
                        check=lambda options: _check_segmentation(name, options),
                        downsamples=name != "simpleconv",  # config validation: any data.size works without it
-                       default_loss={"mask": {"dice": 1.0}},
+                       default_loss={"mask": {"dice": 1.0}}, logit_targets=LOGIT_TARGETS,
                        doc=f"{doc} Options: {', '.join(OPTIONS)} (see ``_build``)."))
 
 

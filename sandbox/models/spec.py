@@ -33,6 +33,7 @@ class ModelSpec:
     downsamples: bool = True  # False: any data.size works (no 2**depth constraint)
     takes_loss: bool = True  # False: its trainer optimises its own objective only (the GAN): no loss section
     default_loss: dict[str, dict[str, Any]] | None = None  # the loss section when a config gives none
+    logit_targets: tuple[str, ...] = ()  # outputs that are logits: losses of probabilities get their sigmoid
     doc: str = ""
 
     def __call__(self, targets: dict[str, int] | None = None, **options: Any) -> nn.Module:

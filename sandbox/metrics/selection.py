@@ -1,0 +1,48 @@
+"""The best-epoch rule: one for the trainer's ``checkpoints/best`` and for the reports read back
+from ``metrics.jsonl`` (compare, sweeps), so both name the same epoch.
+
+    better(value, loss, best, best_loss, mode)   does this epoch beat the best so far?
+    best_index(rows, metric, mode)               the best of rows in epoch order (None: none qualifies)
+
+An epoch beats the best so far when its monitored value is better (higher in ``max`` mode, lower
+in ``min``); at an equal value, when its ``val/loss`` is lower (a missing loss counts as +inf, so
+of two equal epochs without a loss the earlier stays best). A non-finite value, or a NaN loss (a
+diverged model), never becomes best.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+MODES = ("max", "min")
+
+
+def _loss(loss: float | None) -> float:
+    return math.inf if loss is None else float(loss)
+
+
+def better(value: float | None, loss: float | None, best: float | None, best_loss: float | None,
+           mode: str = "max") -> bool:
+    """True when an epoch with ``value`` (the monitored metric) and ``loss`` (its ``val/loss``,
+    None when not logged) beats the best so far (``best``, ``best_loss``; ``best`` None: none yet)."""
+    if mode not in MODES:
+        raise ValueError(f"mode: got {mode!r}, expected one of {', '.join(MODES)}")
+    if value is None or not math.isfinite(value) or (loss is not None and math.isnan(loss)):
+        return False
+    if best is None:
+        return True
+    if value != best:
+        return value > best if mode == "max" else value < best
+    return _loss(loss) < _loss(best_loss)
+
+
+def best_index(rows: Sequence[Mapping[str, float]], metric: str, mode: str = "max",
+               loss_key: str = "val/loss") -> int | None:
+    """Index of the best of ``rows`` (one dict per epoch, in order) by :func:`better`, the way the
+    trainer meets them epoch by epoch; None when no row has a finite ``metric`` and a loss not NaN."""
+    best = None
+    for i, row in enumerate(rows):
+        held = rows[best] if best is not None else {}
+        if better(row.get(metric), row.get(loss_key), held.get(metric), held.get(loss_key), mode):
+            best = i
+    return best
