@@ -417,3 +417,51 @@ def test_cli_bad_config_file_is_one_line(tmp_path, make, pattern):
     config = make(tmp_path / "cfg.yaml")
     line = _cli_one_error_line(tmp_path, config)
     assert pattern in line and str(config) in line, line
+
+
+def test_a_file_size_limit_during_a_save_is_one_line_and_keeps_the_checkpoints(tmp_path):
+    """A disk that refuses a write mid-run (here RLIMIT_FSIZE: a checkpoint file over 20 kB): one
+    `error:` line naming the file and the cause, no traceback, and the last checkpoint still resumes."""
+    import resource
+
+    _train(tiny(tmp_path))
+    last = tmp_path / "tiny" / "checkpoints" / "last"
+    before = {p.name: p.read_bytes() for p in last.iterdir()}
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    proc = subprocess.run([sys.executable, "sandbox/train.py", "--resume", str(tmp_path / "tiny"), "train.epochs=2",
+                           "train.scheduler=none"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    err = [line for line in proc.stderr.splitlines() if line.startswith(("error", "Traceback"))]
+    assert proc.returncode == 2 and len(err) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "could not write checkpoints/" in err[0] and "File too large" in err[0] and "--resume" in err[0], err
+    assert {p.name: p.read_bytes() for p in last.iterdir()} == before  # last untouched
+
+
+def test_a_bad_image_read_by_a_loader_worker_is_one_line(tmp_path):
+    """With data.num_workers=1 the error happens in a worker process; the user still gets one line."""
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(8):
+        Image.fromarray(np.full((32, 32, 3), 40 * (i % 5), np.uint8)).save(root / "images" / f"{i}.png")
+        m = np.zeros((32, 32), np.uint8)
+        m[8:24, 8:24] = 255
+        Image.fromarray(m).save(root / "masks" / f"{i}.png")
+    proc = subprocess.run([sys.executable, "sandbox/train.py", "--config", str(CFG), *tiny(tmp_path),
+                           "data.name=folder", f"data.root={root}", "data.num_workers=1", "data.cache=false",
+                           "data.val_fraction=0.25", "data.test_fraction=0.25"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-1500:]  # readable data trains
+    for f in (root / "images").glob("*.png"):
+        f.write_bytes(b"not a png")  # every image torn after the split was written: a worker meets one
+    (tmp_path / "tiny").rename(tmp_path / "first")
+    proc = subprocess.run([sys.executable, "sandbox/train.py", "--config", str(CFG), *tiny(tmp_path),
+                           "data.name=folder", f"data.root={root}", "data.num_workers=1", "data.cache=false",
+                           "data.val_fraction=0.25", "data.test_fraction=0.25"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    err = [line for line in proc.stderr.splitlines() if line.strip() and "%|" not in line]
+    assert proc.returncode == 2 and err[-1].startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "Original Traceback" not in err[-1] and ".png" in err[-1], err[-1]

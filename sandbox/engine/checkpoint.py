@@ -21,6 +21,11 @@ from accelerate import Accelerator
 from sandbox.config import Config
 from sandbox.config.loading import read_yaml, save_config
 from sandbox.errors import SandboxError
+
+try:  # safetensors reports a failed write as its own error, not an OSError
+    from safetensors import SafetensorError
+except ImportError:  # pragma: no cover - Accelerate depends on safetensors
+    SafetensorError = OSError
 from sandbox.runs.checkpoints import (SCHEDULES_FILE, WEIGHTS_FILE, UnreadableFile, check_files, commit_checkpoint,
                                       load_safely, read_state, resumed_run)
 from sandbox.runs.rundir import RunDir
@@ -66,13 +71,24 @@ class Checkpoints:
         if acc.is_main_process and tmp.exists():
             shutil.rmtree(tmp)
         acc.wait_for_everyone()
+        try:
+            self._write(tmp, final, model, state, schedulers)
+        except (OSError, SafetensorError) as exc:  # a full, read-only or size-limited disk: one line
+            cause = getattr(exc, "strerror", None) or " ".join(str(exc).split())[-120:]
+            raise SandboxError(f"could not write checkpoints/{which} in {self.run.checkpoints} ({cause}); the "
+                               "checkpoints already there are intact (each is written aside and swapped in): free "
+                               f"space or fix the disk, then resume: python sandbox/train.py --resume {self.run.path}"
+                               ) from None
+        acc.wait_for_everyone()
+
+    def _write(self, tmp: Path, final: Path, model: torch.nn.Module, state: dict, schedulers: list) -> None:
+        acc = self.acc
         acc.save_state(str(tmp), safe_serialization=True)
         if acc.is_main_process:
             torch.save(acc.unwrap_model(model, keep_torch_compile=False).state_dict(), tmp / WEIGHTS_FILE)
             torch.save([s.state_dict() for s in schedulers], tmp / SCHEDULES_FILE)
             save_config(self.cfg, tmp / "config.yaml")
             commit_checkpoint(tmp, final, state)
-        acc.wait_for_everyone()
 
     def check_best(self, state: dict, resumed_from: Path) -> None:
         """``best/`` must hold the best epoch the resumed state names. A kill while best was written
