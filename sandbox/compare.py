@@ -15,13 +15,10 @@ Runs of different kinds (segmentation vs generative) are refused. Library: compa
 decode(encode(x)) of the same inputs (samples for a model without an encoder).
 """
 import sys
-import textwrap
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: the repo root, not sandbox/, goes first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from typing import Any  # noqa: E402
 
 from sandbox.cli import cli_entry, setup_cli  # noqa: E402
 from sandbox.errors import SandboxError  # noqa: E402

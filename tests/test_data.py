@@ -43,7 +43,10 @@ def test_dancer_person_is_foreground_with_thin_limbs():
     eroded = m.copy()
     for _ in range(2):
         e = eroded.copy()
-        e[1:] &= eroded[:-1]; e[:-1] &= eroded[1:]; e[:, 1:] &= eroded[:, :-1]; e[:, :-1] &= eroded[:, 1:]
+        e[1:] &= eroded[:-1]
+        e[:-1] &= eroded[1:]
+        e[:, 1:] &= eroded[:, :-1]
+        e[:, :-1] &= eroded[:, 1:]
         eroded = e
     assert (m & ~eroded).sum() / m.sum() > 0.3
     # the person is nearer than the background behind it

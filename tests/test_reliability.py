@@ -45,6 +45,7 @@ def _last_step(metrics_path):
         return 0
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_steps_then_resume_is_bit_identical(tmp_path, killable):
     env = dict(os.environ, PYTHONHASHSEED="0")
     # the reference runs the same way as the killed one (a fresh process): oneDNN may pick
@@ -217,6 +218,7 @@ KIND_OVERRIDES = {"segmentation": [],
                   "aae": ["model.name=aae", "train.monitor=val/loss", *GENERATIVE_OVERRIDES, *LINEAR_STEPS]}
 
 
+@pytest.mark.multiproc
 @pytest.mark.parametrize("kind", KIND_OVERRIDES)
 def test_two_processes_match_one_process(tmp_path, tiny_overrides, kind):
     """gloo on CPU: 2 processes x batch 4 == 1 process x batch 8, for the supervised trainer (DDP), the
@@ -233,6 +235,7 @@ def test_two_processes_match_one_process(tmp_path, tiny_overrides, kind):
     _assert_same_metrics(tmp_path / "one", tmp_path / "two")
 
 
+@pytest.mark.multiproc
 @pytest.mark.parametrize("model", ["dcgan", "aae"])
 def test_trainers_without_ddp_keep_their_processes_in_sync(tmp_path, tiny_overrides, model):
     """GAN and AAE with BatchNorm (statistics differ per process) on 2 gloo processes: the weights are
@@ -273,6 +276,7 @@ rc=0; for p in "${pids[@]}"; do wait "$p" || rc=1; done; exit $rc
 """
 
 
+@pytest.mark.multiproc
 def test_slurm_example_two_nodes_match_one_process(tmp_path, tiny_overrides):
     """examples/slurm/train.sbatch on two "nodes" of this machine (srun and scontrol faked, CPU,
     gloo, one process each): the multi-node launch reproduces the one-process run, and only the
@@ -335,6 +339,7 @@ def _two_machines(tmp_path, common, out_dirs, timeout=120):
     return outs, [p.returncode for p in procs]
 
 
+@pytest.mark.multiproc
 def test_a_run_directory_other_machines_cannot_see_is_refused(tmp_path, tiny_overrides):
     """Machine 1 looks in another out_dir (as a node-local disk would be): both stop at start-up
     naming the process, and the main process leaves no empty run behind."""
@@ -345,6 +350,7 @@ def test_a_run_directory_other_machines_cannot_see_is_refused(tmp_path, tiny_ove
     assert not (tmp_path / "machine0" / "two").exists()
 
 
+@pytest.mark.multiproc
 def test_an_error_on_the_main_process_alone_stops_every_machine(tmp_path, tiny_overrides):
     """The run directory exists (only the main process creates it, so only it can find out): the
     other machine gets the same message at once instead of waiting in a collective for ever."""

@@ -278,6 +278,7 @@ def _rank_pid(rank: str, marker: str) -> int | None:
     return None
 
 
+@pytest.mark.multiproc
 def test_two_processes_stop_after_the_same_step_when_one_gets_the_signal(tmp_path):
     """SIGTERM to process 1 alone: both save the same step (one that went on would wait forever in the
     next all-reduce), only the main process prints, and the resume matches an uninterrupted run."""

@@ -1,5 +1,4 @@
 """Schedules (sized per process), the LR range test and progressive resizing."""
-import math
 import sys
 
 import pytest

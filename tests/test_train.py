@@ -61,7 +61,9 @@ def test_resume_from_last_equals_uninterrupted(tmp_path, tiny_overrides):
     assert resumed.run.path == tmp_path / "split"  # resume continues the run in place
     a = [r for r in read_metrics(tmp_path / "straight" / "metrics.jsonl")]
     b = [r for r in read_metrics(tmp_path / "split" / "metrics.jsonl")]
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("time", "epoch_time", "images_per_s")} for r in rs]
+    def strip(rs):
+        return [{k: v for k, v in r.items() if k not in ("time", "epoch_time", "images_per_s")} for r in rs]
+
     assert strip(a) == strip(b)
     wa = torch.load(tmp_path / "straight/checkpoints/last/model.pt", weights_only=True)
     wb = torch.load(tmp_path / "split/checkpoints/last/model.pt", weights_only=True)

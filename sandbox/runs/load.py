@@ -11,7 +11,6 @@ trained with); the run's ``config.yaml`` is the fallback for checkpoints without
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import Optional, Sequence
 
