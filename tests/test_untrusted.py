@@ -158,3 +158,17 @@ def test_a_torn_best_is_repaired_on_resume(tmp_path):
     a = torch.load(ck / "best" / "model.pt", weights_only=True)
     b = torch.load(ck / "last" / "model.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_restart_refuses_to_clear_a_run_that_is_being_written(tmp_path):
+    from sandbox.runs.restart import clear_failed_start
+
+    run = tmp_path / "r"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("name: r\n")
+    (run / LOCK_FILE).write_text(json.dumps({"host": "elsewhere", "pid": 1, "since": "now"}))
+    with pytest.raises(SandboxError, match=r"is being written by another process \(elsewhere pid 1"):
+        clear_failed_start(run)
+    assert (run / "config.yaml").exists()
+    (run / LOCK_FILE).unlink()
+    assert clear_failed_start(run) == ["config.yaml", "checkpoints"]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from sandbox.errors import SandboxError
 from sandbox.runs.checkpoints import STATE_FILE, checkpoint_candidates, read_state, resumed_run
+from sandbox.runs.lock import RunLock
 from sandbox.runs.rundir import RunDir
 
 #: what a start writes (runs/rundir.py, the trainer, the loop); wandb/ and files of the user stay
@@ -62,6 +63,10 @@ def clear_failed_start(path: str | Path) -> list[str] | None:
     path = Path(path)
     if complete_checkpoint(path) is not None:
         return None
+    lock = RunLock(path)
+    if lock.holder() is not None:  # a live run before its first save must not be cleared under it
+        lock.acquire()  # refuses, naming the holder, unless that process is gone (then taken over)
+        lock.release()
     removed = []
     for name in LEFTOVERS:
         p = path / name
