@@ -172,3 +172,15 @@ def test_restart_refuses_to_clear_a_run_that_is_being_written(tmp_path):
     assert (run / "config.yaml").exists()
     (run / LOCK_FILE).unlink()
     assert clear_failed_start(run) == ["config.yaml", "checkpoints"]
+
+
+def test_a_torn_rng_file_is_loud_and_the_resume_falls_back(tmp_path, caplog):
+    """A truncated random_states file used to be skipped with an info line: the 'exact' resume was not.
+    Now the checkpoint counts as corrupt: a warning says so and the resume takes an older good one."""
+    train(tmp_path, "train.epochs=2", "train.keep_last_n=2")
+    last = tmp_path / "tiny" / "checkpoints" / "last"
+    rng = last / "random_states_0.pkl"
+    rng.write_bytes(rng.read_bytes()[:40])
+    trainer = build_trainer(load_config(tmp_path / "tiny" / "config.yaml", [f"train.resume={tmp_path / 'tiny'}"]))
+    assert "random_states_0.pkl" in caplog.text and "resuming from it would not be exact" in caplog.text
+    assert trainer.state["epoch"] == 2  # the fallback (best / epoch_002) holds the same epoch
