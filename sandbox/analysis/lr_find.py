@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Sequence
 
 from sandbox.errors import SandboxError
@@ -69,19 +68,3 @@ def lr_range_test(trainer, min_lr: float = 1e-6, max_lr: float = 1.0, steps: int
     k, stop = suggest(lrs, losses)  # the steepest descent before the minimum
     return {"lrs": lrs, "losses": losses, "suggestion": lrs[k], "min_over_10": lrs[stop] / 10,
             "stopped_early": stopped, "still_falling": not stopped and stop >= len(lrs) - 2}
-
-
-def plot(result: dict, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(result["lrs"], result["losses"])
-    ax.axvline(result["suggestion"], color="tab:red", ls="--", label=f"suggested lr {result['suggestion']:.2e}")
-    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss (smoothed)", title=title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
