@@ -62,7 +62,7 @@ def main() -> None:
         again = "python " + shlex.join([sys.argv[0], *[a for a in sys.argv[1:] if a != "--restart"], "--restart"])
         raise SandboxError(existing_run(run, args.restart, again)) from None
     trainer.fit()
-    trainer.accelerator.print(f"done: {trainer.run.path} (config.yaml, metrics.jsonl, checkpoints/, plots/, images/)")
+    trainer.accelerator.print(trainer.summary())
 
 
 if __name__ == "__main__":

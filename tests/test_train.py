@@ -186,3 +186,23 @@ def test_cli_without_accelerate_launch(tmp_path, tiny_overrides):
     assert res.returncode == 0, res.stderr[-2000:]
     assert "epoch 1/1" in res.stdout and "val/dice" in res.stdout
     assert (tmp_path / "tiny" / "checkpoints" / "last" / "model.pt").exists()
+
+
+def test_a_finished_run_says_its_best_and_what_to_run_next(tmp_path, tiny_overrides, monkeypatch, capsys):
+    """The last lines of train.py: the run, its wall time, the best monitored value and epoch as
+    trainer_state.json records them, and the next commands for that run."""
+    import json
+
+    from tests.conftest import command
+
+    monkeypatch.setattr(sys, "argv", ["train.py", "--config", "configs/unet_dice.yaml", *tiny_overrides,
+                                      "train.epochs=2"])
+    monkeypatch.chdir(ROOT)
+    command("train").main()
+    out = capsys.readouterr().out.splitlines()
+    state = json.loads((tmp_path / "tiny" / "checkpoints" / "last" / "trainer_state.json").read_text())
+    done = next(line for line in out if line.startswith("done: "))
+    assert done.startswith(f"done: {tmp_path / 'tiny'} in ") and " s; best val/dice " in done
+    assert f"val/dice {state['best']:.4f} at epoch {state['best_epoch']} (checkpoints/best)" in done
+    after = out[out.index(done) + 1:]
+    assert after[0] == "next:" and f"python sandbox/evaluate.py --run {tmp_path / 'tiny'}" in after[1]

@@ -21,3 +21,22 @@ def epoch_line(epoch: int, epochs: int, train: dict, val: dict, seconds: float, 
     parts = "  ".join(f"{k} {vals[k]:.4f}" for k in keys if k in vals and not k.startswith("val/loss/"))
     best_s = f"  best {monitor} {best:.4f} (epoch {best_epoch})" if best is not None else ""
     return f"epoch {epoch}/{epochs}  {parts}{best_s}  {seconds:.1f} s"
+
+
+NEXT = {"segmentation": ["python sandbox/evaluate.py --run {run}                  # scores on the test split",
+                         "python sandbox/predict.py --run {run} --input <images>  # masks for your images",
+                         "python sandbox/compare.py --run {run} <other runs>      # side by side"],
+        "generative": ["python sandbox/probe.py --run {run}                     # fid_own, latent probe (test split)",
+                       "python sandbox/interpolate.py --run {run} --random 3    # walk the latent space",
+                       "python sandbox/compare.py --run {run} <other runs>      # side by side"]}
+
+
+def run_summary(run: str, seconds: float, monitor: str, best: float | None, best_epoch: int | None,
+                task: str) -> str:
+    """The end of a run: where it is, how long it took, its best monitored value, what to run next."""
+    best_s = (f"; best {monitor} {best:.4f} at epoch {best_epoch} (checkpoints/best)" if best is not None
+              else f"; {monitor} was never logged, checkpoints/best is the last epoch")
+    took = f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+    lines = [f"done: {run} in {took}{best_s}", "next:"]
+    lines += ["  " + cmd.format(run=run) for cmd in NEXT.get(task, [])]
+    return "\n".join(lines)

@@ -19,8 +19,9 @@ from tqdm.auto import tqdm
 
 from sandbox.config.loading import save_config
 from sandbox.engine import distributed
-from sandbox.engine.console import banner, epoch_line
+from sandbox.engine.console import banner, epoch_line, run_summary
 from sandbox.engine.optim import per_epoch
+from sandbox.models import MODELS
 from sandbox.engine.stops import RunStopped, SignalStop, stop_message, stopped_at
 from sandbox.errors import SandboxError
 from sandbox.tracking.metrics_log import read_metrics
@@ -216,6 +217,12 @@ class Loop:
         if self.replicas:
             distributed.sync_statistics(self.unwrapped)
         self.checkpoints.save(which, self.model, self.state, self.schedulers)
+
+    def summary(self) -> str:
+        """The end of a run for the console: place, wall time, best monitored value, next commands."""
+        st = self.state
+        return run_summary(str(self.run.path), st["elapsed"], self.cfg.train.monitor, st["best"], st["best_epoch"],
+                           MODELS[self.cfg.model.name].task)
 
     def _banner(self) -> None:
         acc, cfg = self.accelerator, self.cfg
