@@ -358,7 +358,7 @@ def test_checkpoint_from_another_model(tmp_path):
 def test_existing_run_without_resume_is_untouched(tmp_path):
     _train(tiny(tmp_path))
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "tiny").rglob("*") if p.is_file()}
-    with pytest.raises(SandboxError, match=r"already holds a run; continue it with train.resume="):
+    with pytest.raises(SandboxError, match=r"already holds a run \(checkpoints/last at step \d+\); continue it with: python sandbox/train.py --resume "):
         _train(tiny(tmp_path))
     after = {p: p.stat().st_mtime_ns for p in (tmp_path / "tiny").rglob("*") if p.is_file()}
     assert before == after

@@ -103,6 +103,27 @@ def test_restart_is_refused_where_a_checkpoint_exists(tmp_path, tiny_overrides, 
     assert (run_dir / "checkpoints" / "last" / "model.pt").exists()
 
 
+def test_library_callers_get_the_way_on_that_applies(tmp_path, tiny_overrides, monkeypatch):
+    """build_trainer on an existing run (no command line involved) names the true way on: a restart
+    in place where no checkpoint was ever completed, the resume command where one was."""
+    run_dir = tmp_path / "tiny"
+    with monkeypatch.context() as m:
+        nan_at(m, 2)
+        with pytest.raises(SandboxError):
+            run(tiny_overrides)
+    with pytest.raises(SandboxError) as exc:
+        run(tiny_overrides)
+    msg = str(exc.value)
+    assert f"python sandbox/train.py --config {run_dir / 'config.yaml'} --restart" in msg, msg
+    assert "train.resume" not in msg and "--resume" not in msg, msg
+    shutil.rmtree(run_dir)
+    run(tiny_overrides)
+    with pytest.raises(SandboxError) as exc:
+        run(tiny_overrides)
+    msg = str(exc.value)
+    assert f"python sandbox/train.py --resume {run_dir}" in msg and "--restart" not in msg, msg
+
+
 # ----------------------------------------------------------------------------- true stop messages
 
 def test_nonfinite_stop_before_any_checkpoint_says_so(tmp_path, tiny_overrides, monkeypatch):
