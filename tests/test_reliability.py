@@ -361,3 +361,42 @@ def test_an_error_on_the_main_process_alone_stops_every_machine(tmp_path, tiny_o
     assert all(c != 0 for c in codes), outs
     assert all("already holds a run" in out for out in outs), outs
     assert time.time() - t0 < 100
+
+
+@pytest.mark.multiproc
+def test_a_data_error_on_one_of_two_processes_is_one_line(tmp_path, tiny_overrides):
+    """A broken image read by one process: that process prints the one line naming the file; its peer,
+    whose collective fails because it left, exits without a traceback; the launcher's own failure report
+    (printed by accelerate/torchrun after the processes, not ours to silence) names that line as the root
+    cause instead of "error_file: <N/A>"."""
+    import numpy as np
+    from PIL import Image
+
+    if shutil.which("accelerate") is None:
+        pytest.skip("accelerate CLI not on PATH")
+    data, rng = tmp_path / "data", np.random.default_rng(0)
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:24, 8:24] = 255
+    for i in range(24):
+        Image.fromarray((rng.random((32, 32, 3)) * 255).astype("uint8")).save(data / "images" / f"{i:03d}.png")
+        Image.fromarray(mask).save(data / "masks" / f"{i:03d}.png")
+    (data / "images" / "001.png").write_bytes(b"not a png")
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    for name, stems in (("train", range(16)), ("val", range(16, 20)), ("test", range(20, 24))):
+        rows = [f"{i:03d},images/{i:03d}.png,masks/{i:03d}.png" for i in stems]
+        (splits / f"{name}.csv").write_text("stem,image,mask\n" + "\n".join(rows) + "\n")
+    base = [o for o in tiny_overrides if not o.startswith(("data.batch_size=", "data.num_train=", "data.num_val="))]
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    done = launch_two([str(ROOT / "sandbox" / "train.py"), "--config", str(ROOT / "configs/unet_dice.yaml"), *base,
+                       "data.name=folder", f"data.root={data}", f"data.splits={splits}", "data.batch_size=2",
+                       "model.norm=group", "model.width=8", "train.threads=1"], env)
+    text = done.stdout + done.stderr
+    assert done.returncode != 0, text[-3000:]
+    ours = [line for line in text.splitlines() if "error: " in line and "001.png" in line]
+    assert len(ours) == 1 and "unreadable or truncated image" in ours[0], text[-3000:]
+    assert "[rank0]" not in text and "[rank1]" not in text, text[-3000:]  # no process's traceback
+    root = text.split("Root Cause", 1)[-1]
+    assert "001.png: unreadable or truncated image" in root, text[-3000:]
