@@ -400,3 +400,17 @@ def test_a_data_error_on_one_of_two_processes_is_one_line(tmp_path, tiny_overrid
     assert "[rank0]" not in text and "[rank1]" not in text, text[-3000:]  # no process's traceback
     root = text.split("Root Cause", 1)[-1]
     assert "001.png: unreadable or truncated image" in root, text[-3000:]
+
+
+def test_only_a_lost_peer_of_a_multi_process_run_exits_quietly(monkeypatch):
+    """The quiet exit is for a collective failing because another process left, nothing else: a bug
+    in one process (or any error in a one-process run) keeps its traceback."""
+    from sandbox.cli import lost_peer
+
+    gone = RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:17820")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert lost_peer(gone)
+    assert lost_peer(type("DistNetworkError", (RuntimeError,), {})("store timeout"))
+    assert not lost_peer(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not lost_peer(gone)
