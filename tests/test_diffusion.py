@@ -146,6 +146,23 @@ def test_sample_t_is_float32_in_the_open_closed_unit_interval(how):
     assert (Diffusion().sample_t(1000, generator=g) >= Diffusion.t_min).all()
 
 
+def test_the_pure_ode_samplers_take_their_textbook_steps():
+    """On dx/dt = x from t = 0 to 1 in n steps of h = 1/n: Euler multiplies by (1 + h) per step,
+    Heun by 1 + h + h^2/2 (its predictor-corrector on a linear ODE), Heun with a last Euler step by
+    (1 + h + h^2/2)^(n-1) (1 + h)."""
+    ts = S.time_grid(4, 0.0, 1.0)
+    assert torch.allclose(ts, torch.tensor([0, 0.25, 0.5, 0.75, 1.0]))
+    x = torch.ones(3, 2)
+    def f(x, t):
+        assert t.shape == (3,) and t.dtype == torch.float32
+        return x
+    assert torch.allclose(S.euler(f, x, ts), x * 1.25**4)
+    assert torch.allclose(S.heun(f, x, ts), x * (1 + 0.25 + 0.25**2 / 2) ** 4)
+    assert torch.allclose(S.heun(f, x, ts, last_euler=True), x * (1 + 0.25 + 0.25**2 / 2) ** 3 * 1.25)
+    clock = ts**2  # integrating in another clock: Euler steps of clock differences 1/16, 3/16, 5/16, 7/16
+    assert torch.allclose(S.euler(f, x, ts, clock), x * (17 / 16) * (19 / 16) * (21 / 16) * (23 / 16))
+
+
 # -- every sampler on the closed form ------------------------------------------------------------------
 
 # steps per sampler so that the discretisation error of the std is well under 2 % (measured: DDIM
@@ -206,3 +223,92 @@ def test_inverting_then_sampling_gives_the_input_back(name, sampler, steps, wors
     assert (z - noise(256, seed=7)).abs().max() < 0.1  # the exact inverse of the affine ODE map x0 = MU + SD * z
     err = (proc.sample(optimal(proc), z, steps=steps, sampler=sampler) - x0).abs()
     assert getattr(err, worst)().item() < 1e-3 and err.max().item() < 5e-3
+
+
+# -- a learned 2-D toy -------------------------------------------------------------------------------------
+
+CENTERS = 2.0 * torch.stack([torch.cos(torch.arange(8) * math.pi / 4), torch.sin(torch.arange(8) * math.pi / 4)], 1)
+
+
+def eight_gaussians(n, g):
+    return CENTERS[torch.randint(0, 8, (n,), generator=g)] + 0.1 * torch.randn(n, 2, generator=g)
+
+
+class ToyNet(nn.Module):
+    """An MLP on (x, sin/cos features of t)."""
+
+    def __init__(self, width=128):
+        super().__init__()
+        self.register_buffer("freq", torch.arange(1, 9, dtype=torch.float32) * math.pi)
+        self.net = nn.Sequential(nn.Linear(18, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
+                                 nn.Linear(width, 2))
+
+    def forward(self, x, t):
+        e = t[:, None] * self.freq
+        return self.net(torch.cat([x, e.sin(), e.cos()], 1))
+
+
+def energy_distance(x, y):
+    return (2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean()).item()
+
+
+@pytest.mark.parametrize("proc,sampler,steps", [(FlowMatching(), "heun", 15), (Diffusion(prediction="v"), "ddim", 30),
+                                                (Diffusion(prediction="x0", min_snr=5.0), "heun", 15)])
+def test_a_small_net_learns_eight_gaussians(proc, sampler, steps):
+    """400 Adam steps of batch 256 (measured ~3 s each): energy distance to the data ~0.02 against
+    ~0.24 for N(0, I); every mode holds 10-15 % of the samples (12.5 % each in the data)."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    net = ToyNet()
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    for _ in range(400):
+        x0, eps, t = eight_gaussians(256, g), torch.randn(256, 2, generator=g), proc.sample_t(256, g)
+        x_t, target, weight = proc.training_pair(x0, eps, t)
+        loss = proc.loss(net(x_t, t), target, weight)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    out = proc.sample(net.eval(), torch.randn(2000, 2, generator=g), steps=steps, sampler=sampler)
+    data = eight_gaussians(2000, g)
+    assert energy_distance(out, data) < 0.25 * energy_distance(torch.randn(2000, 2, generator=g), data)
+    share = torch.bincount(torch.cdist(out, CENTERS).argmin(1), minlength=8) / len(out)
+    assert (share >= 0.05).all(), share
+
+
+# -- precision and bad input ---------------------------------------------------------------------------------
+
+
+def test_sampling_is_float32_under_autocast_and_with_a_half_precision_net():
+    net = nn.Linear(2, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for proc in (FlowMatching(), Diffusion()):
+            out = proc.sample(lambda x, t: net(x), noise(8), steps=3, sampler="heun")
+            assert out.dtype == torch.float32
+            x_t, target, weight = proc.training_pair(noise(8).bfloat16(), noise(8, 1).bfloat16(), torch.rand(8))
+            assert x_t.dtype == target.dtype == weight.dtype == torch.float32
+    out = Diffusion().sample(lambda x, t: net(x).bfloat16(), noise(8), steps=3, sampler="ddpm")
+    assert out.dtype == torch.float32
+
+
+def _raises(match, fn, *args, **kw):
+    with pytest.raises(SandboxError, match=match):
+        fn(*args, **kw)
+
+
+def test_bad_input_is_one_clear_error_naming_what_is_accepted():
+    net = optimal(FlowMatching())
+    _raises(r"unknown sampler 'ddpm' for model flow; accepted: euler, heun, ddim", FlowMatching().sample, net, noise(4),
+            sampler="ddpm")
+    _raises(r"unknown sampler 'rk4' for model ddpm; accepted: ddim, ddpm, euler, heun", Diffusion().sample, net,
+            noise(4), sampler="rk4")
+    _raises(r"inversion sampler .*'ddpm'.*accepted: ddim, euler, heun", Diffusion().invert, net, noise(4), sampler="ddpm")
+    _raises(r"unknown diffusion prediction 'score'; accepted: eps, x0, v", Diffusion, prediction="score")
+    _raises(r"unknown t sampling 'beta'; accepted: uniform, logit_normal", FlowMatching, t_sampling="beta")
+    _raises(r"unknown generative process 'gan'; accepted: ddpm, flow", PROCESSES.__getitem__, "gan")
+    _raises(r"eta .* ddim sampler only", Diffusion().sample, net, noise(4), sampler="euler", eta=1.0)
+    _raises(r"min_snr must be a number > 0", Diffusion, min_snr=0)
+    _raises(r"steps must be a whole number >= 1, got 0", FlowMatching().sample, net, noise(4), steps=0)
+    _raises(r"eps shaped like x0", FlowMatching().training_pair, noise(4), noise(3), torch.rand(4))
+    assert set(SAMPLERS) == set(Diffusion.samplers) >= set(FlowMatching.samplers)
+    assert (Diffusion().default_sampler, FlowMatching().default_sampler) == ("ddim", "euler")
+    assert (Diffusion().name, FlowMatching().name) == ("ddpm", "flow")
