@@ -191,3 +191,20 @@ def test_tiny_study_end_to_end_evaluates_on_test_reports_cis_resumes_and_warns_b
     text = "\n".join(lines)
     assert "fewer than 3, so no confidence interval is given" in text
     assert " [" not in text.split("| model-unet | 2 |")[1].split("\n")[0]  # mean ± std, no [lo, hi]
+
+
+def test_train_fraction_of_synthetic_data_is_a_seeded_random_subset_not_the_first_frames():
+    from sandbox import build_data, load_config
+
+    def indices(fraction, seed=0):
+        cfg = load_config(CONFIG, ["data.num_train=160", f"data.train_fraction={fraction}", f"seed={seed}"])
+        train = build_data(cfg, ("train",))["train"]
+        return train.indices, len(train)
+
+    tenth, n = indices(0.1)
+    assert n == 16 and tenth != list(range(16))
+    # the first 16 frames are 2 dance sequences of 8 (data.seq_len); a random 16 of 160 touch many more
+    assert len({i // 8 for i in tenth}) >= 6
+    assert indices(0.1) == (tenth, 16) and indices(0.1, seed=1)[0] != tenth  # seeded
+    assert set(indices(0.05)[0]) <= set(tenth)  # a smaller fraction keeps a subset of a larger one
+    assert len(build_data(load_config(CONFIG, ["data.num_train=160"]), ("train",))["train"]) == 160
