@@ -121,6 +121,7 @@ def test_circular_metric_warning_names_the_cell_that_trains_on_it():
     warn = circular(protocol, configs)
     assert len(warn) == 1 and "test/depth_ssim is the primary metric" in warn[0] and "ssim (ssim)" in warn[0]
     assert "l1" not in warn[0].split("train on")[1]
+    assert circular(protocol, {"a": configs["ssim"], "b": configs["ssim"]}) == []  # all train on it: no favourite
 
 
 def test_time_to_threshold_is_the_first_epoch_reaching_it():
@@ -208,3 +209,12 @@ def test_train_fraction_of_synthetic_data_is_a_seeded_random_subset_not_the_firs
     assert indices(0.1) == (tenth, 16) and indices(0.1, seed=1)[0] != tenth  # seeded
     assert set(indices(0.05)[0]) <= set(tenth)  # a smaller fraction keeps a subset of a larger one
     assert len(build_data(load_config(CONFIG, ["data.num_train=160"]), ("train",))["train"]) == 160
+
+
+def test_select_on_a_val_metric_sets_the_monitor_and_its_direction():
+    from sandbox.analysis.study import protocol_overrides
+
+    assert protocol_overrides({"select_on": "val"}) == []  # the config's train.monitor
+    assert protocol_overrides({"select_on": "val/iou"}) == ["train.monitor=val/iou", "train.monitor_mode=max"]
+    assert protocol_overrides({"select_on": "val/depth_l1"}) == ["train.monitor=val/depth_l1",
+                                                                 "train.monitor_mode=min"]

@@ -93,7 +93,7 @@ def _pairs(study: dict, path: str, cells: list) -> list[tuple[str, str]]:
 
 def protocol_overrides(protocol: dict) -> list[str]:
     """``select_on: val/<metric>``: that metric picks checkpoints/best (``train.monitor`` and its mode)."""
-    sel = protocol["select_on"]
+    sel = protocol.get("select_on", "val")
     if "/" not in sel:
         return []
     return [f"train.monitor={sel}", f"train.monitor_mode={'min' if lower_is_better(sel) else 'max'}"]

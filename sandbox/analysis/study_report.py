@@ -116,7 +116,9 @@ def compare_pair(records: list[dict], a: str, b: str, metric: str, seed: int = 0
 
 
 def circular(protocol: dict, configs: dict) -> list[str]:
-    """Warnings for report metrics that a cell's loss optimises directly (``{cell: Config}``)."""
+    """Warnings for report metrics that some cells' losses optimise directly and others' do not
+    (``{cell: Config}``): a ranking by such a metric favours the cells trained on it. (A metric every
+    cell optimises, such as Dice for cells that all train on Dice, is the common objective.)"""
     out = []
     for m in protocol["metrics"]:
         name = m.split("/", 1)[1]
@@ -124,7 +126,7 @@ def circular(protocol: dict, configs: dict) -> list[str]:
         hits = {c: sorted(set(OPTIMISED_BY.get(name, ())) & set((cfg.loss or {}).get(target, {})))
                 for c, cfg in configs.items()}
         hits = {c: h for c, h in hits.items() if h}
-        if hits:
+        if hits and len(hits) < len(configs):
             who = ", ".join(f"{c} ({'+'.join(h)})" for c, h in hits.items())
             role = "the primary metric" if m == protocol["primary"] else "a reported metric"
             out.append(f"**Warning:** {m} is {role} and also what {who} train on: a ranking by it favours "
@@ -170,7 +172,8 @@ def protocol_report(finished: list, protocol: dict, sweep_dir: Path, cells: dict
     if comps:
         lines += [f"Comparisons on {protocol['primary']} (b − a over the same seeds; paired t-test, two-sided; "
                   f"d_z = mean / std of the differences; bootstrap: {sig.BOOTSTRAP:,} resamples of the "
-                  f"{rep} images within each seed, seed 0; every metric in comparisons.csv):", "",
+                  f"{rep} images within each seed, seed 0: it holds the trained models fixed, so it is narrower "
+                  "than the t interval, which includes the spread between seeds; every metric in comparisons.csv):", "",
                   format_table([_comp_row(c) for c in comps if c["metric"] == protocol["primary"]]), ""]
     total = sum(r["wall_s"] for r in records)
     m = machine()
