@@ -198,3 +198,22 @@ def test_probe_and_interpolate_write_the_summary_without_a_history_segment(tmp_p
     assert wb.history(recs) == []  # interpolate.py used to log a history row at step 0
     summary = wb.summary(recs)
     assert summary["interpolation/png"]["_type"] == "image-file" and summary["interpolation/gif"]["_type"] == "video-file"
+
+
+@pytest.mark.slow  # two runs: ~20 s on 2 shared cores
+def test_tensorboard_hides_what_a_resumed_run_redoes(tmp_path):
+    """Resumed from epoch 1's checkpoint after 2 epochs (as a kill after epoch 2's events but before its
+    save would leave it), epoch 2 is logged again: TensorBoard must show each step once, as
+    metrics.jsonl does (purge_step), not steps 3 and 4 twice."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "tb"
+    common = ["train.epochs=2", "train.num_images=0", "track.report_to=[tensorboard]", "train.scheduler=none"]
+    train(tmp_path, "tb", *common, "train.keep_last_n=2")
+    train(tmp_path, "ignored", *common, f"train.resume={run / 'checkpoints' / 'epoch_001'}")
+    ea = EventAccumulator(str(run / "tensorboard"))
+    ea.Reload()
+    assert [e.step for e in ea.Scalars("train/loss")] == [1, 2, 3, 4]
+    assert [e.step for e in ea.Scalars("val/loss")] == [2, 4]
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["split"] == "train"] == [1, 2, 3, 4]

@@ -57,7 +57,8 @@ class Loop:
             self.state["wandb_id"] = start_trackers(
                 acc, self.wandb_mode, cfg.track.project, cfg.name, cfg.to_dict(), self.run.path,
                 cfg.track.group or (Path(cfg.source).stem if cfg.source else None), cfg.model.name,
-                list(cfg.track.tags), cfg.track.entity, self.state["wandb_id"], t.monitor, t.monitor_mode)
+                list(cfg.track.tags), cfg.track.entity, self.state["wandb_id"], t.monitor, t.monitor_mode,
+                self.state["step"])
         if self.resave_last:
             self._save("last")
             self.resave_last = False

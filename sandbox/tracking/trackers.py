@@ -43,11 +43,16 @@ def log_with(report_to: list[str], wandb_mode: str, run_dir: Path) -> list | Non
 
 def start_trackers(accelerator, mode: str, project: str, run_name: str, config: dict, run_dir: Path,
                    group: str | None, job_type: str, tags: list[str], entity: str | None, run_id: str | None,
-                   monitor: str = "val/loss", monitor_mode: str = "min") -> str | None:
-    """Start the Accelerator's trackers; returns the W&B run id (None without W&B). Never raises."""
+                   monitor: str = "val/loss", monitor_mode: str = "min", step: int = 0) -> str | None:
+    """Start the Accelerator's trackers; returns the W&B run id (None without W&B). ``step``: the
+    optimizer step the run resumes at (TensorBoard hides the events a killed run wrote after it, as
+    metrics.jsonl drops them). Never raises."""
     names = [t.name if hasattr(t, "start") else str(t) for t in accelerator.log_with]  # trackers or LoggerTypes
     if not names:
         return None
+    for tracker in accelerator.log_with:
+        if getattr(tracker, "name", None) == "tensorboard" and step:
+            tracker.init_kwargs["purge_step"] = step + 1
     kwargs = {}
     try:
         if "wandb" in names:
