@@ -217,3 +217,19 @@ def test_tensorboard_hides_what_a_resumed_run_redoes(tmp_path):
     assert [e.step for e in ea.Scalars("train/loss")] == [1, 2, 3, 4]
     assert [e.step for e in ea.Scalars("val/loss")] == [2, 4]
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["split"] == "train"] == [1, 2, 3, 4]
+
+
+def test_a_wandb_failure_at_start_leaves_tensorboard_and_the_run_going(tmp_path, monkeypatch, caplog):
+    pytest.importorskip("tensorboard")
+    import wandb
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("no W&B today")
+
+    monkeypatch.setattr(wandb, "init", refuse)
+    trainer = train(tmp_path, "tbw", "train.epochs=1", "train.num_images=0", "track.report_to=[wandb,tensorboard]",
+                    "track.wandb=offline")
+    assert "W&B could not start (RuntimeError: no W&B today)" in caplog.text
+    assert [t.name for t in trainer.accelerator.trackers] == ["tensorboard"] and trainer.state["wandb_id"] is None
+    assert list((tmp_path / "tbw" / "tensorboard").glob("events.out.tfevents.*"))
+    assert (tmp_path / "tbw" / "checkpoints" / "last").is_dir()
