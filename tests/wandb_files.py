@@ -29,6 +29,8 @@ def records(path: Path) -> list:
             pos += BLOCK - pos % BLOCK
             continue
         _crc, n, kind = struct.unpack("<IHB", data[pos:pos + HEADER])
+        if pos + HEADER + n > len(data):  # still being written
+            break
         chunk = data[pos + HEADER:pos + HEADER + n]
         pos += HEADER + n
         if kind == 0:
@@ -46,9 +48,19 @@ def segments(run_dir: Path) -> list[Path]:
     return sorted((Path(run_dir) / "wandb").glob("offline-run-*"))
 
 
-def segment_records(segment: Path) -> list:
-    (file,) = segment.glob("run-*.wandb")
-    return records(file)
+def segment_records(segment: Path, timeout: float = 60.0) -> list:
+    """The records of one offline-run folder, once complete: wandb-core writes the file on its own
+    schedule (it flushes every ~15 s) and may still be writing after ``run.finish()`` returned, so
+    this waits for the ``exit`` record, which ends every finished run."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        files = list(segment.glob("run-*.wandb"))
+        recs = records(files[0]) if len(files) == 1 else []
+        if recs and recs[-1].WhichOneof("record_type") == "exit" or time.monotonic() > deadline:
+            return recs
+        time.sleep(0.2)
 
 
 def kinds(recs: list, kind: str) -> list:
