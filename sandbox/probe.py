@@ -4,7 +4,8 @@
     python sandbox/probe.py --run runs/dcgan_faces --split val   # fid_own: samples vs noise baselines
 
 Prints a table and writes everything to ``runs/<name>/eval/probe_<split>.json`` (written
-atomically; an existing file is replaced: the numbers are a function of the checkpoint).
+atomically; an existing file is replaced: the numbers are a function of the checkpoint) and into
+the summary of the run's W&B run as ``probe/<split>/<number>``.
 ``fid_own`` is a Fréchet distance on the sandbox's own fixed random features: it ranks runs, it is
 NOT Inception FID. The kernel probe's R² grows with the fitting images (``--fit``).
 """
@@ -32,6 +33,7 @@ def main() -> None:
     from sandbox.analysis.probe import probe_run, report
     from sandbox.runs.load import checkpoint_dir, load_run
     from sandbox.runs.rundir import write_atomic
+    from sandbox.tracking.wandb_run import flat, to_summary
 
     run, _ = checkpoint_dir(args.run, args.which)
     cfg, model = load_run(args.run, args.which, task="generative")
@@ -39,6 +41,7 @@ def main() -> None:
     out = run / "eval" / f"probe_{args.split}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, json.dumps(res, indent=2))
+    to_summary(cfg.track, run, flat(f"probe/{args.split}", res))  # the run's own W&B run, summary only
     print(report(res))
     print(f"wrote {out}")
 

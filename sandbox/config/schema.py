@@ -118,6 +118,10 @@ class TrackConfig:
     entity: Optional[str] = None
     group: Optional[str] = None  # runs of one experiment share it; default: the config file's stem
     tags: list[str] = field(default_factory=list)
+    # where the metrics go besides metrics.jsonl (Accelerate's trackers); W&B's mode is still track.wandb,
+    # TensorBoard writes runs/<name>/tensorboard/ (pip install tensorboard)
+    report_to: list[Literal["wandb", "tensorboard"]] = field(default_factory=lambda: ["wandb"])
+    log_checkpoints: bool = False  # W&B: log checkpoints/best as a model artifact at the end of the run
 
 
 @dataclass
