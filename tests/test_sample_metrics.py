@@ -54,6 +54,7 @@ def test_kid_subsets_average_the_mmd_of_each_subset():
     assert min(per) <= mean <= max(per) and std > 0
 
 
+@pytest.mark.filterwarnings("ignore:Metric `Kernel Inception Distance` will save")
 def test_kid_matches_torchmetrics_kernel_inception_distance():
     """The maintained implementation (torchmetrics, fed features through an identity 'feature network'),
     one subset = the whole sets, so no random draw enters."""
