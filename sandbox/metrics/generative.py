@@ -133,8 +133,8 @@ def kid(real: torch.Tensor, fake: torch.Tensor, subsets: int = KID_SUBSETS, subs
         (Σ_{i≠j} k(x_i, x_j) + Σ_{i≠j} k(y_i, y_j)) / (m (m - 1)) - 2 Σ_{i,j} k(x_i, y_j) / m²
 
     on ``m = min(subset_size, N, M)`` points drawn per side without replacement (as torchmetrics'
-    KernelInceptionDistance). The kernel matrices are computed once and subsets index into them; the
-    draws come from their own generator (``seed``), so training's random stream is untouched. When
+    KernelInceptionDistance). The kernel matrices are computed once (on at most ``KID_POOL`` points per
+    side) and every subset's sums read from them; the draws come from their own generator (``seed``), so training's random stream is untouched. When
     every subset is the whole of both sets (``N == M <= subset_size``), there is one term and std 0.
     """
     if len(real) < 2 or len(fake) < 2:
