@@ -2,7 +2,8 @@
 
     segmentation.py  hard Dice, IoU, pixel accuracy, boundary F1 (the one Dice of the sandbox)
     regression.py    L1, RMSE, SSIM (depth maps, reconstructions), the SSIM window rule; depth: delta < 1.25, edge F1
-    generative.py    fid_own and diversity on the sandbox's own fixed features
+    generative.py    fid_own, KID, precision/recall, nearest distances, diversity on the sandbox's own fixed features
+    inception.py     real Inception features from a local weights file (torch-fidelity's), for FID/KID
     probe.py         the latent probe (ridge and kernel ridge R² from codes to known parameters)
     selection.py     the best-epoch rule (trainer's checkpoints/best and the reports alike)
 """
