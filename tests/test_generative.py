@@ -166,7 +166,7 @@ def test_a_latent_that_does_not_fit_the_decoder_is_one_clear_line():
     (["model.name=vae", "data.name=attractors", "loss={image: {mse: 1}}", "model.d_norm=none"],
      r"model\.d_norm: unknown option for vae"),
     (["model.name=vae", "data.name=attractors", "loss={image: {mse: 1}}", "model.latent_dim=0"],
-     r"model\.latent_dim: got 0, expected an integer >= 1"),
+     r"model\.latent_dim: got 0, expected an integer in \[1, 65536\]"),
     (["model.name=aae", "data.name=attractors", "loss={image: {mse: 1}}", "train.grad_accum=2"],
      r"train\.grad_accum: got 2; the aae trainer steps the encoder in two phases"),
 ])
