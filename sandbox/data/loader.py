@@ -6,6 +6,7 @@ generator were what made mid-epoch resume exact).
 """
 from __future__ import annotations
 
+import atexit
 import signal
 
 import torch
@@ -45,9 +46,31 @@ def collate(samples: list[dict]) -> dict:
 def _worker_ignores_sigterm(worker_id: int) -> None:
     """A DataLoader worker ignores SIGTERM: a scheduler (Slurm) signals every process of the job, and a
     worker ended by it would stop the main process in torch's "worker killed" error before the main
-    process (which handles the signal: save, then exit 143) could save. Workers still end: they finish on
-    the loader's shutdown sentinel, and torch's watchdog ends them when the main process is gone."""
+    process (which handles the signal: save, then exit 143) could save. Workers still end: on the
+    loader's shutdown sentinel, at exit (:func:`_stop_workers_at_exit`), or by torch's watchdog
+    when the main process is gone. (Telling the parent's SIGTERM apart by its sender, as torch's own
+    handler does, cannot be done from Python for every thread of the worker.)"""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _stop_workers_at_exit() -> None:
+    """At interpreter exit, before multiprocessing's own clean-up (which ends daemon processes with
+    SIGTERM, ignored by our workers, and then waits for them for ever): shut down the DataLoader
+    iterators an error or a stop left open as torch does, and SIGKILL a worker still alive after that
+    (a stuck one: the SIGTERM torch would send is ignored). Workers only read data. The iterators are found by type: Accelerate rebuilds the
+    loaders we make, so no reference kept here would reach them."""
+    import gc
+
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+
+    for obj in gc.get_objects():
+        if type(obj) is _MultiProcessingDataLoaderIter:  # type(), not isinstance: no proxy object is asked
+            try:
+                obj._shutdown_workers()  # torch's own: sentinel, join, forget the pids (no SIGCHLD error)
+            finally:
+                for w in getattr(obj, "_workers", []):
+                    if w.is_alive():
+                        w.kill()
 
 
 def make_loader(ds: Dataset, batch_size: int, seed: int, train: bool, num_workers: int = 0) -> DataLoader:
@@ -55,15 +78,21 @@ def make_loader(ds: Dataset, batch_size: int, seed: int, train: bool, num_worker
     keys for datasets with ``epoch_keys``, whose augmentation derives from them) and drops a last
     partial batch; evaluation keeps the order and every sample."""
     keys = bool(getattr(ds, "epoch_keys", False))
-    return DataLoader(ds, batch_size=batch_size,
-                      sampler=EpochShuffle(len(ds), seed, keys) if train else None,
-                      # its own generator: each new iterator draws a base seed, which must not
-                      # come from the global RNG (a resumed run creates one more iterator)
-                      generator=torch.Generator().manual_seed(seed),
-                      shuffle=False, num_workers=num_workers, collate_fn=collate,
-                      worker_init_fn=_worker_ignores_sigterm if num_workers > 0 else None,
-                      drop_last=train and len(ds) > batch_size,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)
+    loader = DataLoader(ds, batch_size=batch_size,
+                        sampler=EpochShuffle(len(ds), seed, keys) if train else None,
+                        # its own generator: each new iterator draws a base seed, which must not
+                        # come from the global RNG (a resumed run creates one more iterator)
+                        generator=torch.Generator().manual_seed(seed),
+                        shuffle=False, num_workers=num_workers, collate_fn=collate,
+                        worker_init_fn=_worker_ignores_sigterm if num_workers > 0 else None,
+                        drop_last=train and len(ds) > batch_size,
+                        pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)
+    if num_workers > 0:  # registered after multiprocessing's exit hook, so it runs first (once)
+        import multiprocessing.util  # noqa: F401  (its hook is registered on import, which may not have happened)
+
+        atexit.unregister(_stop_workers_at_exit)
+        atexit.register(_stop_workers_at_exit)
+    return loader
 
 
 def size_at(size: int, schedule: dict[int, int] | None, epoch: int) -> int:
