@@ -26,6 +26,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=512, help="generated images for fid_own")
     parser.add_argument("--fit", type=int, default=4000,
                         help="attractors: training images the probes are fitted on (at most the split's size)")
+    parser.add_argument("--steps", type=int, help="ddpm/flow: sampling (and inversion) steps (default: the run's "
+                        "model.sample_steps)")
     args = parser.parse_args()
     import json
 
@@ -35,6 +37,7 @@ def main() -> None:
 
     run, _ = checkpoint_dir(args.run, args.which)
     cfg, model = load_run(args.run, args.which, task="generative")
+    model.set_sample_steps(args.steps)
     res = probe_run(cfg, model, args.split, args.samples, args.fit, label=str(args.run))
     out = run / "eval" / f"probe_{args.split}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
