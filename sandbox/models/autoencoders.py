@@ -51,6 +51,8 @@ class LatentModel(nn.Module):
     kind = "generative"
     generator_name = "decoder"
     encodes = True  # has an encoder (latent probe, reconstructions, interpolation from images)
+    latent_is_noise = False  # True: codes are Gaussian noise of the data's shape (ddpm, flow): slerp only
+    sample_steps: int | None = None  # network evaluations per sample of a step sampler (ddpm, flow); None: one pass
 
     def setup_ema(self, decay: float | None) -> None:
         self.ema_decay = decay
@@ -59,6 +61,18 @@ class LatentModel(nn.Module):
             # EMA updates so far: a buffer, so it rides in every checkpoint (a resumed run does not warm up again)
             self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
             self._register_load_state_dict_pre_hook(_fill_ema_updates, with_module=True)
+
+    def set_sample_steps(self, steps: int | None, flag: str = "--steps") -> None:
+        """The sampling steps a command asks for (``flag``); ``None`` keeps the model's own. Models that
+        sample in one pass refuse it in one line."""
+        if steps is None:
+            return
+        if self.sample_steps is None:
+            raise SandboxError(f"{flag}: {type(self).__name__} samples in one pass; only step samplers (ddpm, "
+                               "flow) take it")
+        if steps < 1:
+            raise SandboxError(f"{flag} {steps}: expected at least 1 sampling step")
+        self.sample_steps = steps
 
     @property
     def image_generator(self) -> nn.Module:
