@@ -194,7 +194,7 @@ def tiny(tmp_path, name: str, run: str, extra=()):
 
 @pytest.mark.slow  # 3 tiny runs with checkpoints: 40-70 s on 2 shared cores
 @pytest.mark.parametrize("name", NAMES)
-def test_a_stopped_and_resumed_run_keeps_its_ema_bit_for_bit(tmp_path, name):
+def test_a_stopped_and_resumed_run_keeps_its_ema_bit_for_bit(tmp_path, name, monkeypatch, capsys):
     """2 epochs straight vs 1 epoch, stop, resume: the same EMA weights, update count and validation
     metrics (val/loss, its t-buckets, fid_own of EMA samples)."""
     straight = build_trainer(tiny(tmp_path, name, "straight"))
@@ -217,6 +217,15 @@ def test_a_stopped_and_resumed_run_keeps_its_ema_bit_for_bit(tmp_path, name):
                 if r["split"] == "val"]
     assert vals("straight") == vals("stopped") and "val/loss_t0" in str(vals("straight"))
     assert (tmp_path / "stopped" / "images" / "samples_epoch002.png").is_file()
+    # interpolate.py on the run: validation images inverted to noise, slerp between them, 2 sampling steps
+    from tests.test_generative import interpolate_cli
+
+    code, out, err = interpolate_cli(monkeypatch, capsys, "--run", str(tmp_path / "straight"), "--from", "0", "1",
+                                     "--split", "val", "--steps", "3", "--sample-steps", "2")
+    assert code == 0 and "3 frames (slerp)" in out, err
+    code, out, err = interpolate_cli(monkeypatch, capsys, "--run", str(tmp_path / "straight"), "--random", "2",
+                                     "--mode", "lerp")
+    assert code == 2 and "use --mode slerp" in err
 
 
 # ----------------------------------------------------------------------------- configs
@@ -226,10 +235,11 @@ def test_a_stopped_and_resumed_run_keeps_its_ema_bit_for_bit(tmp_path, name):
     (["model.name=flow"], "model.norm: flow takes group or none"),  # the schema's default norm is batch
     (["model.name=unet", "model.prediction=v"], "model.prediction: unknown option for unet"),
     (["model.name=ae", "model.sampler=euler", "loss={image: {mse: 1.0}}"], "model.sampler: unknown option for ae"),
-    (["model.name=flow", "model.norm=group", "model.sampler=ddim"], "model.sampler: flow samples with"),
+    (["model.name=flow", "model.norm=group", "model.sampler=ddpm"], "model.sampler: flow samples with"),
+    (["model.name=flow", "model.norm=group", "model.eta=0.5"], "model.eta: only ddpm's ddim sampler"),
     (["model.name=flow", "model.norm=group", "model.prediction=eps"], "model.prediction: unknown option for flow"),
     (["model.name=ddpm", "model.norm=group", "model.t_sampling=uniform"], "model.t_sampling: unknown option"),
-    (["model.name=ddpm", "model.norm=group", "model.sampler=ddpm", "model.eta=0.5"], "model.eta: only the ddim"),
+    (["model.name=ddpm", "model.norm=group", "model.sampler=ddpm", "model.eta=0.5"], "model.eta: only ddpm's ddim"),
     (["model.name=ddpm", "model.norm=group", "model.sample_steps=0"], r"model.sample_steps: got 0"),
     (["model.name=ddpm", "model.norm=group", "model.min_snr=-1"], r"model.min_snr: got -1"),
     (["model.name=flow", "model.norm=group", "model.latent_dim=8"], "model.latent_dim: flow has no latent code"),

@@ -71,9 +71,9 @@ class ModelConfig:
     prediction: Optional[Literal["eps", "v", "x0"]] = None  # ddpm: what the net predicts (null: v)
     min_snr: Optional[float] = None  # ddpm: min-SNR-gamma loss weighting, e.g. 5 (null: off)
     t_sampling: Optional[Literal["uniform", "logit_normal"]] = None  # flow: the training t law (null: uniform)
-    sampler: Optional[Literal["ddpm", "ddim", "euler", "heun"]] = None  # ddpm: ddpm|ddim, flow: euler|heun (null: the process's default)
+    sampler: Optional[Literal["ddpm", "ddim", "euler", "heun"]] = None  # ddpm: any (null: ddim); flow: euler, heun, ddim (= euler; null: euler)
     sample_steps: Optional[int] = None  # steps of sampling and of the inversion encode() runs (null: 20)
-    eta: Optional[float] = None  # ddim: 0 deterministic .. 1 as noisy as ancestral sampling (null: 0)
+    eta: Optional[float] = None  # ddpm with sampler ddim: 0 deterministic .. 1 the DDPM posterior's noise (null: 0)
 
 
 @dataclass

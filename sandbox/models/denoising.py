@@ -79,8 +79,15 @@ class DenoisingModel(LatentModel):
         self.net = TimeUNet(in_channels, widths, blocks, block, norm, upsample, downsample, dilation, dropout)
         self.setup_ema(ema)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor | float = 0.5) -> torch.Tensor:
+        """The live net's prediction; ``t`` defaults to the middle of the path, where summary.py measures
+        the network as an image -> image map."""
         return self.net(x_t, t)
+
+    @property
+    def encoder(self) -> Encoder:
+        """The net's core Encoder (its bottleneck is what summary.py reports)."""
+        return self.net.encoder
 
     def _fn(self):
         """The network the sampler calls, ``(x, t) -> float32 prediction`` (EMA copy in eval mode)."""
@@ -160,9 +167,9 @@ def check_denoising(name: str, options: dict[str, Any]) -> None:
     sampler = o.get("sampler", proc.default_sampler)
     if sampler not in proc.samplers:
         raise ConfigError(f"model.sampler: {name} samples with {', '.join(proc.samplers)}; got {sampler!r}")
-    if "eta" in o and sampler != "ddim":
-        raise ConfigError(f"model.eta: only the ddim sampler reads it (model.sampler is {sampler}); set "
-                          "model.sampler: ddim or leave eta unset")
+    if "eta" in o and (name != "ddpm" or sampler != "ddim"):
+        raise ConfigError(f"model.eta: only ddpm's ddim sampler reads it ({name}, model.sampler {sampler}); "
+                          "leave eta unset" + (" or set model.sampler: ddim" if name == "ddpm" else ""))
 
 
 def _register(name: str, doc: str) -> None:
