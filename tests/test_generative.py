@@ -125,6 +125,14 @@ def test_ema_copy_follows_the_generator_and_is_used_in_eval():
     before = [e.clone() for e in ema.parameters()]
     gan.update_ema()
     for b, e, p in zip(before, ema.parameters(), live.parameters()):
+        assert torch.allclose(e, 0.1 * b + 0.9 * p)  # the first update warms up: min(0.5, (1 + 0) / (10 + 0))
+    gan.ema_updates.fill_(100)  # past the warm-up: min(0.5, 101 / 110) = 0.5
+    before = [e.clone() for e in ema.parameters()]
+    with torch.no_grad():
+        for p in live.parameters():
+            p.add_(1.0)
+    gan.update_ema()
+    for b, e, p in zip(before, ema.parameters(), live.parameters()):
         assert torch.allclose(e, 0.5 * b + 0.5 * p)  # decay 0.5: halfway
     assert gan.train().image_generator is live and gan.eval().image_generator is ema
     assert not any(p.requires_grad for p in ema.parameters())
