@@ -248,3 +248,14 @@ def test_config_errors_name_the_key(overrides, match):
     base = ["data.name=attractors", "data.size=32", "model.depth=2", "train.monitor=val/loss"]
     with pytest.raises(ConfigError, match=match):
         load_config(None, base + overrides)
+
+
+def test_the_latent_probe_reads_inverted_noise_as_flat_codes():
+    """encode_dataset flattens the image-shaped codes of ddpm/flow to (N, C*S*S) for the ridge and kernel probes."""
+    from sandbox.metrics.probe import encode_dataset
+
+    torch.manual_seed(0)
+    model = MODELS["flow"](**TINY, sample_steps=2)
+    data = [{"image": img, "params": torch.rand(4)} for img in images(5)]
+    codes, params = encode_dataset(model, data, list(range(5)), batch=2)
+    assert codes.shape == (5, 3 * 16 * 16) and params.shape == (5, 4) and model.training
