@@ -9,7 +9,8 @@ Schedules and updates are float32 even under autocast (the network itself runs u
   (sigmoid of N(0, 1), Esser et al. 2024). Samplers: euler (default), heun, ddim (= euler).
 - Diffusion (``Diffusion``, model name ``ddpm``; variance preserving, continuous cosine schedule,
   Nichol & Dhariwal 2021): alpha_bar(t) = cos^2(pi/2 (t+s)/(1+s)) / cos^2(pi/2 s/(1+s)), s = 0.008,
-  clamped to >= 1e-5; alpha = sqrt(alpha_bar), sigma = sqrt(1 - alpha_bar), x_t = alpha x0 + sigma eps.
+  lifted by an affine floor to alpha_bar(1) = 1e-5; alpha = sqrt(alpha_bar), sigma = sqrt(1 - alpha_bar),
+  x_t = alpha x0 + sigma eps.
   The network predicts "eps", "x0" or "v" = alpha eps - sigma x0 (default; Salimans & Ho 2022);
   optional min-SNR-gamma weighting (Hang et al. 2023). Training and network times are kept >= 1e-4.
   Samplers: ddim (default; eta = 0 deterministic, eta = 1 the DDPM posterior), ddpm (ancestral),

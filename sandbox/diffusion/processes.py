@@ -86,7 +86,7 @@ class Process:
         """x0 from ``noise`` ~ N(0, I) by integrating t = 1 -> 0 in ``steps`` uniform steps
         (``model(x, t)`` -> the network's prediction, t a (B,) float32 tensor). float32."""
         sampler = self._choose(sampler, self.samplers, "sampler")
-        if eta != 0 and sampler != "ddim" or eta < 0:
+        if (eta != 0 and sampler != "ddim") or eta < 0:
             raise SandboxError(f"eta {eta!r} applies to the ddim sampler only (eta >= 0); sampler is {sampler!r}")
         ts = S.time_grid(steps, 1.0, 0.0, device=noise.device)
         with _no_grad():

@@ -14,7 +14,7 @@ from sandbox.errors import SandboxError
 
 PREDICTIONS = ("eps", "x0", "v")  # what a diffusion network may predict
 COSINE_S = 0.008  # the offset of the cosine schedule (Nichol & Dhariwal 2021)
-ALPHA_BAR_MIN = 1e-5  # alpha_bar(1) is clamped to this: alpha(1) = 3.2e-3, so x0 = (x - sigma eps) / alpha stays finite
+ALPHA_BAR_MIN = 1e-5  # the floor of alpha_bar: alpha(1) = 3.2e-3, so x0 = (x - sigma eps) / alpha stays finite
 _PHI0 = math.pi / 2 * COSINE_S / (1 + COSINE_S)
 _COS2_PHI0 = math.cos(_PHI0) ** 2
 
@@ -32,10 +32,12 @@ def per_sample(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def cosine_alpha_bar(t) -> torch.Tensor:
-    """alpha_bar(t) = cos^2(pi/2 (t+s)/(1+s)) / cos^2(pi/2 s/(1+s)), s = 0.008, clamped to >= 1e-5."""
+    """alpha_bar(t) = m + (1 - m) cos^2(pi/2 (t+s)/(1+s)) / cos^2(pi/2 s/(1+s)), s = 0.008, m = 1e-5:
+    the cosine schedule lifted by an affine floor (rather than clamped) so that it stays strictly
+    decreasing and smooth up to t = 1, with alpha_bar(0) = 1 and alpha_bar(1) = 1e-5."""
     t = as_time(t)
     phi = math.pi / 2 * (t + COSINE_S) / (1 + COSINE_S)
-    return (torch.cos(phi) ** 2 / _COS2_PHI0).clamp(ALPHA_BAR_MIN, 1.0)
+    return ALPHA_BAR_MIN + (1 - ALPHA_BAR_MIN) * torch.cos(phi) ** 2 / _COS2_PHI0
 
 
 def cosine_alpha_sigma(t) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,8 +48,8 @@ def cosine_alpha_sigma(t) -> tuple[torch.Tensor, torch.Tensor]:
     t = as_time(t)
     ab = cosine_alpha_bar(t)
     half = math.pi / 2 / (1 + COSINE_S)
-    one_minus = torch.sin(half * t) * torch.sin(half * (t + 2 * COSINE_S)) / _COS2_PHI0
-    return ab.sqrt(), one_minus.clamp(0.0, 1.0 - ALPHA_BAR_MIN).sqrt()
+    one_minus = (1 - ALPHA_BAR_MIN) * torch.sin(half * t) * torch.sin(half * (t + 2 * COSINE_S)) / _COS2_PHI0
+    return ab.clamp(0.0, 1.0).sqrt(), one_minus.clamp(0.0, 1.0).sqrt()
 
 
 def cosine_snr(t) -> torch.Tensor:
@@ -120,7 +122,7 @@ def min_snr_weight(snr: torch.Tensor, gamma: float, prediction: str) -> torch.Te
     """The per-sample weight on the MSE of ``prediction`` that makes it min(SNR, gamma) times the
     x0-MSE (Hang et al. 2023): ||eps - eps^||^2 = snr ||x0 - x0^||^2 and ||v - v^||^2 =
     (snr + 1) ||x0 - x0^||^2, so eps: min(snr, g) / snr; v: min(snr, g) / (snr + 1); x0: min(snr, g).
-    At snr = inf (t = 0): eps 0, v 0... written so no inf / inf appears."""
+    At snr = inf (t = 0) the eps and v weights are 0 (their limit), not inf / inf."""
     check_prediction(prediction)
     snr = snr.float()
     clipped = snr.clamp(max=gamma)
