@@ -8,8 +8,9 @@ Endpoints: ``--from`` images (files, fitted to the run's size) or indices into t
 ``--split`` (default test), encoded by the model (VAE: the posterior means); or ``--random K``
 draws from the model's prior (the only choice for a GAN, which has no encoder). ``--mode
 slerp`` (default) follows the great circle between codes, scaling the radius linearly, and
-falls back to lerp for nearly parallel codes; ``lerp`` is the straight line. ``--steps`` frames
-per segment; ``--cycle`` closes the path back to the first endpoint (the strip ends on it;
+falls back to lerp for nearly parallel codes; ``lerp`` is the straight line (refused for ddpm/flow,
+whose codes are Gaussian noise: inverted images or draws; ``--sample-steps`` sets their sampling
+steps). ``--steps`` frames per segment; ``--cycle`` closes the path back to the first endpoint (the strip ends on it;
 the GIF leaves that duplicate out so the loop is seamless). Writes
 ``runs/<name>/images/interp_<mode>[_cycle]_<endpoints>.{png,gif}`` and puts them in the summary of
 the run's W&B run (no new history segment; ``--no-wandb`` skips it).
@@ -37,6 +38,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="frames per segment (>= 2)")
     parser.add_argument("--cycle", action="store_true", help="close the path back to the first endpoint")
     parser.add_argument("--seed", type=int, default=0, help="seed of --random")
+    parser.add_argument("--sample-steps", type=int, help="ddpm/flow: sampling and inversion steps (default: the "
+                        "run's model.sample_steps; --steps is the frames)")
     parser.add_argument("--no-wandb", action="store_true", help="do not log to W&B")
     args = parser.parse_args()
     from sandbox.analysis.interpolation import interpolate
@@ -46,6 +49,7 @@ def main() -> None:
 
     out, _ = checkpoint_dir(args.run, args.which)
     cfg, model = load_run(args.run, args.which, task="generative")
+    model.set_sample_steps(args.sample_steps, "--sample-steps")
     frames, labels = interpolate(model, cfg, args.items, args.random, args.split, args.steps, args.mode, args.cycle,
                                  args.seed)
     stem = f"interp_{args.mode}{'_cycle' if args.cycle else ''}_{'-'.join(labels)}"

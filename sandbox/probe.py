@@ -32,6 +32,8 @@ def main() -> None:
                         help="attractors: training images the probes are fitted on (at most the split's size)")
     parser.add_argument("--inception-weights", metavar="PATH",
                         help="torch-fidelity's pt_inception-2015-12-05-6726825d.pth: adds Inception FID/KID")
+    parser.add_argument("--steps", type=int, help="ddpm/flow: sampling (and inversion) steps (default: the run's "
+                        "model.sample_steps)")
     args = parser.parse_args()
     import json
 
@@ -44,6 +46,7 @@ def main() -> None:
     inception = load_inception(args.inception_weights) if args.inception_weights else None  # fail before sampling
     run, _ = checkpoint_dir(args.run, args.which)
     cfg, model = load_run(args.run, args.which, task="generative")
+    model.set_sample_steps(args.steps)
     res = probe_run(cfg, model, args.split, args.samples, args.fit, label=str(args.run), inception=inception)
     out = run / "eval" / f"probe_{args.split}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,8 @@ from sandbox.metrics.probe import kernel_probe, latent_probe, ridge_probe
 from sandbox.tracking.metrics_log import read_metrics
 from tests.conftest import ROOT
 
-GENERATIVE = [n for n in MODELS.names() if MODELS[n].task == "generative"]
+# models with a latent code (ddpm and flow, whose latent is image-shaped noise: tests/test_denoising.py)
+GENERATIVE = [n for n in MODELS.names() if MODELS[n].task == "generative" and MODELS[n].trainer != "denoising"]
 TINY = dict(width=4, depth=2, latent_dim=6)
 
 
@@ -62,6 +63,7 @@ def test_every_generative_model_is_registered_with_its_trainer():
 
     assert set(GENERATIVE) == {"ae", "vae", "dcgan", "aae"}
     assert {MODELS[n].trainer for n in GENERATIVE} == {"autoencoder", "vae", "gan", "aae"} <= set(TRAINERS.names())
+    assert {MODELS[n].trainer for n in ("ddpm", "flow")} == {"denoising"} <= set(TRAINERS.names())
 
 
 @pytest.mark.parametrize("size", [32, 64])
@@ -121,6 +123,14 @@ def test_ema_copy_follows_the_generator_and_is_used_in_eval():
         for p in live.parameters():
             p.add_(1.0)
     before = [e.clone() for e in ema.parameters()]
+    gan.update_ema()
+    for b, e, p in zip(before, ema.parameters(), live.parameters()):
+        assert torch.allclose(e, 0.1 * b + 0.9 * p)  # the first update warms up: min(0.5, (1 + 0) / (10 + 0))
+    gan.ema_updates.fill_(100)  # past the warm-up: min(0.5, 101 / 110) = 0.5
+    before = [e.clone() for e in ema.parameters()]
+    with torch.no_grad():
+        for p in live.parameters():
+            p.add_(1.0)
     gan.update_ema()
     for b, e, p in zip(before, ema.parameters(), live.parameters()):
         assert torch.allclose(e, 0.5 * b + 0.5 * p)  # decay 0.5: halfway

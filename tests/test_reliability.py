@@ -215,7 +215,11 @@ KIND_OVERRIDES = {"segmentation": [],
                   "autoencoder": ["model.name=ae", "train.monitor=val/loss", *GENERATIVE_OVERRIDES],
                   "vae": ["model.name=vae", "train.monitor=val/loss", *GENERATIVE_OVERRIDES, *LINEAR_STEPS],
                   "gan": ["model.name=dcgan", "train.monitor=val/fid_own", *GENERATIVE_OVERRIDES, *LINEAR_STEPS],
-                  "aae": ["model.name=aae", "train.monitor=val/loss", *GENERATIVE_OVERRIDES, *LINEAR_STEPS]}
+                  "aae": ["model.name=aae", "train.monitor=val/loss", *GENERATIVE_OVERRIDES, *LINEAR_STEPS],
+                  # ddpm/flow: eps and t drawn for the global batch and sliced per process, as the VAE's noise
+                  "denoising": ["model.name=flow", "train.monitor=val/loss", "train.monitor_mode=min",
+                                "data.name=attractors", "data.num_val=8", "train.fid_samples=8",
+                                "model.sample_steps=2", *LINEAR_STEPS]}
 
 
 @pytest.mark.multiproc

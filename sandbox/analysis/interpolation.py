@@ -86,7 +86,15 @@ def endpoint_images(cfg, items: list[str], split: str) -> tuple[torch.Tensor, li
 def interpolate(model, cfg, items: list[str] | None, random: int | None, split: str = "test", steps: int = 8,
                 mode: str = "slerp", cycle: bool = False, seed: int = 0) -> tuple[torch.Tensor, list[str]]:
     """``(frames (F, C, S, S) in [0, 1], endpoint labels)``: codes of ``items`` (image files or indices
-    into ``split``), else ``random`` (default 3) prior samples from ``seed``, decoded along the path."""
+    into ``split``), else ``random`` (default 3) prior samples from ``seed``, decoded along the path.
+
+    Codes of any shape are interpolated flat (the image-shaped noise of ``ddpm``/``flow`` included).
+    Models whose latent is Gaussian noise (``latent_is_noise``) take slerp only: the midpoint of a
+    straight line between two independent N(0, I) draws in D dimensions has norm about
+    ``sqrt(D / 2)``, far off the ``sqrt(D)`` shell the sampler starts from (a grey, blurred frame)."""
+    if mode == "lerp" and model.latent_is_noise:
+        raise SandboxError("--mode lerp: this model's latent is Gaussian noise, where a straight line leaves the "
+                           "shell of typical noise (norm sqrt(D / 2) halfway); use --mode slerp")
     dev = next(model.parameters()).device
     if items:
         images, labels = endpoint_images(cfg, items, split)
@@ -97,4 +105,5 @@ def interpolate(model, cfg, items: list[str] | None, random: int | None, split: 
             raise SandboxError(f"--random {k}: expected at least 2 endpoints")
         codes = model.prior(k, torch.Generator().manual_seed(seed)).float()
         labels = [f"random{k}", f"seed{seed}"]
-    return model.decode(path(codes.cpu(), steps, mode, cycle).to(dev)).float().cpu(), labels
+    frames = path(codes.flatten(1).cpu(), steps, mode, cycle).reshape(-1, *codes.shape[1:])
+    return model.decode(frames.to(dev)).float().cpu(), labels

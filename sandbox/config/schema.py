@@ -67,6 +67,13 @@ class ModelConfig:
     prior_components: Optional[int] = None  # aae, prior: mixture: number of Gaussian components (null: 10)
     ema: Optional[float] = None  # decay of an EMA copy of the generator/decoder used for sampling (e.g. 0.999)
     d_norm: Optional[Literal["batch", "group", "none"]] = None  # dcgan: the discriminator's norm (null: model.norm)
+    # denoising models (ddpm, flow): t = 0 is data, t = 1 noise; sampling runs the net from noise to data
+    prediction: Optional[Literal["eps", "v", "x0"]] = None  # ddpm: what the net predicts (null: v)
+    min_snr: Optional[float] = None  # ddpm: min-SNR-gamma loss weighting, e.g. 5 (null: off)
+    t_sampling: Optional[Literal["uniform", "logit_normal"]] = None  # flow: the training t law (null: uniform)
+    sampler: Optional[Literal["ddpm", "ddim", "euler", "heun"]] = None  # ddpm: any (null: ddim); flow: euler, heun, ddim (= euler; null: euler)
+    sample_steps: Optional[int] = None  # steps of sampling and of the inversion encode() runs (null: 20)
+    eta: Optional[float] = None  # ddpm with sampler ddim: 0 deterministic .. 1 the DDPM posterior's noise (null: 0)
 
 
 @dataclass
@@ -184,6 +191,9 @@ RANGES: dict[str, str] = {
     "train.threads": "[0, 1024]",
     "train.grad_accum": "[1, 4096]",
     "train.num_images": "[0, 64]",  # validation samples drawn in one panel
+    "model.min_snr": "(0, inf)",  # the SNR cap gamma of min-SNR weighting
+    "model.sample_steps": "[1, 10000]",  # net evaluations per sample (heun: about twice as many)
+    "model.eta": "[0, 1]",
 }
 
 

@@ -95,14 +95,15 @@ def latent_probe(codes_fit, params_fit, codes_test, params_test) -> dict:
 
 @torch.no_grad()
 def encode_dataset(model, dataset, indices, batch: int = 64, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(codes (N, latent_dim), params (N, 4))`` of ``dataset[indices]`` (eval mode; VAE: the means)."""
+    """``(codes (N, D), params (N, 4))`` of ``dataset[indices]`` (eval mode; VAE: the means; ddpm/flow: the
+    inverted noise, flattened to ``D = C * S * S``)."""
     device = device or next(model.parameters()).device
     was = model.training
     model.eval()
     codes, params = [], []
     for i in range(0, len(indices), batch):
         b = collate([dataset[j] for j in indices[i:i + batch]])
-        codes.append(model.encode(b["image"].to(device)).float().cpu())
+        codes.append(model.encode(b["image"].to(device)).float().flatten(1).cpu())
         params.append(b["params"])
     model.train(was)
     return torch.cat(codes), torch.cat(params)

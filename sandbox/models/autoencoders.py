@@ -7,7 +7,8 @@ The flatten size ``C * h * w`` is measured by running the encoder once on a
 ``(1, in_channels, size, size)`` zero image at construction, never hard-coded. Every
 generative model exposes ``encode``, ``decode`` and ``sample(n)``; images are in [0, 1].
 ``ema``: decay of an exponential moving average copy of the decoder (the generator) kept
-in the model; in eval mode ``decode`` and ``sample`` use it (Karras et al. 2018).
+in the model; in eval mode ``decode`` and ``sample`` use it (Karras et al. 2018). Its decay warms
+up, ``min(ema, (1 + n) / (10 + n))`` after ``n`` updates (``ema_updates``, saved with the weights).
 
 The adversarial models (``dcgan``, ``aae``) reuse these pieces: :mod:`sandbox.models.adversarial`.
 """
@@ -29,7 +30,15 @@ GENERATIVE_OPTIONS = ("in_channels", "size", "latent_dim", "width", "widths", "d
                       "upsample", "downsample", "dilation", "dropout", "ema")
 CHOICE_KEYS = ("upsample", "downsample", "block", "norm")
 # ModelConfig keys of segmentation models: accepted only at their "not used" values
+EMA_WARMED_UP = 10**9  # an update count past any warm-up: (1 + n) / (10 + n) > 0.999999
 INERT = {"skip": (None, "none"), "encoder": (None, "core"), "weights": (None,), "freeze_encoder": (None, False)}
+
+
+def _fill_ema_updates(module, state_dict, prefix, *args) -> None:
+    """Checkpoints of earlier versions hold an EMA copy but no update count: their EMA ran at the full
+    decay all along, so they count as warmed up (``ema_updates`` large), and they load as they always did."""
+    if prefix + "ema_updates" not in state_dict and any(k.startswith(prefix + "generator_ema.") for k in state_dict):
+        state_dict[prefix + "ema_updates"] = torch.tensor(EMA_WARMED_UP)
 
 
 class LatentModel(nn.Module):
@@ -42,11 +51,28 @@ class LatentModel(nn.Module):
     kind = "generative"
     generator_name = "decoder"
     encodes = True  # has an encoder (latent probe, reconstructions, interpolation from images)
+    latent_is_noise = False  # True: codes are Gaussian noise of the data's shape (ddpm, flow): slerp only
+    sample_steps: int | None = None  # network evaluations per sample of a step sampler (ddpm, flow); None: one pass
 
     def setup_ema(self, decay: float | None) -> None:
         self.ema_decay = decay
         if decay:
             self.generator_ema = copy.deepcopy(getattr(self, self.generator_name)).requires_grad_(False)
+            # EMA updates so far: a buffer, so it rides in every checkpoint (a resumed run does not warm up again)
+            self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+            self._register_load_state_dict_pre_hook(_fill_ema_updates, with_module=True)
+
+    def set_sample_steps(self, steps: int | None, flag: str = "--steps") -> None:
+        """The sampling steps a command asks for (``flag``); ``None`` keeps the model's own. Models that
+        sample in one pass refuse it in one line."""
+        if steps is None:
+            return
+        if self.sample_steps is None:
+            raise SandboxError(f"{flag}: {type(self).__name__} samples in one pass; only step samplers (ddpm, "
+                               "flow) take it")
+        if steps < 1:
+            raise SandboxError(f"{flag} {steps}: expected at least 1 sampling step")
+        self.sample_steps = steps
 
     @property
     def image_generator(self) -> nn.Module:
@@ -55,16 +81,27 @@ class LatentModel(nn.Module):
             return self.generator_ema
         return getattr(self, self.generator_name)
 
+    def ema_decay_now(self) -> float:
+        """The decay of the next update: ``min(d, (1 + n) / (10 + n))`` after ``n`` updates (the warm-up of
+        TensorFlow's ExponentialMovingAverage ``num_updates``): 0.1, 0.18, 0.25, ... rising to ``d``, so a
+        short run's EMA follows its training instead of staying near the initial weights (at a fixed
+        0.999 it keeps ``0.999**n`` of them: 37 % after 1,000 steps)."""
+        n = int(self.ema_updates)
+        return min(self.ema_decay, (1 + n) / (10 + n))
+
     @torch.no_grad()
     def update_ema(self) -> None:
-        """``ema <- decay * ema + (1 - decay) * live`` for parameters; buffers (BatchNorm statistics) copied."""
+        """``ema <- decay_n * ema + (1 - decay_n) * live`` for parameters (:meth:`ema_decay_now`); buffers
+        (BatchNorm statistics) copied; ``ema_updates`` counts the updates."""
         if not self.ema_decay:
             return
+        decay = self.ema_decay_now()
         live = getattr(self, self.generator_name)
         for e, p in zip(self.generator_ema.parameters(), live.parameters()):
-            e.lerp_(p.detach(), 1 - self.ema_decay)
+            e.lerp_(p.detach(), 1 - decay)
         for e, b in zip(self.generator_ema.buffers(), live.buffers()):
             e.copy_(b)
+        self.ema_updates += 1
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """``z: (B, latent_dim) -> images (B, C, S, S) in [0, 1]``."""

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from sandbox.errors import SandboxError
+from sandbox.nn.timestep import ScaleShift
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:
@@ -19,15 +20,29 @@ def make_norm(kind: str, channels: int) -> nn.Module:
 
 
 class ConvNormAct(nn.Sequential):
-    """3x3 conv -> norm -> ReLU. ``x: (B, Cin, H, W) -> (B, Cout, H, W)``."""
+    """3x3 conv -> norm -> ReLU. ``x: (B, Cin, H, W) -> (B, Cout, H, W)``.
 
-    def __init__(self, cin: int, cout: int, norm: str = "batch", dilation: int = 1, kernel: int = 3):
+    ``emb_dim``: a time embedding of this width conditions the block through a zero-initialised
+    scale-shift after the norm (``forward(x, emb)``, :class:`~sandbox.nn.timestep.ScaleShift`);
+    without it the block has exactly the modules and keys it always had (``0``, ``1``, ``2``).
+    """
+
+    def __init__(self, cin: int, cout: int, norm: str = "batch", dilation: int = 1, kernel: int = 3,
+                 emb_dim: int | None = None):
         pad = dilation * (kernel - 1) // 2
         super().__init__(
             nn.Conv2d(cin, cout, kernel, padding=pad, dilation=dilation, bias=norm == "none"),
             make_norm(norm, cout),
             nn.ReLU(inplace=True),
         )
+        if emb_dim:  # set after the Sequential's layers, so forward (not iteration) is the one way in
+            self.film = ScaleShift(emb_dim, cout)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        x = self[1](self[0](x))
+        if emb is not None:
+            x = self.film(x, emb)
+        return self[2](x)
 
 
 class Stage(nn.Module):
@@ -38,11 +53,11 @@ class Stage(nn.Module):
     """
 
     def __init__(self, cin: int, cout: int, blocks: int = 2, block: str = "plain", norm: str = "batch",
-                 dilation: int = 1, dropout: float = 0.0):
+                 dilation: int = 1, dropout: float = 0.0, emb_dim: int | None = None):
         super().__init__()
         if block not in ("plain", "residual"):
             raise SandboxError(f"unknown block {block!r}; accepted: plain, residual")
-        layers = [ConvNormAct(cin if i == 0 else cout, cout, norm, dilation) for i in range(blocks)]
+        layers = [ConvNormAct(cin if i == 0 else cout, cout, norm, dilation, emb_dim=emb_dim) for i in range(blocks)]
         if dropout > 0:
             layers.append(nn.Dropout2d(dropout))
         self.body = nn.Sequential(*layers)
@@ -50,8 +65,14 @@ class Stage(nn.Module):
         if self.residual:
             self.proj = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1, bias=False)
 
-    def forward(self, x):
-        y = self.body(x)
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        """``emb``: the time embedding ``(B, E)`` of a time-conditioned stage (``emb_dim`` set), else None."""
+        if emb is None:
+            y = self.body(x)
+        else:
+            y = x
+            for layer in self.body:
+                y = layer(y, emb) if isinstance(layer, ConvNormAct) else layer(y)
         return y + self.proj(x) if self.residual else y
 
 

@@ -6,6 +6,8 @@
 
 ``skip="none"`` is the HourGlass (the seed's bottleneck network), ``"concat"`` the UNet,
 ``"add"`` a LinkNet-style sum; ``downsample="none"`` with ``upsample="none"`` is SimpleConv.
+``emb_dim`` makes every conv block time-conditioned (:mod:`sandbox.nn.timestep`, the ``ddpm`` and
+``flow`` models); left unset, the modules, keys and outputs are those of the unconditioned core.
 Any encoder that returns such a list (``.out_channels``, ``.depth``, ``.reduction``) plugs
 into the Decoder: see :mod:`sandbox.nn.resnet` for the torchvision ResNet-18.
 """
@@ -37,7 +39,7 @@ class Encoder(nn.Module):
 
     def __init__(self, in_channels: int, widths: Sequence[int] = (32, 64, 128), blocks: int = 2,
                  downsample: str = "maxpool", block: str = "plain", dilation: int = 1, norm: str = "batch",
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, emb_dim: int | None = None):
         super().__init__()
         widths = list(widths)
         if not widths:
@@ -50,7 +52,7 @@ class Encoder(nn.Module):
         for i, w in enumerate(widths):
             # dropout only in the two coarsest stages, where it regularises without erasing detail
             drop = dropout if i >= len(widths) - 2 else 0.0
-            self.stages.append(Stage(cin, w, blocks, block, norm, dilation, drop))
+            self.stages.append(Stage(cin, w, blocks, block, norm, dilation, drop, emb_dim))
             cin = w
         self.out_channels = widths
 
@@ -63,10 +65,11 @@ class Encoder(nn.Module):
         """Side of the input divided by side of the bottleneck."""
         return 1 if self.downsample == "none" else 2**self.depth
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """``emb``: a time embedding ``(B, emb_dim)`` when built with ``emb_dim`` (see :mod:`sandbox.nn.timestep`)."""
         feats = []
         for down, stage in zip(self.down, self.stages):
-            x = stage(down(x))
+            x = stage(down(x), emb)
             feats.append(x)
         return feats
 
@@ -83,7 +86,7 @@ class Decoder(nn.Module):
 
     def __init__(self, encoder_channels: Sequence[int], widths: Sequence[int] | None = None, skip: str = "concat",
                  upsample: str = "transpose", blocks: int = 2, block: str = "plain", norm: str = "batch",
-                 dilation: int = 1):
+                 dilation: int = 1, emb_dim: int | None = None):
         super().__init__()
         enc = list(encoder_channels)
         widths = list(widths) if widths is not None else enc
@@ -101,12 +104,13 @@ class Decoder(nn.Module):
             stage_in = widths[i] + enc[i] if skip == "concat" else widths[i]
             if skip == "add":
                 self.projs.append(nn.Identity() if enc[i] == widths[i] else nn.Conv2d(enc[i], widths[i], 1, bias=False))
-            self.stages.append(Stage(stage_in, widths[i], blocks, block, norm, dilation))
+            self.stages.append(Stage(stage_in, widths[i], blocks, block, norm, dilation, emb_dim=emb_dim))
             cin = widths[i]
         self.out_channels = cin
 
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        """``features: [f0 (B, C0, H, W), ..., f_d (B, C_d, H / 2**d, W / 2**d)] -> (B, widths[0], H, W)``."""
+    def forward(self, features: list[torch.Tensor], emb: torch.Tensor | None = None) -> torch.Tensor:
+        """``features: [f0 (B, C0, H, W), ..., f_d (B, C_d, H / 2**d, W / 2**d)] -> (B, widths[0], H, W)``;
+        ``emb``: the time embedding of a time-conditioned decoder (built with ``emb_dim``)."""
         x = features[-1]
         for j, (up, stage) in enumerate(zip(self.ups, self.stages)):
             x = up(x)
@@ -115,5 +119,5 @@ class Decoder(nn.Module):
                 x = torch.cat([x, skip], dim=1)
             elif self.skip == "add":
                 x = x + self.projs[j](skip)
-            x = stage(x)
+            x = stage(x, emb)
         return x

@@ -88,14 +88,16 @@ def load_weights(model: nn.Module, path: Path, config_path: Path | str) -> None:
     own = model.state_dict()
     shapes = [f"{k}: {tuple(state[k].shape)} there, {tuple(v.shape)} here" for k, v in own.items()
               if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    missing = [k for k in own if k not in state]
-    extra = [k for k in state if k not in own]
+    # keys counted by load_state_dict itself, after the model's load hooks (which fill in what checkpoints
+    # of earlier versions lack, e.g. the EMA update count); the model is discarded on a mismatch
+    missing, extra = [k for k in own if k not in state], [k for k in state if k not in own]
+    if not shapes:
+        missing, extra = model.load_state_dict(state, strict=False)
     if shapes or missing or extra:
         parts = shapes[:2] + ([f"missing {', '.join(missing[:2])}"] if missing else []) \
             + ([f"unexpected {', '.join(extra[:2])}"] if extra else [])
         raise SandboxError(f"checkpoint {str(path)!r} was trained with a different model config than "
                            f"{config_path} ({'; '.join(parts)}); restore the model section it was trained with")
-    model.load_state_dict(state)
 
 
 def load_run(run_dir: str | Path, which: str = "best", overrides: Sequence[str] = (),

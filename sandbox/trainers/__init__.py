@@ -5,6 +5,7 @@
     autoencoder/vae the reconstruction trainer: the model's own objective on the registry loss
     gan             the adversarial game (generator vs discriminator); no loss section
     aae             reconstruction, then the latent discriminator and the encoder fooling it
+    denoising       ddpm / flow: the diffusion or flow-matching process's loss on a time-conditioned net
 
 ``build_trainer(cfg)``: data, model, loss and the trainer that drives them (resume included).
 """
@@ -14,6 +15,7 @@ from sandbox.engine.checkpoint import resume_target
 from sandbox.models import MODELS
 from sandbox.registry import Registry
 from sandbox.trainers.adversarial import AAETrainer, GANTrainer
+from sandbox.trainers.denoising import DenoisingTrainer
 from sandbox.trainers.reconstruction import ReconstructionTrainer
 from sandbox.trainers.supervised import SupervisedTrainer
 
@@ -23,6 +25,7 @@ TRAINERS.register("autoencoder")(ReconstructionTrainer)
 TRAINERS.register("vae")(ReconstructionTrainer)
 TRAINERS.register("gan")(GANTrainer)
 TRAINERS.register("aae")(AAETrainer)
+TRAINERS.register("denoising")(DenoisingTrainer)
 
 
 def build_trainer(cfg: Config):

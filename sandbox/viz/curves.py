@@ -157,14 +157,15 @@ def save_figure(fig, path: Path) -> Path:
 
 def plot_generative(records: list[dict], out: Path) -> Path | None:
     """``plots/generative.png`` from metrics.jsonl ``records``: discriminator means and KL by step;
-    fid_own, diversity and probe R² by epoch."""
+    fid_own, diversity, probe R² and the denoising models' loss per t-bucket by epoch."""
     train = [r for r in records if r.get("split") == "train"]
     val = [r for r in records if r.get("split") == "val"]
     panels = [("train", ["train/d_real", "train/d_fake", "train/d_prior", "train/d_code"], "D means (by step)"),
               ("train", ["train/loss/vae/kl"], "KL, nats per image (by step)"),
               ("val", ["val/fid_own"], "fid_own (by epoch; not Inception FID)"),
               ("val", ["val/diversity", "val/probe_r2_linear", "val/probe_r2_kernel", "val/ssim"],
-               "diversity, probe R², SSIM (by epoch)")]
+               "diversity, probe R², SSIM (by epoch)"),
+              ("val", [f"val/loss_t{b}" for b in range(5)], "val loss per t-bucket, t0 = least noise (by epoch)")]
     panels = [(s, [k for k in keys if any(k in r for r in (train if s == "train" else val))], title)
               for s, keys, title in panels]
     panels = [p for p in panels if p[1]]

@@ -1,0 +1,190 @@
+"""Denoising models on the shared core: ``ddpm`` (denoising diffusion) and ``flow`` (flow matching).
+
+    x_t (B, C, S, S), t (B,) ──TimeEmbedding──> emb
+    x_t ──core Encoder(emb)──> [f0 .. f_d] ──core Decoder(emb, concat skips)──> 1x1 conv ──> prediction
+
+The network is the UNet of :mod:`sandbox.models.segmentation` built from the same Encoder and Decoder,
+each conv block time-conditioned (:mod:`sandbox.nn.timestep`); its output is the process's target
+(eps, v or x0 for ``ddpm``, the velocity for ``flow``), unbounded. The objective and the samplers are
+the process's (:mod:`sandbox.diffusion`, time convention t = 0 data, t = 1 noise). Images are in
+[0, 1] in the data and in [-1, 1] for the process; samples come back clamped to [0, 1].
+
+The latent of these models is the image-shaped noise: ``sample(n)`` / ``decode(noise)`` run the sampler
+from noise to images, ``encode(images)`` the deterministic inversion back to noise, so interpolation
+and the latent probe work on them as on the VAE's codes. Between Gaussian noises interpolate with slerp:
+a straight line passes through points of norm about ``sqrt(D / 2)``, far from the ``sqrt(D)`` shell the
+sampler was trained on (``latent_is_noise``). ``ema`` (default 0.999, with its warm-up) keeps the copy
+of the network that eval mode samples with.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from sandbox.config.schema import RANGES
+from sandbox.diffusion import Diffusion, FlowMatching
+from sandbox.errors import ConfigError, SandboxError
+from sandbox.models.autoencoders import LatentModel, register_generative
+from sandbox.nn.core import Decoder, Encoder
+from sandbox.nn.timestep import TimeEmbedding
+
+DEFAULT_STEPS = 20
+OWN = {"ddpm": ("prediction", "min_snr"), "flow": ("t_sampling",)}
+SAMPLING = ("sampler", "sample_steps", "eta")
+
+
+class TimeUNet(nn.Module):
+    """``forward(x: (B, C, S, S), t: (B,) or scalar in (0, 1]) -> (B, C, S, S)``: the core UNet (concat
+    skips), every conv block scale-shifted by the time embedding, a 1x1 conv head without activation."""
+
+    def __init__(self, in_channels: int, widths: Sequence[int], blocks: int = 2, block: str = "plain",
+                 norm: str = "group", upsample: str = "transpose", downsample: str = "maxpool", dilation: int = 1,
+                 dropout: float = 0.0):
+        super().__init__()
+        emb_dim = 4 * widths[0]
+        self.time = TimeEmbedding(emb_dim, freq_dim=max(32, widths[0]))
+        self.encoder = Encoder(in_channels, widths, blocks, downsample, block, dilation, norm, dropout, emb_dim)
+        self.decoder = Decoder(self.encoder.out_channels, widths, "concat", upsample, blocks, block, norm, dilation,
+                               emb_dim)
+        self.out = nn.Conv2d(self.decoder.out_channels, in_channels, 1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        r = self.encoder.reduction
+        if x.shape[-2] % r or x.shape[-1] % r:
+            raise SandboxError(f"input of {x.shape[-2]}x{x.shape[-1]} px does not halve {self.encoder.depth} times "
+                               f"evenly; use sides divisible by {r} (data.size) or a smaller model.depth")
+        emb = self.time(t, batch=x.shape[0])
+        return self.out(self.decoder(self.encoder(x, emb), emb))
+
+
+class DenoisingModel(LatentModel):
+    """``forward(x_t: (B, C, S, S) in process space, t: (B,)) -> prediction (B, C, S, S)``: the live
+    network (what the trainer optimises). ``process``: a :class:`~sandbox.diffusion.Diffusion` or
+    :class:`~sandbox.diffusion.FlowMatching`; ``sampler``/``sample_steps``/``eta``: how ``sample``,
+    ``decode`` and ``encode`` run it (eval mode: with the EMA network)."""
+
+    generator_name = "net"
+    encodes = True  # by deterministic inversion: the latent is the noise an image comes from
+    latent_is_noise = True  # interpolation between latents: slerp
+
+    def __init__(self, process, in_channels: int, size: int, widths: Sequence[int], blocks: int = 2,
+                 block: str = "plain", norm: str = "group", upsample: str = "transpose",
+                 downsample: str = "maxpool", dilation: int = 1, dropout: float = 0.0, ema: float | None = 0.999,
+                 sampler: str | None = None, sample_steps: int = DEFAULT_STEPS, eta: float = 0.0):
+        super().__init__()
+        self.process, self.size, self.in_channels = process, size, in_channels
+        self.sampler, self.sample_steps, self.eta = sampler or process.default_sampler, sample_steps, eta
+        self.net = TimeUNet(in_channels, widths, blocks, block, norm, upsample, downsample, dilation, dropout)
+        self.setup_ema(ema)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor | float = 0.5) -> torch.Tensor:
+        """The live net's prediction; ``t`` defaults to the middle of the path, where summary.py measures
+        the network as an image -> image map."""
+        return self.net(x_t, t)
+
+    @property
+    def encoder(self) -> Encoder:
+        """The net's core Encoder (its bottleneck is what summary.py reports)."""
+        return self.net.encoder
+
+    def _fn(self):
+        """The network the sampler calls, ``(x, t) -> float32 prediction`` (EMA copy in eval mode)."""
+        net = self.image_generator
+        return lambda x, t: net(x, t).float()
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return self.in_channels, self.size, self.size
+
+    def prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` noises ``(n, C, S, S)`` ~ N(0, I): the latent codes of these models."""
+        dev = next(self.parameters()).device
+        return torch.randn(n, *self.latent_shape, generator=generator).to(dev)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Noise ``z: (B, C, S, S)`` -> images in [0, 1] by ``sample_steps`` steps of the sampler."""
+        if tuple(z.shape[1:]) != self.latent_shape:
+            raise SandboxError(f"latent noise of shape {tuple(z.shape)} does not fit this model; expected "
+                               f"(N, {', '.join(map(str, self.latent_shape))}) (image-shaped noise)")
+        x = self.process.sample(self._fn(), z.float(), steps=self.sample_steps, sampler=self.sampler, eta=self.eta,
+                                generator=generator)
+        return ((x + 1) / 2).clamp(0, 1)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, C, S, S)`` in [0, 1] -> the noise the deterministic sampler maps back to them
+        (DDIM with eta 0 run forwards in t; the flow ODE run backwards)."""
+        sampler = None if self.sampler == "ddpm" else self.sampler  # ancestral sampling has no inverse
+        return self.process.invert(self._fn(), 2 * x.float() - 1, steps=self.sample_steps, sampler=sampler)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` images ``(n, C, S, S)`` in [0, 1] from noise drawn with ``generator`` (which also drives a
+        stochastic sampler's fresh noise)."""
+        return self.decode(self.prior(n, generator), generator)
+
+
+# ----------------------------------------------------------------------------- options and builders
+
+def _within(key: str, value: Any, integer: bool = False) -> None:
+    """``model.<key>`` inside its interval in ``schema.RANGES`` (a number; an integer with ``integer``)."""
+    interval = RANGES[f"model.{key}"]
+    low, high = (float(v) for v in interval[1:-1].split(","))
+    ok = not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
+    ok = ok and (value >= low if interval[0] == "[" else value > low)
+    ok = ok and (value <= high if interval[-1] == "]" else value < high)
+    if not ok:
+        raise ConfigError(f"model.{key}: got {value!r}, expected {'an integer' if integer else 'a number'} "
+                          f"in {interval}")
+
+
+def make_process(name: str, prediction: str | None = None, min_snr: float | None = None,
+                 t_sampling: str | None = None):
+    """The process of ``ddpm`` or ``flow`` with its options (defaults: v-prediction, uniform t)."""
+    if name == "ddpm":
+        return Diffusion(prediction=prediction or "v", min_snr=min_snr)
+    return FlowMatching(t_sampling=t_sampling or "uniform")
+
+
+def check_denoising(name: str, options: dict[str, Any]) -> None:
+    """What ``ddpm``/``flow`` refuse beyond the shared generative checks: batch norm, a latent size,
+    a sampler the process has not, eta without a sampler that reads it."""
+    o = {k: v for k, v in options.items() if v is not None}
+    if o.get("norm") == "batch":
+        raise ConfigError(f"model.norm: {name} takes group or none, not batch: batch statistics tie each image "
+                          "to the others at its noise level in training, and sampling sees other batches; "
+                          "set model.norm: group")
+    if "latent_dim" in o:
+        raise ConfigError(f"model.latent_dim: {name} has no latent code of its own (its latent is the image-shaped "
+                          "noise); leave it unset")
+    for key, integer in (("min_snr", False), ("sample_steps", True), ("eta", False)):
+        if key in o:
+            _within(key, o[key], integer)
+    proc = make_process(name, o.get("prediction"), o.get("min_snr"), o.get("t_sampling"))
+    sampler = o.get("sampler", proc.default_sampler)
+    if sampler not in proc.samplers:
+        raise ConfigError(f"model.sampler: {name} samples with {', '.join(proc.samplers)}; got {sampler!r}")
+    if "eta" in o and (name != "ddpm" or sampler != "ddim"):
+        raise ConfigError(f"model.eta: only ddpm's ddim sampler reads it ({name}, model.sampler {sampler}); "
+                          "leave eta unset" + (" or set model.sampler: ddim" if name == "ddpm" else ""))
+
+
+def _register(name: str, doc: str) -> None:
+    def build(latent_dim: None = None, prediction: str | None = None, min_snr: float | None = None,
+              t_sampling: str | None = None, sampler: str | None = None, sample_steps: int | None = None,
+              eta: float | None = None, **core: Any) -> DenoisingModel:
+        return DenoisingModel(make_process(name, prediction, min_snr, t_sampling), sampler=sampler,
+                              sample_steps=sample_steps or DEFAULT_STEPS, eta=eta or 0.0, **core)
+
+    build.__doc__ = doc  # the other process's options are unknown to it: refused by the shared check
+    register_generative(name, "denoising", extra=OWN[name] + SAMPLING, defaults={"norm": "group", "ema": 0.999},
+                        check=lambda options: check_denoising(name, options), takes_loss=False)(build)
+
+
+_register("ddpm", "Denoising diffusion (cosine schedule; eps, v or x0 prediction; min-SNR weighting) on a "
+                  "time-conditioned core UNet: ``MODELS['ddpm'](size=32, width=16, depth=2, prediction='v')``.")
+_register("flow", "Flow matching (straight path, velocity target; uniform or logit-normal t) on a time-conditioned "
+                  "core UNet: ``MODELS['flow'](size=32, width=16, depth=2, sampler='heun')``.")
