@@ -41,10 +41,10 @@ def init_source(spec: str | Path) -> Path:
         if (path / "checkpoints").is_dir():
             try:
                 return checkpoint_candidates(path / "checkpoints" / "best")[0]
-            except SandboxError as exc:
+            except SandboxError:
                 newest = checkpoint_candidates(path)[0]
-                log.warning("train.init_from: %s; using checkpoints/%s instead", str(exc).removeprefix("resume: "),
-                            newest.name)
+                log.warning("train.init_from: %s has no complete checkpoints/best; using checkpoints/%s instead",
+                            path, newest.name)
                 return newest
         return checkpoint_candidates(path)[0]
     except SandboxError as exc:
@@ -100,7 +100,8 @@ def warm_start(model: nn.Module, spec: str | Path, strict: bool = True) -> list[
     source = checkpoint_weights(ckpt)
     own = model.state_dict()
     loadable, missing, unused, shapes = match(source, own)
-    where = f"{ckpt}" + (f" (epoch {read_state(ckpt).get('epoch')})" if read_state(ckpt).get("epoch") else "")
+    epoch = read_state(ckpt).get("epoch")
+    where = f"{ckpt}" + (f" (epoch {epoch})" if epoch else "")
     if strict and (missing or unused or shapes):
         raise ConfigError(f"train.init_from: {where} does not fit this {type(model).__name__} "
                           f"({_mismatch(missing, unused, shapes)}); load only the tensors whose name and shape "
