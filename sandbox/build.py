@@ -65,7 +65,7 @@ def build_data(cfg: Config, splits: tuple[str, ...] = ("train", "val", "test")) 
                               "set data.depth_dir to the depth sub-folder or remove loss.depth")
         root = check_root(d.root, f"{d.image_dir}/" + (f" and {mask_dir}/" if labelled else ""))
         shared = resolve_splits(root, d.image_dir, mask_dir, depth_dir, cfg.seed, d.val_fraction,
-                                d.test_fraction, d.train_fraction, d.splits)
+                                d.test_fraction, d.train_fraction, d.splits, d.group_by)
         common = dict(root=root, image_dir=d.image_dir, size=d.size, resize=d.resize, seed=cfg.seed,
                       splits=shared, cache=d.cache)
         if labelled:

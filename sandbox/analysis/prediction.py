@@ -53,6 +53,25 @@ def gather(inputs: list[str], image_dir: str, mask_dir: str) -> tuple[list[Path]
     return unique, gt, skipped
 
 
+def in_train_split(run: Path, data, files: list[Path]) -> list[Path]:
+    """The ``files`` the run trained on: listed in its ``splits/train.csv`` (folder runs), as the same
+    file under the run's ``data.root``, or, where that root is gone, by the same path below it."""
+    from sandbox.data.splits import read_splits
+
+    if not (run / "splits" / "train.csv").is_file():
+        return []
+    try:
+        train = read_splits(run / "splits")["train"]
+    except SandboxError:  # an unreadable list is not this command's business: nothing to compare
+        return []
+    root = Path(data.root) if data.root else None
+    if root is not None and root.is_dir():
+        seen = {(root / it.image).resolve() for it in train}
+        return [f for f in files if f.resolve() in seen]
+    tails = {Path(it.image).parts for it in train}
+    return [f for f in files if any(f.resolve().parts[-k:] in tails for k in {len(t) for t in tails})]
+
+
 def fresh_dir(path: Path) -> Path:
     """``path``, or ``path_2``, ``path_3``, ... : the first that does not exist or is empty, created."""
     cand, k = path, 1
@@ -176,6 +195,12 @@ def predict_run(run_arg: str, inputs: list[str], which: str = "best", out_arg: s
     cfg, model = load_run(run_arg, which, task="segmentation", need=("mask",))
     files, gt, skipped = gather(inputs, cfg.data.image_dir, cfg.data.mask_dir)
     paired, gt = pair_masks(files, Path(mask_dir) if mask_dir else gt, failures_only, cfg.data, say)
+    seen = in_train_split(run, cfg.data, files)
+    if seen:
+        names = ", ".join(f.name for f in seen[:5]) + (", ..." if len(seen) > 5 else "")
+        say(f"warning: {len(seen)} of the {len(files)} input image(s) are in the run's training split "
+            f"({run / 'splits' / 'train.csv'}: {names}); their masks and scores show how it fits its training "
+            "data, not how it does on new images")
     out = fresh_dir(Path(out_arg) if out_arg else run / "predictions")
     names, rows, bad, bs = output_names(files), [], [], batch_size or cfg.data.batch_size
     for start in range(0, len(files), bs):

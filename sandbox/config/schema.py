@@ -38,6 +38,9 @@ class DataConfig:
     test_fraction: float = 0.15
     train_fraction: float = 1.0  # keep this fraction of what is left for training (0.01 = 1 %)
     splits: Optional[str] = None  # a splits/ directory (train.csv, val.csv, test.csv) to reuse exactly
+    # folders: a regex on the file stem whose first capturing group (or whole match) is the group id, e.g.
+    # '^(clip\d+)_': every group lands in one split (frames of one clip never in train and test)
+    group_by: Optional[str] = None
     augment: list[dict[str, Any]] = field(default_factory=list)  # [{HorizontalFlip: {p: 0.5}}, ...]
     size_schedule: Optional[dict[int, int]] = None  # progressive resizing {epoch: size}, e.g. {0: 80, 5: 160}
 
@@ -77,6 +80,14 @@ class ModelConfig:
 
 
 @dataclass
+class EarlyStopConfig:
+    """Stop when the monitored metric has not improved for ``patience`` epochs; an epoch improves when,
+    made worse by ``min_delta``, it still beats the best so far (sandbox/metrics/selection.py)."""
+    patience: int = 5
+    min_delta: float = 0.0
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 8
     lr: float = 1.0e-3
@@ -103,6 +114,10 @@ class TrainConfig:
     monitor: str = "val/dice"  # metric that picks checkpoints/best
     monitor_mode: Literal["max", "min"] = "max"
     resume: Optional[str] = None  # a run directory or a checkpoint directory
+    # warm start: weights only (fresh optimizer, schedule, data, epochs) from runs/<run>[/checkpoints/<which>]
+    init_from: Optional[str] = None
+    init_from_strict: bool = True  # false: load the tensors whose name and shape match, report the rest
+    early_stop: Optional[EarlyStopConfig] = None  # e.g. {patience: 5, min_delta: 0.001}; null: off
     channels_last: bool = True  # measured faster on CPU and GPU for conv nets
     threads: int = 0  # torch CPU threads; 0 = cores / local processes
     log_every: int = 10  # optimizer steps between train log lines in metrics.jsonl
@@ -194,6 +209,8 @@ RANGES: dict[str, str] = {
     "model.min_snr": "(0, inf)",  # the SNR cap gamma of min-SNR weighting
     "model.sample_steps": "[1, 10000]",  # net evaluations per sample (heun: about twice as many)
     "model.eta": "[0, 1]",
+    "train.early_stop.patience": "[1, inf)",  # epochs without improvement before the run stops
+    "train.early_stop.min_delta": "[0, inf)",  # in the monitored metric's units
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from pathlib import Path
 
 from sandbox.config.schema import RANGES, Config
@@ -32,7 +33,7 @@ def _inside(value: float, interval: str) -> bool:
 def _check_ranges(cfg: Config) -> None:
     """Every key of :data:`~sandbox.config.schema.RANGES` inside its interval (unset keys pass)."""
     for path, interval in RANGES.items():
-        value = functools.reduce(getattr, path.split("."), cfg)
+        value = functools.reduce(lambda node, key: getattr(node, key, None), path.split("."), cfg)
         if value is not None and not _inside(value, interval):
             kind = "an integer" if isinstance(value, int) else "a value"
             raise ConfigError(f"{path}: got {short(value)}, expected {kind} in {interval}")
@@ -102,12 +103,28 @@ def _validate_data(cfg: Config) -> None:
     if not 0 < d.train_fraction <= 1:
         raise ConfigError(f"data.train_fraction: got {short(d.train_fraction)}, "
                           "expected a fraction in (0, 1] (0.01 = 1 %)")
+    if d.group_by is not None:
+        _validate_group_by(d.group_by, d.name)
     if d.size_schedule:
         for epoch, size in d.size_schedule.items():
             if epoch < 0 or not _inside(size, RANGES["data.size"]):
                 raise ConfigError(f"data.size_schedule: got {{{short(epoch)}: {short(size)}}}, expected "
                                   f"{{epoch >= 0: size in {RANGES['data.size']}}}")
 
+
+
+def _validate_group_by(pattern: str, dataset: str) -> None:
+    """``data.group_by``: a regex that compiles, for the datasets split from file lists (folders)."""
+    from sandbox.data import FolderDataset, ImageFolder
+
+    if not issubclass(DATASETS[dataset], (FolderDataset, ImageFolder)):
+        raise ConfigError(f"data.group_by: dataset {short(dataset)} is not split from files (its splits are "
+                          "generated apart, so no sequence crosses them); group_by applies to folder and images")
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"data.group_by: {short(pattern)} is not a regular expression ({exc}); expected a "
+                          r"pattern on the file stem whose first group is the group id, e.g. '^(clip\d+)_'") from None
 
 
 def _validate_model(cfg: Config) -> None:
@@ -138,6 +155,8 @@ def _validate_loss(cfg: Config) -> None:
         example = "{image: {mse: 1.0}}" if MODELS[cfg.model.name].task == "generative" else "{mask: {dice: 1.0}}"
         raise ConfigError(f"loss: empty; expected e.g. {example}")
     targets = DATASETS[cfg.data.name].targets
+    if MODELS[cfg.model.name].task == "generative" and "image" not in targets:  # every dataset yields its
+        targets = (*targets, "image")  # "image" (sandbox/data/__init__.py): what a generative model rebuilds
     for target, spec in cfg.loss.items():
         where = f"loss.{short_key(target)}"
         if target not in targets:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -122,14 +123,63 @@ def _round(x: float) -> int:
     return int(math.floor(x + 0.5))  # half up (Python's round() is half-to-even)
 
 
+def group_ids(stems: list[str], pattern: str) -> dict[str, str]:
+    """``stem -> group id`` for ``data.group_by``: the first capturing group of ``pattern`` that took
+    part in the match (searched in the stem), else the whole match. A stem it does not match is an
+    error naming a few: its files would otherwise be split apart from their group unnoticed."""
+    rx = re.compile(pattern)
+    ids, lone = {}, []
+    for stem in stems:
+        m = rx.search(stem)
+        if m is None:
+            lone.append(stem)
+        else:
+            ids[stem] = next((g for g in m.groups() if g is not None), m.group(0))
+    expected = r"expected a pattern found in every file stem whose first group is the group id, e.g. '^(clip\d+)_'"
+    if not ids:
+        raise ConfigError(f"data.group_by {pattern!r} matches none of the {len(stems)} file stems "
+                          f"({_names(sorted(stems))}); {expected}")
+    if lone:
+        raise ConfigError(f"data.group_by {pattern!r} does not match {len(lone)} of the {len(stems)} file stems "
+                          f"({_names(lone)}); {expected}")
+    return ids
+
+
+def _grouped(ids: dict[str, str], seed: int, n_test: int, n_val: int, train_fraction: float) -> dict[str, list[str]]:
+    """Whole groups, in a seeded order, to test then val until each holds its number of items (or
+    just more), the rest to train (``train_fraction`` of it, by whole groups, at least one)."""
+    members: dict[str, list[str]] = {}
+    for stem in sorted(ids):
+        members.setdefault(ids[stem], []).append(stem)
+    groups = sorted(members)
+    order = [groups[i] for i in np.random.default_rng([seed, _SPLIT_TAG]).permutation(len(groups))]
+    out: dict[str, list[str]] = {"test": [], "val": [], "train": []}
+    i = 0
+    for split, target in (("test", n_test), ("val", n_val)):
+        while len(out[split]) < target and i < len(order) - 1:  # the last group is always left to train
+            out[split] += members[order[i]]
+            i += 1
+        if target and not out[split]:
+            raise ConfigError(f"data.group_by: the {len(groups)} groups of {len(ids)} files leave none for {split}; "
+                              f"expected more groups (at least 3), or data.{split}_fraction=0")
+    rest = order[i:]
+    keep = max(1, _round(train_fraction * sum(len(members[g]) for g in rest)))
+    for g in rest:
+        if out["train"] and len(out["train"]) >= keep:
+            break
+        out["train"] += members[g]
+    return {k: sorted(v) for k, v in out.items()}
+
+
 def make_splits(stems: list[str], seed: int, val_fraction: float, test_fraction: float,
-                train_fraction: float = 1.0) -> dict[str, list[str]]:
+                train_fraction: float = 1.0, group_by: Optional[str] = None) -> dict[str, list[str]]:
     """Seeded split of ``stems`` into ``{"train", "val", "test"}`` (each list sorted).
 
     ``test`` and ``val`` take ``round(fraction * n)`` items (at least 1 when the fraction is
     positive and ``n >= 3``), ``train`` the rest, of which ``train_fraction`` is kept (at least 1).
     A smaller ``train_fraction`` keeps a subset of a larger one with the same seed, and val/test
-    do not depend on it.
+    do not depend on it. ``group_by`` (:func:`group_ids`): whole groups go to one split each, so
+    the counts are met by whole groups (a split may hold a few items more).
     """
     for key, value, lo_ok, hi_ok in [("val_fraction", val_fraction, True, False),
                                      ("test_fraction", test_fraction, True, False),
@@ -148,6 +198,8 @@ def make_splits(stems: list[str], seed: int, val_fraction: float, test_fraction:
     if n_test + n_val >= n:
         raise ConfigError(f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} leave no "
                           f"training items out of {n}; expected fractions that sum to less than 1")
+    if group_by is not None:
+        return _grouped(group_ids(stems, group_by), seed, n_test, n_val, train_fraction)
     order = [stems[i] for i in np.random.default_rng([seed, _SPLIT_TAG]).permutation(n)]
     rest = order[n_test + n_val:]
     return {"train": sorted(rest[:max(1, _round(train_fraction * len(rest)))]),
@@ -237,11 +289,27 @@ def read_splits(src_dir: str | Path, root: Optional[str | Path] = None) -> dict[
 
 def resolve_splits(root: Path, image_dir: str, mask_dir: Optional[str], depth_dir: Optional[str], seed: int,
                    val_fraction: float, test_fraction: float, train_fraction: float,
-                   splits_dir: Optional[str | Path] = None) -> dict[str, list[Item]]:
-    """``{"train", "val", "test"} -> [Item]``: read from ``splits_dir``, or listed and split by seed."""
+                   splits_dir: Optional[str | Path] = None, group_by: Optional[str] = None) -> dict[str, list[Item]]:
+    """``{"train", "val", "test"} -> [Item]``: read from ``splits_dir`` (with ``group_by``, checked to
+    keep each group in one split), or listed and split by seed (by whole groups with ``group_by``)."""
     if splits_dir is not None:
-        return read_splits(splits_dir, root)
+        out = read_splits(splits_dir, root)
+        if group_by is not None:
+            check_groups(out, group_by, splits_dir)
+        return out
     items = find_items(root, image_dir, mask_dir, depth_dir)
     by_stem = {it.stem: it for it in items}
-    names = make_splits(list(by_stem), seed, val_fraction, test_fraction, train_fraction)
+    names = make_splits(list(by_stem), seed, val_fraction, test_fraction, train_fraction, group_by)
     return {s: [by_stem[x] for x in names[s]] for s in SPLITS}
+
+
+def check_groups(splits: dict[str, list[Item]], group_by: str, where: str | Path) -> None:
+    """Every ``group_by`` group of ``splits`` in one split; a group found in two is an error naming it."""
+    ids = group_ids([it.stem for lst in splits.values() for it in lst], group_by)
+    home: dict[str, str] = {}
+    for name in SPLITS:
+        for it in splits.get(name, []):
+            g = ids[it.stem]
+            if home.setdefault(g, name) != name:
+                raise ConfigError(f"data.splits {str(where)!r} puts group {g!r} (data.group_by {group_by!r}) in "
+                                  f"{home[g]} and {name} (e.g. {it.stem}); drop data.splits to split by whole groups")

@@ -29,6 +29,7 @@ except ImportError:  # pragma: no cover - Accelerate depends on safetensors
 from sandbox.runs.checkpoints import (SCHEDULES_FILE, WEIGHTS_FILE, UnreadableFile, check_files, commit_checkpoint,
                                       load_safely, read_state, resumed_run)
 from sandbox.runs.rundir import RunDir
+from sandbox.runs.warm import check_not_resumed
 
 log = logging.getLogger("sandbox")
 
@@ -49,6 +50,7 @@ def resume_target(cfg: Config) -> Config:
     if not cfg.train.resume:
         return cfg
     run = resumed_run(cfg.train.resume)
+    check_not_resumed(cfg.train.init_from, run)
     cfg = dataclasses.replace(cfg, name=run.name, out_dir=str(run.parent))
     splits = run / "splits"
     if splits.is_dir() and cfg.data.splits is None:

@@ -22,7 +22,7 @@ from sandbox.engine import distributed
 from sandbox.engine.console import banner, epoch_line, run_summary
 from sandbox.engine.optim import per_epoch
 from sandbox.models import MODELS
-from sandbox.engine.stops import RunStopped, SignalStop, stop_message, stopped_at
+from sandbox.engine.stops import RunStopped, SignalStop, early_stop, stop_message, stopped_at
 from sandbox.errors import SandboxError
 from sandbox.tracking.metrics_log import read_metrics
 from sandbox.tracking.trackers import finish_trackers, start_trackers
@@ -52,7 +52,7 @@ class Loop:
         cfg, t, acc = self.cfg, self.cfg.train, self.accelerator
         if acc.is_main_process:
             save_config(cfg, self.run.config)
-        end = min(t.epochs, until_epoch or t.epochs)
+        end = min(t.epochs, until_epoch or t.epochs) if not self.state.get("stopped_early") else 0
         if self.state["epoch"] < end:  # a finished run resumed (nothing to train) opens no empty W&B segment
             self.state["wandb_id"] = start_trackers(
                 acc, self.wandb_mode, cfg.track.project, cfg.name, cfg.to_dict(), self.run.path,
@@ -64,7 +64,10 @@ class Loop:
             self.resave_last = False
         self._banner()
         last_val: dict[str, float] = {}
-        if t.resume and self.state["epoch"] >= t.epochs:
+        if t.resume and self.state.get("stopped_early"):
+            acc.print(f"{self.run.path} has {self.state['stopped_early']}: nothing to train. To go on from its "
+                      f"weights, start a new run with train.init_from={self.run.path}")
+        elif t.resume and self.state["epoch"] >= t.epochs:
             acc.print(f"{self.run.path} has finished its {self.state['epoch']} epochs: nothing to train. To go on, "
                       f"raise train.epochs (with train.scheduler=none if the run has an LR schedule)")
         for epoch in range(self.state["epoch"], end):
@@ -82,11 +85,14 @@ class Loop:
                         sched.step(value)
             self.state["epoch"] = epoch + 1
             self.state["elapsed"] = time.time() - self.metrics.start
+            stopped = self._early_stop({**train_means, **last_val})  # before best takes this epoch in
             epoch_time = time.time() - t0
             n_images = len(self.train_loader) * self.cfg.data.batch_size * acc.num_processes
             self.metrics.log("val", epoch + 1, self.state["step"], last_val, epoch_time=round(epoch_time, 3),
                              images_per_s=round(n_images / max(epoch_time, 1e-9), 2),
-                             **({"skipped_batches": self.state["skipped"]} if self.state["skipped"] else {}))
+                             **({"skipped_batches": self.state["skipped"]} if self.state["skipped"] else {}),
+                             **({"early_stop_wait": self.state.get("early_stop_wait", 0)} if t.early_stop else {}),
+                             **({"stopped_early": stopped} if stopped else {}))
             # best before last: a kill between the two leaves last at the previous epoch, so the resumed
             # run redoes this epoch and writes both again (last first could leave a best older than the
             # best epoch last's state names, with nothing left to train that would repair it)
@@ -102,6 +108,9 @@ class Loop:
                     self.metrics.log_image(f"images/{path.stem.rsplit('_', 1)[0]}", path, self.state["step"],
                                            caption=f"epoch {epoch + 1}")
             self._epoch_line(epoch, train_means, last_val, epoch_time)
+            if stopped:
+                acc.print(stopped)
+                break
             if epoch + 1 < end and (signum := self._signals.agreed(acc)):  # came during evaluation or the last step
                 self._stop(signum)
         finish_trackers(acc, t.monitor, self.state["best"], self.state["best_epoch"],
@@ -206,6 +215,14 @@ class Loop:
             return False
         self.state.update(best=value, best_epoch=epoch + 1, best_loss=loss)
         return True
+
+    def _early_stop(self, values: dict[str, float]) -> str | None:
+        """``train.early_stop`` on this epoch's monitored value (:func:`~sandbox.engine.stops.early_stop`)."""
+        t = self.cfg.train
+        if t.early_stop is None:
+            return None
+        return early_stop(self.state, values.get(t.monitor), values.get("val/loss"), t.monitor, t.monitor_mode,
+                          t.early_stop.patience, t.early_stop.min_delta)
 
     def _stop(self, signum: int) -> None:
         """checkpoints/last holds this step: say how to go on (main process; at once, as a launcher may

@@ -8,6 +8,8 @@
   ``srun``), so under ``scancel`` or Ctrl-C each process sees it twice in a row.
 * :func:`checkpoints_held`: what ``checkpoints/last`` and ``best`` hold, read from their files, so
   that a stop message never claims a checkpoint that is not there (or holds NaN weights).
+* :func:`early_stop`: ``train.early_stop`` after each epoch; its counter lives in the trainer state,
+  so it is saved with every checkpoint and a resumed run stops where an uninterrupted one would.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from sandbox.errors import SandboxError
+from sandbox.metrics.selection import improved
 from sandbox.runs.checkpoints import WEIGHTS_FILE, checkpoint_candidates, read_state
 from sandbox.runs.restart import resume_line
 from sandbox.runs.rundir import RunDir
@@ -137,3 +140,24 @@ def stopped_at(run: RunDir, processes: int, what: str, advice: str, setting: str
     if setting and last_finite:
         way += f", or go on from last with {setting}: {resume_line(run.path, processes)} {setting}"
     return way
+
+
+def early_stop(state: dict, value: float | None, loss: float | None, monitor: str, mode: str, patience: int,
+               min_delta: float) -> str | None:
+    """Count an epoch for ``train.early_stop``, BEFORE ``state``'s best is updated with it: an epoch that
+    improves on the best so far by ``min_delta`` (:func:`~sandbox.metrics.selection.improved`) resets
+    ``state["early_stop_wait"]``, any other adds one. Returns why the run stops (also kept as
+    ``state["stopped_early"]``) once ``patience`` epochs in a row did not improve, else None. A monitor
+    that is not logged (None) counts nothing: the run trains its epochs (the loop warns about it)."""
+    if value is None:
+        return None
+    if improved(value, loss, state.get("best"), state.get("best_loss"), mode, min_delta):
+        state["early_stop_wait"] = 0
+        return None
+    state["early_stop_wait"] = state.get("early_stop_wait", 0) + 1
+    if state["early_stop_wait"] < patience:
+        return None
+    by = f" by more than {min_delta:g}" if min_delta else ""
+    state["stopped_early"] = (f"stopped early after epoch {state['epoch']}: {monitor} has not improved{by} for "
+                              f"{patience} epoch{'s' if patience > 1 else ''} (train.early_stop)")
+    return state["stopped_early"]

@@ -33,6 +33,7 @@ from sandbox.engine.runtime import make_accelerator, on_cpu, resolve_mixed_preci
 from sandbox.errors import SandboxError
 from sandbox.runs.checkpoints import checkpoint_candidates
 from sandbox.runs.rundir import RunDir
+from sandbox.runs.warm import warm_start
 from sandbox.tracking.metrics_log import MetricsLog, truncate_metrics
 from sandbox.tracking.trackers import log_with
 from sandbox.tracking.wandb_run import resolve_wandb_mode
@@ -62,6 +63,10 @@ class Trainer(Loop):
         self.accelerator = acc = make_accelerator(self.mixed_precision, t.grad_accum,
                                                   log_with(cfg.track.report_to, self.wandb_mode, self.run.path),
                                                   str(self.run.path))
+        if t.init_from and not resume_ckpts:  # weights only, before anything is written for the run
+            for line in warm_start(model, t.init_from, t.init_from_strict):
+                if acc.is_main_process:
+                    log.info("%s", line)
         self.run_lock = distributed.create_run_dir(acc, self.run, resume=bool(resume_ckpts))  # one writer per run
         self.threads = set_threads(acc, t.threads)
         set_seed(cfg.seed)

@@ -3,6 +3,7 @@ from ``metrics.jsonl`` (compare, sweeps), so both name the same epoch.
 
     better(value, loss, best, best_loss, mode)   does this epoch beat the best so far?
     best_index(rows, metric, mode)               the best of rows in epoch order (None: none qualifies)
+    improved(value, loss, best, best_loss, mode, min_delta)   early stopping's "better by min_delta"
 
 An epoch beats the best so far when its monitored value is better (higher in ``max`` mode, lower
 in ``min``); at an equal value, when its ``val/loss`` is lower (a missing loss counts as +inf, so
@@ -46,3 +47,12 @@ def best_index(rows: Sequence[Mapping[str, float]], metric: str, mode: str = "ma
         if better(row.get(metric), row.get(loss_key), held.get(metric), held.get(loss_key), mode):
             best = i
     return best
+
+
+def improved(value: float | None, loss: float | None, best: float | None, best_loss: float | None,
+             mode: str = "max", min_delta: float = 0.0) -> bool:
+    """Early stopping's improvement: the epoch, made worse by ``min_delta`` (in the metric's units),
+    still beats the best so far by :func:`better`; with ``min_delta = 0`` exactly :func:`better`."""
+    if value is None or min_delta == 0:
+        return better(value, loss, best, best_loss, mode)
+    return better(value - min_delta if mode == "max" else value + min_delta, loss, best, best_loss, mode)

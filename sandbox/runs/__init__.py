@@ -4,4 +4,5 @@
     checkpoints.py  complete checkpoints, which to resume from, the atomic commit
     load.py         load_run (the one loader), run_config, load_weights, checkpoint_dir
     inference.py    forward, evaluate_dataset, predict_maps
+    warm.py         train.init_from: another run's weights into a new run (strict, or the matching tensors)
 """

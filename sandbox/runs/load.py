@@ -74,8 +74,8 @@ def run_config(run_dir: str | Path, which: str = "best", overrides: Sequence[str
     return config_from_dict(raw, list(overrides), source=str(src))
 
 
-def load_weights(model: nn.Module, path: Path, config_path: Path | str) -> None:
-    """Load a plain state_dict (``weights_only``) into ``model``; a mismatch names the first differing keys."""
+def read_weights(path: Path) -> dict:
+    """The plain state_dict in ``path`` (read ``weights_only``), keys as the bare model names them."""
     try:
         state = load_safely(path)  # an unsafe file raises its own one line (UnsafeFile): never loaded
     except UnreadableFile as exc:  # torn or foreign: say which file, not where in torch
@@ -84,7 +84,17 @@ def load_weights(model: nn.Module, path: Path, config_path: Path | str) -> None:
     if not isinstance(state, dict):
         raise SandboxError(f"checkpoint {str(path)!r} holds a {type(state).__name__}; expected a state_dict")
     # torch.compile and DDP wrappers prefix every key; the bare model has none
-    state = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in state.items()}
+    return {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in state.items()}
+
+
+def checkpoint_weights(ckpt: Path) -> dict:
+    """The model weights a checkpoint directory holds (:func:`read_weights` of its weights file)."""
+    return read_weights(Path(ckpt) / WEIGHTS_FILE)
+
+
+def load_weights(model: nn.Module, path: Path, config_path: Path | str) -> None:
+    """Load a plain state_dict (``weights_only``) into ``model``; a mismatch names the first differing keys."""
+    state = read_weights(path)
     own = model.state_dict()
     shapes = [f"{k}: {tuple(state[k].shape)} there, {tuple(v.shape)} here" for k, v in own.items()
               if k in state and tuple(state[k].shape) != tuple(v.shape)]
