@@ -30,3 +30,86 @@ def test_lr_find_advice_never_goes_above_lr_1_for_adam():
     assert "--max-lr 1)" in advice(0.3, "adamw")  # 10 x 0.3 capped at 1
     assert "--max-lr 10)" in advice(1.0, "sgd")  # plain SGD: a higher lr is a fair question
     assert range_advice({"lrs": [1e-3, 1.0], "still_falling": False}, "adamw") is None
+
+
+# ----------------------------------------------------------------------------- pictures
+def open_figures(monkeypatch, draw):
+    """The matplotlib figures ``draw()`` makes (their closing is suspended to look at them)."""
+    from sandbox.viz.backend import plt
+
+    real_close = plt.close
+    real_close("all")
+    monkeypatch.setattr(plt, "close", lambda *a, **k: None)
+    draw()
+    figs = [plt.figure(n) for n in plt.get_fignums()]
+    monkeypatch.setattr(plt, "close", real_close)
+    return figs
+
+
+def test_every_epoch_and_step_axis_of_a_one_epoch_run_has_integer_ticks(tmp_path, monkeypatch):
+    """One epoch used to get ticks 0.96, 0.98, ... (MaxNLocator(integer=True) needs 2 integers in view)."""
+    from types import SimpleNamespace
+
+    from sandbox.viz.backend import plt
+    from sandbox.viz.curves import plot_curves, plot_generative, plot_groups
+
+    records = [{"split": "train", "epoch": 1, "step": 1, "train/loss": 1.0},
+               {"split": "train", "epoch": 1, "step": 2, "train/loss": 0.9, "train/loss/mask/dice": 0.5},
+               {"split": "val", "epoch": 1, "step": 2, "val/loss": 0.8, "val/dice": 0.5, "val/fid_own": 3.0}]
+    runs = {"a": [SimpleNamespace(epochs=[{"epoch": 1, "time": 9.0, "train/loss": 1.0, "val/dice": 0.5}])]}
+    figs = open_figures(monkeypatch, lambda: (plot_curves(records, tmp_path), plot_groups(runs, tmp_path / "g.png"),
+                                              plot_generative(records, tmp_path / "gen.png")))
+    axes = [ax for f in figs for ax in f.axes if ax.get_xlabel() in ("epoch", "optimizer step")]
+    assert len(figs) == 4 and len([ax for ax in axes if ax.get_xlabel() == "epoch"]) >= 3
+    for ax in axes:
+        assert all(float(t).is_integer() for t in ax.get_xticks()), (ax.get_title(), ax.get_xticks())
+    plt.close("all")
+
+
+def test_the_probability_map_has_a_colour_bar_in_every_row(monkeypatch):
+    import torch
+
+    from sandbox.viz.backend import plt
+    from sandbox.viz.panels import segmentation_figure
+
+    g = torch.Generator().manual_seed(0)
+    batch = {"image": torch.rand(2, 3, 16, 16, generator=g), "mask": (torch.rand(2, 1, 16, 16, generator=g) > 0.5).float()}
+    fig = segmentation_figure(batch, {"mask": torch.randn(2, 1, 16, 16, generator=g)})
+    prob_axes = [ax for ax in fig.axes if ax.images and ax.images[0].get_cmap().name == "magma"]
+    assert len(prob_axes) == 2 and all(ax.images[0].colorbar is not None for ax in prob_axes)
+    bar = prob_axes[0].images[0].colorbar
+    assert tuple(bar.mappable.get_clim()) == (0, 1)  # a probability: the bar spans 0..1 whatever the map holds
+    assert sum(1 for ax in fig.axes if ax.get_label() == "<colorbar>") == 2  # nothing else got one
+    plt.close(fig)
+
+
+def test_a_labelled_grid_is_the_same_grid_with_a_title_band_and_row_labels(tmp_path):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from sandbox.viz.grids import save_grid
+
+    images = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    plain = np.asarray(Image.open(save_grid(images, tmp_path / "plain.png", nrow=2)))
+    labelled = np.asarray(Image.open(save_grid(images, tmp_path / "lab.png", nrow=2, title="validation, epoch 3",
+                                               row_labels=("inputs", "reconstructions"))))
+    (h, w), (lh, lw) = plain.shape[:2], labelled.shape[:2]
+    assert lh > h and lw > w  # a title band above, a label margin on the left
+    assert np.array_equal(labelled[lh - h:, lw - w:], plain)  # the grid itself: the same pixels
+    assert (labelled[:lh - h] < 128).any() and (labelled[lh - h:, :lw - w] < 128).any()  # text in both margins
+    titled = np.asarray(Image.open(save_grid(images, tmp_path / "t.png", nrow=2, title="samples, epoch 1")))
+    assert titled.shape[1] == w and titled.shape[0] > h  # a title alone: no left margin
+
+
+def test_an_interpolation_strip_from_images_has_them_at_both_ends():
+    import torch
+
+    from sandbox.analysis.interpolation import strip
+
+    frames, images = torch.rand(5, 3, 4, 4), torch.rand(3, 3, 4, 4)
+    tiles = strip(frames, images)
+    assert len(tiles) == len(frames) + 2
+    assert torch.equal(tiles[0], images[0]) and torch.equal(tiles[-1], images[-1]) and torch.equal(tiles[1:-1], frames)
+    assert torch.equal(strip(frames, images, cycle=True)[-1], images[0])  # a cycle ends where it started
+    assert strip(frames, None) is frames  # random endpoints have no images
