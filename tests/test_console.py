@@ -113,3 +113,63 @@ def test_an_interpolation_strip_from_images_has_them_at_both_ends():
     assert torch.equal(tiles[0], images[0]) and torch.equal(tiles[-1], images[-1]) and torch.equal(tiles[1:-1], frames)
     assert torch.equal(strip(frames, images, cycle=True)[-1], images[0])  # a cycle ends where it started
     assert strip(frames, None) is frames  # random endpoints have no images
+
+
+# ----------------------------------------------------------------------------- packaging
+def test_the_packaged_configs_are_every_config_of_the_repository():
+    """What a wheel ships (setup.py maps configs/ onto sandbox.packaged_configs, setup.cfg's package_data
+    picks the files) is what a checkout reads: every YAML under configs/, nothing left out."""
+    import configparser
+
+    from sandbox.config.packaged import PATTERNS, config_files, configs_dir
+    from tests.conftest import ROOT
+
+    assert configs_dir() == ROOT / "configs"  # a checkout: the repository's own
+    every = sorted(p.relative_to(ROOT / "configs") for p in (ROOT / "configs").rglob("*.yaml"))
+    assert config_files(ROOT / "configs") == every and len(every) > 10
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    shipped = [p.strip() for p in cfg["options.package_data"]["sandbox.packaged_configs"].split(",")]
+    assert tuple(shipped) == PATTERNS
+    assert '{"sandbox.packaged_configs": "configs"}' in (ROOT / "setup.py").read_text()
+    assert "recursive-include configs *.yaml" in (ROOT / "MANIFEST.in").read_text()
+    assert "sandbox-init = sandbox.init:main" in (ROOT / "setup.cfg").read_text()
+
+
+def test_sandbox_init_copies_the_configs_and_never_overwrites_an_edit(tmp_path, monkeypatch, capsys):
+    import sys
+
+    import pytest
+
+    from sandbox.config.packaged import copy_configs
+    from sandbox.errors import SandboxError
+    from tests.conftest import ROOT, command
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["sandbox-init"])
+    command("init").main()
+    repo = sorted(p.relative_to(ROOT / "configs") for p in (ROOT / "configs").rglob("*.yaml"))
+    assert sorted(p.relative_to(tmp_path / "configs") for p in (tmp_path / "configs").rglob("*.yaml")) == repo
+    assert all((tmp_path / "configs" / f).read_bytes() == (ROOT / "configs" / f).read_bytes() for f in repo)
+    assert f"{len(repo)} of {len(repo)} configs written to configs" in capsys.readouterr().out
+    assert copy_configs(tmp_path / "configs") == []  # twice: nothing to write
+    edited = tmp_path / "configs" / "studies" / "models.yaml"
+    edited.write_text("# mine\n")
+    with pytest.raises(SandboxError, match=r"models.yaml differs from the packaged config .*--force"):
+        copy_configs(tmp_path / "configs")
+    assert edited.read_text() == "# mine\n"
+    assert copy_configs(tmp_path / "configs", force=True) == [edited]
+    assert edited.read_bytes() == (ROOT / "configs" / "studies" / "models.yaml").read_bytes()
+
+
+def test_an_installed_package_reads_its_packaged_configs(tmp_path):
+    """In a wheel the configs are sandbox/packaged_configs/ (no configs/ beside the package)."""
+    from sandbox.config.packaged import configs_dir, copy_configs
+
+    package = tmp_path / "site-packages" / "sandbox"
+    (package / "packaged_configs" / "studies").mkdir(parents=True)
+    (package / "packaged_configs" / "unet_dice.yaml").write_text("name: a\n")
+    (package / "packaged_configs" / "studies" / "models.yaml").write_text("title: b\n")
+    assert configs_dir(package) == package / "packaged_configs"
+    written = copy_configs(tmp_path / "out", package=package)
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in written) == ["studies/models.yaml", "unet_dice.yaml"]
