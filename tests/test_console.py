@@ -173,3 +173,42 @@ def test_an_installed_package_reads_its_packaged_configs(tmp_path):
     assert configs_dir(package) == package / "packaged_configs"
     written = copy_configs(tmp_path / "out", package=package)
     assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in written) == ["studies/models.yaml", "unet_dice.yaml"]
+
+
+# ----------------------------------------------------------------------------- progress
+def test_a_sweep_says_run_k_of_n_and_an_eta_from_the_finished_runs():
+    from sandbox.analysis.sweep import SweepProgress
+
+    clock = SweepProgress(5, jobs=2)
+    assert clock.start("a") == "[run 1 of 5] a" and clock.start("b") == "[run 2 of 5] b"
+    assert clock.finish(None) == "1 of 5 done"  # a failure alone: no time to go by
+    # mean 40 s over the finished runs; 3 left on 2 parallel jobs: ceil(3 / 2) = 2 rounds -> 80 s
+    assert clock.finish(40.0) == "2 of 5 done, about 80 s left"
+    clock = SweepProgress(4)
+    clock.finish(100.0)
+    assert clock.finish(140.0) == "2 of 4 done, about 4.0 min left"  # mean 120 s x 2 runs, one at a time
+    assert clock.finish(0.0) == "3 of 4 done, about 80 s left"  # mean (100 + 140 + 0) / 3 x 1 run
+    assert clock.finish(30.0) == "4 of 4 done"
+
+
+def test_the_synthetic_cache_is_filled_up_front_and_only_once():
+    from sandbox.data.attractors import Attractors
+    from sandbox.data.render import fill_cache, progress
+
+    data = {"train": Attractors("train", num=3, size=8), "val": Attractors("val", num=2, size=8, cache=False)}
+    seconds, n = fill_cache(data)
+    assert n == 3 and sorted(data["train"]._cache) == [0, 1, 2] and seconds >= 0  # val does not cache: left alone
+    assert fill_cache(data)[1] == 0  # all there already
+    assert progress([1], "x").disable and progress([1], "x", show=False).disable  # not a terminal / not main
+
+
+def test_a_trainer_renders_its_synthetic_data_before_the_first_epoch(tiny_overrides, caplog):
+    import logging
+
+    from sandbox import build_trainer, load_config
+    from tests.conftest import ROOT
+
+    caplog.set_level(logging.INFO, logger="sandbox")
+    trainer = build_trainer(load_config(ROOT / "configs" / "unet_dice.yaml", tiny_overrides))
+    assert len(trainer.datasets["train"]._cache) == 8 and len(trainer.datasets["val"]._cache) == 4
+    assert "rendered 12 synthetic images in" in caplog.text

@@ -9,6 +9,7 @@ import torch
 
 from sandbox.build import build_data, build_model
 from sandbox.config import Config
+from sandbox.data.render import progress
 from sandbox.data.transforms import unaugmented
 from sandbox.metrics.generative import frechet_distance, mean_pairwise_distance, own_features
 from sandbox.metrics.probe import encode_dataset, latent_probe
@@ -20,7 +21,7 @@ def probe_run(cfg: Config, model, split: str = "test", samples: int = 512, fit: 
     data = build_data(cfg, ("train", split))
     held = data[split]
     g = torch.Generator().manual_seed(cfg.seed)
-    real = torch.stack([held[i]["image"] for i in range(len(held))])
+    real = torch.stack([held[i]["image"] for i in progress(range(len(held)), f"probe: {split} images")])
     fake = torch.cat([model.sample(min(256, samples - i), g).float().cpu() for i in range(0, samples, 256)])
     # baselines: Gaussian noise matched to the data's per-channel mean and variance (no layout at all), and
     # to its per-pixel mean and variance (the "mean image + noise", a much stronger one); the floor:
@@ -39,13 +40,13 @@ def probe_run(cfg: Config, model, split: str = "test", samples: int = 512, fit: 
     # a seeded random subset: folder datasets list files sorted by name, and UTKFace's names start
     # with the age, so the first N training images are the youngest faces (floor 1.57 instead of 0.11)
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[:len(real)]
-    other = torch.stack([train[int(i)]["image"] for i in pick])
+    other = torch.stack([train[int(i)]["image"] for i in progress(pick, "probe: training images (floor)")])
     res["fid_own_real_train_vs_heldout"] = frechet_distance(fr, own_features(other))
     if "params" in held[0] and model.encodes:
         fit_idx = list(range(min(len(train), fit)))
         for which, net in (("trained", model), ("untrained", build_model(cfg).to(next(model.parameters()).device))):
-            cf, pf = encode_dataset(net, train, fit_idx)
-            ct, pt = encode_dataset(net, held, list(range(len(held))))
+            cf, pf = encode_dataset(net, train, fit_idx, desc=f"probe: encoding training images ({which})")
+            ct, pt = encode_dataset(net, held, list(range(len(held))), desc=f"probe: encoding {split} images ({which})")
             res[f"probe_{which}"] = latent_probe(cf, pf, ct, pt)
         res["probe_fit_images"] = len(fit_idx)
     return res

@@ -15,6 +15,7 @@ import math
 import torch
 
 from sandbox.data.loader import collate
+from sandbox.data.render import progress
 
 
 def _standardise(fit: torch.Tensor, *others: torch.Tensor):
@@ -94,16 +95,23 @@ def latent_probe(codes_fit, params_fit, codes_test, params_test) -> dict:
 
 
 @torch.no_grad()
-def encode_dataset(model, dataset, indices, batch: int = 64, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(codes (N, latent_dim), params (N, 4))`` of ``dataset[indices]`` (eval mode; VAE: the means)."""
+def encode_dataset(model, dataset, indices, batch: int = 64, device=None,
+                   desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(codes (N, latent_dim), params (N, 4))`` of ``dataset[indices]`` (eval mode; VAE: the means);
+    ``desc``: a progress bar (terminals only) counting the images."""
     device = device or next(model.parameters()).device
     was = model.training
     model.eval()
     codes, params = [], []
+    bar = progress(None, desc, total=len(indices)) if desc else None
     for i in range(0, len(indices), batch):
         b = collate([dataset[j] for j in indices[i:i + batch]])
+        if bar is not None:
+            bar.update(len(b["image"]))
         codes.append(model.encode(b["image"].to(device)).float().cpu())
         params.append(b["params"])
     model.train(was)
+    if bar is not None:
+        bar.close()
     return torch.cat(codes), torch.cat(params)
 
