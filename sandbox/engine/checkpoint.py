@@ -91,6 +91,9 @@ class Checkpoints:
         else:
             acc.save_model(model, str(tmp), safe_serialization=True)  # model.safetensors, unwrapped
             state = dict(state, weights_only=True)
+        # every process writes its RNG state into tmp: none may still be writing when tmp is committed (a
+        # race model.pt's write used to hide; without it the main process renamed tmp under rank 1's write)
+        acc.wait_for_everyone()
         if acc.is_main_process:
             if full:
                 torch.save([s.state_dict() for s in schedulers], tmp / SCHEDULES_FILE)
