@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from sandbox.config import Config
 from sandbox.data import DATASETS
 from sandbox.data.folders import FolderDataset, ImageFolder
-from sandbox.data.splits import check_root, resolve_splits
+from sandbox.data.splits import Subset, check_root, random_subset, resolve_splits
 from sandbox.data.transforms import Augmented, build_augment
 from sandbox.errors import ConfigError
 from sandbox.losses import CompositeLoss
@@ -45,7 +45,9 @@ def build_model(cfg: Config) -> nn.Module:
 
 def build_data(cfg: Config, splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, Dataset]:
     """``{split: Dataset}`` for ``cfg.data``; the train split is wrapped in ``Augmented`` when
-    ``data.augment`` is set (validation and test are never augmented).
+    ``data.augment`` is set (validation and test are never augmented). ``data.train_fraction`` < 1 keeps
+    a seeded random subset of the training split (folders: of the pairs left after val and test;
+    synthetic data: of its ``num_train`` samples).
 
     Folder datasets list and split the folder once (or read ``data.splits``) and share the
     lists; ``sandbox.data.splits_of(datasets["train"])`` returns them for the run directory.
@@ -77,6 +79,8 @@ def build_data(cfg: Config, splits: tuple[str, ...] = ("train", "val", "test")) 
         counts = {"train": d.num_train, "val": d.num_val, "test": d.num_test}
         out = {s: cls(split=s, num=counts[s], size=d.size, seed=cfg.seed, difficulty=d.difficulty,
                       seq_len=d.seq_len, cache=d.cache) for s in splits}
+        if "train" in out and d.train_fraction < 1:  # a seeded random subset of the num_train samples
+            out["train"] = Subset(out["train"], random_subset(d.num_train, d.train_fraction, cfg.seed))
     if augment is not None:
         out["train"] = Augmented(out["train"], augment, seed=cfg.seed)
     return out

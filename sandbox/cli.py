@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
+import os
 import sys
+import time
 from typing import Callable
 
 from sandbox.errors import SandboxError
@@ -26,17 +29,63 @@ def cli_entry(main: Callable[[], None]) -> Callable[[], None]:
             main()
         except SandboxError as exc:
             print(f"error: {one_line(exc)}", file=sys.stderr)
+            tell_launcher(one_line(exc))
             sys.exit(2)
         except OSError as exc:  # the machine said no (disk full, read-only, file-size limit): no traceback
+            if lost_peer(exc):
+                _quiet_peer_exit()
             print(f"error: {os_error(exc)}", file=sys.stderr)
+            tell_launcher(os_error(exc))
             sys.exit(1)
         except KeyboardInterrupt as exc:
             code = getattr(exc, "exit_code", None)  # duck-typed: cli.py does not import the engine (torch)
             if code is None:
                 print("interrupted", file=sys.stderr)
             sys.exit(130 if code is None else code)
+        except Exception as exc:
+            if lost_peer(exc):
+                _quiet_peer_exit()
+            raise
 
     return wrapper
+
+
+#: what torch.distributed says in a process whose peer has exited (gloo, NCCL, the TCP store)
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "remote worker crash",
+              "failed to recv", "Socket Timeout")
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """True where ``exc`` is a collective failing because another process of the run has exited: the
+    consequence of that process's error (which it printed), not an error of this one."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return False
+    names = {c.__name__ for c in type(exc).__mro__}  # duck-typed: this module does not import torch
+    return bool(names & {"DistError", "DistBackendError", "DistNetworkError", "DistStoreError"}) or any(
+        s in str(exc) for s in _PEER_GONE)
+
+
+def _quiet_peer_exit() -> None:
+    """A process that lost its peers exits 1 without a traceback: the process that stopped first printed
+    the one line that matters; the launcher's report lists this one after it."""
+    tell_launcher("stopped because another process of the run stopped first (its error is the root cause)",
+                  delay=1)
+    sys.exit(1)
+
+
+def tell_launcher(message: str, delay: int = 0) -> None:
+    """Under torchrun (``accelerate launch``), write ``message`` to the error file the launcher reads, so
+    its failure report names the cause instead of "error_file: <N/A>" (the launcher prints that report
+    itself, after the processes exit; it takes the earliest timestamp as the root cause: ``delay``
+    seconds later for a consequence)."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    try:
+        with open(path, "w") as fp:
+            json.dump({"message": {"message": message, "extraInfo": {"timestamp": str(int(time.time()) + delay)}}}, fp)
+    except OSError:
+        pass
 
 
 def one_line(exc: BaseException) -> str:

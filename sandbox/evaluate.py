@@ -11,6 +11,8 @@ unless an override names another folder. Writes runs/<name>/eval/<split>[_<tag>]
 and how it was evaluated) and .csv (one row per image); existing files are never overwritten:
 the next free suffix is used (test_2.json, ...) and printed. --resolution original (folders) scores
 P(mask) mapped back to each image's own size against its full-size mask, as predict.py does.
+The means also go into the summary of the run's W&B run (eval/<split>/<metric>, with the per-image
+table eval/<split>/images), when it was trained with W&B.
 """
 import sys
 from pathlib import Path

@@ -11,8 +11,8 @@ slerp`` (default) follows the great circle between codes, scaling the radius lin
 falls back to lerp for nearly parallel codes; ``lerp`` is the straight line. ``--steps`` frames
 per segment; ``--cycle`` closes the path back to the first endpoint (the strip ends on it;
 the GIF leaves that duplicate out so the loop is seamless). Writes
-``runs/<name>/images/interp_<mode>[_cycle]_<endpoints>.{png,gif}`` and logs them to the run's
-W&B (offline unless logged in; ``--no-wandb`` skips it).
+``runs/<name>/images/interp_<mode>[_cycle]_<endpoints>.{png,gif}`` and puts them in the summary of
+the run's W&B run (no new history segment; ``--no-wandb`` skips it).
 """
 import sys
 from pathlib import Path
@@ -41,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     from sandbox.analysis.interpolation import interpolate, strip
     from sandbox.runs.load import checkpoint_dir, load_run
-    from sandbox.tracking.wandb_run import log_files
+    from sandbox.tracking.wandb_run import to_summary
     from sandbox.viz.grids import save_gif, save_grid
 
     out, _ = checkpoint_dir(args.run, args.which)
@@ -53,7 +53,7 @@ def main() -> None:
     png = save_grid(tiles, out / "images" / f"{stem}.png", nrow=len(tiles))
     gif = save_gif(frames[:-1] if args.cycle else frames, out / "images" / f"{stem}.gif")
     if not args.no_wandb:
-        log_files(cfg.track, out, [png, gif], "interpolation")
+        to_summary(cfg.track, out, {}, media={"interpolation/png": png, "interpolation/gif": gif})
     print(f"{len(frames)} frames ({args.mode}{', cycle' if args.cycle else ''}): {png}  {gif}")
 
 

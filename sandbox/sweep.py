@@ -8,16 +8,14 @@ Runs are named <sweep>/<cell>_s<seed> (e.g. runs/arch/model-unet_depth-3_s1), sh
 <sweep>, carry the swept values as tags and in their config, and the model name as job_type.
 Grid values are read as YAML ([8,16],[16,32] is two lists; {l1: 1.0},{mse: 1.0} two mappings).
 Seeds are seed, seed+1, ...: the seed sets the weights, the data order AND the synthetic samples.
-Rerunning the same command continues an interrupted sweep: finished runs (checkpoints/last at
-train.epochs) are skipped, partial ones resumed from their last checkpoint, ones that never
-saved a checkpoint restarted. Each run is a subprocess `python sandbox/train.py` (memory
-isolated, a crash does not end the sweep; ~4 s start-up each); --in-process trains in this
-process instead (tests, tiny runs). --jobs N runs N at once with cores/N torch threads each;
-on 2 cores one job at a time is faster (two processes contend for the same cores and caches).
-Writes into runs/<sweep>/: summary.md, summary.csv (per cell: <stat>_mean, _std (n-1), _cv =
-std/|mean| of every final val/* metric, best <metric>, its epoch, epoch_time and total_time),
-runs.csv, plots/, compare/ (compare.py over the best seed of each cell), logs/; a study also
-writes report.md (its title, description and command above the same content).
+Rerunning the same command continues: finished runs (checkpoints/last at train.epochs) are
+skipped, partial ones resumed, ones without a checkpoint restarted. Each run is a subprocess
+`python sandbox/train.py` (a crash does not end the sweep; ~4 s start-up); --in-process trains
+here (tests, tiny runs). --jobs N: N at once, cores/N threads each (on 2 cores 1 is faster).
+Writes into runs/<sweep>/: summary.md, summary.csv (per cell: <stat>_mean, _std (n-1), _cv of
+every final val/* metric, best <metric>, its epoch, epoch_time, total_time), runs.csv, plots/,
+compare/ (the best seed of each cell), logs/; a study also writes report.md: its protocol first
+(selected on val, scored on test, per cell mean/std/95 % CI, paired tests: analysis/study.py).
 """
 import sys
 from pathlib import Path
@@ -47,7 +45,8 @@ def main() -> None:
     import time
 
     from sandbox import load_config
-    from sandbox.analysis.sweep import execute, load_study, make_cells, parse_grid, plan
+    from sandbox.analysis.sweep import (check_study, evaluate_finished, execute, load_study, make_cells, parse_grid,
+                                        plan, study_overrides)
     from sandbox.analysis.sweep_report import write_summary
 
     study = load_study(args.study) if args.study else {}
@@ -63,11 +62,12 @@ def main() -> None:
     name = args.name or (Path(args.study).stem if study else f"{Path(config).stem}_" + "_".join(
         k.split(".")[-1] for k in grid))
     out_dir = Path(args.out_dir or ("runs/studies" if study else "runs"))
-    extra = [str(o) for o in study.get("overrides", [])] + args.overrides
+    extra = study_overrides(study) + args.overrides
     specs = plan(config, cells, study.get("seeds", 1) if args.seeds is None else args.seeds, extra, name, out_dir)
+    check_study(study, args.study, config, specs)
     metric = args.metric or study.get("metric") or load_config(config, extra).train.monitor
     t0 = time.time()
-    failed = execute(specs, config, args.jobs, args.in_process)
+    failed = execute(specs, config, args.jobs, args.in_process) + evaluate_finished(specs, config, study)
     command = "python sandbox/sweep.py " + " ".join(sys.argv[1:])
     report = write_summary(specs, out_dir / name, metric, study, command, time.time() - t0)
     print(report.read_text())

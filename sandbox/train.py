@@ -10,7 +10,6 @@ SIGTERM or Ctrl-C: the run saves checkpoints/last after the current step, prints
 and exits with 143 / 130; a second signal stops at once.
 """
 import os
-import shlex
 import sys
 from pathlib import Path
 
@@ -32,7 +31,7 @@ def main() -> None:
     args = parser.parse_intermixed_args()
     from sandbox import build_trainer, load_config
     from sandbox.errors import SandboxError
-    from sandbox.runs.restart import check_resumable, clear_failed_start, existing_run
+    from sandbox.runs.restart import check_resumable, clear_failed_start, complete_checkpoint, existing_run
 
     if args.restart and args.resume:
         parser.error("--restart starts a run afresh, --resume continues one: give one of them")
@@ -48,19 +47,13 @@ def main() -> None:
         parser.error(f"--restart starts a run afresh, but the config resumes {cfg.train.resume} (train.resume)")
     if cfg.train.resume:
         check_resumable(cfg.train.resume)  # a run with nothing to resume: the way on is --restart
+    elif args.restart and complete_checkpoint(run) is not None:  # a run to resume is never cleared
+        raise SandboxError(existing_run(run, restart=True))
     elif args.restart and os.environ.get("RANK", "0") == "0":  # the main process alone; the others wait for it
-        removed = clear_failed_start(run)  # in build_trainer. None: a complete checkpoint, build_trainer refuses
+        removed = clear_failed_start(run)
         if removed:
             print(f"restart: cleared {', '.join(removed)} in {run}")
-    try:
-        trainer = build_trainer(cfg)
-    except SandboxError as exc:
-        # The run directory is there: every process gets this error (the main process creates the
-        # directory and shares its error), and here, where --restart is known, it says which way on applies.
-        if cfg.train.resume or "already holds a run" not in str(exc):
-            raise
-        again = "python " + shlex.join([sys.argv[0], *[a for a in sys.argv[1:] if a != "--restart"], "--restart"])
-        raise SandboxError(existing_run(run, args.restart, again)) from None
+    trainer = build_trainer(cfg)
     trainer.fit()
     trainer.accelerator.print(trainer.summary())
 

@@ -79,6 +79,14 @@ CONFIG_CASES = [
     ("num_train bound", ["data.num_train=1000000000"],
      r"data.num_train: got 1000000000, expected an integer in \[1, 1000000\]"),
     ("num_val bound", ["data.num_val=2000000"], r"data.num_val: got 2000000, expected an integer in \[0, 1000000\]"),
+    ("width too large", ["model.width=100000"], r"model.width: got 100000, expected an integer in \[1, 4096\]"),
+    ("widths element too large", ["model.widths=[8, 16, 32, 1000000]"],
+     r"model.widths: got \[8, 16, 32, 1000000\], expected a list of integers in \[1, 4096\]"),
+    ("depth too large", ["model.depth=40"], r"model.depth: got 40, expected an integer in \[0, 12\]"),
+    ("batch too large", ["data.batch_size=10000000"], r"data.batch_size: got 10000000, expected an integer in \[1, 65536\]"),
+    ("threads too many", ["train.threads=100000"], r"train.threads: got 100000, expected an integer in \[0, 1024\]"),
+    ("latent too large", ["model.name=vae", "data.name=attractors", "loss={image: {mse: 1}}", "model.latent_dim=1000000000"],
+     r"model.latent_dim: got 1000000000, expected an integer in \[1, 65536\]"),
     ("momentum negative", ["train.momentum=-0.5"], r"train.momentum: got -0.5, expected a value in \[0, 1\)"),
     ("momentum one", ["train.momentum=1"], r"train.momentum: got 1.0, expected a value in \[0, 1\)"),
     ("sgd without momentum", ["train.optimizer=sgd", "train.momentum=0"],
@@ -358,7 +366,7 @@ def test_checkpoint_from_another_model(tmp_path):
 def test_existing_run_without_resume_is_untouched(tmp_path):
     _train(tiny(tmp_path))
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "tiny").rglob("*") if p.is_file()}
-    with pytest.raises(SandboxError, match=r"already holds a run; continue it with train.resume="):
+    with pytest.raises(SandboxError, match=r"already holds a run \(checkpoints/last at step \d+\); continue it with: python sandbox/train.py --resume "):
         _train(tiny(tmp_path))
     after = {p: p.stat().st_mtime_ns for p in (tmp_path / "tiny").rglob("*") if p.is_file()}
     assert before == after

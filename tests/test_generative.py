@@ -166,7 +166,7 @@ def test_a_latent_that_does_not_fit_the_decoder_is_one_clear_line():
     (["model.name=vae", "data.name=attractors", "loss={image: {mse: 1}}", "model.d_norm=none"],
      r"model\.d_norm: unknown option for vae"),
     (["model.name=vae", "data.name=attractors", "loss={image: {mse: 1}}", "model.latent_dim=0"],
-     r"model\.latent_dim: got 0, expected an integer >= 1"),
+     r"model\.latent_dim: got 0, expected an integer in \[1, 65536\]"),
     (["model.name=aae", "data.name=attractors", "loss={image: {mse: 1}}", "train.grad_accum=2"],
      r"train\.grad_accum: got 2; the aae trainer steps the encoder in two phases"),
 ])
@@ -313,7 +313,7 @@ def test_two_training_steps_write_the_run_files(tmp_path, name, monkeypatch, cap
                 "vae": {"train/loss/image/mse", "train/loss/vae/kl", "train/kl_weight"},
                 "ae": {"train/loss/image/mse"}}[name]
     assert expected <= set(train[0])
-    assert {"val/fid_own", "val/diversity"} <= set(val[0])
+    assert {"val/fid_own", "val/diversity", "val/kid_own", "val/precision", "val/recall"} <= set(val[0])
     if name != "dcgan":
         assert {"val/mse", "val/psnr", "val/ssim", "val/probe_r2_linear", "val/probe_r2_kernel"} <= set(val[0])
         assert (d / "images" / "recon_epoch001.png").stat().st_size > 500
@@ -439,6 +439,15 @@ def test_probe_cli_writes_json_and_prints_the_same_numbers(tmp_path, monkeypatch
     assert res["n_real"] == 4 and res["n_generated"] == 8 and res["probe_fit_images"] == 8
     for key in ("fid_own_samples", "fid_own_noise_channel", "fid_own_noise_pixel", "fid_own_real_train_vs_heldout"):
         assert math.isfinite(res[key]) and f"{res[key]:11.3f}" in out
+    # 4 held-out images: the floor has 4 (k = 3 needs 4), the samples 8
+    for row in ("samples", "noise_channel", "noise_pixel", "real_train_vs_heldout"):
+        assert f"{res['kid_own_' + row]:11.5f}" in out and 0 <= res["recall_" + row] <= 1
+        assert f"{res['precision_' + row]:11.3f}" in out
+    assert res["nearest_train_images"] == 8
+    for key in ("nearest_features_samples", "nearest_features_heldout", "nearest_pixels_samples",
+                "nearest_pixels_heldout"):
+        assert res[key] > 0 and f"{res[key]:11.{4 if 'pixels' in key else 3}f}" in out
+    assert "fid_inception_samples" not in res
     for label in ("trained", "untrained"):
         assert f"{res['probe_' + label]['kernel']:11.3f}" in out and res["probe_" + label]["linear"] <= 1.0
     assert "NOT Inception FID" in out and "probe_val.json" in out

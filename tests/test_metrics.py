@@ -109,3 +109,39 @@ def test_regression_metrics_float32_under_bf16_autocast():
 def test_regression_ssim_too_small_is_clear():
     with pytest.raises(SandboxError, match=r"^metric ssim: images of side 2 px .* at least 3 px"):
         regression_metrics(torch.rand(1, 1, 2, 2), torch.rand(1, 1, 2, 2))
+
+
+def test_delta_accuracy_counts_pixels_within_ratio_1_25_of_the_truth():
+    from sandbox.metrics.regression import delta_accuracy
+
+    target = torch.full((1, 1, 4, 4), 0.5)
+    pred = target.clone()
+    pred[..., :2, :] = 0.6     # ratio 1.2 < 1.25: a hit (8 pixels)
+    pred[..., 2, :] = 0.75     # ratio 1.5: a miss (4 pixels)
+    pred[..., 3, :2] = 0.38    # ratio 0.5 / 0.38 = 1.316: a miss (2 pixels)
+    pred[..., 3, 2:] = -0.1    # non-positive: a miss (2 pixels)
+    assert delta_accuracy(pred, target).item() == pytest.approx(8 / 16)
+    target[..., 0, :] = 0      # no depth there: 4 of the 8 hits leave the count, 12 valid pixels remain
+    assert delta_accuracy(pred, target).item() == pytest.approx(4 / 12)
+    assert torch.isnan(delta_accuracy(pred, torch.zeros_like(target))).item()
+
+
+def test_depth_edge_f1_matches_discontinuities_within_one_pixel_and_ignores_slopes():
+    from sandbox.metrics.regression import depth_edge_f1
+
+    def step(col: int) -> torch.Tensor:  # a floor-like slope (0.01 / px) with a 0.3 jump before column col
+        d = torch.linspace(0.5, 0.58, 9).repeat(1, 1, 9, 1)
+        d[..., col:] += 0.3
+        return d
+
+    truth = step(4)  # edge pixels: column 3 (the jump to its right), 9 of them
+    assert depth_edge_f1(truth, truth).item() == 1.0
+    assert depth_edge_f1(step(5), truth).item() == pytest.approx(1.0)  # 1 px off, tolerance 1
+    assert depth_edge_f1(step(6), truth).item() == 0.0                 # 2 px off: no pixel matches
+    flat = torch.linspace(0.5, 0.58, 9).repeat(1, 1, 9, 1)             # the slope alone has no edge
+    assert depth_edge_f1(flat, truth).item() == 0.0 and depth_edge_f1(flat, flat).item() == 1.0
+    # the jump in rows 0-3 only: predicted edges are column 3 of rows 0-3 (4 px, all true) and row 3 of
+    # columns 4-8 (5 px, the jump down to row 4, none true): precision 4/9, recall 4/9 -> F1 = 4/9
+    half = flat.clone()
+    half[..., :4, 4:] += 0.3
+    assert depth_edge_f1(half, truth, tolerance=0).item() == pytest.approx(4 / 9)

@@ -191,7 +191,7 @@ def _ddp_common(tiny_overrides):
 # fid_own, diversity and the latent probe of a barely trained tiny model are ill-conditioned (sqrtm of
 # an 8-sample covariance, distances between near-identical samples, ridge regression on 8 codes): they
 # amplify the last-bit weight differences of another batch split to ~1e-4 relative
-LOOSE = ("val/fid_own", "val/diversity", "val/probe_r2_linear", "val/probe_r2_kernel")
+LOOSE = ("val/fid_own", "val/diversity", "val/probe_r2_linear", "val/probe_r2_kernel", "val/kid_own")
 
 
 def _assert_same_metrics(one_dir, two_dir):
@@ -362,3 +362,56 @@ def test_an_error_on_the_main_process_alone_stops_every_machine(tmp_path, tiny_o
     assert all(c != 0 for c in codes), outs
     assert all("already holds a run" in out for out in outs), outs
     assert time.time() - t0 < 100
+
+
+@pytest.mark.multiproc
+def test_a_data_error_on_one_of_two_processes_is_one_line(tmp_path, tiny_overrides):
+    """A broken image read by one process: that process prints the one line naming the file; its peer,
+    whose collective fails because it left, exits without a traceback; the launcher's own failure report
+    (printed by accelerate/torchrun after the processes, not ours to silence) names that line as the root
+    cause instead of "error_file: <N/A>"."""
+    import numpy as np
+    from PIL import Image
+
+    if shutil.which("accelerate") is None:
+        pytest.skip("accelerate CLI not on PATH")
+    data, rng = tmp_path / "data", np.random.default_rng(0)
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:24, 8:24] = 255
+    for i in range(24):
+        Image.fromarray((rng.random((32, 32, 3)) * 255).astype("uint8")).save(data / "images" / f"{i:03d}.png")
+        Image.fromarray(mask).save(data / "masks" / f"{i:03d}.png")
+    (data / "images" / "001.png").write_bytes(b"not a png")
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    for name, stems in (("train", range(16)), ("val", range(16, 20)), ("test", range(20, 24))):
+        rows = [f"{i:03d},images/{i:03d}.png,masks/{i:03d}.png" for i in stems]
+        (splits / f"{name}.csv").write_text("stem,image,mask\n" + "\n".join(rows) + "\n")
+    base = [o for o in tiny_overrides if not o.startswith(("data.batch_size=", "data.num_train=", "data.num_val="))]
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    done = launch_two([str(ROOT / "sandbox" / "train.py"), "--config", str(ROOT / "configs/unet_dice.yaml"), *base,
+                       "data.name=folder", f"data.root={data}", f"data.splits={splits}", "data.batch_size=2",
+                       "model.norm=group", "model.width=8", "train.threads=1"], env)
+    text = done.stdout + done.stderr
+    assert done.returncode != 0, text[-3000:]
+    ours = [line for line in text.splitlines() if "error: " in line and "001.png" in line]
+    assert len(ours) == 1 and "unreadable or truncated image" in ours[0], text[-3000:]
+    assert "[rank0]" not in text and "[rank1]" not in text, text[-3000:]  # no process's traceback
+    root = text.split("Root Cause", 1)[-1]
+    assert "001.png: unreadable or truncated image" in root, text[-3000:]
+
+
+def test_only_a_lost_peer_of_a_multi_process_run_exits_quietly(monkeypatch):
+    """The quiet exit is for a collective failing because another process left, nothing else: a bug
+    in one process (or any error in a one-process run) keeps its traceback."""
+    from sandbox.cli import lost_peer
+
+    gone = RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:17820")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert lost_peer(gone)
+    assert lost_peer(type("DistNetworkError", (RuntimeError,), {})("store timeout"))
+    assert not lost_peer(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not lost_peer(gone)

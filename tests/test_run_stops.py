@@ -103,6 +103,27 @@ def test_restart_is_refused_where_a_checkpoint_exists(tmp_path, tiny_overrides, 
     assert (run_dir / "checkpoints" / "last" / "model.safetensors").exists()
 
 
+def test_library_callers_get_the_way_on_that_applies(tmp_path, tiny_overrides, monkeypatch):
+    """build_trainer on an existing run (no command line involved) names the true way on: a restart
+    in place where no checkpoint was ever completed, the resume command where one was."""
+    run_dir = tmp_path / "tiny"
+    with monkeypatch.context() as m:
+        nan_at(m, 2)
+        with pytest.raises(SandboxError):
+            run(tiny_overrides)
+    with pytest.raises(SandboxError) as exc:
+        run(tiny_overrides)
+    msg = str(exc.value)
+    assert f"python sandbox/train.py --config {run_dir / 'config.yaml'} --restart" in msg, msg
+    assert "train.resume" not in msg and "--resume" not in msg, msg
+    shutil.rmtree(run_dir)
+    run(tiny_overrides)
+    with pytest.raises(SandboxError) as exc:
+        run(tiny_overrides)
+    msg = str(exc.value)
+    assert f"python sandbox/train.py --resume {run_dir}" in msg and "--restart" not in msg, msg
+
+
 # ----------------------------------------------------------------------------- true stop messages
 
 def test_nonfinite_stop_before_any_checkpoint_says_so(tmp_path, tiny_overrides, monkeypatch):
@@ -246,6 +267,30 @@ def test_a_signal_saves_the_step_and_prints_the_resume_command(tmp_path, straigh
     done = subprocess.run(TRAIN + ["--resume", str(run_dir)], env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert strip(read_metrics(run_dir / "metrics.jsonl")) == straight  # every logged number, bit for bit
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_the_whole_process_group_saves_with_data_workers(tmp_path):
+    """Slurm and most schedulers signal every process of the job, DataLoader workers included: a worker
+    killed by that SIGTERM would end the run in torch's 'worker killed' error before the save. The
+    workers ignore SIGTERM; the main process saves the step, says how to resume, and the resume finishes."""
+    run_dir = tmp_path / "stopped"
+    proc = subprocess.Popen(TRAIN + ["--config", CONFIG, *SLOW, "data.num_workers=1", f"out_dir={tmp_path}",
+                                     "name=stopped"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while proc.poll() is None and _last_step(run_dir / "metrics.jsonl") < 3 and time.time() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, f"run ended before the signal: {proc.stderr.read()[-2000:]}"
+    os.killpg(proc.pid, signal.SIGTERM)  # the main process and its worker, as a scheduler does
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert "Traceback" not in err and "killed by signal" not in err, err[-3000:]
+    assert f"python sandbox/train.py --resume {run_dir}" in out + err
+    state = json.loads((run_dir / "checkpoints" / "last" / "trainer_state.json").read_text())
+    assert 0 < state["batch"] < 12 and state["step"] == _last_step(run_dir / "metrics.jsonl")
+    done = subprocess.run(TRAIN + ["--resume", str(run_dir)], env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_a_signal_echoed_by_a_launcher_is_one_request_a_later_one_stops_at_once():

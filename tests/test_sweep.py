@@ -156,15 +156,18 @@ def test_cells_are_the_product_and_named_axes_set_several_keys():
 
 @pytest.mark.parametrize("study", sorted((ROOT / "configs" / "studies").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_study_file_plans_valid_runs(study, tmp_path):
-    from sandbox.analysis.sweep import load_study, make_cells, plan
+    from sandbox.analysis.sweep import check_study, load_study, make_cells, plan, study_overrides
 
     s = load_study(str(study))
     if not (ROOT / s["config"]).is_file():
         pytest.skip(f"{s['config']} does not exist yet")
-    specs = plan(str(ROOT / s["config"]), make_cells(s["grid"]), s.get("seeds", 1), s.get("overrides", []),
+    specs = plan(str(ROOT / s["config"]), make_cells(s["grid"]), s.get("seeds", 1), study_overrides(s),
                  study.stem, tmp_path)
     assert len({sp.name for sp in specs}) == len(specs) >= 2
     assert s.get("title") and s.get("expected_minutes")
+    # the protocol: 3 seeds or more, selected on val, the primary metric produced by every cell
+    assert len({sp.seed for sp in specs}) >= 3 and s["protocol"]["select_on"].startswith("val")
+    check_study(s, str(study), str(ROOT / s["config"]), specs)
 
 
 def test_cli_subprocess_sweep_in_parallel_jobs(tmp_path):

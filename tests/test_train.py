@@ -75,7 +75,7 @@ def test_resume_from_last_equals_uninterrupted(tmp_path, tiny_overrides):
 def test_existing_run_is_never_overwritten(tmp_path, tiny_overrides):
     run(tiny_overrides)
     before = (tmp_path / "tiny" / "metrics.jsonl").read_text()
-    with pytest.raises(SandboxError, match=r"already holds a run; continue it with train.resume="):
+    with pytest.raises(SandboxError, match=r"already holds a run \(checkpoints/last at step 2\); continue it with: python sandbox/train.py --resume "):
         run(tiny_overrides)
     assert (tmp_path / "tiny" / "metrics.jsonl").read_text() == before
 

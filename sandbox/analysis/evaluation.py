@@ -10,6 +10,7 @@ from sandbox.errors import SandboxError
 from sandbox.runs.checkpoints import read_state
 from sandbox.runs.inference import evaluate_dataset
 from sandbox.runs.load import checkpoint_dir, load_run
+from sandbox.tracking.wandb_run import to_summary
 
 # overrides that point at other data: the run's own splits/ no longer apply
 OTHER_DATA = ("data.name", "data.root", "data.image_dir", "data.mask_dir", "data.depth_dir", "data.splits",
@@ -119,5 +120,8 @@ def evaluate_run(run_arg: str, which: str = "best", split: str = "test", thresho
         say(f"\n{name}: {result['n']} images, {ckpt} (epoch {state.get('epoch')}), threshold {threshold}, "
               f"{where}\n{table(result)}\n"
               f"wrote {path}.json and {path}.csv")
-
+    # the same W&B run's summary (no history row): eval/<split>/<metric> and the per-image table
+    to_summary(cfg.track, run, {f"eval/{stem}/{k}": v for name, stem in zip(names, stems) if name in written
+                                for k, v in written[name]["means"].items()},
+               tables={f"eval/{stem}/images": results[name] for name, stem in zip(names, stems) if name in written})
     return written

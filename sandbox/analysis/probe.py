@@ -1,9 +1,13 @@
-"""Probing a generative run: fid_own of its samples against two noise baselines and the real-vs-real
-floor, and the latent probe of its trained against an untrained encoder (datasets with known
+"""Probing a generative run: fid_own, kid_own, precision and recall of its samples against two noise
+baselines and the real-vs-real floor, the distance of its samples to their nearest training image
+against that of held-out real images (memorisation), Inception FID/KID given a local weights file,
+and the latent probe of its trained against an untrained encoder (datasets with known
 generating parameters, e.g. attractors). See :mod:`sandbox.metrics.generative` and
 :mod:`sandbox.metrics.probe` for what the numbers mean.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -11,13 +15,18 @@ from sandbox.build import build_data, build_model
 from sandbox.config import Config
 from sandbox.data.render import progress
 from sandbox.data.transforms import unaugmented
-from sandbox.metrics.generative import frechet_distance, mean_pairwise_distance, own_features
+from sandbox.metrics.generative import frechet_distance, kid, min_distances, own_features, sample_scores
+from sandbox.metrics.inception import inception_features
 from sandbox.metrics.probe import encode_dataset, latent_probe
+
+FLOOR = "real_train_vs_heldout"  # the row of training images scored as if they were samples
+NEAREST_MAX = 10000  # training images searched for each sample's nearest one
 
 
 def probe_run(cfg: Config, model, split: str = "test", samples: int = 512, fit: int = 4000,
-              label: str = "") -> dict:
-    """Everything probe.py prints for a loaded generative ``model`` (eval mode) on ``split``."""
+              label: str = "", inception=None, nearest_max: int = NEAREST_MAX) -> dict:
+    """Everything probe.py prints for a loaded generative ``model`` (eval mode) on ``split``; ``inception``:
+    a network from :func:`sandbox.metrics.inception.load_inception` adds Inception FID/KID."""
     data = build_data(cfg, ("train", split))
     held = data[split]
     g = torch.Generator().manual_seed(cfg.seed)
@@ -28,20 +37,26 @@ def probe_run(cfg: Config, model, split: str = "test", samples: int = 512, fit: 
     # as many training images, real against real
     shape = (samples, *real.shape[1:])
     per_channel = real.mean((0, 2, 3), keepdim=True)[0], real.std((0, 2, 3), keepdim=True)[0]
-    baselines = {"noise_channel": per_channel, "noise_pixel": (real.mean(0), real.std(0))}
-    fr, ff = own_features(real), own_features(fake)
-    spread = mean_pairwise_distance(fr)
-    res = {"run": label, "split": split, "n_real": len(real), "n_generated": samples,
-           "fid_own_samples": frechet_distance(fr, ff), "diversity_samples": mean_pairwise_distance(ff) / spread}
-    for name, (mean, std) in baselines.items():
-        fn = own_features((mean + std * torch.randn(shape, generator=g)).clamp(0, 1))
-        res[f"fid_own_{name}"], res[f"diversity_{name}"] = frechet_distance(fr, fn), mean_pairwise_distance(fn) / spread
+    sets = {"samples": fake}
+    for name, (mean, std) in {"noise_channel": per_channel, "noise_pixel": (real.mean(0), real.std(0))}.items():
+        sets[name] = (mean + std * torch.randn(shape, generator=g)).clamp(0, 1)
     train = unaugmented(data["train"])  # the images as stored
     # a seeded random subset: folder datasets list files sorted by name, and UTKFace's names start
     # with the age, so the first N training images are the youngest faces (floor 1.57 instead of 0.11)
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[:len(real)]
-    other = torch.stack([train[int(i)]["image"] for i in progress(pick, "probe: training images (floor)")])
-    res["fid_own_real_train_vs_heldout"] = frechet_distance(fr, own_features(other))
+    sets[FLOOR] = torch.stack([train[int(i)]["image"] for i in progress(pick, "probe: training images (floor)")])
+    fr = own_features(real)
+    res = {"run": label, "split": split, "n_real": len(real), "n_generated": samples}
+    for name, images in sets.items():
+        res.update({f"{k}_{name}": v for k, v in sample_scores(fr, own_features(images), seed=cfg.seed).items()})
+    res.update(nearest_train(train, {"samples": fake, "heldout": real}, nearest_max, cfg.seed))
+    if inception is not None:
+        inception = inception.to(next(model.parameters()).device)
+        ir = inception_features(inception, real)
+        for name in ("samples", FLOOR):
+            fi = inception_features(inception, sets[name])
+            res[f"fid_inception_{name}"] = frechet_distance(ir, fi)
+            res[f"kid_inception_{name}"], res[f"kid_inception_std_{name}"] = kid(ir, fi, seed=cfg.seed)
     if "params" in held[0] and model.encodes:
         fit_idx = list(range(min(len(train), fit)))
         for which, net in (("trained", model), ("untrained", build_model(cfg).to(next(model.parameters()).device))):
@@ -52,25 +67,60 @@ def probe_run(cfg: Config, model, split: str = "test", samples: int = 512, fit: 
     return res
 
 
+def nearest_train(train, queries: dict[str, torch.Tensor], most: int = NEAREST_MAX, seed: int = 0,
+                  chunk: int = 256) -> dict:
+    """Median distance of each query set's images to their nearest training image, in own features and in
+    pixels (RMS over values), over ``most`` training images at most (a seeded subset of a larger set),
+    read chunk by chunk: ``nearest_features_<name>``, ``nearest_pixels_<name>``, ``nearest_train_images``."""
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:most].tolist()
+    feats = {name: own_features(x) for name, x in queries.items()}
+    best = {(kind, name): torch.full((len(x),), float("inf"), dtype=torch.float64)
+            for name, x in queries.items() for kind in ("features", "pixels")}
+    for i in progress(range(0, len(pick), chunk), "probe: nearest training images (chunks)"):
+        ref = torch.stack([train[j]["image"] for j in pick[i:i + chunk]])
+        ref_feats = own_features(ref)
+        for name, x in queries.items():
+            best["features", name] = torch.minimum(best["features", name], min_distances(feats[name], ref_feats))
+            if x.shape[1:] == ref.shape[1:]:
+                pixels = min_distances(x.flatten(1), ref.flatten(1)) / x[0].numel() ** 0.5
+                best["pixels", name] = torch.minimum(best["pixels", name], pixels)
+    out = {"nearest_train_images": len(pick)}
+    for (kind, name), d in best.items():
+        out[f"nearest_{kind}_{name}"] = float(d.median()) if torch.isfinite(d).all() else math.nan
+    return out
+
+
 def report(res: dict) -> str:
-    """The probe.py result as a short table: fid_own of the samples against its baselines and floor,
-    and the latent probe R² of the trained against the untrained encoder."""
-    w = 66
+    """The probe.py result as short tables: the samples' own-feature scores against the noise baselines
+    and the real-vs-real floor, their nearest-training-image distance against held-out real images',
+    Inception FID/KID when computed, and the latent probe R² of the trained against the untrained encoder."""
+    w = 58
+    cols = {"fid_own": ".3f", "kid_own": ".5f", "precision": ".3f", "recall": ".3f", "diversity": ".3f"}
 
-    def row(label: str, *values: float) -> str:
-        return f"  {label:<{w}}" + "".join(f"{v:>11.3f}" for v in values)
+    def row(label: str, *values: float, fmt=(".3f",) * 5) -> str:
+        return f"  {label:<{w}}" + "".join(f"{v:>11{f}}" for v, f in zip(values, fmt))
 
+    def head(title: str, *names: str) -> str:
+        return f"{title:<{w + 2}}" + "".join(f"{n:>11}" for n in names)
+
+    rows = {"samples": "samples", "noise_channel": "Gaussian noise, per-channel mean/std (baseline)",
+            "noise_pixel": "Gaussian noise, per-pixel mean/std (baseline)", FLOOR: "training images vs held-out (the floor)"}
     lines = [f"{res['run']}: {res['n_real']} held-out {res['split']} images, {res['n_generated']} samples",
-             f"{'fid_own (own features, NOT Inception FID; lower is better)':<{w + 2}}{'fid_own':>11}{'diversity':>11}",
-             row("samples", res["fid_own_samples"], res["diversity_samples"]),
-             row("Gaussian noise, per-channel mean/std (baseline)", res["fid_own_noise_channel"],
-                 res["diversity_noise_channel"]),
-             row("Gaussian noise, per-pixel mean/std (baseline)", res["fid_own_noise_pixel"],
-                 res["diversity_noise_pixel"]),
-             row("training images vs held-out (the floor)", res["fid_own_real_train_vs_heldout"])]
+             head("own features, NOT Inception FID (fid, kid: lower is better)", *cols)]
+    lines += [row(label, *(res[f"{c}_{key}"] for c in cols), fmt=tuple(cols.values())) for key, label in rows.items()]
+    near = {k: (res[f"nearest_{k}_samples"], res[f"nearest_{k}_heldout"]) for k in ("features", "pixels")}
+    lines += [head(f"nearest of {res['nearest_train_images']} training images, median distance", "features", "pixels"),
+              row("samples", near["features"][0], near["pixels"][0], fmt=(".3f", ".4f")),
+              row("held-out real images (the reference)", near["features"][1], near["pixels"][1], fmt=(".3f", ".4f")),
+              row("ratio samples / held-out (well below 1: memorised)",
+                  *(a / b if b > 0 else math.nan for a, b in near.values()))]
+    if "fid_inception_samples" in res:
+        lines += [head("Inception (pool3 of the weights file given)", "fid", "kid")]
+        lines += [row(rows[key], res[f"fid_inception_{key}"], res[f"kid_inception_{key}"], fmt=(".3f", ".5f"))
+                  for key in ("samples", FLOOR)]
     if "probe_trained" in res:
-        lines += [f"{'latent probe R² on held-out images, fitted on %d training images' % res['probe_fit_images']:<{w + 2}}"
-                  f"{'linear':>11}{'kernel':>11}"]
+        lines += [head("latent probe R² on held-out images (fit: %d train)" % res["probe_fit_images"],
+                       "linear", "kernel")]
         lines += [row(f"{label} encoder", res[f"probe_{label}"]["linear"], res[f"probe_{label}"]["kernel"])
                   for label in ("trained", "untrained")]
     return "\n".join(lines)

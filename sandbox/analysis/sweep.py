@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from sandbox.analysis.study import (PROTOCOL_KEYS, check_metrics, evaluate_finished_run, parse_protocol,
+                                    protocol_overrides)
 from sandbox.config.loading import load_config, load_yaml_text, read_yaml
 from sandbox.errors import ConfigError, SandboxError
 from sandbox.runs.checkpoints import find_checkpoint, read_state
@@ -25,7 +27,8 @@ from sandbox.trainers import build_trainer
 TRAIN = Path(__file__).resolve().parents[1] / "train.py"
 RESERVED = {"seed": "use --seeds N", "name": "the sweep names its runs (--name)", "out_dir": "use --out-dir",
             "track.group": "the sweep's name is the group", "train.resume": "the sweep resumes by itself"}
-STUDY_KEYS = ("title", "description", "config", "grid", "seeds", "overrides", "metric", "expected_minutes")
+STUDY_KEYS = ("title", "description", "config", "grid", "seeds", "overrides", "metric", "expected_minutes",
+              *PROTOCOL_KEYS)
 IGNORED_DIFF = ("source", "train.resume", "train.threads", "track.", "data.splits")  # may differ between invocations
 
 
@@ -115,13 +118,16 @@ def make_cells(grid: dict[str, Any]) -> list[Cell]:
     return cells
 
 
-def plan(config: str, cells: list[Cell], seeds: int, extra: list[str], name: str, out_dir: Path) -> list[Spec]:
-    """Every (cell, seed) as a run; every cell's config is loaded first, so a bad key stops before training."""
+def plan(config: str, cells: list[Cell], seeds: int | list[int], extra: list[str], name: str,
+         out_dir: Path) -> list[Spec]:
+    """Every (cell, seed) as a run; every cell's config is loaded first, so a bad key stops before training.
+    ``seeds``: a count N (seeds seed..seed+N-1 of the config) or the list of seeds itself."""
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
         raise ConfigError(f"--name {name!r}: expected letters, digits, '.', '_' or '-' (it names runs/<name>/)")
-    if seeds < 1:
+    if isinstance(seeds, int) and seeds < 1:
         raise ConfigError(f"--seeds: got {seeds}, expected 1 or more")
     base = load_config(config, extra)
+    seed_list = list(range(base.seed, base.seed + seeds)) if isinstance(seeds, int) else list(seeds)
     specs = []
     for cell in cells:
         cell_ov = [override(k, v) for k, v in cell.overrides.items()]
@@ -129,7 +135,7 @@ def plan(config: str, cells: list[Cell], seeds: int, extra: list[str], name: str
             cfg = load_config(config, extra + cell_ov)
         except ConfigError as exc:
             raise ConfigError(f"grid {' '.join(cell_ov)}: {exc}") from None
-        for seed in range(base.seed, base.seed + seeds):
+        for seed in seed_list:
             run = f"{name}/{cell.name}_s{seed}"
             tags = list(base.track.tags) + [f"{a}={lab}"[:64] for a, lab in cell.labels.items()] + [f"seed={seed}"]
             ov = extra + cell_ov + [f"seed={seed}", f"name={run}", f"out_dir={out_dir}", f"track.group={name}",
@@ -256,8 +262,44 @@ def execute(specs: list[Spec], config: str, jobs: int = 1, in_process: bool = Fa
     return failed
 
 
-def load_study(path: str) -> dict:
+def study_overrides(study: dict) -> list[str]:
+    """A study's overrides for every run: its protocol's (``select_on: val/<metric>``), then its own."""
+    return protocol_overrides(study.get("protocol") or {}) + [str(o) for o in study.get("overrides", [])]
 
+
+def evaluate_finished(specs: list[Spec], config: str, study: dict) -> list[str]:
+    """A study reporting on test: score every finished run there from checkpoints/best, once (a rerun
+    keeps the files it finds, so an interrupted study evaluates only what it had not); returns the
+    runs whose evaluation failed. Nothing to do for a plain sweep or a study reporting on val."""
+    split = (study.get("protocol") or {}).get("report_on")
+    if split != "test":
+        return []
+    failed = []
+    for spec in specs:
+        try:
+            if run_state(spec, config) == "done":
+                evaluate_finished_run(spec.path, split)
+        except SandboxError as exc:
+            print(f"{spec.name}: evaluation on {split} FAILED: {exc}")
+            failed.append(spec.name)
+    return failed
+
+
+def check_study(study: dict, path: str, config: str, specs: list[Spec]) -> None:
+    """What the study's protocol needs of its cells (metrics each produces), checked before training;
+    and the console's one line when there are too few seeds for an interval."""
+    protocol = study.get("protocol")
+    if not protocol:
+        return
+    configs = {s.cell.name: load_config(config, s.overrides) for s in specs if s.seed == specs[0].seed}
+    check_metrics(protocol, configs, path)
+    seeds = sorted({s.seed for s in specs})
+    if len(seeds) < 3:
+        print(f"warning: {len(seeds)} seed(s) per cell: fewer than 3, so report.md gives no confidence interval")
+
+
+def load_study(path: str) -> dict:
+    """A study file, checked (one line per error); its protocol parsed into ``study["protocol"]``."""
     study = read_yaml(path)
     unknown = [k for k in study if k not in STUDY_KEYS]
     if unknown:
@@ -267,4 +309,12 @@ def load_study(path: str) -> dict:
             raise ConfigError(f"{path}: missing {key!r}; a study needs config: <yaml> and grid: {{key: [values]}}")
     if not isinstance(study.get("overrides", []), list):
         raise ConfigError(f"{path}: overrides: expected a list of key.path=value strings")
+    seeds = study.get("seeds", 1)
+    good = (isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1) or (
+        isinstance(seeds, list) and seeds and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                                                  for x in seeds) and len(set(seeds)) == len(seeds))
+    if not good:
+        raise ConfigError(f"{path}: seeds: got {seeds!r}, expected a list of distinct seeds such as [0, 1, 2] "
+                          "(at least 1; 3 or more for a confidence interval) or a count")
+    study["protocol"] = parse_protocol(study, path, make_cells(study["grid"]))
     return study

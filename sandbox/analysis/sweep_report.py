@@ -11,6 +11,7 @@ import numpy as np
 from sandbox.analysis.compare import compare_runs
 from sandbox.analysis.measure import summarize
 from sandbox.analysis.reports import lower_is_better, mean_std_cv, open_run, pm, run_stats, write_csv
+from sandbox.analysis.study_report import protocol_report
 from sandbox.analysis.tables import format_table
 from sandbox.errors import SandboxError
 from sandbox.viz.curves import plot_metric_vs
@@ -21,7 +22,7 @@ def write_summary(specs: list, sweep_dir: Path, metric: str, study: dict, comman
     sweep's finished runs (``specs``: :class:`sandbox.analysis.sweep.Spec`); a study also gets report.md.
     (A little over 60 lines: it writes one report top to bottom.)"""
     sweep_dir = Path(sweep_dir)
-    cells, by_cell, per_run = {}, defaultdict(list), []
+    cells, by_cell, per_run, finished = {}, defaultdict(list), [], []
     for s in specs:
         cells.setdefault(s.cell.name, s.cell)
         try:
@@ -30,6 +31,7 @@ def write_summary(specs: list, sweep_dir: Path, metric: str, study: dict, comman
             continue
         if len(run.epochs) >= s.epochs:  # unfinished runs are not averaged
             by_cell[s.cell.name].append(run)
+            finished.append((s, run))
             per_run.append({"run": s.name, "seed": s.seed, **run_stats(run, metric)})
     if not per_run:
         raise SandboxError(f"no finished run under {sweep_dir} to summarise")
@@ -79,6 +81,9 @@ def write_summary(specs: list, sweep_dir: Path, metric: str, study: dict, comman
     head = [f"# {study.get('title', sweep_dir.name)}", "", str(study.get("description", "")).strip(), ""]
     if study.get("expected_minutes"):
         head += [f"Expected time on 2 idle CPU cores (the study file's estimate): about {study['expected_minutes']} min.", ""]
+    if study.get("protocol"):  # the study's answer first; the sweep's val summary below it
+        head += protocol_report(finished, study["protocol"], sweep_dir, cells, sorted({s.seed for s in specs}),
+                                wall_s) + ["## Training on val (the sweep's summary)", ""]
     (sweep_dir / "report.md").write_text("\n".join(head + lines) + "\n")
     return sweep_dir / "report.md"
 

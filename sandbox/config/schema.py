@@ -118,6 +118,10 @@ class TrackConfig:
     entity: Optional[str] = None
     group: Optional[str] = None  # runs of one experiment share it; default: the config file's stem
     tags: list[str] = field(default_factory=list)
+    # where the metrics go besides metrics.jsonl (Accelerate's trackers); W&B's mode is still track.wandb,
+    # TensorBoard writes runs/<name>/tensorboard/ (pip install tensorboard)
+    report_to: list[Literal["wandb", "tensorboard"]] = field(default_factory=lambda: ["wandb"])
+    log_checkpoints: bool = False  # W&B: log checkpoints/best as a model artifact at the end of the run
 
 
 @dataclass
@@ -166,6 +170,20 @@ RANGES: dict[str, str] = {
     "train.keep_last_n": "[0, inf)",  # 0: only best and last
     "train.fid_samples": "[0, 1000000]",  # generated and held in memory each epoch
     "train.probe_samples": "[0, 1000000]",
+    # sizes of things held in memory: far above any use, low enough that the error is ours, not torch's
+    # allocator's (a 4096-channel 3x3 conv is 600 MB of float32 weights)
+    "data.batch_size": "[1, 65536]",
+    "data.num_workers": "[0, 256]",
+    "data.seq_len": "[1, 100000]",
+    "model.in_channels": "[1, 64]",
+    "model.width": "[1, 4096]",
+    "model.depth": "[0, 12]",
+    "model.blocks": "[1, 64]",
+    "model.dilation": "[1, 64]",
+    "model.latent_dim": "[1, 65536]",
+    "train.threads": "[0, 1024]",
+    "train.grad_accum": "[1, 4096]",
+    "train.num_images": "[0, 64]",  # validation samples drawn in one panel
 }
 
 

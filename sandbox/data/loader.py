@@ -6,6 +6,8 @@ generator were what made mid-epoch resume exact).
 """
 from __future__ import annotations
 
+import signal
+
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -40,6 +42,14 @@ def collate(samples: list[dict]) -> dict:
     return out
 
 
+def _worker_ignores_sigterm(worker_id: int) -> None:
+    """A DataLoader worker ignores SIGTERM: a scheduler (Slurm) signals every process of the job, and a
+    worker ended by it would stop the main process in torch's "worker killed" error before the main
+    process (which handles the signal: save, then exit 143) could save. Workers still end: they finish on
+    the loader's shutdown sentinel, and torch's watchdog ends them when the main process is gone."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_loader(ds: Dataset, batch_size: int, seed: int, train: bool, num_workers: int = 0) -> DataLoader:
     """The trainer's loader: ``train`` shuffles with :class:`EpochShuffle` (yielding ``(epoch, index)``
     keys for datasets with ``epoch_keys``, whose augmentation derives from them) and drops a last
@@ -51,6 +61,7 @@ def make_loader(ds: Dataset, batch_size: int, seed: int, train: bool, num_worker
                       # come from the global RNG (a resumed run creates one more iterator)
                       generator=torch.Generator().manual_seed(seed),
                       shuffle=False, num_workers=num_workers, collate_fn=collate,
+                      worker_init_fn=_worker_ignores_sigterm if num_workers > 0 else None,
                       drop_last=train and len(ds) > batch_size,
                       pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)
 

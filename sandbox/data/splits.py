@@ -155,6 +155,33 @@ def make_splits(stems: list[str], seed: int, val_fraction: float, test_fraction:
             "test": sorted(order[:n_test])}
 
 
+class Subset:
+    """The samples ``indices`` of ``dataset`` (a map-style dataset), renumbered ``0..len-1``; each sample
+    keeps its own ``index``, and other attributes are the wrapped dataset's."""
+
+    def __init__(self, dataset, indices: list[int]):
+        self.dataset, self.indices = dataset, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.dataset[self.indices[i]]
+
+    def __getattr__(self, name: str):
+        if name in ("dataset", "indices"):  # not set yet (unpickling): avoid infinite recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def random_subset(n: int, fraction: float, seed: int) -> list[int]:
+    """A seeded random ``fraction`` of ``range(n)`` (``round(fraction * n)``, at least 1), sorted: samples
+    from all over the set, not its first frames (synthetic sequences are consecutive indices). A smaller
+    fraction with the same seed keeps a subset of a larger one, as :func:`make_splits` does for folders."""
+    order = np.random.default_rng([seed, _SPLIT_TAG, 1]).permutation(n)
+    return sorted(order[:max(1, _round(fraction * n))].tolist())
+
+
 def write_splits(splits: dict[str, list[Item]], dest_dir: str | Path) -> Path:
     """Write ``train.csv``, ``val.csv``, ``test.csv`` (columns ``stem,image[,mask][,depth]``)."""
     dest = Path(dest_dir)

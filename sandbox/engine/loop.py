@@ -25,7 +25,7 @@ from sandbox.models import MODELS
 from sandbox.engine.stops import RunStopped, SignalStop, stop_message, stopped_at
 from sandbox.errors import SandboxError
 from sandbox.tracking.metrics_log import read_metrics
-from sandbox.tracking.wandb_run import start_wandb
+from sandbox.tracking.trackers import finish_trackers, start_trackers
 from sandbox.viz.curves import plot_curves
 
 log = logging.getLogger("sandbox")
@@ -52,10 +52,13 @@ class Loop:
         cfg, t, acc = self.cfg, self.cfg.train, self.accelerator
         if acc.is_main_process:
             save_config(cfg, self.run.config)
-        self.state["wandb_id"] = start_wandb(
-            acc, self.wandb_mode, cfg.track.project, cfg.name, cfg.to_dict(), self.run.path,
-            cfg.track.group or (Path(cfg.source).stem if cfg.source else None), cfg.model.name,
-            list(cfg.track.tags), cfg.track.entity, self.state["wandb_id"])
+        end = min(t.epochs, until_epoch or t.epochs)
+        if self.state["epoch"] < end:  # a finished run resumed (nothing to train) opens no empty W&B segment
+            self.state["wandb_id"] = start_trackers(
+                acc, self.wandb_mode, cfg.track.project, cfg.name, cfg.to_dict(), self.run.path,
+                cfg.track.group or (Path(cfg.source).stem if cfg.source else None), cfg.model.name,
+                list(cfg.track.tags), cfg.track.entity, self.state["wandb_id"], t.monitor, t.monitor_mode,
+                self.state["step"])
         if self.resave_last:
             self._save("last")
             self.resave_last = False
@@ -64,7 +67,6 @@ class Loop:
         if t.resume and self.state["epoch"] >= t.epochs:
             acc.print(f"{self.run.path} has finished its {self.state['epoch']} epochs: nothing to train. To go on, "
                       f"raise train.epochs (with train.scheduler=none if the run has an LR schedule)")
-        end = min(t.epochs, until_epoch or t.epochs)
         for epoch in range(self.state["epoch"], end):
             t0 = time.time()
             self.size = self.size_at(epoch)
@@ -102,6 +104,8 @@ class Loop:
             self._epoch_line(epoch, train_means, last_val, epoch_time)
             if epoch + 1 < end and (signum := self._signals.agreed(acc)):  # came during evaluation or the last step
                 self._stop(signum)
+        finish_trackers(acc, t.monitor, self.state["best"], self.state["best_epoch"],
+                        self.run.checkpoints / "best" if cfg.track.log_checkpoints else None)
         acc.end_training()
         return last_val
 

@@ -31,9 +31,10 @@ def on_cpu() -> bool:
     return os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
 
 
-def make_accelerator(mixed_precision: str, grad_accum: int = 1, log_with: str | None = None,
+def make_accelerator(mixed_precision: str, grad_accum: int = 1, log_with: str | list | None = None,
                      project_dir: str | None = None) -> Accelerator:
-    """An Accelerator for an already resolved precision (``no`` | ``fp16`` | ``bf16``)."""
+    """An Accelerator for an already resolved precision (``no`` | ``fp16`` | ``bf16``); ``log_with``: its
+    trackers (:func:`sandbox.tracking.trackers.log_with`)."""
     acc = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
                       log_with=log_with, project_dir=project_dir)
     if acc.device.type == "cuda":  # fixed input sizes: let cuDNN time its algorithms once per shape

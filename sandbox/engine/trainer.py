@@ -35,6 +35,7 @@ from sandbox.errors import SandboxError
 from sandbox.runs.checkpoints import checkpoint_candidates
 from sandbox.runs.rundir import RunDir
 from sandbox.tracking.metrics_log import MetricsLog, truncate_metrics
+from sandbox.tracking.trackers import log_with
 from sandbox.tracking.wandb_run import resolve_wandb_mode
 
 log = logging.getLogger("sandbox")
@@ -60,7 +61,7 @@ class Trainer(Loop):
         self.mixed_precision = resolve_mixed_precision(t.mixed_precision, on_cpu())
         self.wandb_mode = resolve_wandb_mode(cfg.track.wandb)
         self.accelerator = acc = make_accelerator(self.mixed_precision, t.grad_accum,
-                                                  None if self.wandb_mode == "disabled" else "wandb",
+                                                  log_with(cfg.track.report_to, self.wandb_mode, self.run.path),
                                                   str(self.run.path))
         self.run_lock = distributed.create_run_dir(acc, self.run, resume=bool(resume_ckpts))  # one writer per run
         self.threads = set_threads(acc, t.threads)

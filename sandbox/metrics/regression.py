@@ -1,4 +1,6 @@
-"""Regression metrics (depth maps, reconstructions), per image: L1, RMSE and SSIM."""
+"""Regression metrics (depth maps, reconstructions), per image: L1, RMSE and SSIM; for depth maps also
+the threshold accuracy delta < 1.25 and an edge F1 on depth discontinuities (:func:`depth_metrics`),
+which no loss of the sandbox optimises directly."""
 from __future__ import annotations
 
 import logging
@@ -7,6 +9,7 @@ import torch
 from pytorch_msssim import ssim
 
 from sandbox.errors import SandboxError
+from sandbox.metrics.segmentation import match_f1
 
 log = logging.getLogger("sandbox")
 _ADAPTED: set[tuple] = set()  # window adaptations already logged (once per name, window and side)
@@ -54,3 +57,42 @@ def regression_metrics(pred: torch.Tensor, target: torch.Tensor, data_range: flo
             "rmse": err.pow(2).mean(1).sqrt(),
             "ssim": ssim(pred, target, data_range=data_range, win_size=win, size_average=False),
         }
+
+
+def delta_accuracy(pred: torch.Tensor, target: torch.Tensor, ratio: float = 1.25, eps: float = 1e-6) -> torch.Tensor:
+    """Threshold accuracy per image ``(B, K, H, W) -> (B,)``: the fraction of pixels with
+    ``max(pred / target, target / pred) < ratio`` (delta < 1.25, as in monocular depth estimation),
+    over the pixels with ``target > 0`` (0 marks no depth); ``pred`` is clamped to ``eps`` first,
+    so a non-positive prediction counts as a miss. NaN for an image without a valid pixel."""
+    pred, target = pred.float(), target.float()
+    valid = (target > 0).float()
+    p = pred.clamp_min(eps)
+    t = target.clamp_min(eps)
+    hit = (torch.maximum(p / t, t / p) < ratio).float() * valid
+    return hit.flatten(1).sum(1) / valid.flatten(1).sum(1)  # 0 / 0 -> NaN: nothing to score
+
+
+def depth_edges(depth: torch.Tensor, step: float) -> torch.Tensor:
+    """Pixels whose depth differs from the pixel to the right or below by more than ``step``
+    (a discontinuity, not the slow slope of a floor): ``(B, 1, H, W)`` in {0, 1}."""
+    d = depth.float()
+    edges = torch.zeros_like(d)
+    edges[..., :, :-1] = torch.maximum(edges[..., :, :-1], ((d[..., :, 1:] - d[..., :, :-1]).abs() > step).float())
+    edges[..., :-1, :] = torch.maximum(edges[..., :-1, :], ((d[..., 1:, :] - d[..., :-1, :]).abs() > step).float())
+    return edges
+
+
+def depth_edge_f1(pred: torch.Tensor, target: torch.Tensor, step: float = 0.05, tolerance: int = 1) -> torch.Tensor:
+    """Edge F1 per image on depth discontinuities ``(B, 1, H, W) -> (B,)``: :func:`depth_edges` of the
+    prediction and of the target (a jump of more than ``step`` in [0, 1] depth between neighbours),
+    matched within ``tolerance`` px as the boundary F1 does (both without edges: 1.0)."""
+    return match_f1(depth_edges(pred[:, :1], step), depth_edges(target[:, :1], step), tolerance)
+
+
+def depth_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """:func:`regression_metrics` plus ``delta1`` (:func:`delta_accuracy`) and ``edge_f1``
+    (:func:`depth_edge_f1`): what evaluate.py reports for a depth head, each ``(B,)``."""
+    with torch.autocast(device_type=pred.device.type, enabled=False):
+        out = regression_metrics(pred, target)
+        out.update(delta1=delta_accuracy(pred, target), edge_f1=depth_edge_f1(pred, target))
+    return out

@@ -62,8 +62,13 @@ def boundary_f1_per_image(logits: torch.Tensor, target: torch.Tensor, tolerance:
     1.0, exactly one empty -> 0.0. Thin structures (limbs) weigh as much as their contour.
     """
     p, t = _binary(logits, threshold), (target.float() > 0.5).float()
-    bp, bt = _boundary(p), _boundary(t)
-    dims = tuple(range(1, p.ndim))
+    return match_f1(_boundary(p), _boundary(t), tolerance)
+
+
+def match_f1(bp: torch.Tensor, bt: torch.Tensor, tolerance: int) -> torch.Tensor:
+    """F1 of two binary pixel sets ``(B, 1, H, W) -> (B,)`` (boundaries, edges), a pixel of one matching
+    when the other has a pixel within ``tolerance`` px (chessboard). Both empty -> 1.0, one empty -> 0.0."""
+    dims = tuple(range(1, bp.ndim))
     n_p, n_t = bp.sum(dims), bt.sum(dims)
     precision = (bp * _dilate(bt, tolerance)).sum(dims) / n_p.clamp_min(1)
     recall = (bt * _dilate(bp, tolerance)).sum(dims) / n_t.clamp_min(1)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Literal, Sequence
 from torch import nn
 
 from sandbox.config.schema import ModelConfig, choices
-from sandbox.errors import ConfigError
+from sandbox.errors import ConfigError, short
 from sandbox.registry import Registry
 
 
@@ -94,8 +94,9 @@ def check_common(options: dict[str, Any], ints: Sequence[tuple[str, int]]) -> No
     depth = options.get("depth", 3)
     if "widths" in options:
         w = options["widths"]
-        if not isinstance(w, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in w):
-            raise ConfigError(f"model.widths: got {w!r}, expected a list of positive integers")
+        if not isinstance(w, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 4096
+                                                   for v in w):
+            raise ConfigError(f"model.widths: got {short(w)}, expected a list of integers in [1, 4096]")
         if len(w) != depth + 1:
             raise ConfigError(f"model.widths: got {len(w)} widths for model.depth={depth}; "
                               f"expected depth + 1 = {depth + 1} (or drop widths and set model.width)")

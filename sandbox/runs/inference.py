@@ -13,7 +13,7 @@ from torch import nn
 
 from sandbox.data.loader import collate
 from sandbox.data.transforms import fit_to_size, unfit
-from sandbox.metrics import regression_metrics, segmentation_metrics
+from sandbox.metrics import depth_metrics, segmentation_metrics
 
 
 def forward(model: nn.Module, x: torch.Tensor, channels_last: bool = True) -> dict[str, torch.Tensor]:
@@ -47,7 +47,8 @@ def evaluate_dataset(model: nn.Module, dataset, threshold: float = 0.5, batch_si
                      channels_last: bool = True, progress: Optional[str] = None,
                      original_size: bool = False) -> list[dict]:
     """Per-image metrics, one dict per sample in dataset order: ``{"index", ["stem", "path" (folders)],
-    "dice", "iou", "pixel_acc", "boundary_f1", ["depth_l1", "depth_rmse", "depth_ssim"]}``.
+    "dice", "iou", "pixel_acc", "boundary_f1", ["depth_l1", "depth_rmse", "depth_ssim", "depth_delta1",
+    "depth_edge_f1"]}``.
 
     At the net's resolution, with the same functions, threshold convention and batching as the
     trainer's validation; ``original_size`` (folder datasets): the mask metrics at each image's own
@@ -68,7 +69,7 @@ def evaluate_dataset(model: nn.Module, dataset, threshold: float = 0.5, batch_si
         else:
             values = segmentation_metrics(out["mask"], batch["mask"].to(out["mask"].device), threshold)
         if "depth" in out and "depth" in batch:
-            depth = regression_metrics(out["depth"], batch["depth"].to(out["depth"].device))
+            depth = depth_metrics(out["depth"], batch["depth"].to(out["depth"].device))
             values.update({f"depth_{k}": v for k, v in depth.items()})
         cols = {k: v.cpu().tolist() for k, v in values.items()}
         for j, index in enumerate(indices):

@@ -12,9 +12,11 @@ What a checkpoint directory holds and how it is committed: :mod:`sandbox.runs.ch
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
 from sandbox.errors import SandboxError
+from sandbox.runs.checkpoints import checkpoint_candidates, read_state
 
 
 class RunDir:
@@ -35,9 +37,7 @@ class RunDir:
 
     def create(self, resume: bool) -> None:
         if self.exists() and not resume:
-            raise SandboxError(
-                f"run directory {str(self.path)!r} already holds a run; continue it with train.resume={self.path}, "
-                f"or start another with name=<new name>")
+            raise SandboxError(existing_run(self.path, restart=False))
         try:
             for p in (self.path, self.checkpoints, self.plots, self.images):
                 p.mkdir(parents=True, exist_ok=True)
@@ -64,3 +64,47 @@ def write_atomic(path: str | Path, text: str) -> Path:
     tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+def complete_checkpoint(path: str | Path) -> Path | None:
+    """The newest complete checkpoint under ``path/checkpoints`` (what a resume would load), or None."""
+    ckpts = Path(path) / "checkpoints"
+    found = []
+    for cand in sorted(ckpts.iterdir()) if ckpts.is_dir() else []:
+        if cand.is_dir() and not cand.name.startswith("."):
+            try:
+                found.append((read_state(checkpoint_candidates(cand)[0]).get("step", 0), cand))
+            except (SandboxError, OSError, ValueError):
+                continue
+    return max(found)[1] if found else None
+
+
+def resume_line(path: str | Path, processes: int = 1) -> str:
+    """The command that continues the run in ``path`` (with as many processes as it was planned for)."""
+    launcher = "python" if processes == 1 else f"accelerate launch --num_processes {processes}"
+    return f"{launcher} sandbox/train.py --resume {shlex.quote(str(path))}"
+
+
+def restart_line(path: str | Path) -> str:
+    """The command that starts the run in ``path`` afresh in place (its own resolved config.yaml)."""
+    config = Path(path) / "config.yaml"
+    if config.is_file():
+        return f"python sandbox/train.py --config {shlex.quote(str(config))} --restart"
+    return "your train.py command plus --restart"
+
+
+def existing_run(path: str | Path, restart: bool = False) -> str:
+    """Why a new run may not start in ``path`` (it holds one) and the way on that applies: with a
+    complete checkpoint a resume, without one (a start that failed before its first save) a restart
+    in place. ``restart``: the caller asked for a restart (refused where a checkpoint exists)."""
+    restart_command = restart_line(path)
+    ckpt = complete_checkpoint(path)
+    if ckpt is not None:
+        step = read_state(ckpt).get("step", 0)
+        head = (f"--restart: {str(path)!r} holds a complete checkpoint" if restart
+                else f"run directory {str(path)!r} already holds a run")
+        return (f"{head} (checkpoints/{ckpt.name} at step {step}); continue it with: {resume_line(path)}, "
+                f"or start another with name=<new name>")
+    return (f"run directory {str(path)!r} already holds a run that stopped before its first checkpoint "
+            f"(nothing to resume); start it afresh in place with: {restart_command}, or start another "
+            f"with name=<new name>")

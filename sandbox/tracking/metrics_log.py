@@ -1,5 +1,5 @@
 """The run's own metrics file: ``metrics.jsonl``, one JSON object per log event, appended on the main
-process and mirrored to the Accelerate trackers (W&B); read back and truncated on resume.
+process and mirrored to the Accelerate trackers (W&B, TensorBoard); read back and truncated on resume.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.runs.rundir import write_atomic
+from sandbox.tracking.trackers import log_masks, log_picture
 
 log = logging.getLogger("sandbox")
 
@@ -45,13 +46,14 @@ def truncate_metrics(path: Path, epoch: int, step: int) -> int:
 
 
 class MetricsLog:
-    """Append-only ``metrics.jsonl`` on the main process, mirrored to the Accelerate trackers."""
+    """Append-only ``metrics.jsonl`` on the main process, mirrored to the Accelerate trackers (W&B,
+    TensorBoard) at the same step, with ``epoch`` and the record's other numbers (``epoch_time``)."""
 
     def __init__(self, path: Path, accelerator, start_time: float | None = None):
         self.path = Path(path)
         self.accelerator = accelerator
         self.start = start_time if start_time is not None else time.time()
-        self.wandb_failed = False
+        self.trackers_failed = False
 
     def log(self, split: str, epoch: int, step: int, values: dict[str, float], **extra: Any) -> dict:
         record = {"split": split, "epoch": epoch, "step": step, "time": round(time.time() - self.start, 3),
@@ -59,28 +61,35 @@ class MetricsLog:
         if self.accelerator.is_main_process:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
-            self._to_trackers({k: v for k, v in values.items() if isinstance(v, (int, float))}, step)
+            numbers = {"epoch": epoch, **extra, **values}
+            self._to_trackers({k: v for k, v in numbers.items() if _number(v)}, step)
         return record
 
     def _to_trackers(self, values: dict, step: int) -> None:
-        if self.wandb_failed or not self.accelerator.trackers:
+        if self.trackers_failed or not self.accelerator.trackers:
             return
         try:
             self.accelerator.log(values, step=step)
-        except Exception as exc:  # W&B must never stop training
-            self.wandb_failed = True
-            log.warning("W&B logging failed (%s); metrics still go to %s", exc, self.path)
+        except Exception as exc:  # W&B / TensorBoard must never stop training
+            self.trackers_failed = True
+            log.warning("tracker logging failed (%s); metrics still go to %s", exc, self.path)
+
+    def _tracking(self) -> bool:
+        return self.accelerator.is_main_process and not self.trackers_failed and bool(self.accelerator.trackers)
 
     def log_image(self, key: str, path: Path, step: int, caption: str = "") -> None:
-        if not self.accelerator.is_main_process or self.wandb_failed or not self.accelerator.trackers:
-            return
-        try:
-            import wandb
+        if self._tracking():
+            log_picture(self.accelerator, key, path, step, caption)
 
-            tracker = self.accelerator.get_tracker("wandb", unwrap=True)
-            tracker.log({key: wandb.Image(str(path), caption=caption)}, step=step)
-        except Exception as exc:  # W&B must never stop training
-            log.warning("W&B image logging failed (%s)", exc)
+    def log_masks(self, key: str, images, truths, preds, captions: list[str], class_labels: dict[int, str],
+                  step: int) -> None:
+        """Images with ground-truth and predicted masks as W&B overlays (``(H, W, 3)`` in [0, 1], ``(H, W)`` 0/1)."""
+        if self._tracking():
+            log_masks(self.accelerator, key, images, truths, preds, captions, class_labels, step)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _clean(v: Any) -> Any:

@@ -1,15 +1,16 @@
-"""The base of every generative trainer: samples from fixed noise, their fid_own and diversity against
-the validation images, sample grids and ``plots/generative.png`` each epoch, Adam's beta1."""
+"""The base of every generative trainer: samples from fixed noise, their fid_own, kid_own, precision,
+recall and diversity against the validation images, sample grids and ``plots/generative.png`` each epoch, Adam's beta1."""
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import torch
 
 from sandbox.engine.optim import set_beta1
 from sandbox.engine.trainer import Trainer
-from sandbox.metrics.generative import diversity, frechet_distance, own_features
+from sandbox.metrics.generative import own_features, sample_scores
 from sandbox.tracking.metrics_log import read_metrics
 from sandbox.viz.curves import plot_generative
 from sandbox.viz.grids import save_grid
@@ -42,10 +43,12 @@ class SamplingTrainer(Trainer):
         return out
 
     def sample_metrics(self, real_features: torch.Tensor) -> dict[str, float]:
-        """``val/fid_own`` and ``val/diversity`` of ``train.fid_samples`` samples against the features
-        of the validation images."""
+        """``val/fid_own``, ``val/kid_own``, ``val/precision``, ``val/recall`` and ``val/diversity`` of
+        ``train.fid_samples`` samples against the features of the validation images (the samples'
+        features computed once for all of them; precision and recall left out with 3 images or fewer)."""
         fake = own_features(self.samples(self.cfg.train.fid_samples))
-        return {"val/fid_own": frechet_distance(real_features, fake), "val/diversity": diversity(fake, real_features)}
+        scores = sample_scores(real_features, fake, seed=self.cfg.seed)
+        return {f"val/{k}": v for k, v in scores.items() if k != "kid_own_std" and not math.isnan(v)}
 
     def extra_images(self, epoch: int) -> list[Path]:
         """More pictures of the epoch beside the sample grid (reconstructions, for models that encode)."""

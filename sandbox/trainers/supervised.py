@@ -9,8 +9,8 @@ import torch
 from sandbox.data.loader import collate
 from sandbox.engine.trainer import Trainer
 from sandbox.losses import CompositeLoss
-from sandbox.metrics import regression_metrics, segmentation_metrics
-from sandbox.viz.panels import segmentation_panel
+from sandbox.metrics import hard_dice, regression_metrics, segmentation_metrics
+from sandbox.viz.panels import segmentation_panel, to_hwc
 
 BINARY_TARGETS = ("mask",)
 
@@ -74,5 +74,11 @@ class SupervisedTrainer(Trainer):
         batch, out = self.predict_panel(self.cfg.train.num_images)
         path = self.run.images / f"val_epoch{epoch + 1:03d}.png"
         segmentation_panel(batch, out, path, title=f"{self.cfg.name}: validation, epoch {epoch + 1}")
+        if "mask" in out:  # W&B: the images with truth and prediction as toggleable mask overlays
+            truths = batch["mask"][:, 0].numpy() > 0.5
+            preds = torch.sigmoid(out["mask"][:, 0]).numpy() > 0.5
+            self.metrics.log_masks("images/val_masks", [to_hwc(x) for x in batch["image"]], truths, preds,
+                                   [f"epoch {epoch + 1}, Dice {hard_dice(p, t):.3f}" for p, t in zip(preds, truths)],
+                                   {1: "person" if self.cfg.data.name == "dancers" else "fg"}, self.state["step"])
         return [path]
 

@@ -24,7 +24,8 @@ def integer_ticks(ax) -> None:
 
 
 def plot_curves(records: list[dict], out_dir: Path) -> list[Path]:
-    """``plots/loss.png`` (train per log step vs val per epoch) and ``plots/metrics.png`` (val metrics)."""
+    """``plots/loss.png`` (train per log step vs val per epoch), ``plots/metrics.png`` (val metrics) and
+    ``plots/lr.png`` (train/lr per log step)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     series: dict[str, list[tuple[float, float]]] = defaultdict(list)
@@ -73,7 +74,24 @@ def plot_curves(records: list[dict], out_dir: Path) -> list[Path]:
         ax.legend()
         fig.tight_layout()
         written.append(_save(fig, out_dir / "metrics.png"))
+    if series.get("train/lr"):
+        written.append(plot_lr(series["train/lr"], out_dir / "lr.png"))
     return written
+
+
+def plot_lr(points: list[tuple[float, float]], path: Path) -> Path:
+    """``plots/lr.png``: the learning rate the optimizer ran at, per logged step (log scale when it spans
+    10x or more, as warm-up and annealing do)."""
+    xs, ys = zip(*points)
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    ax.plot(xs, ys, ".-", ms=3)
+    positive = [y for y in ys if y > 0]
+    if positive and max(positive) >= 10 * min(positive) and len(positive) == len(ys):
+        ax.set_yscale("log")
+    ax.set(xlabel="optimizer step", ylabel="lr", title="learning rate (train/lr, per log step)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def _save(fig, path: Path) -> Path:

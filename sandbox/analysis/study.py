@@ -1,0 +1,163 @@
+"""The study protocol: declared up front in the study file, applied to every run, reported with intervals.
+
+    primary: test/dice            # the one metric the study answers with (<report split>/<metric>)
+    select_on: val                # checkpoints/best by train.monitor on val (or val/<metric>: that monitor)
+    report_on: test               # every finished run is scored there from checkpoints/best (evaluate.py's code)
+    seeds: [0, 1, 2]              # >= 3 for a 95 % confidence interval
+    compare: [[model-hourglass, model-unet]]   # pairs (b - a) with a paired test ... or: baseline: model-unet
+    metrics: [test/iou, test/boundary_f1]      # reported beside the primary
+    reach: {val/dice: 0.7}        # per run: the first epoch (and seconds) at which val/dice reaches 0.7
+
+:func:`parse_protocol` checks the keys (one line per error); :func:`check_metrics` checks the metrics
+against what each cell's task produces; :func:`evaluate_finished_run` scores one run on the report split
+once (a rerun keeps its file); :func:`protocol_report` writes the tables (``report.csv``,
+``comparisons.csv``, ``report_runs.csv``) and returns report.md's protocol section.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sandbox.analysis.evaluation import evaluate_run
+from sandbox.analysis.reports import lower_is_better
+from sandbox.errors import ConfigError
+from sandbox.metrics import depth_metrics, segmentation_metrics
+from sandbox.models import MODELS
+from sandbox.runs.checkpoints import read_state
+
+PROTOCOL_KEYS = ("primary", "select_on", "report_on", "compare", "baseline", "metrics", "reach")
+SPLITS = ("val", "test")
+MIN_SEEDS = 3  # for a confidence interval
+# metric (as evaluate.py names it) -> the losses that optimise it directly: ranking by it is circular
+OPTIMISED_BY = {"dice": ("dice",), "iou": ("jaccard",), "depth_l1": ("l1",), "depth_rmse": ("mse",),
+                "depth_ssim": ("ssim", "ms_ssim")}
+
+
+def parse_protocol(study: dict, path: str, cells: list) -> dict:
+    """The study's protocol keys, checked: ``{primary, select_on, report_on, metrics, pairs, reach}``
+    (``pairs``: (a, b) cell names). ``cells``: the study's :class:`sandbox.analysis.sweep.Cell` list."""
+    primary = study.get("primary")
+    if not isinstance(primary, str) or "/" not in primary:
+        raise ConfigError(f"{path}: primary: got {primary!r}; a study declares its metric up front, "
+                          "e.g. primary: test/dice (<report split>/<metric>)")
+    report_on = study.get("report_on", primary.split("/")[0])
+    select_on = str(study.get("select_on", "val"))
+    if report_on not in SPLITS:
+        raise ConfigError(f"{path}: report_on: got {report_on!r}, expected one of {', '.join(SPLITS)}")
+    if select_on.split("/")[0] != "val" or select_on.count("/") > 1:
+        raise ConfigError(f"{path}: select_on: got {select_on!r}, expected val or val/<metric> (the checkpoint "
+                          "is picked on the validation split, never on the split the study reports)")
+    metrics = study.get("metrics", [])
+    if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
+        raise ConfigError(f"{path}: metrics: expected a list such as [{report_on}/iou, {report_on}/boundary_f1]")
+    for m in [primary, *metrics]:
+        if m.split("/")[0] != report_on:
+            raise ConfigError(f"{path}: {m}: not on the report split; expected {report_on}/<metric> "
+                              f"(report_on: {report_on})")
+    reach = study.get("reach", {})
+    if not isinstance(reach, dict) or not all(str(k).startswith("val/") and isinstance(v, (int, float))
+                                              and not isinstance(v, bool) for k, v in reach.items()):
+        raise ConfigError(f"{path}: reach: got {reach!r}, expected {{val/<metric>: threshold}}, e.g. {{val/dice: 0.7}}")
+    return {"primary": primary, "select_on": select_on, "report_on": report_on,
+            "metrics": list(dict.fromkeys([primary, *metrics])), "pairs": _pairs(study, path, cells), "reach": reach}
+
+
+def _pairs(study: dict, path: str, cells: list) -> list[tuple[str, str]]:
+    """``compare: [[a, b], ...]`` or ``baseline: a`` (every other cell against it), as cell names; a name
+    is a cell's full name or, when unique, one of its labels (``unet`` for ``model-unet``)."""
+    def find(name: Any) -> str:
+        hits = [c.name for c in cells if name == c.name] or [c.name for c in cells if str(name) in c.labels.values()]
+        if len(hits) != 1:
+            raise ConfigError(f"{path}: compare: {name!r} {'names no cell' if not hits else 'is ambiguous'}; "
+                              f"cells: {', '.join(c.name for c in cells)}")
+        return hits[0]
+
+    if "compare" in study and "baseline" in study:
+        raise ConfigError(f"{path}: give compare: [[a, b], ...] or baseline: <cell>, not both")
+    if "baseline" in study:
+        base = find(study["baseline"])
+        return [(base, c.name) for c in cells if c.name != base]
+    pairs = study.get("compare", [])
+    if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+        raise ConfigError(f"{path}: compare: got {pairs!r}, expected a list of pairs [[a, b], ...] (b - a is tested)")
+    out = [(find(a), find(b)) for a, b in pairs]
+    if any(a == b for a, b in out):
+        raise ConfigError(f"{path}: compare: a cell paired with itself ({next(a for a, b in out if a == b)})")
+    return out
+
+
+def protocol_overrides(protocol: dict) -> list[str]:
+    """``select_on: val/<metric>``: that metric picks checkpoints/best (``train.monitor`` and its mode)."""
+    sel = protocol.get("select_on", "val")
+    if "/" not in sel:
+        return []
+    return [f"train.monitor={sel}", f"train.monitor_mode={'min' if lower_is_better(sel) else 'max'}"]
+
+
+def produced(cfg) -> list[str]:
+    """What evaluate.py writes for a run of ``cfg`` (asked of the metric functions themselves)."""
+    x = torch.zeros(1, 1, 16, 16)
+    names = list(segmentation_metrics(x, x))
+    if "depth" in (cfg.loss or {}) and (cfg.data.name != "folder" or cfg.data.depth_dir):
+        names += [f"depth_{k}" for k in depth_metrics(x + 0.5, x + 0.5)]
+    return names
+
+
+def check_metrics(protocol: dict, cell_configs: dict, path: str) -> None:
+    """Every metric of the report split is produced by every cell (``{cell name: Config}``); val metrics
+    are read from metrics.jsonl and checked when the report is written."""
+    if protocol["report_on"] != "test":
+        return
+    for cell, cfg in cell_configs.items():
+        if MODELS[cfg.model.name].task != "segmentation":
+            raise ConfigError(f"{path}: report_on: test: evaluate.py scores segmentation runs only and cell {cell} "
+                              f"is {cfg.model.name}; report such a study on val (report_on: val)")
+        have = produced(cfg)
+        for m in protocol["metrics"]:
+            if m.split("/", 1)[1] not in have:
+                raise ConfigError(f"{path}: {m}: not produced by cell {cell} ({cfg.model.name}); its test metrics: "
+                                  + ", ".join(f"test/{h}" for h in have))
+
+
+def eval_file(run: Path, split: str) -> Path | None:
+    """The run's ``eval/<split>[_N].json`` from its current checkpoints/best (latest such), or None."""
+    best = run / "checkpoints" / "best"
+    if not (best / "trainer_state.json").is_file():
+        return None
+    epoch = read_state(best).get("epoch")
+    found = None
+    for p in sorted((run / "eval").glob(f"{split}*.json"), key=lambda p: p.stat().st_mtime):
+        stem = p.stem[len(split):]
+        if stem and not (stem.startswith("_") and stem[1:].isdigit()):
+            continue  # a tagged evaluation (eval/test_<tag>.json) is someone else's
+        meta = json.loads(p.read_text())
+        if Path(str(meta.get("checkpoint", ""))).name == "best" and meta.get("epoch") == epoch:
+            found = p
+    return found
+
+
+def evaluate_finished_run(run: Path, split: str, say=print) -> bool:
+    """Score a finished run on ``split`` from checkpoints/best unless it already was; True if it ran now."""
+    if eval_file(run, split) is not None:
+        return False
+    evaluate_run(str(run), "best", split, say=lambda line: None)
+    say(f"{run}: evaluated on {split} from checkpoints/best")
+    return True
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, torch and Python versions, GPU (if any): where the times were measured."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {"cpu": cpu, "cores": cores, "torch": torch.__version__, "python": platform.python_version(), "gpu": gpu}

@@ -1,0 +1,195 @@
+"""A study's answer: per cell mean, std and 95 % CI over seeds on the report split, paired tests for the
+comparisons it names, time to a threshold, wall times and the machine (report.md's protocol section).
+
+Files next to report.md: ``report.csv`` (one row per cell), ``comparisons.csv`` (one row per pair and
+metric) and ``report_runs.csv`` (one row per run: the numbers every other table is computed from).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+from sandbox.analysis import significance as sig
+from sandbox.analysis.reports import metric_mode, run_stats, write_csv
+from sandbox.analysis.study import MIN_SEEDS, OPTIMISED_BY, eval_file, machine
+from sandbox.analysis.tables import format_table
+from sandbox.errors import SandboxError
+from sandbox.metrics.selection import best_index
+
+
+def first_reach(run, key: str, threshold: float) -> tuple[float | None, float | None]:
+    """``(epoch, seconds)`` of the first validated epoch whose ``key`` reaches ``threshold`` (at least it
+    when higher is better, at most it otherwise); ``(None, None)`` when no epoch does."""
+    up = metric_mode(run, key) == "max"
+    for row in run.epochs:
+        v = row.get(key)
+        if v is not None and math.isfinite(v) and (v >= threshold if up else v <= threshold):
+            return row["epoch"], row["time"]
+    return None, None
+
+
+def run_record(spec, run, protocol: dict) -> dict | None:
+    """One run's numbers: report-split metrics from checkpoints/best, the selection metric, wall time,
+    reach; None for a run reporting on test without an evaluation from its checkpoints/best."""
+    monitor = run.cfg.train.monitor
+    st = run_stats(run, monitor)
+    rec = {"cell": spec.cell.name, "seed": spec.seed, "run": spec.name, "selected epoch": st.get("best epoch"),
+           f"{monitor} (selection)": st.get(f"best {monitor}")}
+    if protocol["report_on"] == "test":
+        f = eval_file(spec.path, "test")
+        if f is None:  # its evaluation failed (the command said so): left out, and report.md says so
+            return None
+        means = json.loads(f.read_text())["means"]
+        rec.update({m: means.get(m.split("/", 1)[1]) for m in protocol["metrics"]})
+        rec["per_image"] = str(f.with_suffix(".csv"))
+    else:
+        i = best_index(run.epochs, monitor, metric_mode(run, monitor))
+        row = run.epochs[i] if i is not None else {}
+        for m in protocol["metrics"]:
+            if m not in row:
+                logged = sorted(k for k in run.epochs[-1] if k.startswith("val/"))
+                raise SandboxError(f"{m}: not logged by {spec.path} (its val metrics: {', '.join(logged)})")
+            rec[m] = row[m]
+    rec["wall_s"] = st["total_time"]
+    for key, thr in protocol["reach"].items():
+        rec[f"epochs to {key} {thr:g}"], rec[f"seconds to {key} {thr:g}"] = first_reach(run, key, thr)
+    return rec
+
+
+def _fmt(ci: sig.Interval, with_ci: bool) -> str:
+    if ci.n == 0:
+        return "–"
+    if ci.n == 1:
+        return f"{ci.mean:.4g}"
+    return f"{ci.mean:.4g} ± {ci.std:.2g}" + (f" [{ci.lo:.4g}, {ci.hi:.4g}]" if with_ci else "")
+
+
+def cell_tables(records: list[dict], cells: list[str], protocol: dict, labels: dict) -> tuple[list[dict], list[dict]]:
+    """``(csv rows, markdown rows)``, one per cell in the study's order (never sorted by a metric)."""
+    rows, md = [], []
+    sel = next((k for k in records[0] if k.endswith("(selection)")), None)
+    reach = [k for k in records[0] if k.startswith(("epochs to", "seconds to"))]
+    for cell in cells:
+        recs = [r for r in records if r["cell"] == cell]
+        if not recs:
+            continue
+        row, line = {"cell": cell, **labels[cell], "seeds": len(recs)}, {"cell": cell, "seeds": len(recs)}
+        for m in protocol["metrics"] + ([sel] if sel else []) + ["wall_s"]:
+            ci = sig.mean_ci([r.get(m) for r in recs])
+            row.update({f"{m}_mean": ci.mean, f"{m}_std": ci.std, f"{m}_ci_lo": ci.lo, f"{m}_ci_hi": ci.hi})
+            line[m if m != "wall_s" else "wall s / run"] = _fmt(ci, len(recs) >= MIN_SEEDS and m in protocol["metrics"])
+        for k in reach:
+            got = [r[k] for r in recs if r.get(k) is not None]
+            ci = sig.mean_ci(got)
+            row.update({f"{k}_mean": ci.mean, f"{k}_reached": len(got)})
+            line[k] = f"{_fmt(ci, False)} ({len(got)}/{len(recs)} reached)" if got else f"not reached (0/{len(recs)})"
+        rows.append(row)
+        md.append(line)
+    return rows, md
+
+
+def _per_image(path: str) -> dict[str, dict]:
+    with open(path, newline="") as f:
+        return {(r.get("stem") or r["index"]): r for r in csv.DictReader(f)}
+
+
+def compare_pair(records: list[dict], a: str, b: str, metric: str, seed: int = 0) -> dict:
+    """``b - a`` on ``metric`` over the seeds both cells finished: paired t-test, d_z, and a paired
+    bootstrap over the per-image scores of the report split (same seed: the same test images)."""
+    ra = {r["seed"]: r for r in records if r["cell"] == a}
+    rb = {r["seed"]: r for r in records if r["cell"] == b}
+    seeds = sorted(set(ra) & set(rb))
+    test = sig.paired_test([ra[s][metric] for s in seeds], [rb[s][metric] for s in seeds])
+    diffs, key = [], metric.split("/", 1)[1]
+    for s in seeds:
+        if "per_image" not in ra[s]:
+            break
+        ia, ib = _per_image(ra[s]["per_image"]), _per_image(rb[s]["per_image"])
+        diffs.append([float(ib[k][key]) - float(ia[k][key]) for k in ia if k in ib])
+    _, blo, bhi = sig.bootstrap_diff(diffs, seed=seed) if diffs else (math.nan, math.nan, math.nan)
+    return {"a": a, "b": b, "metric": metric, "seeds": len(seeds), "diff_mean": test.diff.mean,
+            "diff_ci_lo": test.diff.lo, "diff_ci_hi": test.diff.hi, "t": test.t, "p": test.p, "d_z": test.dz,
+            "bootstrap_lo": blo, "bootstrap_hi": bhi, "images": sum(len(d) for d in diffs),
+            "verdict": sig.verdict(test.p)}
+
+
+def circular(protocol: dict, configs: dict) -> list[str]:
+    """Warnings for report metrics that some cells' losses optimise directly and others' do not
+    (``{cell: Config}``): a ranking by such a metric favours the cells trained on it. (A metric every
+    cell optimises, such as Dice for cells that all train on Dice, is the common objective.)"""
+    out = []
+    for m in protocol["metrics"]:
+        name = m.split("/", 1)[1]
+        target = "depth" if name.startswith("depth_") else "mask"
+        hits = {c: sorted(set(OPTIMISED_BY.get(name, ())) & set((cfg.loss or {}).get(target, {})))
+                for c, cfg in configs.items()}
+        hits = {c: h for c, h in hits.items() if h}
+        if hits and len(hits) < len(configs):
+            who = ", ".join(f"{c} ({'+'.join(h)})" for c, h in hits.items())
+            role = "the primary metric" if m == protocol["primary"] else "a reported metric"
+            out.append(f"**Warning:** {m} is {role} and also what {who} train on: a ranking by it favours "
+                       "them; read the metrics no cell optimises.")
+    return out
+
+
+def protocol_report(finished: list, protocol: dict, sweep_dir: Path, cells: dict, seeds: list[int],
+                    wall_s: float) -> list[str]:
+    """report.md's protocol section (Markdown lines) and its three CSV files, from ``finished``:
+    ``[(Spec, Run), ...]`` of the finished runs; ``cells``: ``{name: Cell}`` in the study's order.
+    (About 60 lines: it writes the section top to bottom.)"""
+    records = [run_record(s, r, protocol) for s, r in finished]
+    unscored = [s.name for (s, _), rec in zip(finished, records) if rec is None]
+    records = [r for r in records if r is not None]
+    if not records:
+        raise SandboxError(f"no finished run of {sweep_dir} has an evaluation on {protocol['report_on']}; "
+                           "rerun the study command to evaluate them")
+    labels = {n: c.labels for n, c in cells.items()}
+    rows, md = cell_tables(records, list(cells), protocol, labels)
+    write_csv(rows, sweep_dir / "report.csv")
+    write_csv(records, sweep_dir / "report_runs.csv")
+    comps = [compare_pair(records, a, b, m) for a, b in protocol["pairs"] for m in protocol["metrics"]]
+    if comps:
+        write_csv(comps, sweep_dir / "comparisons.csv")
+    n = min((r["seeds"] for r in rows), default=0)
+    sel, rep = protocol["select_on"], protocol["report_on"]
+    lines = ["## Protocol", "",
+             f"Primary metric **{protocol['primary']}**. Each run's checkpoint is selected on val "
+             f"(checkpoints/best by {sel if '/' in sel else 'train.monitor'}; ties: lower val/loss) and scored on "
+             f"**{rep}**{' from that checkpoint (eval/test.json, per image in eval/test.csv)' if rep == 'test' else ''}. "
+             f"Seeds {', '.join(map(str, seeds))}: the seed sets the weights, the data order and, for synthetic "
+             "data and folder splits, the data, so two cells' runs with the same seed see the same images.", ""]
+    if unscored:
+        lines += [f"**Left out:** {len(unscored)} finished run(s) without a {protocol['report_on']} evaluation "
+                  f"({', '.join(unscored)}); rerun the study command to evaluate them.", ""]
+    if len(seeds) < MIN_SEEDS:
+        lines += [f"**Warning:** {len(seeds)} seed(s): fewer than {MIN_SEEDS}, so no confidence interval is given.", ""]
+    lines += circular(protocol, {s.cell.name: r.cfg for s, r in finished})
+    lines += ["", f"Per cell, over seeds: mean ± sample std [95 % CI: Student t, n - 1 dof; {sig.T_SOURCE}]"
+              f"{'' if n >= MIN_SEEDS else ' (no CI below 3 seeds)'}. Cells in the study's order, not ranked.", "",
+              format_table(md), ""]
+    if comps:
+        lines += [f"Comparisons on {protocol['primary']} (b − a over the same seeds; paired t-test, two-sided; "
+                  f"d_z = mean / std of the differences; bootstrap: {sig.BOOTSTRAP:,} resamples of the "
+                  f"{rep} images within each seed, seed 0: it holds the trained models fixed, so it is narrower "
+                  "than the t interval, which includes the spread between seeds; every metric in comparisons.csv):", "",
+                  format_table([_comp_row(c) for c in comps if c["metric"] == protocol["primary"]]), ""]
+    total = sum(r["wall_s"] for r in records)
+    m = machine()
+    lines += [f"Wall time: {total / 60:.1f} min of training summed over {len(records)} runs "
+              f"(per run in report_runs.csv), this invocation {wall_s / 60:.1f} min. Machine: {m['cpu']}, "
+              f"{m['cores']} cores, GPU {m['gpu']}, torch {m['torch']}, Python {m['python']}.", "",
+              "Files: report.csv (per cell), comparisons.csv, report_runs.csv (per run).", ""]
+    return lines
+
+
+def _comp_row(c: dict) -> dict:
+    def num(x: float) -> str:
+        return f"{x:+.4g}" if math.isfinite(x) else "–"
+
+    return {"a": c["a"], "b": c["b"], "seeds": c["seeds"], "b − a": num(c["diff_mean"]),
+            "95 % CI (t)": f"[{num(c['diff_ci_lo'])}, {num(c['diff_ci_hi'])}]",
+            "p": f"{c['p']:.3g}" if math.isfinite(c["p"]) else "–", "d_z": num(c["d_z"]),
+            "bootstrap 95 % CI": f"[{num(c['bootstrap_lo'])}, {num(c['bootstrap_hi'])}]"
+            if math.isfinite(c["bootstrap_lo"]) else "n/a (no per-image scores)", "verdict": c["verdict"]}
