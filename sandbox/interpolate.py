@@ -42,7 +42,7 @@ def main() -> None:
                         "run's model.sample_steps; --steps is the frames)")
     parser.add_argument("--no-wandb", action="store_true", help="do not log to W&B")
     args = parser.parse_args()
-    from sandbox.analysis.interpolation import interpolate
+    from sandbox.analysis.interpolation import interpolate, strip
     from sandbox.runs.load import checkpoint_dir, load_run
     from sandbox.tracking.wandb_run import to_summary
     from sandbox.viz.grids import save_gif, save_grid
@@ -50,10 +50,11 @@ def main() -> None:
     out, _ = checkpoint_dir(args.run, args.which)
     cfg, model = load_run(args.run, args.which, task="generative")
     model.set_sample_steps(args.sample_steps, "--sample-steps")
-    frames, labels = interpolate(model, cfg, args.items, args.random, args.split, args.steps, args.mode, args.cycle,
-                                 args.seed)
+    frames, labels, images = interpolate(model, cfg, args.items, args.random, args.split, args.steps, args.mode,
+                                         args.cycle, args.seed)
     stem = f"interp_{args.mode}{'_cycle' if args.cycle else ''}_{'-'.join(labels)}"
-    png = save_grid(frames, out / "images" / f"{stem}.png", nrow=len(frames))
+    tiles = strip(frames, images, args.cycle)  # with the real endpoint images at both ends, where there are some
+    png = save_grid(tiles, out / "images" / f"{stem}.png", nrow=len(tiles))
     gif = save_gif(frames[:-1] if args.cycle else frames, out / "images" / f"{stem}.gif")
     if not args.no_wandb:
         to_summary(cfg.track, out, {}, media={"interpolation/png": png, "interpolation/gif": gif})

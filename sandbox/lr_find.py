@@ -34,7 +34,7 @@ def main() -> None:
     import tempfile
 
     from sandbox import build_trainer, load_config
-    from sandbox.analysis.lr_find import lr_range_test
+    from sandbox.analysis.lr_find import lr_range_test, range_advice
     from sandbox.viz.curves import plot_lr_find
 
     cfg = load_config(args.config, args.overrides)
@@ -56,9 +56,9 @@ def main() -> None:
           f"{result['lrs'][-1]:.1e}{', stopped at divergence' if result['stopped_early'] else ''}); "
           f"the conservative rule (lr at the minimum / 10) gives {result['min_over_10']:.2e}")
     print(f"plot: {out / 'lr_find.png'}  (set it with train.lr={result['suggestion']:.2e})")
-    if result["still_falling"]:
-        print(f"warning: the loss was still falling at --max-lr {result['lrs'][-1]:.1e}: the test never reached the "
-              f"side where the loss rises, so both numbers can be too low; run it again with a higher --max-lr")
+    advice = range_advice(result, cfg.train.optimizer)
+    if advice:
+        print(advice)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from sandbox import build_trainer, load_config
 from sandbox.errors import SandboxError
@@ -150,11 +151,11 @@ def test_checkpoint_config_builds_the_model(run, caplog):
     cfg, model = load_run(run, device="cpu")
     assert cfg.model.width == 4 and not model.training and "differs" in caplog.text
     # weights saved from a torch.compile'd model carry a prefix; they load all the same
-    state = torch.load(run / "checkpoints" / "best" / "model.pt", weights_only=True)
-    torch.save({f"_orig_mod.{k}": v for k, v in state.items()}, run / "checkpoints" / "best" / "model.pt")
+    state = load_file(run / "checkpoints" / "best" / "model.safetensors")
+    save_file({f"_orig_mod.{k}": v for k, v in state.items()}, run / "checkpoints" / "best" / "model.safetensors")
     _, again = load_run(run, device="cpu")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
-    with pytest.raises(SandboxError, match=r"no checkpoints/epoch_007/model.pt; it has best, last"):
+    with pytest.raises(SandboxError, match=r"no checkpoints/epoch_007/model.safetensors; it has best, last"):
         load_run(run, "epoch_007")
 
 
@@ -283,8 +284,8 @@ def _break(run: Path, case: str, tmp: Path) -> list:
 
 
 BAD = [("not a run", r"empty' is not a run directory: no config.yaml; expected runs/<name>"),
-       ("no best checkpoint", r"run '.*' has no checkpoints/best/model.pt; it has last \(pick one with --which\)"),
-       ("other model config", r"model.pt' was trained with a different model config .*\(4, 3, 3, 3\) there, \(8, 3"),
+       ("no best checkpoint", r"run '.*' has no checkpoints/best/model.safetensors; it has last \(pick one with --which\)"),
+       ("other model config", r"model.safetensors' was trained with a different model config .*\(4, 3, 3, 3\) there, \(8, 3"),
        ("no mask head", r"has no mask head .*expected a segmentation run"),
        ("model override", r"override 'model.width=8': only data.\* keys"),
        ("input missing", r"--input '.*nope': no such file or folder; expected image files"),

@@ -332,7 +332,7 @@ def test_two_training_steps_write_the_run_files(tmp_path, name, monkeypatch, cap
         assert train[0]["train/kl_weight"] == 0.0 and train[1]["train/kl_weight"] == 1.0  # 50 % of 2 steps
     assert (d / "images" / "samples_epoch001.png").stat().st_size > 500
     assert (d / "plots" / "loss.png").exists() and (d / "plots" / "generative.png").exists()
-    assert (d / "checkpoints" / "best" / "model.pt").exists() and (d / "checkpoints" / "last" / "model.pt").exists()
+    assert (d / "checkpoints" / "best" / "model.safetensors").exists() and (d / "checkpoints" / "last" / "model.safetensors").exists()
     # interpolate.py on the run: random endpoints for all, encoded validation images where there is an encoder
     how = ["--random", "3"] if name == "dcgan" else ["--from", "0", "1", "2"]
     code, out, err = interpolate_cli(monkeypatch, capsys, "--run", str(d), *how, "--steps", "3", "--cycle")
@@ -340,8 +340,9 @@ def test_two_training_steps_write_the_run_files(tmp_path, name, monkeypatch, cap
     gif = next((d / "images").glob("interp_slerp_cycle_*.gif"))
     from PIL import Image
 
-    with Image.open(gif.with_suffix(".png")) as strip:  # one row of 7 frames of 32 px, 2 px gaps, upscaled x2
-        assert "7 frames" in out and strip.size == (2 * (7 * 34 + 2), 2 * 36)
+    tiles = 7 if name == "dcgan" else 9  # encoded images: the real endpoint images at both ends of the 7 frames
+    with Image.open(gif.with_suffix(".png")) as strip:  # one row of 32 px tiles, 2 px gaps, upscaled x2
+        assert "7 frames" in out and strip.size == (2 * (tiles * 34 + 2), 2 * 36)
 
 
 def test_discriminator_bce_takes_logits_and_smooths_real_labels_only():

@@ -13,6 +13,7 @@ import torch
 
 from sandbox import build_trainer, load_config
 from sandbox.errors import SandboxError
+from sandbox.runs.checkpoints import read_weights
 from sandbox.tracking.metrics_log import read_metrics
 from tests.conftest import ROOT
 
@@ -74,8 +75,8 @@ def test_sigkill_at_random_steps_then_resume_is_bit_identical(tmp_path, killable
     a = strip(read_metrics(tmp_path / "straight" / "metrics.jsonl"))
     b = strip(read_metrics(run_dir / "metrics.jsonl"))
     assert a == b  # every logged number, bit for bit
-    wa = torch.load(tmp_path / "straight/checkpoints/last/model.pt", weights_only=True)
-    wb = torch.load(run_dir / "checkpoints/last/model.pt", weights_only=True)
+    wa = read_weights(tmp_path / "straight/checkpoints/last/model.safetensors")
+    wb = read_weights(run_dir / "checkpoints/last/model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
@@ -148,7 +149,7 @@ def test_nonfinite_loss_guard(tmp_path, tiny_overrides, policy, monkeypatch):
         assert trainer.state["skipped"] == 1
         val = [r for r in read_metrics(tmp_path / "tiny" / "metrics.jsonl") if r["split"] == "val"][0]
         assert val["skipped_batches"] == 1
-        w = torch.load(tmp_path / "tiny/checkpoints/best/model.pt", weights_only=True)
+        w = read_weights(tmp_path / "tiny/checkpoints/best/model.safetensors")
         assert all(torch.isfinite(v).all() for v in w.values() if v.is_floating_point())
 
 
@@ -267,7 +268,7 @@ def test_trainers_without_ddp_keep_their_processes_in_sync(tmp_path, tiny_overri
     assert r0["params"] == r1["params"] and r0["buffers"] == r1["buffers"]
     stats = {k: v for k, v in r0["buffers"].items() if k.endswith("running_mean")}
     assert stats and any(v != 0 for v in stats.values())  # BatchNorm statistics exist and were averaged
-    saved = torch.load(tmp_path / "tiny" / "checkpoints" / "last" / "model.pt", weights_only=True)
+    saved = read_weights(tmp_path / "tiny" / "checkpoints" / "last" / "model.safetensors")  # DDP prefixes dropped
     assert {k: float(saved[k].double().sum()) for k in stats} == pytest.approx(stats)
 
 

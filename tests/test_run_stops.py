@@ -71,7 +71,7 @@ def test_a_start_that_failed_before_its_first_checkpoint_restarts_in_place(tmp_p
         code, out = cli(monkeypatch, capsys, *args)
     assert code == 2 and "non-finite loss" in out
     (run_dir / "checkpoints" / ".last.tmp").mkdir()  # and a first save killed half way
-    (run_dir / "checkpoints" / ".last.tmp" / "model.pt").write_bytes(b"torn")
+    (run_dir / "checkpoints" / ".last.tmp" / "model.safetensors").write_bytes(b"torn")
     assert (run_dir / "config.yaml").exists() and (run_dir / "metrics.jsonl").exists()
 
     code, out = cli(monkeypatch, capsys, *args)  # the same command again
@@ -100,7 +100,7 @@ def test_restart_is_refused_where_a_checkpoint_exists(tmp_path, tiny_overrides, 
     assert code == 2 and len(out.strip().splitlines()) == 1, out
     assert f"python sandbox/train.py --resume {run_dir}" in out
     assert (run_dir / "metrics.jsonl").read_text() == before
-    assert (run_dir / "checkpoints" / "last" / "model.pt").exists()
+    assert (run_dir / "checkpoints" / "last" / "model.safetensors").exists()
 
 
 def test_library_callers_get_the_way_on_that_applies(tmp_path, tiny_overrides, monkeypatch):

@@ -78,7 +78,7 @@ def test_plateau_run_end_to_end(tmp_path, tiny_overrides, monkeypatch):
         if r["split"] == "train":
             by_epoch.setdefault(r["epoch"], set()).add(r["train/lr"])
     assert by_epoch == {1: {0.01}, 2: {0.01}, 3: {0.01}, 4: {0.01}, 5: {0.005}}
-    assert (tmp_path / "tiny/checkpoints/last/model.pt").exists()
+    assert (tmp_path / "tiny/checkpoints/last/model.safetensors").exists()
 
 
 def test_lr_finder_suggests_the_steepest_descent_before_the_minimum():

@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+from sandbox.runs.checkpoints import read_weights
 from sandbox.tracking.metrics_log import read_metrics
 from tests.conftest import ROOT
 
@@ -56,6 +57,6 @@ def test_twenty_kills_and_five_terms_resume_bit_identically(tmp_path, tiny_overr
     strip = [{k: v for k, v in r.items() if k not in VOLATILE} for r in read_metrics(tmp_path / "straight/metrics.jsonl")]
     assert strip == [{k: v for k, v in r.items() if k not in VOLATILE} for r in read_metrics(metrics)]
     for which in ("last", "best"):
-        a = torch.load(tmp_path / f"straight/checkpoints/{which}/model.pt", weights_only=True)
-        b = torch.load(run_dir / f"checkpoints/{which}/model.pt", weights_only=True)
+        a = read_weights(tmp_path / f"straight/checkpoints/{which}/model.safetensors")
+        b = read_weights(run_dir / f"checkpoints/{which}/model.safetensors")
         assert all(torch.equal(a[k], b[k]) for k in a), which

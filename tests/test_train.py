@@ -8,6 +8,7 @@ import torch
 from sandbox import build_trainer, load_config
 from sandbox.analysis.reports import open_run, run_stats
 from sandbox.errors import SandboxError
+from sandbox.runs.checkpoints import read_weights
 from sandbox.tracking.metrics_log import read_metrics
 from tests.conftest import ROOT
 
@@ -35,13 +36,14 @@ def test_two_step_run_writes_every_run_file(tmp_path, tiny_overrides):
     assert 0 <= val[0]["val/dice"] <= 1
     for which in ("last", "best"):
         ck = d / "checkpoints" / which
-        assert (ck / "model.pt").exists() and (ck / "trainer_state.json").exists() and (ck / "config.yaml").exists()
+        assert (ck / "model.safetensors").exists() and (ck / "trainer_state.json").exists() and (ck / "config.yaml").exists()
+        assert not (ck / "model.pt").exists()  # the weights once
         assert json.loads((ck / "trainer_state.json").read_text())["step"] == 2
     assert (d / "plots" / "loss.png").stat().st_size > 1000 and (d / "plots" / "metrics.png").exists()
     assert (d / "images" / "val_epoch001.png").stat().st_size > 1000
     assert list((d / "wandb").glob("offline-run-*")), "expected an offline W&B run"
     # plain weights load into a freshly built model
-    state = torch.load(d / "checkpoints" / "last" / "model.pt", weights_only=True)
+    state = read_weights(d / "checkpoints" / "last" / "model.safetensors")
     trainer.unwrapped.load_state_dict(state)
 
 
@@ -65,8 +67,8 @@ def test_resume_from_last_equals_uninterrupted(tmp_path, tiny_overrides):
         return [{k: v for k, v in r.items() if k not in ("time", "epoch_time", "images_per_s")} for r in rs]
 
     assert strip(a) == strip(b)
-    wa = torch.load(tmp_path / "straight/checkpoints/last/model.pt", weights_only=True)
-    wb = torch.load(tmp_path / "split/checkpoints/last/model.pt", weights_only=True)
+    wa = read_weights(tmp_path / "straight/checkpoints/last/model.safetensors")
+    wb = read_weights(tmp_path / "split/checkpoints/last/model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
@@ -185,7 +187,7 @@ def test_cli_without_accelerate_launch(tmp_path, tiny_overrides):
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "epoch 1/1" in res.stdout and "val/dice" in res.stdout
-    assert (tmp_path / "tiny" / "checkpoints" / "last" / "model.pt").exists()
+    assert (tmp_path / "tiny" / "checkpoints" / "last" / "model.safetensors").exists()
 
 
 def test_a_finished_run_says_its_best_and_what_to_run_next(tmp_path, tiny_overrides, monkeypatch, capsys):

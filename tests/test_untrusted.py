@@ -1,6 +1,8 @@
 """Trust the run directory: nothing in it is unpickled with code, one writer per run, best never
 left behind by a kill. A payload planted in every pickled file of last/ and best/ must run nowhere:
-resume, evaluate, predict, probe, interpolate and compare all refuse it in one line naming the file."""
+resume refuses it in one line naming the file; evaluate, predict, probe, interpolate and compare read
+only the weights (model.safetensors: nothing can hide in it), and a run of an earlier version whose
+model.pt holds a payload is refused by all of them in one line naming the file."""
 import json
 import os
 import sys
@@ -11,7 +13,7 @@ import torch
 
 from sandbox import build_trainer, load_config
 from sandbox.errors import SandboxError
-from sandbox.runs.checkpoints import SCHEDULES_FILE, read_state
+from sandbox.runs.checkpoints import SCHEDULES_FILE, read_state, read_weights
 from sandbox.runs.lock import LOCK_FILE, RunLock
 from tests.conftest import ROOT, command
 
@@ -29,9 +31,14 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def plant(run: Path, marker: Path) -> list[Path]:
-    """Replace every pickled file of checkpoints/last and best with a payload; returns them."""
+def plant(run: Path, marker: Path, legacy: bool = False) -> list[Path]:
+    """Replace every pickled file of checkpoints/last and best with a payload; returns them. ``legacy``:
+    best's weights as earlier versions stored them (a pickled model.pt, no model.safetensors), planted too."""
     planted = []
+    if legacy:
+        best = run / "checkpoints" / "best"
+        torch.save({"state": Payload(marker)}, best / "model.pt")
+        (best / "model.safetensors").unlink()
     for which in ("last", "best"):
         for pattern in PICKLED:
             for f in sorted((run / "checkpoints" / which).glob(pattern)):
@@ -53,9 +60,12 @@ def train(tmp_path, *extra):
 def cli(name: str, args: list[str], monkeypatch, capsys) -> tuple[int, list[str]]:
     capsys.readouterr()  # what training printed before
     monkeypatch.setattr(sys, "argv", [f"{name}.py", *map(str, args)])
-    with pytest.raises(SystemExit) as exc:
+    try:
         command(name).main()
-    return exc.value.code, capsys.readouterr().err.strip().splitlines()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err.strip().splitlines()
 
 
 def test_schedules_are_saved_as_plain_state_dicts(tmp_path):
@@ -70,7 +80,8 @@ def test_a_payload_in_every_checkpoint_file_runs_nowhere(tmp_path, monkeypatch, 
     train(tmp_path)
     run, marker = tmp_path / "tiny", tmp_path / "PWNED"
     planted = plant(run, marker)
-    assert {f.name for f in planted} >= {"optimizer.bin", "random_states_0.pkl", "model.pt", SCHEDULES_FILE}
+    assert {f.name for f in planted} == {"optimizer.bin", "random_states_0.pkl", SCHEDULES_FILE}  # last's
+    assert not any(f.parent.name == "best" for f in planted)  # best: weights (safetensors) + yaml + json only
     with pytest.raises(SandboxError, match=r"was refused as unsafe \(it names posix.system"):
         train(tmp_path, f"train.resume={run}")
     images = tmp_path / "photos"
@@ -78,8 +89,13 @@ def test_a_payload_in_every_checkpoint_file_runs_nowhere(tmp_path, monkeypatch, 
     from PIL import Image
 
     Image.new("RGB", (40, 30), (120, 80, 40)).save(images / "a.png")
-    for name, args in (("evaluate", ["--run", run]), ("predict", ["--run", run, "--input", images]),
-                       ("compare", ["--run", run, "--out", tmp_path / "cmp"])):
+    commands = (("evaluate", ["--run", run]), ("predict", ["--run", run, "--input", images, "--out", tmp_path / "p"]),
+                ("compare", ["--run", run, "--out", tmp_path / "cmp"]))
+    for name, args in commands:  # the weights are all they read: the planted files are never opened
+        code, err = cli(name, args, monkeypatch, capsys)
+        assert code == 0, (name, err)
+    plant(run, marker, legacy=True)  # a run of an earlier version: best/model.pt, read only as it is alone
+    for name, args in commands:
         code, err = cli(name, args, monkeypatch, capsys)
         assert code == 2 and len(err) == 1 and "model.pt' was refused as unsafe" in err[0], (name, err)
     assert not marker.exists()
@@ -89,7 +105,7 @@ def test_generative_commands_refuse_a_payload_too(tmp_path, monkeypatch, capsys)
     train(tmp_path, "model.name=vae", "data.name=attractors", "loss={image: {mse: 1.0}}", "model.latent_dim=4",
           "train.monitor=val/loss", "train.monitor_mode=min", "train.fid_samples=8", "train.probe_samples=8")
     run, marker = tmp_path / "tiny", tmp_path / "PWNED"
-    plant(run, marker)
+    plant(run, marker, legacy=True)
     for name, args in (("probe", ["--run", run, "--split", "val", "--samples", "8", "--fit", "8"]),
                        ("interpolate", ["--run", run, "--random", "2", "--no-wandb"])):
         code, err = cli(name, args, monkeypatch, capsys)
@@ -155,9 +171,10 @@ def test_a_torn_best_is_repaired_on_resume(tmp_path):
     (ck / "best" / "trainer_state.json").write_text(json.dumps(old))  # best as if it still held epoch 1
     build_trainer(load_config(tmp_path / "tiny" / "config.yaml", [f"train.resume={tmp_path / 'tiny'}"])).fit()
     assert read_state(ck / "best")["epoch"] == 2
-    a = torch.load(ck / "best" / "model.pt", weights_only=True)
-    b = torch.load(ck / "last" / "model.pt", weights_only=True)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a = read_weights(ck / "best" / "model.safetensors")
+    b = read_weights(ck / "last" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert sorted(p.name for p in (ck / "best").iterdir()) == ["config.yaml", "model.safetensors", "trainer_state.json"]
 
 
 def test_restart_refuses_to_clear_a_run_that_is_being_written(tmp_path):

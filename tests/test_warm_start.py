@@ -154,7 +154,8 @@ def test_init_from_a_missing_dir_or_a_code_payload_is_refused_cleanly(runs, tmp_
         build_trainer(cfg(tmp_path, "new", f"train.init_from={tmp_path / 'ghost'}"))
     src, marker = tmp_path / "planted", tmp_path / "PWNED"
     shutil.copytree(runs / "unet", src)
-    for which in ("best", "last"):
+    for which in ("best", "last"):  # a run of an earlier version (weights in model.pt, read only then)
+        (src / "checkpoints" / which / "model.safetensors").unlink()
         torch.save({"state": Payload(marker)}, src / "checkpoints" / which / "model.pt")
     with pytest.raises(SandboxError, match=r"model.pt' was refused as unsafe \(it names [\w.]*system"):
         build_trainer(cfg(tmp_path, "new", f"train.init_from={src}"))

@@ -84,9 +84,11 @@ def endpoint_images(cfg, items: list[str], split: str) -> tuple[torch.Tensor, li
 
 @torch.no_grad()
 def interpolate(model, cfg, items: list[str] | None, random: int | None, split: str = "test", steps: int = 8,
-                mode: str = "slerp", cycle: bool = False, seed: int = 0) -> tuple[torch.Tensor, list[str]]:
-    """``(frames (F, C, S, S) in [0, 1], endpoint labels)``: codes of ``items`` (image files or indices
-    into ``split``), else ``random`` (default 3) prior samples from ``seed``, decoded along the path.
+                mode: str = "slerp", cycle: bool = False,
+                seed: int = 0) -> tuple[torch.Tensor, list[str], torch.Tensor | None]:
+    """``(frames (F, C, S, S) in [0, 1], endpoint labels, endpoint images (K, C, S, S) or None)``: codes of
+    ``items`` (image files or indices into ``split``), else ``random`` (default 3) prior samples from
+    ``seed`` (no images), decoded along the path.
 
     Codes of any shape are interpolated flat (the image-shaped noise of ``ddpm``/``flow`` included).
     Models whose latent is Gaussian noise (``latent_is_noise``) take slerp only: the midpoint of a
@@ -104,6 +106,15 @@ def interpolate(model, cfg, items: list[str] | None, random: int | None, split: 
         if k < 2:
             raise SandboxError(f"--random {k}: expected at least 2 endpoints")
         codes = model.prior(k, torch.Generator().manual_seed(seed)).float()
-        labels = [f"random{k}", f"seed{seed}"]
+        labels, images = [f"random{k}", f"seed{seed}"], None
     frames = path(codes.flatten(1).cpu(), steps, mode, cycle).reshape(-1, *codes.shape[1:])
-    return model.decode(frames.to(dev)).float().cpu(), labels
+    return model.decode(frames.to(dev)).float().cpu(), labels, images
+
+
+def strip(frames: torch.Tensor, images: torch.Tensor | None, cycle: bool = False) -> torch.Tensor:
+    """The picture of a path: its frames, between the real images of its endpoints where it has them (the
+    first, and the last; with ``cycle`` the first again), so that the reconstructions can be judged."""
+    if images is None:
+        return frames
+    last = images[:1] if cycle else images[-1:]
+    return torch.cat([images[:1].to(frames), frames, last.to(frames)])

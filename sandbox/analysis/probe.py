@@ -13,6 +13,7 @@ import torch
 
 from sandbox.build import build_data, build_model
 from sandbox.config import Config
+from sandbox.data.render import progress
 from sandbox.data.transforms import unaugmented
 from sandbox.metrics.generative import frechet_distance, kid, min_distances, own_features, sample_scores
 from sandbox.metrics.inception import inception_features
@@ -29,7 +30,7 @@ def probe_run(cfg: Config, model, split: str = "test", samples: int = 512, fit: 
     data = build_data(cfg, ("train", split))
     held = data[split]
     g = torch.Generator().manual_seed(cfg.seed)
-    real = torch.stack([held[i]["image"] for i in range(len(held))])
+    real = torch.stack([held[i]["image"] for i in progress(range(len(held)), f"probe: {split} images")])
     fake = torch.cat([model.sample(min(256, samples - i), g).float().cpu() for i in range(0, samples, 256)])
     # baselines: Gaussian noise matched to the data's per-channel mean and variance (no layout at all), and
     # to its per-pixel mean and variance (the "mean image + noise", a much stronger one); the floor:
@@ -43,7 +44,7 @@ def probe_run(cfg: Config, model, split: str = "test", samples: int = 512, fit: 
     # a seeded random subset: folder datasets list files sorted by name, and UTKFace's names start
     # with the age, so the first N training images are the youngest faces (floor 1.57 instead of 0.11)
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[:len(real)]
-    sets[FLOOR] = torch.stack([train[int(i)]["image"] for i in pick])
+    sets[FLOOR] = torch.stack([train[int(i)]["image"] for i in progress(pick, "probe: training images (floor)")])
     fr = own_features(real)
     res = {"run": label, "split": split, "n_real": len(real), "n_generated": samples}
     for name, images in sets.items():
@@ -59,8 +60,8 @@ def probe_run(cfg: Config, model, split: str = "test", samples: int = 512, fit: 
     if "params" in held[0] and model.encodes:
         fit_idx = list(range(min(len(train), fit)))
         for which, net in (("trained", model), ("untrained", build_model(cfg).to(next(model.parameters()).device))):
-            cf, pf = encode_dataset(net, train, fit_idx)
-            ct, pt = encode_dataset(net, held, list(range(len(held))))
+            cf, pf = encode_dataset(net, train, fit_idx, desc=f"probe: encoding training images ({which})")
+            ct, pt = encode_dataset(net, held, list(range(len(held))), desc=f"probe: encoding {split} images ({which})")
             res[f"probe_{which}"] = latent_probe(cf, pf, ct, pt)
         res["probe_fit_images"] = len(fit_idx)
     return res
@@ -75,7 +76,7 @@ def nearest_train(train, queries: dict[str, torch.Tensor], most: int = NEAREST_M
     feats = {name: own_features(x) for name, x in queries.items()}
     best = {(kind, name): torch.full((len(x),), float("inf"), dtype=torch.float64)
             for name, x in queries.items() for kind in ("features", "pixels")}
-    for i in range(0, len(pick), chunk):
+    for i in progress(range(0, len(pick), chunk), "probe: nearest training images (chunks)"):
         ref = torch.stack([train[j]["image"] for j in pick[i:i + chunk]])
         ref_feats = own_features(ref)
         for name, x in queries.items():

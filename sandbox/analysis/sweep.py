@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import re
 import shutil
@@ -175,6 +176,35 @@ def _train_in_process(spec: Spec, config: str, resume: bool) -> int:
     return 0
 
 
+class SweepProgress:
+    """``[run k of N]`` as runs start and, as they end, how many are done and an ETA: the mean time of
+    the runs finished so far times the rounds of ``jobs`` parallel runs still to go (failed runs count
+    as done but not in the mean: a failure says nothing of how long a run takes)."""
+
+    def __init__(self, total: int, jobs: int = 1):
+        self.total, self.jobs, self.started, self.ended, self.times = total, max(1, jobs), 0, 0, []
+
+    def start(self, name: str) -> str:
+        self.started += 1
+        return f"[run {self.started} of {self.total}] {name}"
+
+    def finish(self, seconds: float | None) -> str:
+        """``seconds``: the run's wall time, None for a failed run."""
+        self.ended += 1
+        if seconds is not None:
+            self.times.append(seconds)
+        left = self.total - self.ended
+        if not left or not self.times:
+            return f"{self.ended} of {self.total} done"
+        eta = sum(self.times) / len(self.times) * math.ceil(left / self.jobs)
+        return f"{self.ended} of {self.total} done, about {_duration(eta)} left"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else (f"{seconds / 60:.1f} min" if seconds < 5400
+                                                     else f"{seconds / 3600:.1f} h")
+
+
 def execute(specs: list[Spec], config: str, jobs: int = 1, in_process: bool = False) -> list[str]:
     """Train what is not done yet; returns the names of runs that failed (the others still run)."""
     todo = []
@@ -187,14 +217,16 @@ def execute(specs: list[Spec], config: str, jobs: int = 1, in_process: bool = Fa
         if state != "done":
             todo.append((spec, state == "partial"))
     failed: list[str] = []
+    clock = SweepProgress(len(todo), 1 if in_process else jobs)
     if in_process:
         for spec, resume in todo:
             t0 = time.time()
+            print(f"{clock.start(spec.name)}: training", flush=True)
             try:
                 _train_in_process(spec, config, resume)
-                print(f"{spec.name}: finished in {time.time() - t0:.0f} s")
+                print(f"{spec.name}: finished in {time.time() - t0:.0f} s ({clock.finish(time.time() - t0)})")
             except SandboxError as exc:
-                print(f"{spec.name}: FAILED: {exc}")
+                print(f"{spec.name}: FAILED: {exc} ({clock.finish(None)})")
                 failed.append(spec.name)
         return failed
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -210,17 +242,17 @@ def execute(specs: list[Spec], config: str, jobs: int = 1, in_process: bool = Fa
                     + (["--resume", str(spec.path)] if resume else [])
                 f = open(log, "a")
                 running[spec.name] = (subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT), f, log, time.time())
-                print(f"{spec.name}: training (log {log})")
+                print(f"{clock.start(spec.name)}: training (log {log})", flush=True)
             for name, (proc, f, log, t0) in list(running.items()):
                 if proc.poll() is None:
                     continue
                 f.close()
                 del running[name]
                 if proc.returncode == 0:
-                    print(f"{name}: finished in {time.time() - t0:.0f} s")
+                    print(f"{name}: finished in {time.time() - t0:.0f} s ({clock.finish(time.time() - t0)})", flush=True)
                 else:
                     tail = [ln for ln in log.read_text().splitlines() if ln.strip()][-1:] or ["(no output)"]
-                    print(f"{name}: FAILED (exit {proc.returncode}): {tail[0]}")
+                    print(f"{name}: FAILED (exit {proc.returncode}): {tail[0]} ({clock.finish(None)})", flush=True)
                     failed.append(name)
             time.sleep(0.2)
     finally:  # Ctrl-C: the children got the signal too; wait so their last checkpoints are whole

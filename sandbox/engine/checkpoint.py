@@ -10,9 +10,11 @@ The file format (what makes a directory complete, the atomic commit) is :mod:`sa
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -26,8 +28,8 @@ try:  # safetensors reports a failed write as its own error, not an OSError
     from safetensors import SafetensorError
 except ImportError:  # pragma: no cover - Accelerate depends on safetensors
     SafetensorError = OSError
-from sandbox.runs.checkpoints import (SCHEDULES_FILE, WEIGHTS_FILE, UnreadableFile, check_files, commit_checkpoint,
-                                      load_safely, read_state, resumed_run)
+from sandbox.runs.checkpoints import (SCHEDULES_FILE, UnreadableFile, check_files, commit_checkpoint, load_safely,
+                                      read_state, resumed_run, weights_file)
 from sandbox.runs.rundir import RunDir
 from sandbox.runs.warm import check_not_resumed
 
@@ -65,8 +67,9 @@ class Checkpoints:
         self.acc, self.run, self.cfg = accelerator, run, cfg
 
     def save(self, which: str, model: torch.nn.Module, state: dict, schedulers: list = ()) -> None:
-        """Accelerate's state (model, optimizers, every process's RNG), the plain weights, the LR
-        schedules as plain state dicts (``schedules.pt``), the config, then the state file; atomic."""
+        """Accelerate's state (model weights as safetensors, optimizers, every process's RNG), the LR
+        schedules as plain state dicts (``schedules.pt``), the config, then the state file; atomic.
+        ``best`` gets the weights alone (it is read for them, never resumed from): no optimizer state."""
         acc = self.acc
         final = self.run.checkpoints / which
         tmp = self.run.checkpoints / f".{which}.tmp"
@@ -84,11 +87,18 @@ class Checkpoints:
         acc.wait_for_everyone()
 
     def _write(self, tmp: Path, final: Path, model: torch.nn.Module, state: dict, schedulers: list) -> None:
-        acc = self.acc
-        acc.save_state(str(tmp), safe_serialization=True)
+        acc, full = self.acc, final.name != "best"
+        if full:  # the weights once: Accelerate's model.safetensors is what every reader loads
+            acc.save_state(str(tmp), safe_serialization=True)
+        else:
+            acc.save_model(model, str(tmp), safe_serialization=True)  # model.safetensors, unwrapped
+            state = dict(state, weights_only=True)
+        # every process writes its RNG state into tmp: none may still be writing when tmp is committed (a
+        # race model.pt's write used to hide; without it the main process renamed tmp under rank 1's write)
+        acc.wait_for_everyone()
         if acc.is_main_process:
-            torch.save(acc.unwrap_model(model, keep_torch_compile=False).state_dict(), tmp / WEIGHTS_FILE)
-            torch.save([s.state_dict() for s in schedulers], tmp / SCHEDULES_FILE)
+            if full:
+                torch.save([s.state_dict() for s in schedulers], tmp / SCHEDULES_FILE)
             save_config(self.cfg, tmp / "config.yaml")
             commit_checkpoint(tmp, final, state)
 
@@ -109,9 +119,12 @@ class Checkpoints:
         if state.get("epoch") == best_epoch and not state.get("batch") and resumed_from.name != "best":
             tmp = self.run.checkpoints / ".best.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(resumed_from, tmp)
-            (tmp / "trainer_state.json").unlink()  # commit writes it last again, marking tmp complete
-            commit_checkpoint(tmp, best_dir, {k: v for k, v in read_state(resumed_from).items() if k != "files"})
+            tmp.mkdir()
+            for f in (weights_file(resumed_from), resumed_from / "config.yaml"):  # best keeps the weights alone
+                if f is not None and f.is_file():
+                    shutil.copy2(f, tmp / f.name)
+            commit_checkpoint(tmp, best_dir, {**{k: v for k, v in read_state(resumed_from).items() if k != "files"},
+                                              "weights_only": True})  # writes the state file last: complete
             log.warning("checkpoints/best held %s, not the best epoch %d (a save interrupted by a kill); "
                         "repaired from %s", f"epoch {held}" if held else "nothing", best_epoch, resumed_from.name)
         else:
@@ -155,12 +168,14 @@ class Checkpoints:
             self._check_same_schedule(ckpt, saved_cfg.get("train", {}), saved_state, steps_per_epoch)
             self._load_schedules(ckpt, schedulers)
         try:
-            self.acc.load_state(str(ckpt))
+            with _without_legacy_schedules(ckpt) as src:
+                self.acc.load_state(src)
         except Exception as exc:  # a torn or foreign file: say which checkpoint, not where in torch
             raise CorruptCheckpoint(f"checkpoint {str(ckpt)!r} could not be loaded ({type(exc).__name__}: "
                                     f"{str(exc).splitlines()[0][:200]})") from None
         state.update(saved_state)
         state.pop("files", None)
+        state.pop("weights_only", None)
         state["steps_per_epoch"] = steps_per_epoch
         log.info("resumed from %s at epoch %d, step %d", ckpt, state["epoch"], state["step"])
 
@@ -204,3 +219,20 @@ class Checkpoints:
                                     f"{len(schedulers)} scheduler(s)")
         for sched, sd in zip(schedulers, states):
             sched.load_state_dict(sd)
+
+
+@contextlib.contextmanager
+def _without_legacy_schedules(ckpt: Path):
+    """The checkpoint for Accelerate's ``load_state``: checkpoints of earlier versions hold their LR
+    schedules as ``custom_checkpoint_N.pkl`` (read by :meth:`Checkpoints._load_schedules`, safely), which
+    Accelerate refuses unless objects are registered, and would then unpickle with code: it gets a
+    temporary view of the checkpoint without them (links to the other files)."""
+    legacy = set(ckpt.glob("custom_checkpoint_*.pkl"))
+    if not legacy:
+        yield str(ckpt)
+        return
+    with tempfile.TemporaryDirectory(prefix="sandbox_ckpt_") as view:
+        for f in ckpt.iterdir():
+            if f not in legacy:
+                (Path(view) / f.name).symlink_to(f.resolve())
+        yield view

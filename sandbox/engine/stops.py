@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from sandbox.errors import SandboxError
 from sandbox.metrics.selection import improved
-from sandbox.runs.checkpoints import WEIGHTS_FILE, checkpoint_candidates, read_state
+from sandbox.runs.checkpoints import WEIGHTS_FILE, check_complete, read_state, read_weights, weights_file
 from sandbox.runs.restart import resume_line
 from sandbox.runs.rundir import RunDir
 
@@ -107,12 +107,12 @@ def _position(state: dict) -> str:
 def _held(ckpt: Path) -> tuple[str, bool] | None:
     """(``epoch 3 (step 120)``, whether its weights are finite) for a complete checkpoint, else None."""
     try:
-        checkpoint_candidates(ckpt)  # raises unless complete
+        check_complete(ckpt)  # raises unless complete
         at = _position(read_state(ckpt))
     except (SandboxError, OSError, ValueError):
         return None
     try:
-        weights = torch.load(ckpt / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        weights = read_weights(weights_file(ckpt))
     except Exception:  # noqa: BLE001 - any unreadable file: say so, do not guess
         return f"{at} (its {WEIGHTS_FILE} does not load)", False
     finite = all(torch.isfinite(v).all() for v in weights.values() if torch.is_tensor(v) and v.is_floating_point())

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from sandbox.config import Config
 from sandbox.data.loader import make_loader, resize_batch, size_at
+from sandbox.data.render import fill_cache
 from sandbox.engine import distributed
 from sandbox.engine.checkpoint import Checkpoints
 from sandbox.engine.loop import Loop
@@ -88,6 +89,10 @@ class Trainer(Loop):
             self.resave_last = loaded.name != "last"
             if acc.is_main_process:
                 truncate_metrics(self.run.metrics, self.state["epoch"], self.state["step"])
+        # the synthetic data is rendered here, in sight, not invisibly inside epoch 1 (after the checks above)
+        seconds, rendered = fill_cache(datasets, show=acc.is_local_main_process)
+        if rendered and acc.is_main_process:
+            log.info("rendered %d synthetic images in %.1f s (cached for every epoch)", rendered, seconds)
         self.metrics = MetricsLog(self.run.metrics, acc, start_time=time.time() - self.state["elapsed"])
         self.size = self.size_at(self.state["epoch"])
 

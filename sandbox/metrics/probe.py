@@ -15,6 +15,7 @@ import math
 import torch
 
 from sandbox.data.loader import collate
+from sandbox.data.render import progress
 
 
 def _standardise(fit: torch.Tensor, *others: torch.Tensor):
@@ -94,17 +95,23 @@ def latent_probe(codes_fit, params_fit, codes_test, params_test) -> dict:
 
 
 @torch.no_grad()
-def encode_dataset(model, dataset, indices, batch: int = 64, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_dataset(model, dataset, indices, batch: int = 64, device=None,
+                   desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(codes (N, D), params (N, 4))`` of ``dataset[indices]`` (eval mode; VAE: the means; ddpm/flow: the
-    inverted noise, flattened to ``D = C * S * S``)."""
+    inverted noise, flattened to ``D = C * S * S``); ``desc``: a progress bar (terminals only) counting the images."""
     device = device or next(model.parameters()).device
     was = model.training
     model.eval()
     codes, params = [], []
+    bar = progress(None, desc, total=len(indices)) if desc else None
     for i in range(0, len(indices), batch):
         b = collate([dataset[j] for j in indices[i:i + batch]])
+        if bar is not None:
+            bar.update(len(b["image"]))
         codes.append(model.encode(b["image"].to(device)).float().flatten(1).cpu())
         params.append(b["params"])
     model.train(was)
+    if bar is not None:
+        bar.close()
     return torch.cat(codes), torch.cat(params)
 

@@ -1,8 +1,13 @@
 """Checkpoint directories: what makes one complete, which to resume from, the atomic commit, and
 loading their files safely.
 
-    checkpoints/<which>/   Accelerate state (exact resume) + model.pt + schedules.pt + config.yaml
-                           + trainer_state.json
+    checkpoints/last/      Accelerate state (model.safetensors, optimizer, RNG: exact resume) + schedules.pt
+    checkpoints/epoch_NNN/ the same (the fallbacks of a torn last) + config.yaml + trainer_state.json
+    checkpoints/best/      model.safetensors + config.yaml + trainer_state.json (``weights_only``): what
+                           evaluate, predict, ... read; no optimizer state, so it is never resumed from
+
+The weights are stored once, as safetensors (no code can hide in them); runs of earlier versions also
+hold ``model.pt`` (the same weights, pickled), which is read only where ``model.safetensors`` is absent.
 
 Nothing in a run directory is ever unpickled with code: every torch file is read with
 ``weights_only=True`` (:func:`sandbox.nn.weights.load_safely`), and a file that would need code to load is refused
@@ -22,6 +27,9 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file
 
 from sandbox.errors import SandboxError
 from sandbox.nn.weights import UnreadableFile, UnsafeFile, load_safely  # noqa: F401  (re-exported)
@@ -29,7 +37,10 @@ from sandbox.nn.weights import UnreadableFile, UnsafeFile, load_safely  # noqa: 
 log = logging.getLogger("sandbox")
 
 STATE_FILE = "trainer_state.json"
-WEIGHTS_FILE = "model.pt"
+#: the weights: what Accelerate's save_state and save_model write for the (one) model
+WEIGHTS_FILE = "model.safetensors"
+#: the weights as earlier versions also saved them (a pickled state_dict): read when WEIGHTS_FILE is absent
+LEGACY_WEIGHTS_FILE = "model.pt"
 SCHEDULES_FILE = "schedules.pt"
 #: torch-pickled files of a checkpoint (Accelerate's optimizer.bin, random_states_N.pkl, ...; ours)
 PICKLED = ("*.bin", "*.pkl", "*.pt", "*.pth")
@@ -43,27 +54,73 @@ def check_files(ckpt: Path) -> None:
             load_safely(f)
 
 
+def weights_file(ckpt: str | Path) -> Path | None:
+    """The weights of a checkpoint: ``model.safetensors``, else (runs of earlier versions) ``model.pt``."""
+    for name in (WEIGHTS_FILE, LEGACY_WEIGHTS_FILE):
+        if (Path(ckpt) / name).is_file():
+            return Path(ckpt) / name
+    return None
+
+
+def read_weights(path: str | Path) -> Any:
+    """A weights file as a state_dict on the CPU with the bare model's keys: safetensors (tensors only: nothing
+    in it can run), or a legacy ``model.pt`` through :func:`load_safely`. A torn or foreign file raises
+    :class:`UnreadableFile`; a file that is not a dict of tensors comes back as it is, for the caller to refuse."""
+    path = Path(path)
+    try:
+        state = load_file(path, device="cpu") if path.suffix == ".safetensors" else load_safely(path)
+    except (UnreadableFile, UnsafeFile):
+        raise
+    except Exception as exc:  # SafetensorError (torn, foreign bytes), OSError: all the same to a user
+        raise UnreadableFile(f"{str(path)!r} could not be read ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:120]})") from None
+    return {_bare(k): v for k, v in state.items()} if isinstance(state, dict) else state
+
+
+def _bare(key: Any) -> Any:
+    """``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefix every key of a wrapped model's state,
+    which Accelerate's state keeps; the bare model has none."""
+    while isinstance(key, str) and key.startswith(("module.", "_orig_mod.")):
+        key = key.split(".", 1)[1]
+    return key
+
+
+def weights_only(ckpt: str | Path) -> bool:
+    """Whether a checkpoint holds weights only (``best``): it cannot be resumed from exactly."""
+    try:
+        return bool(read_state(Path(ckpt)).get("weights_only"))
+    except (OSError, ValueError):
+        return False
+
+
 def checkpoint_candidates(path: str | Path) -> list[Path]:
     """Checkpoints to resume from, newest first.
 
     A checkpoint directory -> just it. A run directory -> every complete checkpoint under
-    ``checkpoints/`` (``last``, ``last.old`` left by a save killed mid-swap, ``epoch_NNN``,
-    ``best``) ordered by step, so a torn or corrupt ``last`` falls back to the newest good one.
+    ``checkpoints/`` that holds a full state (``last``, ``last.old`` left by a save killed mid-swap,
+    ``epoch_NNN``; ``best`` of earlier versions) ordered by step, so a torn or corrupt ``last`` falls back
+    to the newest good one. ``best`` (weights only) is never one: a resume from it would not be exact.
     """
     path = Path(path)
     if not path.exists():
         raise SandboxError(f"resume: {str(path)!r} does not exist; expected a run directory (runs/<name>) "
                            "or a checkpoint directory (runs/<name>/checkpoints/last)")
     if (path / STATE_FILE).exists():
-        return [_check_complete(path)]
+        if weights_only(path):
+            raise SandboxError(f"resume: {str(path)!r} holds weights only (no optimizer or RNG state, as "
+                               "checkpoints/best); resume from the run directory (runs/<name>) or its "
+                               "checkpoints/last")
+        return [check_complete(path)]
     ckpts = path / "checkpoints"
     if not ckpts.is_dir():
         raise SandboxError(f"resume: {str(path)!r} is neither a run directory (with checkpoints/) "
                            f"nor a checkpoint directory (with {STATE_FILE})")
     found, problems = [], []
     for cand in sorted(p for p in ckpts.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if weights_only(cand):
+            continue
         try:
-            found.append((read_state(_check_complete(cand)).get("step", 0), cand.name == "last", cand))
+            found.append((read_state(check_complete(cand)).get("step", 0), cand.name == "last", cand))
         except SandboxError as exc:
             problems.append(str(exc))
     if not found:
@@ -84,7 +141,7 @@ def resumed_run(path: str | Path) -> Path:
     return find_checkpoint(path).parent.parent
 
 
-def _check_complete(ckpt: Path) -> Path:
+def check_complete(ckpt: Path) -> Path:
     try:
         state = json.loads((ckpt / STATE_FILE).read_text())
     except (OSError, json.JSONDecodeError) as exc:

@@ -22,8 +22,8 @@ from sandbox.config import Config
 from sandbox.config.loading import config_from_dict, read_yaml
 from sandbox.errors import ConfigError, SandboxError
 from sandbox.models import MODELS
-from sandbox.nn.weights import UnreadableFile, load_safely
-from sandbox.runs.checkpoints import WEIGHTS_FILE
+from sandbox.nn.weights import UnreadableFile
+from sandbox.runs.checkpoints import WEIGHTS_FILE, read_weights, weights_file
 
 log = logging.getLogger("sandbox")
 RUN_HINT = "expected runs/<name> written by sandbox/train.py"
@@ -33,16 +33,16 @@ def checkpoint_dir(run_dir: str | Path, which: str = "best") -> tuple[Path, Path
     """``(run directory, checkpoint directory)`` for ``run_dir`` (``runs/<name>``) and ``which``
     (``best``, ``last``, ``epoch_NNN``); a checkpoint directory itself is accepted too (``which`` unused)."""
     path = Path(run_dir)
-    if (path / WEIGHTS_FILE).is_file() and path.parent.name == "checkpoints":
+    if weights_file(path) is not None and path.parent.name == "checkpoints":
         return path.parent.parent, path
     if not path.is_dir():
         raise SandboxError(f"{str(path)!r} is not a run directory: no such folder; {RUN_HINT}")
     if not (path / "config.yaml").is_file():
         raise SandboxError(f"{str(path)!r} is not a run directory: no config.yaml; {RUN_HINT}")
     ckpt = path / "checkpoints" / which
-    if not (ckpt / WEIGHTS_FILE).is_file():
+    if weights_file(ckpt) is None:
         ckpts = path / "checkpoints"
-        have = sorted(p.name for p in ckpts.iterdir() if (p / WEIGHTS_FILE).is_file()) if ckpts.is_dir() else []
+        have = sorted(p.name for p in ckpts.iterdir() if weights_file(p)) if ckpts.is_dir() else []
         why = f"; it has {', '.join(have)} (pick one with --which)" if have else \
             " (stopped before its first checkpoint?)"
         if have:  # a run, just not this checkpoint
@@ -69,32 +69,37 @@ def run_config(run_dir: str | Path, which: str = "best", overrides: Sequence[str
                         run / "config.yaml", src, ", model.".join(diff))
     model = dict(raw.get("model") or {})
     if model.get("weights") and not Path(model["weights"]).is_file():
-        model["weights"] = None  # only initialised training; model.pt replaces those weights
+        model["weights"] = None  # only initialised training; the checkpoint's weights replace those
         raw["model"] = model
     return config_from_dict(raw, list(overrides), source=str(src))
 
 
-def read_weights(path: Path) -> dict:
-    """The plain state_dict in ``path`` (read ``weights_only``), keys as the bare model names them."""
+def state_dict_of(path: Path) -> dict:
+    """The state_dict in a weights file (:func:`sandbox.runs.checkpoints.read_weights`: safetensors, or a
+    legacy ``model.pt`` read ``weights_only``), keys as the bare model names them; a torn, foreign or
+    non-dict file is one line naming it."""
     try:
-        state = load_safely(path)  # an unsafe file raises its own one line (UnsafeFile): never loaded
+        state = read_weights(path)  # an unsafe model.pt raises its own one line (UnsafeFile): never loaded
     except UnreadableFile as exc:  # torn or foreign: say which file, not where in torch
         raise SandboxError(f"checkpoint {str(path)!r} could not be loaded ({str(exc).split(' ', 1)[1]}); "
                            "expected a state_dict saved by sandbox/train.py") from None
     if not isinstance(state, dict):
         raise SandboxError(f"checkpoint {str(path)!r} holds a {type(state).__name__}; expected a state_dict")
-    # torch.compile and DDP wrappers prefix every key; the bare model has none
-    return {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in state.items()}
+    return state
 
 
 def checkpoint_weights(ckpt: Path) -> dict:
-    """The model weights a checkpoint directory holds (:func:`read_weights` of its weights file)."""
-    return read_weights(Path(ckpt) / WEIGHTS_FILE)
+    """The model weights a checkpoint directory holds (:func:`state_dict_of` of its weights file)."""
+    path = weights_file(ckpt)
+    if path is None:
+        raise SandboxError(f"checkpoint {str(ckpt)!r} holds no weights ({WEIGHTS_FILE}); "
+                           "expected a checkpoint directory written by sandbox/train.py")
+    return state_dict_of(path)
 
 
 def load_weights(model: nn.Module, path: Path, config_path: Path | str) -> None:
-    """Load a plain state_dict (``weights_only``) into ``model``; a mismatch names the first differing keys."""
-    state = read_weights(path)
+    """Load a weights file into ``model``; a mismatch names the first differing keys."""
+    state = state_dict_of(path)
     own = model.state_dict()
     shapes = [f"{k}: {tuple(state[k].shape)} there, {tuple(v.shape)} here" for k, v in own.items()
               if k in state and tuple(state[k].shape) != tuple(v.shape)]
@@ -113,7 +118,7 @@ def load_weights(model: nn.Module, path: Path, config_path: Path | str) -> None:
 def load_run(run_dir: str | Path, which: str = "best", overrides: Sequence[str] = (),
              device: Optional[str | torch.device] = None, need: Sequence[str] = (),
              task: Optional[str] = None) -> tuple[Config, nn.Module]:
-    """``(cfg, model)`` of a trained run: ``checkpoints/<which>/model.pt`` in eval mode on ``device``
+    """``(cfg, model)`` of a trained run: ``checkpoints/<which>/model.safetensors`` in eval mode on ``device``
     (cuda when available, else cpu), channels_last when the run trained so. ``task``: the kind of run
     the caller needs (``segmentation`` | ``generative``); ``need``: heads it needs (a segmentation run
     has ``mask``); a run without them is refused in one line."""
@@ -129,7 +134,7 @@ def load_run(run_dir: str | Path, which: str = "best", overrides: Sequence[str] 
                            f"{', '.join(cfg.loss)}); expected a segmentation run (loss.mask), e.g. from "
                            "configs/unet_dice.yaml")
     model = build_model(cfg)
-    load_weights(model, ckpt / WEIGHTS_FILE, cfg.source)
+    load_weights(model, weights_file(ckpt), cfg.source)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = model.to(device).eval()
     if cfg.train.channels_last:

@@ -3,8 +3,8 @@
     runs/<name>/
       config.yaml          the resolved config
       metrics.jsonl        one JSON object per log event (split, epoch, step, time, metrics)
-      checkpoints/last/    Accelerate state (exact resume) + model.pt + trainer_state.json
-      checkpoints/best/    the same, for the best monitored metric
+      checkpoints/last/    Accelerate state (exact resume: model.safetensors, optimizer, RNG) + trainer_state.json
+      checkpoints/best/    model.safetensors alone (no optimizer state) + trainer_state.json, for the best metric
       plots/ images/ splits/ wandb/
 
 What a checkpoint directory holds and how it is committed: :mod:`sandbox.runs.checkpoints`.

@@ -159,4 +159,5 @@ class ReconstructionTrainer(SamplingTrainer):
         rec = self.reconstructions()
         if rec is None:
             return []
-        return [save_grid(rec, self.run.images / f"recon_epoch{epoch + 1:03d}.png", nrow=len(rec) // 2)]
+        return [save_grid(rec, self.run.images / f"recon_epoch{epoch + 1:03d}.png", nrow=len(rec) // 2,
+                          title=f"validation, epoch {epoch + 1}", row_labels=("inputs", "reconstructions"))]

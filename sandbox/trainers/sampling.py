@@ -55,7 +55,8 @@ class SamplingTrainer(Trainer):
         return []
 
     def save_images(self, epoch: int) -> list[Path]:
-        paths = [save_grid(self.samples(GRID), self.run.images / f"samples_epoch{epoch + 1:03d}.png")]
+        paths = [save_grid(self.samples(GRID), self.run.images / f"samples_epoch{epoch + 1:03d}.png",
+                           title=f"samples, epoch {epoch + 1}")]
         paths += self.extra_images(epoch)
         try:
             plot_generative(read_metrics(self.run.metrics), self.run.plots / "generative.png")

@@ -16,6 +16,13 @@ from matplotlib.ticker import MaxNLocator
 from sandbox.viz.backend import plt
 
 
+def integer_ticks(ax) -> None:
+    """Whole-number ticks on the x axis (epochs, steps); ``min_n_ticks=1`` so that a one-epoch curve gets
+    them too (with the default 2, a view of 0.95..1.05 holds one integer and matplotlib falls back to
+    0.96, 0.98, ...)."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
 def plot_curves(records: list[dict], out_dir: Path) -> list[Path]:
     """``plots/loss.png`` (train per log step vs val per epoch), ``plots/metrics.png`` (val metrics) and
     ``plots/lr.png`` (train/lr per log step)."""
@@ -41,6 +48,7 @@ def plot_curves(records: list[dict], out_dir: Path) -> list[Path]:
                 xs, ys = zip(*series[k])
                 ax.plot(xs, ys, "-" if k.startswith("train") else "o-", label=k, alpha=0.9)
         ax.set(xlabel="optimizer step", ylabel="loss", title="loss: train (per log step) vs val (per epoch)")
+        integer_ticks(ax)
         ax.grid(alpha=0.3)
         ax.legend()
         if parts:
@@ -49,6 +57,7 @@ def plot_curves(records: list[dict], out_dir: Path) -> list[Path]:
                 xs, ys = zip(*series[k])
                 ax.plot(xs, ys, "-" if k.startswith("train") else "o--", label=k, alpha=0.9)
             ax.set(xlabel="optimizer step", title="loss parts (unweighted)")
+            integer_ticks(ax)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         fig.tight_layout()
@@ -60,6 +69,7 @@ def plot_curves(records: list[dict], out_dir: Path) -> list[Path]:
             xs, ys = zip(*epoch_series[k])
             ax.plot(xs, ys, "o-", label=k)
         ax.set(xlabel="epoch", ylabel="score", title="validation metrics")
+        integer_ticks(ax)
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
@@ -118,7 +128,7 @@ def plot_groups(groups: dict[str, list], path: Path, x: str = "epoch") -> Path:
                 ax.fill_between(xs / (60 if x == "time" else 1), mean - std, mean + std, color=line.get_color(), alpha=0.2)
         ax.set(title=key, xlabel="epoch" if x == "epoch" else "wall time (min)")
         if x == "epoch":
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            integer_ticks(ax)
         ax.grid(alpha=0.3)
     for j in range(len(keys), rows * cols):
         axes[j // cols, j % cols].axis("off")
@@ -139,7 +149,7 @@ def plot_metric_vs(lines: dict[str, list[tuple[float, float, float]]], xlabel: s
     if min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 20:
         ax.set_xscale("log")
     elif all(float(x).is_integer() for x in xs_all):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        integer_ticks(ax)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{ylabel} vs {xlabel} (mean ± std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -180,6 +190,7 @@ def plot_generative(records: list[dict], out: Path) -> Path | None:
             if pts:
                 ax.plot(*zip(*pts), "-" if split == "train" else "o-", label=k.split("/", 1)[1])
         ax.set(title=title, xlabel="optimizer step" if split == "train" else "epoch")
+        integer_ticks(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()

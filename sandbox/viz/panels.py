@@ -29,6 +29,18 @@ def error_overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray, alpha:
 
 def segmentation_panel(batch: dict, out: dict, path: Path, title: str = "") -> Path:
     """One row per sample: input | truth | P(mask) | errors (TP green, FP red, FN blue) [| depth truth | depth pred]."""
+    fig = segmentation_figure(batch, out, title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def segmentation_figure(batch: dict, out: dict, title: str = ""):
+    """The figure of :func:`segmentation_panel`; P(mask) (and predicted depth) with a colour bar per row."""
     n = batch["image"].shape[0]
     has_depth = "depth" in out
     cols = ["input", "ground truth", "P(mask)", "errors: TP green, FP red, FN blue"] if "mask" in out else ["input"]
@@ -48,7 +60,9 @@ def segmentation_panel(batch: dict, out: dict, path: Path, title: str = "") -> P
             row += [(batch["depth"][i].numpy()[0], "viridis_r"), (out["depth"][i].numpy()[0].clip(0, 1), "viridis_r")]
         for j, (a, cmap) in enumerate(row):
             ax = axes[i, j]
-            ax.imshow(a, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+            shown = ax.imshow(a, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+            if cols[j] in ("P(mask)", "depth prediction"):  # a probability / a depth: say what the colours mean
+                fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03).ax.tick_params(labelsize=6)
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
@@ -58,10 +72,4 @@ def segmentation_panel(batch: dict, out: dict, path: Path, title: str = "") -> P
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return fig
