@@ -154,9 +154,13 @@ def test_init_from_a_missing_dir_or_a_code_payload_is_refused_cleanly(runs, tmp_
         build_trainer(cfg(tmp_path, "new", f"train.init_from={tmp_path / 'ghost'}"))
     src, marker = tmp_path / "planted", tmp_path / "PWNED"
     shutil.copytree(runs / "unet", src)
-    for which in ("best", "last"):  # a run of an earlier version (weights in model.pt, read only then)
-        (src / "checkpoints" / which / "model.safetensors").unlink()
-        torch.save({"state": Payload(marker)}, src / "checkpoints" / which / "model.pt")
+    for which in ("best", "last"):  # a run of an earlier version: its weights in model.pt (a pickle)
+        ck = src / "checkpoints" / which
+        (ck / "model.safetensors").unlink()
+        torch.save({"state": Payload(marker)}, ck / "model.pt")
+        state = json.loads((ck / "trainer_state.json").read_text())
+        state["files"] = [f.replace("model.safetensors", "model.pt") for f in state["files"]]
+        (ck / "trainer_state.json").write_text(json.dumps(state))
     with pytest.raises(SandboxError, match=r"model.pt' was refused as unsafe \(it names [\w.]*system"):
         build_trainer(cfg(tmp_path, "new", f"train.init_from={src}"))
     assert not marker.exists() and not (tmp_path / "new").exists()
