@@ -133,8 +133,8 @@ def test_sampling_gives_images_and_inversion_gives_noise_shaped_codes(name):
 def test_interpolation_between_noises_is_slerp_only():
     torch.manual_seed(0)
     model = MODELS["flow"](**TINY, sample_steps=2).eval()
-    frames, labels = interpolate(model, None, None, 2, steps=3, mode="slerp")
-    assert frames.shape == (3, 3, 16, 16)
+    frames, labels, images = interpolate(model, None, None, 2, steps=3, mode="slerp")
+    assert frames.shape == (3, 3, 16, 16) and images is None  # random endpoints: no real images
     with pytest.raises(SandboxError, match="--mode lerp.*use --mode slerp"):
         interpolate(model, None, None, 2, steps=3, mode="lerp")
     model.set_sample_steps(4)
