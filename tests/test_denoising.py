@@ -250,6 +250,17 @@ def test_config_errors_name_the_key(overrides, match):
         load_config(None, base + overrides)
 
 
+@pytest.mark.parametrize("sampler, warns", [("ddim", True), ("heun", True), ("ddpm", False)])
+def test_eps_prediction_with_a_deterministic_sampler_warns(caplog, sampler, warns):
+    """eps-prediction sampled deterministically amplifies the net's error ~1/alpha(1) ~ 300-fold near t = 1
+    (measured on the toy of test_diffusion.py); the config says so, and ancestral ddpm sampling does not warn."""
+    base = ["data.name=attractors", "data.size=32", "model.depth=2", "train.monitor=val/loss", "model.name=ddpm",
+            "model.norm=group", "model.prediction=eps", f"model.sampler={sampler}"]
+    with caplog.at_level("WARNING", logger="sandbox"):
+        load_config(None, base)
+    assert ("badly conditioned" in caplog.text) is warns, caplog.text
+
+
 def test_the_latent_probe_reads_inverted_noise_as_flat_codes():
     """encode_dataset flattens the image-shaped codes of ddpm/flow to (N, C*S*S) for the ridge and kernel probes."""
     from sandbox.metrics.probe import encode_dataset
