@@ -25,3 +25,15 @@ def command(name: str):
     from types import SimpleNamespace
 
     return SimpleNamespace(**runpy.run_path(str(ROOT / "sandbox" / f"{name}.py"), run_name=f"command_{name}"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one torch thread is faster than two on shared cores. A module opts in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

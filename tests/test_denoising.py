@@ -20,12 +20,7 @@ NAMES = ["ddpm", "flow"]
 TINY = dict(size=16, width=8, depth=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def images(n: int = 8, size: int = 16) -> torch.Tensor:

@@ -23,13 +23,7 @@ from sandbox.errors import SandboxError
 MU, SD = 2.0, 0.5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Many small tensor ops: on a shared CPU, intra-op threads cost 20x (measured 85 s vs 3.5 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny ops, one thread is faster
 
 
 def posterior(x, a, s):

@@ -24,13 +24,7 @@ GENERATIVE = [n for n in MODELS.names() if MODELS[n].task == "generative" and MO
 TINY = dict(width=4, depth=2, latent_dim=6)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster than two on the shared cores (see tests/test_models.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_run(tmp_path, model: str, extra=()):

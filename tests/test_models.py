@@ -16,14 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SEGMENTATION = [n for n in MODELS.names() if MODELS[n].task == "segmentation"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: a second thread costs more in synchronisation than it saves (measured 2.5x
-    slower with 2 threads on the 2 shared cores), so this module runs on one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny ops, one thread is faster
 
 
 @pytest.mark.parametrize("name", SEGMENTATION)  # generative models: tests/test_generative.py

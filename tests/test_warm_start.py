@@ -25,12 +25,7 @@ AE = ["model.name=ae", "model.latent_dim=4", "loss={image: {mse: 1.0}}", "train.
       "train.monitor_mode=min", "train.fid_samples=0", "train.probe_samples=0"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def cfg(out: Path, name: str, *extra: str):
