@@ -152,6 +152,9 @@ def test_cells_are_the_product_and_named_axes_set_several_keys():
     assert cells[0].axis_of == {"model.name": "model", "data.num_train": "size", "train.epochs": "size"}
     loss = make_cells({"loss.depth": [{"l1": 0.16, "ms_ssim": 0.84}]})[0]
     assert loss.name == "depth-l1-0.16+ms_ssim-0.84"
+    # a named value {} is the base config unchanged: the control cell beside a treatment
+    control, treated = make_cells({"init": {"scratch": {}, "warm": {"train.init_from": "runs/ae"}}})
+    assert (control.name, control.overrides, treated.overrides) == ("init-scratch", {}, {"train.init_from": "runs/ae"})
 
 
 @pytest.mark.parametrize("study", sorted((ROOT / "configs" / "studies").glob("*.yaml")), ids=lambda p: p.stem)

@@ -92,13 +92,14 @@ def make_cells(grid: dict[str, Any]) -> list[Cell]:
         raise ConfigError("no grid: give at least one --grid key=v1,v2 (or a grid: in the study file)")
     axes = []
     for key, values in grid.items():
-        if isinstance(values, dict) and values and all(isinstance(v, dict) and v for v in values.values()):
+        # a named value may be {}: the base config as it is (e.g. "scratch" beside "warm-started")
+        if isinstance(values, dict) and values and all(isinstance(v, dict) for v in values.values()):
             axes.append((key, [(slug(lab), dict(ov)) for lab, ov in values.items()]))
         elif isinstance(values, list) and values:
             axes.append((key, [(slug(v), {key: v}) for v in values]))
         else:
             raise ConfigError(f"grid {key}: got {values!r}, expected a non-empty list of values "
-                              "(or a mapping {label: {key.path: value, ...}})")
+                              "(or a mapping {label: {key.path: value, ...}}; {} is the base config as it is)")
         labels = [lab for lab, _ in axes[-1][1]]
         if len(set(labels)) < len(labels):
             raise ConfigError(f"grid {key}: values {labels} repeat; give each value once")
