@@ -115,7 +115,11 @@ class Loop:
                 self._stop(signum)
         finish_trackers(acc, t.monitor, self.state["best"], self.state["best_epoch"],
                         self.run.checkpoints / "best" if cfg.track.log_checkpoints else None)
-        acc.end_training()
+        if self.next_trainer:  # another trainer of this process follows (a staged run): keep the process group
+            for tracker in acc.trackers:
+                tracker.finish()
+        else:
+            acc.end_training()  # the trackers, and the process group with several processes
         return last_val
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
