@@ -126,6 +126,20 @@ def test_a_stop_in_stage_2_resumes_there_without_redoing_stage_1(straight, tmp_p
     assert strip(two) == strip(read_metrics(straight[0] / "stages" / "2_two" / "metrics.jsonl"))  # bit for bit
 
 
+def test_a_stage_killed_before_its_first_checkpoint_starts_afresh_on_resume(straight, tmp_path, monkeypatch, capsys):
+    """A SIGKILL early in stage 2 leaves its config.yaml and metrics.jsonl, no checkpoint: the resume clears
+    them and trains stage 2 from stage 1's weights as a first start does."""
+    top = Path(shutil.copytree(straight[0], tmp_path / "st"))
+    two = top / "stages" / "2_two"
+    shutil.rmtree(two / "checkpoints")
+    (two / "metrics.jsonl").write_text(two.joinpath("metrics.jsonl").read_text().splitlines()[0] + "\n")
+    code, out = cli(monkeypatch, capsys, "--resume", str(top))
+    assert code == 0 and "stage 1/2 one: done" in out and "(resumed)" not in out, out[-2000:]
+    assert strip(read_metrics(two / "metrics.jsonl")) == strip(read_metrics(straight[0] / "stages" / "2_two" /
+                                                                            "metrics.jsonl"))
+    assert json.loads((top / "stages.json").read_text())["final"] == "stages/2_two"
+
+
 def test_a_bad_key_in_a_later_stage_is_one_line_before_anything_runs(tmp_path, monkeypatch, capsys):
     stages = [{"name": "a"}, {"name": "b"}, {"name": "c", "train": {"epochz": 2}}]
     code, out = cli(monkeypatch, capsys, "--config", str(write_config(tmp_path, stages=stages)))

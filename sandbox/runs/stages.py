@@ -45,7 +45,7 @@ def read_stages(path: str | Path) -> dict:
 
 
 def write_stages(path: str | Path, record: dict) -> None:
-    write_atomic(Path(path) / STAGES_FILE, json.dumps(record, indent=2) + "\n")
+    write_atomic(Path(path) / STAGES_FILE, json.dumps(record, indent=2, default=str) + "\n")  # YAML dates as text
 
 
 def stage_status(stage_dir: str | Path, epochs: int) -> tuple[str, dict]:
@@ -70,9 +70,10 @@ def final_run(path: str | Path) -> Path:
     if record.get("final"):
         return path / record["final"]
     stages = record["stages"]
-    done = [path / s["dir"] for s in stages if s.get("status") == "done"]
+    done = [path / str(s.get("dir")) for s in stages if s.get("status") == "done"]
     todo = next((s for s in stages if s.get("status") != "done"), None)
-    now = f"stage {todo['index']}/{len(stages)} {todo['name']} is {todo.get('status')}" if todo else "not finished"
+    now = (f"stage {todo.get('index')}/{len(stages)} {todo.get('name')} is {todo.get('status')}" if todo
+           else "not finished")
     use = f"use a finished stage's directory ({', '.join(map(str, done))})" if done else "no stage has finished yet"
     raise SandboxError(f"{str(path)!r} is a staged run that has not finished ({now}); its outcome is its last "
                        f"stage's: finish it with {resume_line(path)}, or {use}")
