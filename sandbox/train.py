@@ -5,6 +5,7 @@
     python sandbox/train.py --resume runs/unet_dice            # continue a run with its own config.yaml
     python sandbox/train.py --config configs/unet_dice.yaml --restart   # afresh, where a start failed before
                                                                         # its first checkpoint
+    python sandbox/train.py --config configs/unet_stages.yaml   # stages: one run in stages (--resume: the rest)
 
 SIGTERM or Ctrl-C: the run saves checkpoints/last after the current step, prints the resume command
 and exits with 143 / 130; a second signal stops at once.
@@ -45,6 +46,11 @@ def main() -> None:
     run = Path(cfg.out_dir) / cfg.name
     if args.restart and cfg.train.resume:
         parser.error(f"--restart starts a run afresh, but the config resumes {cfg.train.resume} (train.resume)")
+    if cfg.stages:  # one run in stages: runs/<name>/stages/<k>_<stage>/, each resumable (sandbox/trainers/stages.py)
+        from sandbox.trainers.stages import fit_stages
+
+        fit_stages(cfg, restart=args.restart)  # prints each stage's start and the summary (main process)
+        return
     if cfg.train.resume:
         check_resumable(cfg.train.resume)  # a run with nothing to resume: the way on is --restart
     elif args.restart and complete_checkpoint(run) is not None:  # a run to resume is never cleared

@@ -132,6 +132,24 @@ def test_log_checkpoints_puts_checkpoints_best_in_a_model_artifact(seg_run):
     assert "best" in art.aliases
 
 
+def test_a_signal_stop_still_writes_the_best_summary(tmp_path, monkeypatch):
+    """A SIGTERM/Ctrl-C stop ends the W&B run with best/<monitor> and best/epoch, as a normal end does.
+    2 epochs x 2 steps; the signal arrives at step 3 (mid epoch 2), so the best is epoch 1's."""
+    import signal
+
+    from sandbox.engine.stops import RunStopped, SignalStop
+
+    monkeypatch.setattr(SignalStop, "agreed", lambda self, acc: signal.SIGTERM if trainer.state["step"] >= 3 else 0)
+    trainer = build_trainer(load_config(ROOT / "configs" / "unet_dice.yaml", [
+        f"out_dir={tmp_path}", "name=stop", *TINY, "train.epochs=2", "train.num_images=0", "track.wandb=offline"]))
+    with pytest.raises(RunStopped):
+        trainer.fit()
+    assert trainer.state["step"] == 3 and trainer.state["best_epoch"] == 1  # the case under test
+    (segment,) = wb.segments(tmp_path / "stop")
+    summary = wb.summary(wb.segment_records(segment))
+    assert summary["best/val/dice"] == pytest.approx(trainer.state["best"]) and summary["best/epoch"] == 1
+
+
 def test_resuming_a_finished_run_opens_no_wandb_segment(seg_copy):
     train(seg_copy.parent, "ignored", "train.epochs=2", "track.wandb=offline", f"train.resume={seg_copy}")
     assert len(wb.segments(seg_copy)) == 1

@@ -24,6 +24,7 @@ from sandbox.config.loading import load_config
 from sandbox.errors import SandboxError
 from sandbox.metrics.selection import best_index
 from sandbox.models import MODELS
+from sandbox.runs.stages import final_run, is_staged
 from sandbox.tracking.metrics_log import read_metrics
 
 LOWER_IS_BETTER = ("loss", "l1", "rmse", "mse", "fid", "bpd", "time")  # in the last name part
@@ -75,8 +76,11 @@ def epoch_table(records: list[dict]) -> list[dict[str, float]]:
 
 
 def open_run(path: str | Path, label: str | None = None) -> Run:
-    """Read a run directory; anything else is one clear :class:`SandboxError` line."""
+    """Read a run directory (a finished staged run: its final stage, labelled by the staged run's name);
+    anything else is one clear :class:`SandboxError` line."""
     path = Path(path)
+    if is_staged(path):
+        label, path = label or path.name, final_run(path)
     if not path.is_dir():
         raise SandboxError(f"{str(path)!r} is not a run: no such directory; {RUN_HINT}")
     for f in ("config.yaml", "metrics.jsonl"):

@@ -7,6 +7,7 @@
     yamlfile.py  a config file read bounded: size, UTF-8, nesting, values with aliases expanded
     resolve.py   derived values (a generative model.size from data.size)
     validate.py  cross-field checks, ranges and registry names (pure)
+    stages.py    a config's stages: each stage's Config (the base + its keys), checked at load time
 
 This package's own namespace holds the schema only: loading and validation sit above the registries
 they check, the schema below the models that read it. ``from sandbox import load_config``.

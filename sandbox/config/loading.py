@@ -19,11 +19,13 @@ import yaml
 
 from sandbox.config.resolve import resolve
 from sandbox.config.schema import Config
+from sandbox.config.stages import Stage, plan_stages
 from sandbox.config.validate import validate
 from sandbox.config.yamlfile import as_mapping, load_yaml_text, parse_yaml_file, read_yaml
 from sandbox.errors import ConfigError, short
 
-__all__ = ["load_config", "config_from_dict", "parse_overrides", "read_yaml", "load_yaml_text", "save_config"]
+__all__ = ["load_config", "config_from_dict", "parse_overrides", "read_yaml", "load_yaml_text", "save_config",
+           "stage_configs"]
 
 log = logging.getLogger("sandbox")
 
@@ -205,9 +207,19 @@ def config_from_dict(data: dict, overrides: list[str] | None = None, source: str
     try:
         cfg = resolve(cfg)
         validate(cfg)
+        if cfg.stages:  # every stage built and checked now, before anything trains
+            plan_stages(cfg, config_from_dict)
     except ConfigError as exc:
         raise ConfigError(f"{where}{exc}") from None
     return cfg
+
+
+def stage_configs(cfg: Config) -> list[Stage]:
+    """The stages of a config with ``stages:``, each with its own checked Config (:mod:`sandbox.config.stages`)."""
+    try:
+        return plan_stages(cfg, config_from_dict)
+    except ConfigError as exc:
+        raise ConfigError(f"{cfg.source}: {exc}" if cfg.source else str(exc)) from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

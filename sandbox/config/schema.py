@@ -168,6 +168,9 @@ class Config:
     loss_balance: Optional[BalanceConfig] = None  # e.g. {scale: depth, to: mask, min: 0.1, max: 10}
     train: TrainConfig = field(default_factory=TrainConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
+    # a staged run: [{name: warm64, data.size: 64, train: {scheduler: onecycle, epochs: 4}}, ...], each stage
+    # the config above plus its own keys, trained in order under runs/<name>/stages/ (sandbox/config/stages.py)
+    stages: Optional[list[dict[str, Any]]] = None
     source: Optional[str] = None  # the YAML file this was loaded from (set by load_config)
 
     def to_dict(self) -> dict[str, Any]:

@@ -40,3 +40,16 @@ def run_summary(run: str, seconds: float, monitor: str, best: float | None, best
     lines = [f"done: {run} in {took}{best_s}", "next:"]
     lines += ["  " + cmd.format(run=run) for cmd in NEXT.get(task, [])]
     return "\n".join(lines)
+
+
+def stages_summary(run: str, seconds: float, stages: list[tuple[str, str, str, float | None, int | None]],
+                   task: str) -> str:
+    """The end of a staged run: each stage's run and best (``(label, directory, monitor, best, best_epoch)``),
+    the total time, and what to run next on ``run`` (which loads its final stage)."""
+    took = f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+    lines = [f"done: {run}, {len(stages)} stages in {took}; {run} loads the last stage's checkpoints"]
+    for label, where, monitor, best, best_epoch in stages:
+        lines.append(f"  {label}: {where}" + (f"  best {monitor} {best:.4f} at epoch {best_epoch}"
+                                              if best is not None else ""))
+    lines += ["next:"] + ["  " + cmd.format(run=run) for cmd in NEXT.get(task, [])]
+    return "\n".join(lines)

@@ -115,7 +115,11 @@ class Loop:
                 self._stop(signum)
         finish_trackers(acc, t.monitor, self.state["best"], self.state["best_epoch"],
                         self.run.checkpoints / "best" if cfg.track.log_checkpoints else None)
-        acc.end_training()
+        if self.next_trainer:  # another trainer of this process follows (a staged run): keep the process group
+            for tracker in acc.trackers:
+                tracker.finish()
+        else:
+            acc.end_training()  # the trackers, and the process group with several processes
         return last_val
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
@@ -226,11 +230,13 @@ class Loop:
 
     def _stop(self, signum: int) -> None:
         """checkpoints/last holds this step: say how to go on (main process; at once, as a launcher may
-        end the processes as soon as one has exited), end the trackers, raise RunStopped."""
-        acc = self.accelerator
-        line = stop_message(signum, self.state, self.run.path, acc.num_processes)
+        end the processes as soon as one has exited), end the trackers (W&B gets best/<monitor> and
+        best/epoch as at a normal end; no checkpoint artifact), raise RunStopped."""
+        acc, st = self.accelerator, self.state
+        line = stop_message(signum, st, self.resume_path, acc.num_processes)
         if acc.is_main_process:
             tqdm.write(line, file=sys.stderr)  # on a line of its own, not after the progress bar
+        finish_trackers(acc, self.cfg.train.monitor, st["best"], st["best_epoch"], None)  # best/* as a normal end
         acc.end_training()
         raise RunStopped(line, 128 + signum)
 

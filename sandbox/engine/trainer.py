@@ -59,6 +59,8 @@ class Trainer(Loop):
         t = cfg.train
         resume_ckpts = checkpoint_candidates(t.resume) if t.resume else []
         self.run = RunDir(resume_ckpts[0].parent.parent if resume_ckpts else Path(cfg.out_dir) / cfg.name)
+        self.resume_path = self.run.path  # what a stop message's resume command names (a stage: its staged run)
+        self.next_trainer = False  # True: another trainer follows in this process (fit keeps the process group)
         self.mixed_precision = resolve_mixed_precision(t.mixed_precision, on_cpu())
         self.wandb_mode = resolve_wandb_mode(cfg.track.wandb)
         self.accelerator = acc = make_accelerator(self.mixed_precision, t.grad_accum,

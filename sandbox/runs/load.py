@@ -24,6 +24,7 @@ from sandbox.errors import ConfigError, SandboxError
 from sandbox.models import MODELS
 from sandbox.nn.weights import UnreadableFile
 from sandbox.runs.checkpoints import WEIGHTS_FILE, read_weights, weights_file
+from sandbox.runs.stages import final_run
 
 log = logging.getLogger("sandbox")
 RUN_HINT = "expected runs/<name> written by sandbox/train.py"
@@ -35,6 +36,7 @@ def checkpoint_dir(run_dir: str | Path, which: str = "best") -> tuple[Path, Path
     path = Path(run_dir)
     if weights_file(path) is not None and path.parent.name == "checkpoints":
         return path.parent.parent, path
+    path = final_run(path)  # a finished staged run: its last stage (sandbox/runs/stages.py)
     if not path.is_dir():
         raise SandboxError(f"{str(path)!r} is not a run directory: no such folder; {RUN_HINT}")
     if not (path / "config.yaml").is_file():

@@ -18,6 +18,7 @@ from sandbox.runs.checkpoints import STATE_FILE, resumed_run
 from sandbox.runs.lock import RunLock
 from sandbox.runs.rundir import (RunDir, complete_checkpoint, existing_run, restart_line,  # noqa: F401 (re-exported)
                                  resume_line)
+from sandbox.runs.stages import is_staged
 
 #: what a start writes (runs/rundir.py, the trainer, the loop); wandb/ and files of the user stay
 LEFTOVERS = ("config.yaml", "metrics.jsonl", "checkpoints", "plots", "images", "splits", ".shared_check")
@@ -47,7 +48,10 @@ def clear_failed_start(path: str | Path) -> list[str] | None:
 
 
 def check_resumable(path: str | Path) -> Path:
-    """:func:`resumed_run`, and where a run directory holds no complete checkpoint, the way on: --restart."""
+    """:func:`resumed_run`, and where a run directory holds no complete checkpoint, the way on: --restart.
+    A staged run's directory is returned as it is (its stages resume by themselves: sandbox/trainers/stages.py)."""
+    if is_staged(path):
+        return Path(path)
     try:
         return resumed_run(path)
     except SandboxError as exc:

@@ -8,10 +8,12 @@
     denoising       ddpm / flow: the diffusion or flow-matching process's loss on a time-conditioned net
 
 ``build_trainer(cfg)``: data, model, loss and the trainer that drives them (resume included).
+``stages.fit_stages(cfg)``: a config with ``stages:``, one trainer per stage under one run directory.
 """
 from sandbox.build import build_data, build_loss, build_model
 from sandbox.config import Config
 from sandbox.engine.checkpoint import resume_target
+from sandbox.errors import ConfigError
 from sandbox.models import MODELS
 from sandbox.registry import Registry
 from sandbox.trainers.adversarial import AAETrainer, GANTrainer
@@ -30,7 +32,11 @@ TRAINERS.register("denoising")(DenoisingTrainer)
 
 def build_trainer(cfg: Config):
     """Everything for ``cfg``: data, model, loss and the trainer that drives them. A ``train.resume``
-    run continues under its own name and directory (and a folder run with its exact splits)."""
+    run continues under its own name and directory (and a folder run with its exact splits). A config with
+    ``stages:`` is trained by :func:`sandbox.trainers.stages.fit_stages` (one trainer per stage)."""
+    if cfg.stages:
+        raise ConfigError(f"{cfg.source or 'config'}: stages: a staged config trains stage after stage: python "
+                          "sandbox/train.py --config <it>, or sandbox.trainers.stages.fit_stages(cfg)")
     cfg = resume_target(cfg)
     trainer = TRAINERS[MODELS[cfg.model.name].trainer]
     return trainer(cfg, build_model(cfg), build_data(cfg, ("train", "val")), loss=build_loss(cfg))
