@@ -82,6 +82,25 @@ def test_init_from_a_checkpoint_directory_takes_that_checkpoint(runs, tmp_path):
     assert equal(trainer.unwrapped.state_dict(), checkpoint_weights(last))
 
 
+def test_init_from_a_run_takes_its_best_weights_not_its_last(runs, tmp_path, caplog):
+    """best is weights only (no optimizer state): a warm start must still take it, by the run directory or by
+    name. The source's best is made to differ from its last (a 1-epoch run has them equal), so a loader that
+    silently fell back to last would fail here."""
+    src = tmp_path / "src"
+    shutil.copytree(runs / "unet", src)
+    best = src / "checkpoints" / "best"
+    weights = {k: v + 1 if v.is_floating_point() else v for k, v in checkpoint_weights(best).items()}
+    from safetensors.torch import save_file
+
+    save_file(weights, str(best / "model.safetensors"))
+    assert not equal(weights, checkpoint_weights(src / "checkpoints" / "last"))
+    with caplog.at_level(logging.WARNING, logger="sandbox"):
+        by_run = build_trainer(cfg(tmp_path, "a", f"train.init_from={src}"))
+        by_name = build_trainer(cfg(tmp_path, "b", f"train.init_from={best}"))
+    assert equal(by_run.unwrapped.state_dict(), weights) and equal(by_name.unwrapped.state_dict(), weights)
+    assert "instead" not in caplog.text  # no fallback warning
+
+
 def test_init_from_falls_back_to_the_newest_checkpoint_without_best(runs, tmp_path, caplog):
     src = tmp_path / "nobest"
     shutil.copytree(runs / "unet", src)

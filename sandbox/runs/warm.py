@@ -20,7 +20,7 @@ from torch import nn
 
 from sandbox.config.loading import read_yaml
 from sandbox.errors import ConfigError, SandboxError
-from sandbox.runs.checkpoints import checkpoint_candidates, read_state
+from sandbox.runs.checkpoints import STATE_FILE, check_complete, checkpoint_candidates, read_state
 from sandbox.runs.load import checkpoint_weights
 
 log = logging.getLogger("sandbox")
@@ -38,9 +38,12 @@ def init_source(spec: str | Path) -> Path:
     if not path.exists():
         raise ConfigError(f"train.init_from: {str(path)!r} does not exist; {HINT}")
     try:
+        if (path / STATE_FILE).exists():  # a checkpoint directory: weights-only ones (best) are fine here
+            return check_complete(path)
+        best = path / "checkpoints" / "best"
         if (path / "checkpoints").is_dir():
             try:
-                return checkpoint_candidates(path / "checkpoints" / "best")[0]
+                return check_complete(best)  # weights only (no optimizer): all a warm start needs
             except SandboxError:
                 newest = checkpoint_candidates(path)[0]
                 log.warning("train.init_from: %s has no complete checkpoints/best; using checkpoints/%s instead",
