@@ -55,7 +55,9 @@ class ModelConfig:
     blocks: int = 2  # convolutions per stage
     block: Literal["plain", "residual"] = "plain"
     norm: Literal["batch", "group", "none"] = "batch"
-    upsample: Optional[Literal["transpose", "pixel_shuffle", "bilinear"]] = None  # None: the model's default
+    # transpose: ConvTranspose k2 s2; transpose_k4: k4 s2 p1 (DCGAN's); transpose_k3: k3 s2 (uneven overlap:
+    # the checkerboard of Odena et al. 2016); pixel_shuffle; bilinear (resize-conv). None: the model's default
+    upsample: Optional[Literal["transpose", "pixel_shuffle", "bilinear", "transpose_k4", "transpose_k3"]] = None
     skip: Optional[Literal["none", "concat", "add"]] = None  # None: the model's default
     downsample: Optional[Literal["maxpool", "stride"]] = None  # None: the model's default (maxpool)
     dilation: int = 1
@@ -217,7 +219,7 @@ RANGES: dict[str, str] = {
 
 def choices(section: type, key: str) -> tuple:
     """The allowed values of a ``Literal`` key: ``choices(ModelConfig, "upsample")`` ->
-    ``("transpose", "pixel_shuffle", "bilinear")`` (an ``Optional`` is unwrapped)."""
+    ``("transpose", "pixel_shuffle", "bilinear", ...)`` (an ``Optional`` is unwrapped)."""
     tp = typing.get_type_hints(section)[key]
     if typing.get_origin(tp) is Union:
         tp = next(a for a in typing.get_args(tp) if a is not type(None))
