@@ -95,31 +95,33 @@ def test_the_inverter_step_changes_only_the_inverter(tmp_path):
     assert changed == {"inverter"}
 
 
-@pytest.mark.slow  # 40 inverter steps at batch 64: 33 s measured at load 7 on the 2 cores
+@pytest.mark.slow  # 30 inverter steps at batch 32: 48-59 s at load 12 on the 2 cores (a few seconds idle)
 def test_the_inverter_recovers_the_input_of_a_fixed_generator(tmp_path):
     """Closed-form yardstick: u ~ N(0, I), so the best constant guess has MSE exactly Var u = 1. A fixed
     random generator (eval mode, never stepped) is smooth and, for 2 inputs, injective in practice. Every
     step draws a fresh batch, so each step's loss, taken before its update, is an error on samples the
-    inverter has not seen: it starts near 1 and after 40 steps must stay below 0.15 (measured ~0.03 by
-    step 20 on 16 px; the inverter's BatchNorm lifts G's tiny spread at init, ~1e-3, to unit scale)."""
-    trainer = build_trainer(tiny_gan(tmp_path, "model.invert=true", "model.latent_dim=2", "data.batch_size=64",
+    inverter has not seen: it starts near 1 and its last 5 steps of 30 must average below 0.15 (measured
+    0.012 / 0.024 / 0.016 for model seeds 0 / 1 / 2; the inverter's BatchNorm lifts G's tiny spread at
+    init, ~1e-3 per pixel, to unit scale: without norms it stays at 1 for 120 steps)."""
+    trainer = build_trainer(tiny_gan(tmp_path, "model.invert=true", "model.latent_dim=2", "data.batch_size=32",
                                      "train.lr=3e-3"))
     m = trainer.unwrapped
     m.generator.eval()
     g = torch.Generator().manual_seed(0)
     losses = []
-    for _ in range(40):
-        u = m.prior(64, g)
+    for _ in range(30):
+        u = m.prior(32, g)
         with torch.no_grad():
             fake = m.decode(u)
         losses.append(float(trainer.invert_step(fake, u)["loss/invert"]))
-    assert losses[0] > 0.5 and sum(losses[-10:]) / 10 < 0.15, losses
+    assert losses[0] > 0.5 and sum(losses[-5:]) / 5 < 0.15, losses
 
 
 @pytest.mark.parametrize("extra, message", [
     (["data.name=dancers"], "train.param_mse: dataset dancers has no generating parameters"),
     (["model.name=vae", "model.d_norm=null", "loss={image: {mse: 1.0}}"], "train.param_mse: only the gan trainer (dcgan) takes it"),
     (["train.param_mse=-1"], "train.param_mse: got -1"),
+    (["data.augment=[{HorizontalFlip: {p: 0.5}}]"], "train.param_mse: data.augment changes the training images"),
 ])
 def test_param_mse_where_it_cannot_apply_is_one_line(tmp_path, extra, message):
     with pytest.raises(ConfigError) as exc:

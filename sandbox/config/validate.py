@@ -230,3 +230,7 @@ def _validate_param_mse(cfg: Config, models) -> None:
         with_params = [n for n in DATASETS.names() if getattr(DATASETS[n], "param_names", ())]
         raise ConfigError(f"train.param_mse: dataset {cfg.data.name} has no generating parameters to feed the "
                           f"generator (datasets that have them: {', '.join(with_params)}); set train.param_mse: 0")
+    if cfg.data.augment:
+        raise ConfigError("train.param_mse: data.augment changes the training images but not their parameters, "
+                          "so G(v) would be pulled towards a transformed x_v; remove data.augment or set "
+                          "train.param_mse: 0")
