@@ -32,6 +32,8 @@ def model_kwargs(cfg: Config) -> dict:
     kw = {k: v for k, v in vars(m).items()
           if k != "name" and v is not None and not (k in optional and v == optional[k])}
     kw["targets"] = {t: 1 for t in cfg.loss or {}}
+    if cfg.train.param_mse > 0:  # the generator takes the data's parameters (validate.py: gan, data with them)
+        kw["cond_dim"] = len(DATASETS[cfg.data.name].param_names)
     return kw
 
 

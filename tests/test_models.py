@@ -150,6 +150,33 @@ def test_decoder_options_restore_resolution(skip, upsample):
     assert y.shape == (2, 8, 32, 32)
 
 
+@pytest.mark.parametrize("kind", ["transpose", "transpose_k4", "transpose_k3", "pixel_shuffle", "bilinear"])
+def test_every_upsample_choice_doubles_the_side(kind):
+    from sandbox.config.schema import ModelConfig, choices
+
+    assert kind in choices(ModelConfig, "upsample")  # the config accepts what the core builds
+    assert make_upsample(kind, 6, 4)(torch.rand(2, 6, 5, 7)).shape == (2, 4, 10, 14)  # odd sides too
+
+
+def test_transposed_conv_kernels_overlap_as_derived():
+    # Ones in, all-ones kernel, no bias: each output pixel counts the taps that reach it. Output o of a
+    # stride-2 transposed conv with padding p takes input i through tap k = o + p - 2i (0 <= k < kernel).
+    # k4, p1: k = o + 1 - 2i hits 2 of 0..3 for every o: 2 x 2 = 4 taps everywhere (even overlap).
+    # k3, p1: even o = 2j: k = 1 only (1 tap); odd o: k = 0 and 2 (2 taps): per 2x2 phase 1, 2, 2, 4.
+    def taps(kind):
+        up = make_upsample(kind, 1, 1)
+        torch.nn.init.ones_(up.weight)
+        torch.nn.init.zeros_(up.bias)
+        with torch.no_grad():
+            return up(torch.ones(1, 1, 6, 6))[0, 0, 2:-2, 2:-2]  # interior: no border effects
+
+    assert torch.equal(taps("transpose_k4"), torch.full((8, 8), 4.0))
+    assert torch.equal(taps("transpose"), torch.ones(8, 8))  # k2: no overlap, one tap each
+    k3 = taps("transpose_k3")
+    assert [float(k3[i, j]) for i in (0, 1) for j in (0, 1)] == [1.0, 2.0, 2.0, 4.0]  # interior row 2 is even
+    assert torch.equal(k3, k3[:2, :2].repeat(4, 4))  # the same 2 x 2 pattern everywhere: a checkerboard
+
+
 def test_add_skip_projects_mismatched_widths():
     dec = Decoder([3, 8, 16], widths=[4, 8, 32], skip="add")
     assert isinstance(dec.projs[0], torch.nn.Identity)  # level 1: 8 == 8

@@ -249,7 +249,7 @@ def summarize(cfg, model: nn.Module | None = None) -> dict[str, Any]:
     rf = measure_receptive_field(net, size)
     gflops = flops_per_image(net, size, m.in_channels) / 1e9
     if gan:
-        z = torch.zeros(1, model.latent_dim, device=_device_dtype(model)[0])
+        z = torch.zeros(1, model.generator.latent_dim, device=_device_dtype(model)[0])  # its input (params + noise)
         gflops += _counted_flops(model, z, call=model.generator) / 1e9
     row = {
         "model": m.name,

@@ -55,7 +55,9 @@ class ModelConfig:
     blocks: int = 2  # convolutions per stage
     block: Literal["plain", "residual"] = "plain"
     norm: Literal["batch", "group", "none"] = "batch"
-    upsample: Optional[Literal["transpose", "pixel_shuffle", "bilinear"]] = None  # None: the model's default
+    # transpose: ConvTranspose k2 s2; transpose_k4: k4 s2 p1 (DCGAN's); transpose_k3: k3 s2 (uneven overlap:
+    # the checkerboard of Odena et al. 2016); pixel_shuffle; bilinear (resize-conv). None: the model's default
+    upsample: Optional[Literal["transpose", "pixel_shuffle", "bilinear", "transpose_k4", "transpose_k3"]] = None
     skip: Optional[Literal["none", "concat", "add"]] = None  # None: the model's default
     downsample: Optional[Literal["maxpool", "stride"]] = None  # None: the model's default (maxpool)
     dilation: int = 1
@@ -70,6 +72,9 @@ class ModelConfig:
     prior_components: Optional[int] = None  # aae, prior: mixture: number of Gaussian components (null: 10)
     ema: Optional[float] = None  # decay of an EMA copy of the generator/decoder used for sampling (e.g. 0.999)
     d_norm: Optional[Literal["batch", "group", "none"]] = None  # dcgan: the discriminator's norm (null: model.norm)
+    # dcgan: also train an encoder E to invert G, MSE(E(G(u)), u) on G's own inputs u (AAE-style), so the model
+    # encodes: the latent probe reads E's codes of real images (null/false: no encoder, the plain DCGAN)
+    invert: Optional[bool] = None
     # denoising models (ddpm, flow): t = 0 is data, t = 1 noise; sampling runs the net from noise to data
     prediction: Optional[Literal["eps", "v", "x0"]] = None  # ddpm: what the net predicts (null: v)
     min_snr: Optional[float] = None  # ddpm: min-SNR-gamma loss weighting, e.g. 5 (null: off)
@@ -131,6 +136,9 @@ class TrainConfig:
     beta1: Optional[float] = None  # adam/adamw beta1 (null: 0.5 in gan/aae trainers as in DCGAN, else 0.9)
     fid_samples: int = 512  # generated images for val/fid_own each epoch (0: off)
     probe_samples: int = 1000  # attractors: training images the latent probe is fitted on (0: off)
+    # gan on data with known generating parameters (attractors): w > 0 feeds G the standardised parameters v
+    # beside its noise and adds w * MSE(G(v, z), x_v) to its adversarial loss (the seed's latent correspondence)
+    param_mse: float = 0.0
 
 
 @dataclass
@@ -195,6 +203,7 @@ RANGES: dict[str, str] = {
     "train.keep_last_n": "[0, inf)",  # 0: only best and last
     "train.fid_samples": "[0, 1000000]",  # generated and held in memory each epoch
     "train.probe_samples": "[0, 1000000]",
+    "train.param_mse": "[0, inf)",
     # sizes of things held in memory: far above any use, low enough that the error is ours, not torch's
     # allocator's (a 4096-channel 3x3 conv is 600 MB of float32 weights)
     "data.batch_size": "[1, 65536]",
@@ -220,7 +229,7 @@ RANGES: dict[str, str] = {
 
 def choices(section: type, key: str) -> tuple:
     """The allowed values of a ``Literal`` key: ``choices(ModelConfig, "upsample")`` ->
-    ``("transpose", "pixel_shuffle", "bilinear")`` (an ``Optional`` is unwrapped)."""
+    ``("transpose", "pixel_shuffle", "bilinear", ...)`` (an ``Optional`` is unwrapped)."""
     tp = typing.get_type_hints(section)[key]
     if typing.get_origin(tp) is Union:
         tp = next(a for a in typing.get_args(tp) if a is not type(None))

@@ -216,3 +216,21 @@ def _validate_generative(cfg: Config, models) -> None:
     _positive("train.n_critic", t.n_critic)
     if t.beta1 is not None and not 0 <= t.beta1 < 1:
         raise ConfigError(f"train.beta1: got {short(t.beta1)}, expected a value in [0, 1)")
+    if t.param_mse > 0:
+        _validate_param_mse(cfg, models)
+
+
+def _validate_param_mse(cfg: Config, models) -> None:
+    """``train.param_mse`` > 0: the GAN's generator takes the data's generating parameters, so the model is
+    trained by the gan trainer and the dataset declares them (``param_names``)."""
+    if models[cfg.model.name].trainer != "gan":
+        raise ConfigError(f"train.param_mse: only the gan trainer (dcgan) takes it; {cfg.model.name} does not; "
+                          "set train.param_mse: 0")
+    if not getattr(DATASETS[cfg.data.name], "param_names", ()):
+        with_params = [n for n in DATASETS.names() if getattr(DATASETS[n], "param_names", ())]
+        raise ConfigError(f"train.param_mse: dataset {cfg.data.name} has no generating parameters to feed the "
+                          f"generator (datasets that have them: {', '.join(with_params)}); set train.param_mse: 0")
+    if cfg.data.augment:
+        raise ConfigError("train.param_mse: data.augment changes the training images but not their parameters, "
+                          "so G(v) would be pulled towards a transformed x_v; remove data.augment or set "
+                          "train.param_mse: 0")

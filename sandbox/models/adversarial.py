@@ -4,6 +4,12 @@ DCGAN (Radford et al. 2016)::
 
     generator      z (B, latent_dim) ──Linear──> (C, h, w) ──core Decoder──> 1x1 conv ──> logits (B, 3, S, S)
     discriminator  x ──core Encoder──> flatten ──Linear──> logit (B, 1)
+    inverter       x ──core Encoder──> flatten ──Linear──> u (B, cond_dim + latent_dim)    (invert=True)
+
+With ``cond_dim`` (``train.param_mse`` > 0 on data with known generating parameters) the generator's
+input is ``u = (v, z)``: the standardised parameters ``v`` (``cond_dim``) then the noise ``z``; the
+trainer adds ``param_mse * MSE(G(v, z), x_v)`` on real pairs. The inverter (``invert``) is trained to
+give back ``u`` from ``G(u)`` (AAE-style), which gives the GAN an ``encode`` for the latent probe.
 
 AAE (Makhzani et al. 2015): the :class:`~sandbox.models.autoencoders.AutoEncoder` plus a
 latent discriminator (an MLP on codes) that tells prior samples from encoded images. The
@@ -44,17 +50,46 @@ class DCGAN(LatentModel):
 
     def __init__(self, in_channels: int, size: int, latent_dim: int, widths: Sequence[int], blocks: int = 1,
                  block: str = "plain", norm: str = "batch", upsample: str = "transpose", downsample: str = "stride",
-                 dilation: int = 1, dropout: float = 0.0, ema: float | None = None, d_norm: str | None = None):
+                 dilation: int = 1, dropout: float = 0.0, ema: float | None = None, d_norm: str | None = None,
+                 cond_dim: int = 0, invert: bool = False):
         super().__init__()
-        self.latent_dim, self.size, self.in_channels = latent_dim, size, in_channels
+        self.latent_dim, self.size, self.in_channels, self.cond_dim = latent_dim, size, in_channels, cond_dim
+        self.input_dim = cond_dim + latent_dim  # the generator's input u = (v, z)
         self.discriminator = ImageEncoder(in_channels, size, 1, widths, blocks, downsample, block, dilation,
                                           d_norm or norm, dropout)
-        self.generator = ImageDecoder(latent_dim, self.discriminator.bottleneck, in_channels, widths, upsample,
+        self.generator = ImageDecoder(self.input_dim, self.discriminator.bottleneck, in_channels, widths, upsample,
                                       blocks, block, norm, dilation)
+        if cond_dim:  # the parameters' mean and std on the training split (set by the trainer, saved with the weights)
+            self.register_buffer("param_mean", torch.zeros(cond_dim))
+            self.register_buffer("param_std", torch.ones(cond_dim))
+        if invert:
+            self.inverter = ImageEncoder(in_channels, size, self.input_dim, widths, blocks, downsample, block,
+                                         dilation, norm, dropout)
+        self.encodes = bool(invert)
         self.setup_ema(ema)
 
     def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"image": self.decode(z)}
+
+    def standardise(self, params: torch.Tensor) -> torch.Tensor:
+        """Known parameters ``(B, cond_dim)`` -> ``v``, standardised by the training split's mean and std."""
+        return (params.float() - self.param_mean) / self.param_std
+
+    def prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``(n, input_dim)``: the noise z ~ N(0, I) (drawn first: without ``cond_dim`` the plain DCGAN's
+        draw), after ``v`` ~ U(-sqrt 3, sqrt 3) per parameter: mean 0 and std 1 like the standardised
+        training parameters, uniform as the attractors' are drawn (before their rejection of degenerate maps)."""
+        z = super().prior(n, generator)
+        if not self.cond_dim:
+            return z
+        v = (torch.rand(n, self.cond_dim, generator=generator) * 2 - 1) * 3**0.5
+        return torch.cat([v.to(z.device), z], dim=1)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``x: (B, C, S, S) -> u = (v, z)`` as the inverter reads it (``invert`` only)."""
+        if not self.encodes:
+            return super().encode(x)
+        return self.inverter(x)
 
 
 class LatentDiscriminator(nn.Module):
@@ -111,14 +146,19 @@ def _check_prior(options: dict[str, Any]) -> None:
 def _check_d_norm(options: dict[str, Any]) -> None:
     if options.get("d_norm") not in (None, "batch", "group", "none"):
         raise ConfigError(f"model.d_norm: got {options['d_norm']!r}, expected one of 'batch', 'group', 'none'")
+    if options.get("invert") not in (None, True, False):
+        raise ConfigError(f"model.invert: got {options['invert']!r}, expected true or false")
 
 
-@register_generative("dcgan", "gan", extra=("d_norm",), defaults={"downsample": "stride"}, check=_check_d_norm,
-                     takes_loss=False)
-def build_dcgan(latent_dim: int = 64, d_norm: str | None = None, **core: Any) -> DCGAN:
+@register_generative("dcgan", "gan", extra=("d_norm", "invert", "cond_dim"), defaults={"downsample": "stride"},
+                     check=_check_d_norm, takes_loss=False)
+def build_dcgan(latent_dim: int = 64, d_norm: str | None = None, invert: bool | None = None, cond_dim: int = 0,
+                **core: Any) -> DCGAN:
     """DCGAN: ``MODELS["dcgan"](latent_dim=64, size=64, width=16, depth=3, ...)``; the discriminator
-    downsamples with strided convolutions unless ``downsample`` says otherwise."""
-    return DCGAN(latent_dim=latent_dim, d_norm=d_norm, **core)
+    downsamples with strided convolutions unless ``downsample`` says otherwise. ``invert``: add the
+    encoder that inverts G; ``cond_dim``: parameters fed to G beside the noise (set from the data by
+    ``sandbox.build.model_kwargs`` when ``train.param_mse`` > 0)."""
+    return DCGAN(latent_dim=latent_dim, d_norm=d_norm, invert=bool(invert), cond_dim=cond_dim, **core)
 
 
 @register_generative("aae", "aae", extra=("prior", "prior_components"), check=_check_prior)

@@ -107,12 +107,19 @@ def make_upsample(kind: str, cin: int, cout: int, icnr: bool = True) -> nn.Modul
     """Double H and W while mapping ``cin -> cout`` channels: ``(B, cin, H, W) -> (B, cout, 2H, 2W)``.
 
     ``transpose``: ConvTranspose2d(k=2, s=2) (the seed's choice; prone to checkerboards);
+    ``transpose_k4``: k=4, s=2, padding 1 (DCGAN's generator layer: every output pixel sums 2 x 2 taps);
+    ``transpose_k3``: k=3, s=2, padding 1, output_padding 1 (the kernel does not divide by the stride, so
+    an even output row or column gets 1 tap and an odd one 2: the checkerboard of Odena et al. 2016);
     ``pixel_shuffle``: 3x3 conv to 4*cout then PixelShuffle(2) (Shi et al. 2016), ICNR-initialised
     unless ``icnr=False``; ``bilinear``: bilinear x2 then 3x3 conv; ``none``: a 1x1 conv, no
     resizing (SimpleConv).
     """
     if kind == "transpose":
         return nn.ConvTranspose2d(cin, cout, 2, stride=2)
+    if kind == "transpose_k4":  # out = (H - 1) * 2 - 2 * 1 + 4 = 2H
+        return nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1)
+    if kind == "transpose_k3":  # out = (H - 1) * 2 - 2 * 1 + 3 + 1 = 2H
+        return nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1)
     if kind == "pixel_shuffle":
         conv = nn.Conv2d(cin, 4 * cout, 3, padding=1)
         return nn.Sequential(icnr_(conv) if icnr else conv, nn.PixelShuffle(2))
@@ -121,4 +128,5 @@ def make_upsample(kind: str, cin: int, cout: int, icnr: bool = True) -> nn.Modul
                              nn.Conv2d(cin, cout, 3, padding=1))
     if kind == "none":
         return nn.Conv2d(cin, cout, 1)
-    raise SandboxError(f"unknown upsample {kind!r}; accepted: transpose, pixel_shuffle, bilinear, none")
+    raise SandboxError(f"unknown upsample {kind!r}; accepted: transpose, transpose_k4, transpose_k3, "
+                       "pixel_shuffle, bilinear, none")

@@ -4,7 +4,9 @@
 step on real images vs detached ``G(z)`` (optimizer 1), then every ``train.n_critic``-th
 batch the generator step with the discriminator frozen (optimizer 0). Logged: the loss
 parts ``train/loss/gan/{d,g}`` and the mean probabilities ``train/d_real`` = D(x) and
-``train/d_fake`` = D(G(z)) (taken before the discriminator's step): a discriminator that
+``train/d_fake`` = D(G(z)) (taken before the discriminator's step); with ``train.param_mse`` the
+generator's MSE to the real images of its parameters (``train/loss/gan/param_mse``), with ``model.invert``
+the inverter's MSE (``train/loss/invert``) and the latent probe of its codes (``val/probe_r2_*``): a discriminator that
 wins outright (D(x) -> 1, D(G(z)) -> 0) or a collapse (``val/diversity`` falling) shows in
 ``plots/generative.png``.
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sandbox.data.transforms import unaugmented
 from sandbox.metrics.generative import own_features
 from sandbox.trainers.reconstruction import ReconstructionTrainer
 from sandbox.trainers.sampling import SamplingTrainer
@@ -51,25 +54,61 @@ def _prob(logits: torch.Tensor) -> torch.Tensor:
 
 
 class GANTrainer(SamplingTrainer):
-    """DCGAN: optimizer 0 = generator, optimizer 1 = discriminator (``train.d_lr``). Its objective is
-    the adversarial game alone: it takes no ``loss`` section."""
+    """DCGAN: optimizer 0 = generator, optimizer 1 = discriminator (``train.d_lr``), 2 = the inverter
+    (``model.invert``, ``train.lr``). Its objective is the adversarial game, plus ``train.param_mse *
+    MSE(G(v, z), x_v)`` on data with known parameters: it takes no ``loss`` section."""
 
     kind = "gan"
     beta1_default = 0.5
     ddp = False
 
     def __init__(self, cfg, model, datasets, loss=None):
+        if model.cond_dim:  # standardise v by the training split's parameters (a resumed run loads the same)
+            train = unaugmented(datasets["train"])
+            params = torch.stack([train[i]["params"] for i in range(len(train))]).float()
+            model.param_mean.copy_(params.mean(0))
+            model.param_std.copy_(params.std(0).clamp_min(1e-8) if len(params) > 1 else torch.ones(model.cond_dim))
         super().__init__(cfg, model, datasets)
 
     def configure_optimizers(self):
         m = self.model
-        return [self.optimizer_for(m.generator.parameters()),
+        opts = [self.optimizer_for(m.generator.parameters()),
                 self.optimizer_for(m.discriminator.parameters(), self.cfg.train.d_lr)]
+        return opts + ([self.optimizer_for(m.inverter.parameters())] if m.encodes else [])
+
+    def invert_step(self, fake: torch.Tensor, u: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The inverter's step: ``MSE(E(G(u)), u)`` on this batch's detached samples; logged as
+        ``loss/invert`` and, with parameters, split into ``loss/invert/params`` (v) and ``loss/invert/noise`` (z)."""
+        m = self.unwrapped
+        with self.accelerator.autocast():
+            err = (m.inverter(self.to_input(fake.detach())).float() - u.float()).square()
+        loss = err.mean()
+        out = {"loss/invert": loss.detach()}
+        if m.cond_dim:
+            out["loss/invert/params"] = err[:, :m.cond_dim].mean().detach()
+            out["loss/invert/noise"] = err[:, m.cond_dim:].mean().detach()
+        self.backward_and_step(loss, index=2, model=m.inverter, parts=out)
+        return out
+
+    def generator_loss(self, fake: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Non-saturating ``-log D(G(u))``, plus ``train.param_mse * MSE(G(v, z), x_v)`` when G takes the
+        parameters (``loss/gan/param_mse``: the MSE unweighted)."""
+        m = self.unwrapped
+        with self.accelerator.autocast():
+            loss = bce_logits(m.discriminator(self.to_input(fake)), True)
+        parts = {"loss/gan/g": loss}
+        if m.cond_dim:
+            mse = F.mse_loss(fake.float(), x.float())
+            parts["loss/gan/param_mse"] = mse
+            loss = loss + self.cfg.train.param_mse * mse
+        return loss, parts
 
     def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
         m, acc = self.unwrapped, self.accelerator
         x = self.to_input(batch["image"])
         z = self.shard_draw(lambda n: torch.randn(n, m.latent_dim, device=x.device), x.shape[0])
+        if m.cond_dim:  # the generator's input u = (v, z): v the real images' own parameters
+            z = torch.cat([m.standardise(batch["params"].to(x.device)), z], dim=1)
         with acc.autocast():
             fake = m.decode(z)
             d_real, d_fake = m.discriminator(x), m.discriminator(self.to_input(fake.detach()))
@@ -80,15 +119,16 @@ class GANTrainer(SamplingTrainer):
         if self.state["step"] % self.cfg.train.n_critic == 0:
             m.discriminator.requires_grad_(False)  # the generator's step leaves D's gradients alone
             try:
-                with acc.autocast():
-                    g_loss = bce_logits(m.discriminator(self.to_input(fake)), True)
-                if self.backward_and_step(g_loss, index=0, model=m.generator, parts={"loss/gan/g": g_loss}) \
-                        and acc.sync_gradients:
+                g_loss, parts = self.generator_loss(fake, x)
+                if self.backward_and_step(g_loss, index=0, model=m.generator, parts=parts) and acc.sync_gradients:
                     m.update_ema()
             finally:
                 m.discriminator.requires_grad_(True)
-            out["loss/gan/g"] = g_loss.detach()
+            out.update({k: v.detach() for k, v in parts.items()})
             total = total + g_loss.detach()
+        if m.encodes:
+            out.update(self.invert_step(fake, z))
+            total = total + out["loss/invert"]
         return {"loss": total, **out}
 
     @torch.no_grad()
@@ -98,9 +138,8 @@ class GANTrainer(SamplingTrainer):
         for batch in loader:
             f = own_features(self.fit_batch(batch)["image"])
             feats.append(self.accelerator.gather_for_metrics(f.contiguous()))
-        if not feats or not self.cfg.train.fid_samples:
-            return {}
-        return self.sample_metrics(torch.cat(feats))
+        out = self.sample_metrics(torch.cat(feats)) if feats and self.cfg.train.fid_samples else {}
+        return {**out, **self.probe()}
 
 
 class AAETrainer(ReconstructionTrainer):

@@ -26,11 +26,9 @@ from pathlib import Path
 import torch
 
 from sandbox.data.loader import collate
-from sandbox.data.transforms import unaugmented
 from sandbox.losses import CompositeLoss
 from sandbox.metrics import regression_metrics
 from sandbox.metrics.generative import own_features
-from sandbox.metrics.probe import encode_dataset, latent_probe
 from sandbox.trainers.sampling import SamplingTrainer
 from sandbox.viz.grids import save_grid
 
@@ -126,20 +124,6 @@ class ReconstructionTrainer(SamplingTrainer):
             out.update(self.sample_metrics(torch.cat(real)))
         out.update(self.probe())
         return out
-
-    def probe(self) -> dict[str, float]:
-        """Latent probe R² on attractors (val codes, fitted on the first ``train.probe_samples`` training images)."""
-        train, val = self.datasets["train"], self.datasets.get("val")
-        train = unaugmented(train)  # the latent probe reads the images as stored
-        n = min(self.cfg.train.probe_samples, len(train))
-        if n < 4 or val is None or len(val) < 2 or "params" not in val[0]:
-            return {}
-        m = self.unwrapped
-        with self.accelerator.autocast():
-            cf, pf = encode_dataset(m, train, list(range(n)))
-            cv, pv = encode_dataset(m, val, list(range(len(val))))
-        r = latent_probe(cf, pf, cv, pv)
-        return {"val/probe_r2_linear": r["linear"], "val/probe_r2_kernel": r["kernel"]}
 
     # ------------------------------------------------------------------ pictures
     @torch.no_grad()

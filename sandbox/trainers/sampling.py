@@ -1,5 +1,6 @@
 """The base of every generative trainer: samples from fixed noise, their fid_own, kid_own, precision,
-recall and diversity against the validation images, sample grids and ``plots/generative.png`` each epoch, Adam's beta1."""
+recall and diversity against the validation images, the latent probe (models that encode, data with known
+parameters), sample grids and ``plots/generative.png`` each epoch, Adam's beta1."""
 from __future__ import annotations
 
 import logging
@@ -8,9 +9,11 @@ from pathlib import Path
 
 import torch
 
+from sandbox.data.transforms import unaugmented
 from sandbox.engine.optim import set_beta1
 from sandbox.engine.trainer import Trainer
 from sandbox.metrics.generative import own_features, sample_scores
+from sandbox.metrics.probe import encode_dataset, latent_probe
 from sandbox.tracking.metrics_log import read_metrics
 from sandbox.viz.curves import plot_generative
 from sandbox.viz.grids import save_grid
@@ -49,6 +52,22 @@ class SamplingTrainer(Trainer):
         fake = own_features(self.samples(self.cfg.train.fid_samples))
         scores = sample_scores(real_features, fake, seed=self.cfg.seed)
         return {f"val/{k}": v for k, v in scores.items() if k != "kid_own_std" and not math.isnan(v)}
+
+    def probe(self) -> dict[str, float]:
+        """Latent probe R² on data with known parameters (attractors): the model's codes of the validation
+        images, fitted on the first ``train.probe_samples`` training images; nothing for a model that
+        does not encode."""
+        train, val = self.datasets["train"], self.datasets.get("val")
+        train = unaugmented(train)  # the latent probe reads the images as stored
+        n = min(self.cfg.train.probe_samples, len(train))
+        m = self.unwrapped
+        if n < 4 or val is None or len(val) < 2 or "params" not in val[0] or not m.encodes:
+            return {}
+        with self.accelerator.autocast():
+            cf, pf = encode_dataset(m, train, list(range(n)))
+            cv, pv = encode_dataset(m, val, list(range(len(val))))
+        r = latent_probe(cf, pf, cv, pv)
+        return {"val/probe_r2_linear": r["linear"], "val/probe_r2_kernel": r["kernel"]}
 
     def extra_images(self, epoch: int) -> list[Path]:
         """More pictures of the epoch beside the sample grid (reconstructions, for models that encode)."""
