@@ -233,7 +233,7 @@ def generative_notes(records: list[dict], rows: list[dict], protocol: dict) -> l
             best.append(f"{m} ({'lower' if low else 'higher'} is better): {cell} ({val:.4g})")
     if best:
         lines += ["Best cell by mean: " + "; ".join(best) + ". A best mean is a win only where the comparisons "
-                  "below (paired over seeds) or non-overlapping intervals say so.", ""]
+                  "(paired over seeds, comparisons.csv for every metric) or non-overlapping intervals say so.", ""]
     return lines
 
 
