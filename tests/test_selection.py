@@ -81,3 +81,31 @@ def test_the_trainers_update_best_agrees_with_run_stats(tmp_path, tiny_overrides
     assert trainer.state["best_epoch"] == 3 == run_stats(_run(ROWS, f"train.monitor={metric}",
                                                               f"train.monitor_mode={mode}"), metric)["best epoch"]
     assert trainer.state["best"] == ROWS[2][metric] and trainer.state["best_loss"] == 0.3
+
+
+# a GAN's validation: sample metrics only, no val/loss (its monitor in a study that selects on val/loss);
+# epoch 3 logged nothing (train.fid_samples: 0 gives a GAN an empty validation)
+GAN_ROWS = [{"epoch": 1, "val/fid_own": 3.0}, {"epoch": 2, "val/fid_own": 1.0}, {"epoch": 3}]
+
+
+def test_a_monitor_never_logged_selects_the_last_epoch_as_checkpoints_best_does(tmp_path, tiny_overrides):
+    """The trainer keeps the last epoch as checkpoints/best when its monitor is never logged; the reports
+    (run_stats, a study's selected epoch) name that epoch too, not none, and not the best fid_own."""
+    assert best_index(GAN_ROWS, "val/loss", "min", monitor=True) == 2
+    assert best_index(GAN_ROWS, "val/loss", "min") is None  # not the monitor: a metric the run lacks
+    stats = run_stats(_run(GAN_ROWS, "train.monitor=val/loss", "train.monitor_mode=min"), "val/loss")
+    assert stats["best epoch"] == 3 and math.isnan(stats["best val/loss"])
+    trainer = build_trainer(load_config(ROOT / "configs/unet_dice.yaml", tiny_overrides + [
+        "train.monitor=val/loss", "train.monitor_mode=min"]))
+    saved = [trainer._update_best({k: v for k, v in row.items() if k != "epoch"}, i) for i, row in enumerate(GAN_ROWS)]
+    assert saved == [True, True, True] and trainer.state["best"] is None
+
+
+def test_once_the_monitor_was_logged_an_epoch_without_it_is_not_best(tmp_path, tiny_overrides):
+    # epoch 2 logs the monitor; epoch 3 lacks it: checkpoints/best stays at epoch 2 (it used to take
+    # every epoch without the value)
+    rows = [{"epoch": 1}, {"epoch": 2, "val/dice": 0.5, "val/loss": 0.4}, {"epoch": 3}]
+    assert best_index(rows, "val/dice", "max", monitor=True) == 1
+    trainer = build_trainer(load_config(ROOT / "configs/unet_dice.yaml", tiny_overrides))
+    saved = [trainer._update_best({k: v for k, v in row.items() if k != "epoch"}, i) for i, row in enumerate(rows)]
+    assert saved == [True, True, False] and trainer.state["best_epoch"] == 2

@@ -218,3 +218,49 @@ def test_select_on_a_val_metric_sets_the_monitor_and_its_direction():
     assert protocol_overrides({"select_on": "val/iou"}) == ["train.monitor=val/iou", "train.monitor_mode=max"]
     assert protocol_overrides({"select_on": "val/depth_l1"}) == ["train.monitor=val/depth_l1",
                                                                  "train.monitor_mode=min"]
+
+
+@pytest.mark.slow  # 2 runs of 2 one-step epochs at 16 px + their sample evaluation: ~20-40 s on the shared 2 cores
+def test_tiny_generative_families_study_reports_sample_metrics_and_na_for_dcgans_probe(tmp_path):
+    """Two families of configs/studies/generative_families.yaml (DCGAN, flow) at 16 px, 1 seed: each run
+    scored once from checkpoints/best on val (eval/val.json), report.md with kid_own, precision, recall,
+    the probe R² (flow: its inverted noise; DCGAN: n/a, not 0) and the seconds per 100 samples."""
+    import csv
+    import json
+
+    flat = ["model.t_sampling=null", "model.sampler=null", "model.sample_steps=null"]
+    study = write_study(
+        tmp_path / "fam.yaml", config=str(ROOT / "configs/flow_attractors.yaml"),
+        grid={"family": {"dcgan": {"model.name": "dcgan", "model.latent_dim": 8, "model.norm": "batch",
+                                   "model.d_norm": "none", "model.ema": 0.99, "train.optimizer": "adam",
+                                   **{k.split("=")[0]: None for k in flat}},
+                         "flow": {"model.name": "flow"}}},
+        overrides=["data.size=16", "data.num_train=8", "data.num_val=8", "data.num_test=1", "data.batch_size=8",
+                   "model.width=4", "model.depth=2", "model.sample_steps=2", "train.epochs=2", "train.scheduler=none",
+                   "train.fid_samples=0", "train.probe_samples=0", "train.num_images=0", "track.wandb=disabled",
+                   "train.mixed_precision=no", "train.threads=1"],
+        primary="val/kid_own", report_on="val", seeds=[0], reach=None, compare=[["dcgan", "flow"]],
+        metrics=["val/precision", "val/recall", "val/probe_r2_kernel", "val/sample_time_per_100"],
+        sample_eval={"samples": 8, "fit": 8})
+    out = tmp_path / "out"
+    sweep_main(["--study", study, "--out-dir", str(out), "--in-process"])
+    runs = out / "fam"
+    for cell in ("family-dcgan", "family-flow"):
+        ev = json.loads((runs / f"{cell}_s0" / "eval" / "val.json").read_text())
+        assert ev["samples"] == 8 and ev["n"] == 8 and ev["checkpoint"].endswith("best") and ev["epoch"] == 2
+        assert ev["means"]["sample_time_per_100"] > 0 and -1 < ev["means"]["kid_own"] < 10
+        assert 0 <= ev["means"]["precision"] <= 1 and 0 <= ev["means"]["recall"] <= 1
+    assert "probe_r2_kernel" not in json.loads((runs / "family-dcgan_s0/eval/val.json").read_text())["means"]
+    recs = {r["cell"]: r for r in csv.DictReader(open(runs / "report_runs.csv"))}
+    # the DCGAN logs no val/loss (the monitor): checkpoints/best and the report both take its last epoch
+    assert recs["family-dcgan"]["selected epoch"] == "2" and recs["family-dcgan"]["val/probe_r2_kernel"] == ""
+    assert float(recs["family-flow"]["val/probe_r2_kernel"]) <= 1 and float(recs["family-flow"]["train_s"]) > 0
+    report = (runs / "report.md").read_text()
+    assert "Primary metric **val/kid_own**" in report and "sample_time_per_100" in report
+    row = next(ln for ln in report.splitlines() if ln.startswith("| family-dcgan | 1 |"))
+    header = next(ln for ln in report.splitlines() if ln.startswith("| cell | seeds |"))
+    cols = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in row.split("|")]))
+    assert cols["val/probe_r2_kernel"] == "n/a" and cols["val/kid_own"] not in ("n/a", "")
+    assert "torch thread" in report and "train s / run" in report
+    comp = {c["metric"]: c for c in csv.DictReader(open(runs / "comparisons.csv"))}
+    assert comp["val/probe_r2_kernel"]["verdict"] == "n/a (family-dcgan: no val/probe_r2_kernel)"

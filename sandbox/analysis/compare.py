@@ -123,7 +123,7 @@ def compare_runs(runs: list[Run], out: Path, metric: str, n_images: int = 4,
         pics.append(depth)
     else:  # a rerun into the same folder must not keep (and link) another comparison's depth maps
         (out / "depth.png").unlink(missing_ok=True)
-    labels = {"epoch_time": "epoch time (s, mean)", "total_time": "total time (s)"}
+    labels = {"epoch_time": "epoch time (s, mean)", "total_time": "total time (s)", "train_time": "train time (s)"}
     lines = [f"# Comparison of {len(runs)} {kind} runs", "",
              "Runs: " + ", ".join(f"`{r.label}` ({r.path})" for r in runs), "",
              f"Best = the epoch with the {'lowest' if metric_mode(runs[0], metric) == 'min' else 'highest'} {metric} "

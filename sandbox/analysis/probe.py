@@ -7,7 +7,10 @@ generating parameters, e.g. attractors). See :mod:`sandbox.metrics.generative` a
 """
 from __future__ import annotations
 
+import json
 import math
+import time
+from pathlib import Path
 
 import torch
 
@@ -24,32 +27,41 @@ NEAREST_MAX = 10000  # training images searched for each sample's nearest one
 
 
 def probe_run(cfg: Config, model, split: str = "test", samples: int = 512, fit: int = 4000,
-              label: str = "", inception=None, nearest_max: int = NEAREST_MAX) -> dict:
+              label: str = "", inception=None, nearest_max: int = NEAREST_MAX, baselines: bool = True,
+              untrained: bool = True) -> dict:
     """Everything probe.py prints for a loaded generative ``model`` (eval mode) on ``split``; ``inception``:
-    a network from :func:`sandbox.metrics.inception.load_inception` adds Inception FID/KID."""
+    a network from :func:`sandbox.metrics.inception.load_inception` adds Inception FID/KID. A study's
+    evaluation leaves out what it does not report: ``baselines`` (noise and the real-vs-real floor),
+    ``untrained`` (the probe of an untrained encoder), ``nearest_max=0`` (nearest training images).
+    ``sample_time_per_100``: seconds of ``model.sample`` per 100 samples (batches of 256, this process's
+    torch threads: ``threads``), a timing of this machine."""
     data = build_data(cfg, ("train", split))
     held = data[split]
     g = torch.Generator().manual_seed(cfg.seed)
     real = torch.stack([held[i]["image"] for i in progress(range(len(held)), f"probe: {split} images")])
+    t0 = time.perf_counter()
     fake = torch.cat([model.sample(min(256, samples - i), g).float().cpu() for i in range(0, samples, 256)])
+    timing = {"sample_time_per_100": (time.perf_counter() - t0) * 100 / samples, "threads": torch.get_num_threads()}
     # baselines: Gaussian noise matched to the data's per-channel mean and variance (no layout at all), and
     # to its per-pixel mean and variance (the "mean image + noise", a much stronger one); the floor:
     # as many training images, real against real
     shape = (samples, *real.shape[1:])
     per_channel = real.mean((0, 2, 3), keepdim=True)[0], real.std((0, 2, 3), keepdim=True)[0]
     sets = {"samples": fake}
-    for name, (mean, std) in {"noise_channel": per_channel, "noise_pixel": (real.mean(0), real.std(0))}.items():
-        sets[name] = (mean + std * torch.randn(shape, generator=g)).clamp(0, 1)
     train = unaugmented(data["train"])  # the images as stored
-    # a seeded random subset: folder datasets list files sorted by name, and UTKFace's names start
-    # with the age, so the first N training images are the youngest faces (floor 1.57 instead of 0.11)
-    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[:len(real)]
-    sets[FLOOR] = torch.stack([train[int(i)]["image"] for i in progress(pick, "probe: training images (floor)")])
+    if baselines:
+        for name, (mean, std) in {"noise_channel": per_channel, "noise_pixel": (real.mean(0), real.std(0))}.items():
+            sets[name] = (mean + std * torch.randn(shape, generator=g)).clamp(0, 1)
+        # a seeded random subset: folder datasets list files sorted by name, and UTKFace's names start
+        # with the age, so the first N training images are the youngest faces (floor 1.57 instead of 0.11)
+        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[:len(real)]
+        sets[FLOOR] = torch.stack([train[int(i)]["image"] for i in progress(pick, "probe: training images (floor)")])
     fr = own_features(real)
-    res = {"run": label, "split": split, "n_real": len(real), "n_generated": samples}
+    res = {"run": label, "split": split, "n_real": len(real), "n_generated": samples, **timing}
     for name, images in sets.items():
         res.update({f"{k}_{name}": v for k, v in sample_scores(fr, own_features(images), seed=cfg.seed).items()})
-    res.update(nearest_train(train, {"samples": fake, "heldout": real}, nearest_max, cfg.seed))
+    if nearest_max:
+        res.update(nearest_train(train, {"samples": fake, "heldout": real}, nearest_max, cfg.seed))
     if inception is not None:
         inception = inception.to(next(model.parameters()).device)
         ir = inception_features(inception, real)
@@ -57,14 +69,55 @@ def probe_run(cfg: Config, model, split: str = "test", samples: int = 512, fit: 
             fi = inception_features(inception, sets[name])
             res[f"fid_inception_{name}"] = frechet_distance(ir, fi)
             res[f"kid_inception_{name}"], res[f"kid_inception_std_{name}"] = kid(ir, fi, seed=cfg.seed)
-    if "params" in held[0] and model.encodes:
+    if "params" in held[0] and model.encodes and fit >= 4:
         fit_idx = list(range(min(len(train), fit)))
-        for which, net in (("trained", model), ("untrained", build_model(cfg).to(next(model.parameters()).device))):
+        nets = [("trained", model)] + ([("untrained", build_model(cfg).to(next(model.parameters()).device))]
+                                       if untrained else [])
+        for which, net in nets:
             cf, pf = encode_dataset(net, train, fit_idx, desc=f"probe: encoding training images ({which})")
             ct, pt = encode_dataset(net, held, list(range(len(held))), desc=f"probe: encoding {split} images ({which})")
             res[f"probe_{which}"] = latent_probe(cf, pf, ct, pt)
         res["probe_fit_images"] = len(fit_idx)
     return res
+
+
+SAMPLE_KEYS = ("fid_own", "kid_own", "precision", "recall", "diversity")
+EVAL_KEYS = (*SAMPLE_KEYS, "probe_r2_linear", "probe_r2_kernel", "sample_time_per_100")  # what score_run writes
+
+
+def score_run(run: str | Path, split: str = "val", samples: int | None = None, fit: int | None = None,
+              which: str = "best") -> Path:
+    """A study's evaluation of a generative run: :func:`probe_run` on ``checkpoints/<which>`` without the
+    baselines, written as ``eval/<split>[_N].json`` (``split``, ``checkpoint``, ``epoch``, ``means``: the
+    :data:`EVAL_KEYS`, the latent probe only for models with an encoder). ``samples``/``fit`` (None: the
+    run's ``train.fid_samples``/``train.probe_samples``): samples scored against every image of the split,
+    training images the probe fits on. Returns the file."""
+    from sandbox.analysis.evaluation import eval_config, free_stem
+    from sandbox.errors import SandboxError
+    from sandbox.runs.checkpoints import read_state
+    from sandbox.runs.load import checkpoint_dir, load_run
+    from sandbox.runs.rundir import write_atomic
+
+    path, ckpt = checkpoint_dir(str(run), which)
+    cfg, model = load_run(str(run), which, task="generative")
+    cfg = eval_config(cfg, path, [])
+    samples, fit = samples or cfg.train.fid_samples, fit if fit is not None else cfg.train.probe_samples
+    if samples < 2:
+        raise SandboxError(f"{path}: {samples} samples to score; give the study sample_eval: {{samples: N}} (N >= 2) "
+                           "or the run train.fid_samples")
+    res = probe_run(cfg, model, split, samples, fit, label=str(path), nearest_max=0, baselines=False, untrained=False)
+    means = {k: res[f"{k}_samples"] for k in SAMPLE_KEYS} | {"sample_time_per_100": res["sample_time_per_100"]}
+    if "probe_trained" in res:
+        means.update(probe_r2_linear=res["probe_trained"]["linear"], probe_r2_kernel=res["probe_trained"]["kernel"])
+    state = read_state(ckpt)
+    meta = {"run": str(path), "split": split, "checkpoint": str(ckpt), "epoch": state.get("epoch"),
+            "step": state.get("step"), "n": res["n_real"], "samples": samples, "fit": res.get("probe_fit_images"),
+            "threads": res["threads"], "device": str(next(model.parameters()).device),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "means": means}
+    out = path / "eval" / f"{split}{free_stem(path / 'eval', [split])}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, json.dumps(meta, indent=2))
+    return out
 
 
 def nearest_train(train, queries: dict[str, torch.Tensor], most: int = NEAREST_MAX, seed: int = 0,
@@ -114,6 +167,7 @@ def report(res: dict) -> str:
               row("held-out real images (the reference)", near["features"][1], near["pixels"][1], fmt=(".3f", ".4f")),
               row("ratio samples / held-out (well below 1: memorised)",
                   *(a / b if b > 0 else math.nan for a, b in near.values()))]
+    lines += [f"sampling: {res['sample_time_per_100']:.2f} s per 100 samples ({res['threads']} torch threads)"]
     if "fid_inception_samples" in res:
         lines += [head("Inception (pool3 of the weights file given)", "fid", "kid")]
         lines += [row(rows[key], res[f"fid_inception_{key}"], res[f"kid_inception_{key}"], fmt=(".3f", ".5f"))

@@ -27,7 +27,7 @@ from sandbox.models import MODELS
 from sandbox.runs.stages import final_run, is_staged
 from sandbox.tracking.metrics_log import read_metrics
 
-LOWER_IS_BETTER = ("loss", "l1", "rmse", "mse", "fid", "bpd", "time")  # in the last name part
+LOWER_IS_BETTER = ("loss", "l1", "rmse", "mse", "fid", "kid", "bpd", "time")  # in the last name part
 RUN_HINT = "expected a run directory (runs/<name>) with config.yaml and metrics.jsonl, written by sandbox/train.py"
 
 
@@ -67,7 +67,8 @@ def epoch_table(records: list[dict]) -> list[dict[str, float]]:
     for r in records:
         if r.get("split") != "val":
             continue
-        row = {"epoch": r["epoch"], "time": float(r["time"]), "epoch_time": _number(r.get("epoch_time"))}
+        row = {"epoch": r["epoch"], "time": float(r["time"]), "epoch_time": _number(r.get("epoch_time")),
+               "train_time": _number(r.get("train_time"))}
         if train[r["epoch"]]:
             row["train/loss"] = float(np.mean(train[r["epoch"]]))
         row.update({k: _number(v) for k, v in r.items() if k.startswith("val/") and _number(v) is not None})
@@ -114,19 +115,22 @@ def metric_mode(run: Run, metric: str) -> str:
 
 
 def run_stats(run: Run, metric: str) -> dict[str, float]:
-    """``best <metric>``, ``best epoch``, the final epoch's ``val/*`` (loss parts left out), mean ``epoch_time``
-    and ``total_time`` (s since start at the last evaluation, resumes included). The best epoch is the
+    """``best <metric>``, ``best epoch``, the final epoch's ``val/*`` (loss parts left out), mean ``epoch_time``,
+    ``total_time`` (s since start at the last evaluation, resumes included) and ``train_time`` (s in training
+    steps, summed over epochs; NaN for runs older than that field). The best epoch is the
     trainer's (:func:`sandbox.metrics.selection.best_index`): ties go to the lower ``val/loss``, an epoch
     with a NaN ``val/loss`` is never best."""
     out: dict[str, float] = {}
-    i = best_index(run.epochs, metric, metric_mode(run, metric))
+    i = best_index(run.epochs, metric, metric_mode(run, metric), monitor=metric == run.cfg.train.monitor)
     if i is not None:
-        best = run.epochs[i]
-        out.update({f"best {metric}": best[metric], "best epoch": best["epoch"]})
+        best = run.epochs[i]  # without the metric: a monitor the run never logged (checkpoints/best = last)
+        out.update({f"best {metric}": best.get(metric, math.nan), "best epoch": best["epoch"]})
     last = run.epochs[-1]
     out.update({k: v for k, v in last.items() if k.startswith("val/") and not k.startswith("val/loss/")})
     times = [e["epoch_time"] for e in run.epochs if e.get("epoch_time") is not None]
-    out.update({"epoch_time": float(np.mean(times)) if times else float("nan"), "total_time": last["time"]})
+    train = [e["train_time"] for e in run.epochs if e.get("train_time") is not None]
+    out.update({"epoch_time": float(np.mean(times)) if times else float("nan"), "total_time": last["time"],
+                "train_time": float(sum(train)) if len(train) == len(run.epochs) else float("nan")})
     return out
 
 

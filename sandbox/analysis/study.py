@@ -7,6 +7,7 @@
     compare: [[model-hourglass, model-unet]]   # pairs (b - a) with a paired test ... or: baseline: model-unet
     metrics: [test/iou, test/boundary_f1]      # reported beside the primary
     reach: {val/dice: 0.7}        # per run: the first epoch (and seconds) at which val/dice reaches 0.7
+    sample_eval: {samples: 500, fit: 1000}   # generative runs: samples scored, training images the probe fits on
 
 :func:`parse_protocol` checks the keys (one line per error); :func:`check_metrics` checks the metrics
 against what each cell's task produces; :func:`evaluate_finished_run` scores one run on the report split
@@ -24,13 +25,15 @@ from typing import Any
 import torch
 
 from sandbox.analysis.evaluation import evaluate_run
+from sandbox.analysis.probe import score_run
 from sandbox.analysis.reports import lower_is_better
+from sandbox.config.loading import load_config
 from sandbox.errors import ConfigError
 from sandbox.metrics import depth_metrics, segmentation_metrics
 from sandbox.models import MODELS
 from sandbox.runs.checkpoints import read_state
 
-PROTOCOL_KEYS = ("primary", "select_on", "report_on", "compare", "baseline", "metrics", "reach")
+PROTOCOL_KEYS = ("primary", "select_on", "report_on", "compare", "baseline", "metrics", "reach", "sample_eval")
 SPLITS = ("val", "test")
 MIN_SEEDS = 3  # for a confidence interval
 # metric (as evaluate.py names it) -> the losses that optimise it directly: ranking by it is circular
@@ -64,7 +67,21 @@ def parse_protocol(study: dict, path: str, cells: list) -> dict:
                                               and not isinstance(v, bool) for k, v in reach.items()):
         raise ConfigError(f"{path}: reach: got {reach!r}, expected {{val/<metric>: threshold}}, e.g. {{val/dice: 0.7}}")
     return {"primary": primary, "select_on": select_on, "report_on": report_on,
-            "metrics": list(dict.fromkeys([primary, *metrics])), "pairs": _pairs(study, path, cells), "reach": reach}
+            "metrics": list(dict.fromkeys([primary, *metrics])), "pairs": _pairs(study, path, cells), "reach": reach,
+            "sample_eval": _sample_eval(study, path)}
+
+
+def _sample_eval(study: dict, path: str) -> dict:
+    """``sample_eval: {samples: N, fit: M}``: what the evaluation of a generative run scores (N samples
+    against the split's images, the latent probe fitted on M training images); a key left out is the run's
+    own ``train.fid_samples`` / ``train.probe_samples`` (None here)."""
+    got = study.get("sample_eval", {})
+    ok = isinstance(got, dict) and set(got) <= {"samples", "fit"} and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 2 for v in got.values())
+    if not ok:
+        raise ConfigError(f"{path}: sample_eval: got {got!r}, expected {{samples: N, fit: M}} (integers >= 2: "
+                          "samples scored per run, training images the latent probe fits on)")
+    return {"samples": got.get("samples"), "fit": got.get("fit")}
 
 
 def _pairs(study: dict, path: str, cells: list) -> list[tuple[str, str]]:
@@ -141,11 +158,22 @@ def eval_file(run: Path, split: str) -> Path | None:
     return found
 
 
-def evaluate_finished_run(run: Path, split: str, say=print) -> bool:
-    """Score a finished run on ``split`` from checkpoints/best unless it already was; True if it ran now."""
+def generative(run: Path) -> bool:
+    """Is the run at ``run`` of a generative model (its config.yaml's ``model.name``)?"""
+    return MODELS[load_config(run / "config.yaml").model.name].task == "generative"
+
+
+def evaluate_finished_run(run: Path, split: str, say=print, sample_eval: dict | None = None) -> bool:
+    """Score a finished run on ``split`` from checkpoints/best unless it already was; True if it ran now.
+    Segmentation runs: evaluate.py's code; generative runs: their samples and latent probe
+    (:func:`sandbox.analysis.probe.score_run`, ``sample_eval``: ``{samples, fit}``, None: the run's own)."""
     if eval_file(run, split) is not None:
         return False
-    evaluate_run(str(run), "best", split, say=lambda line: None)
+    if generative(run):
+        se = sample_eval or {}
+        score_run(run, split, se.get("samples"), se.get("fit"))
+    else:
+        evaluate_run(str(run), "best", split, say=lambda line: None)
     say(f"{run}: evaluated on {split} from checkpoints/best")
     return True
 

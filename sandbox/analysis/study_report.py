@@ -12,7 +12,8 @@ import math
 from pathlib import Path
 
 from sandbox.analysis import significance as sig
-from sandbox.analysis.reports import metric_mode, run_stats, write_csv
+from sandbox.analysis.probe import EVAL_KEYS
+from sandbox.analysis.reports import lower_is_better, metric_mode, run_kind, run_stats, write_csv
 from sandbox.analysis.study import MIN_SEEDS, OPTIMISED_BY, eval_file, machine
 from sandbox.analysis.tables import format_table
 from sandbox.errors import SandboxError
@@ -45,13 +46,26 @@ def run_record(spec, run, protocol: dict) -> dict | None:
         rec.update({m: means.get(m.split("/", 1)[1]) for m in protocol["metrics"]})
         rec["per_image"] = str(f.with_suffix(".csv"))
     else:
-        i = best_index(run.epochs, monitor, metric_mode(run, monitor))
+        i = best_index(run.epochs, monitor, metric_mode(run, monitor), monitor=True)
         row = run.epochs[i] if i is not None else {}
+        scored = {}
+        if run_kind(run.cfg) == "generative":  # samples and probe: the study's evaluation of checkpoints/best
+            f = eval_file(spec.path, "val")
+            if f is None:
+                return None
+            scored = json.loads(f.read_text())
+            rec.update({"samples": scored.get("samples"), "probe fit": scored.get("fit"),
+                        "sampling threads": scored.get("threads")})
         for m in protocol["metrics"]:
-            if m not in row:
+            key = m.split("/", 1)[1]
+            if key in EVAL_KEYS and scored:
+                rec[m] = scored["means"].get(key)  # None: the model has no such number (no encoder: no probe)
+            elif m in row:
+                rec[m] = row[m]
+            else:
                 logged = sorted(k for k in run.epochs[-1] if k.startswith("val/"))
                 raise SandboxError(f"{m}: not logged by {spec.path} (its val metrics: {', '.join(logged)})")
-            rec[m] = row[m]
+    rec["train_s"] = st["train_time"]
     rec["wall_s"] = st["total_time"]
     for key, thr in protocol["reach"].items():
         rec[f"epochs to {key} {thr:g}"], rec[f"seconds to {key} {thr:g}"] = first_reach(run, key, thr)
@@ -60,7 +74,7 @@ def run_record(spec, run, protocol: dict) -> dict | None:
 
 def _fmt(ci: sig.Interval, with_ci: bool) -> str:
     if ci.n == 0:
-        return "–"
+        return "n/a"
     if ci.n == 1:
         return f"{ci.mean:.4g}"
     return f"{ci.mean:.4g} ± {ci.std:.2g}" + (f" [{ci.lo:.4g}, {ci.hi:.4g}]" if with_ci else "")
@@ -76,10 +90,11 @@ def cell_tables(records: list[dict], cells: list[str], protocol: dict, labels: d
         if not recs:
             continue
         row, line = {"cell": cell, **labels[cell], "seeds": len(recs)}, {"cell": cell, "seeds": len(recs)}
-        for m in protocol["metrics"] + ([sel] if sel else []) + ["wall_s"]:
+        for m in protocol["metrics"] + ([sel] if sel else []) + ["train_s", "wall_s"]:
             ci = sig.mean_ci([r.get(m) for r in recs])
             row.update({f"{m}_mean": ci.mean, f"{m}_std": ci.std, f"{m}_ci_lo": ci.lo, f"{m}_ci_hi": ci.hi})
-            line[m if m != "wall_s" else "wall s / run"] = _fmt(ci, len(recs) >= MIN_SEEDS and m in protocol["metrics"])
+            label = {"train_s": "train s / run", "wall_s": "wall s / run"}.get(m, m)
+            line[label] = _fmt(ci, len(recs) >= MIN_SEEDS and m in protocol["metrics"])
         for k in reach:
             got = [r[k] for r in recs if r.get(k) is not None]
             ci = sig.mean_ci(got)
@@ -98,9 +113,12 @@ def _per_image(path: str) -> dict[str, dict]:
 def compare_pair(records: list[dict], a: str, b: str, metric: str, seed: int = 0) -> dict:
     """``b - a`` on ``metric`` over the seeds both cells finished: paired t-test, d_z, and a paired
     bootstrap over the per-image scores of the report split (same seed: the same test images)."""
-    ra = {r["seed"]: r for r in records if r["cell"] == a}
-    rb = {r["seed"]: r for r in records if r["cell"] == b}
-    seeds = sorted(set(ra) & set(rb))
+    def has(r: dict) -> bool:
+        return r.get(metric) is not None and math.isfinite(r[metric])
+
+    ra = {r["seed"]: r for r in records if r["cell"] == a and has(r)}
+    rb = {r["seed"]: r for r in records if r["cell"] == b and has(r)}
+    seeds = sorted(set(ra) & set(rb))  # a cell without the metric (no encoder: no probe) has no seed here
     test = sig.paired_test([ra[s][metric] for s in seeds], [rb[s][metric] for s in seeds])
     diffs, key = [], metric.split("/", 1)[1]
     for s in seeds:
@@ -112,7 +130,8 @@ def compare_pair(records: list[dict], a: str, b: str, metric: str, seed: int = 0
     return {"a": a, "b": b, "metric": metric, "seeds": len(seeds), "diff_mean": test.diff.mean,
             "diff_ci_lo": test.diff.lo, "diff_ci_hi": test.diff.hi, "t": test.t, "p": test.p, "d_z": test.dz,
             "bootstrap_lo": blo, "bootstrap_hi": bhi, "images": sum(len(d) for d in diffs),
-            "verdict": sig.verdict(test.p)}
+            "verdict": sig.verdict(test.p) if seeds or (ra and rb)
+            else f"n/a ({', '.join(c for c, r in ((a, ra), (b, rb)) if not r)}: no {metric})"}
 
 
 def circular(protocol: dict, configs: dict) -> list[str]:
@@ -175,12 +194,46 @@ def protocol_report(finished: list, protocol: dict, sweep_dir: Path, cells: dict
                   f"{rep} images within each seed, seed 0: it holds the trained models fixed, so it is narrower "
                   "than the t interval, which includes the spread between seeds; every metric in comparisons.csv):", "",
                   format_table([_comp_row(c) for c in comps if c["metric"] == protocol["primary"]]), ""]
+    lines += generative_notes(records, rows, protocol)
     total = sum(r["wall_s"] for r in records)
     m = machine()
     lines += [f"Wall time: {total / 60:.1f} min of training summed over {len(records)} runs "
               f"(per run in report_runs.csv), this invocation {wall_s / 60:.1f} min. Machine: {m['cpu']}, "
               f"{m['cores']} cores, GPU {m['gpu']}, torch {m['torch']}, Python {m['python']}.", "",
               "Files: report.csv (per cell), comparisons.csv, report_runs.csv (per run).", ""]
+    return lines
+
+
+def generative_notes(records: list[dict], rows: list[dict], protocol: dict) -> list[str]:
+    """report.md's lines on a study of generative runs: how they were scored, what the times mean, and
+    the best cell by mean per metric (the direction by the metric's name; whether it is a win is the
+    comparisons' and the intervals' to say)."""
+    if not any("samples" in r for r in records):
+        return []
+    def one(key: str):
+        got = sorted({r.get(key) for r in records if r.get(key) is not None})
+        return ", ".join(map(str, got)) or "?"
+
+    lines = [f"Generative runs are scored once, from checkpoints/best, on {protocol['report_on']} "
+             f"(sandbox/analysis/probe.py `score_run`, eval/{protocol['report_on']}.json in each run): "
+             f"{one('samples')} samples against every image of the split in the sandbox's own features (kid_own, "
+             f"precision, recall: the same features and counts for every cell); the latent probe (R² of ridge and "
+             f"kernel ridge from codes to the 4 attractor parameters) fitted on {one('probe fit')} training images: "
+             "codes of AE/VAE/AAE, the inverted noise of DDPM/flow, **n/a** for a model without an encoder "
+             "(DCGAN). sample_time_per_100: seconds of model.sample() per 100 samples (fp32, eval mode with the EMA "
+             f"weights, batches of 256, {one('sampling threads')} torch thread(s), on the machine below; a timing "
+             "under whatever else ran there). train s / run: seconds in training steps (the budget); wall s: since "
+             "the run started, evaluation each epoch and checkpoints included.", ""]
+    best = []
+    for m in protocol["metrics"]:
+        have = [(r[f"{m}_mean"], r["cell"]) for r in rows if math.isfinite(r.get(f"{m}_mean", math.nan))]
+        if have:
+            low = lower_is_better(m)
+            val, cell = (min if low else max)(have)
+            best.append(f"{m} ({'lower' if low else 'higher'} is better): {cell} ({val:.4g})")
+    if best:
+        lines += ["Best cell by mean: " + "; ".join(best) + ". A best mean is a win only where the comparisons "
+                  "(paired over seeds, comparisons.csv for every metric) or non-overlapping intervals say so.", ""]
     return lines
 
 

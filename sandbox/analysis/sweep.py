@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from sandbox.analysis.study import (PROTOCOL_KEYS, check_metrics, evaluate_finished_run, parse_protocol,
-                                    protocol_overrides)
+from sandbox.analysis.study import (PROTOCOL_KEYS, check_metrics, evaluate_finished_run, generative,
+                                    parse_protocol, protocol_overrides)
 from sandbox.config.loading import load_config, load_yaml_text, read_yaml
 from sandbox.errors import ConfigError, SandboxError
 from sandbox.runs.checkpoints import find_checkpoint, read_state
@@ -270,16 +270,18 @@ def study_overrides(study: dict) -> list[str]:
 
 def evaluate_finished(specs: list[Spec], config: str, study: dict) -> list[str]:
     """A study reporting on test: score every finished run there from checkpoints/best, once (a rerun
-    keeps the files it finds, so an interrupted study evaluates only what it had not); returns the
-    runs whose evaluation failed. Nothing to do for a plain sweep or a study reporting on val."""
-    split = (study.get("protocol") or {}).get("report_on")
-    if split != "test":
+    keeps the files it finds, so an interrupted study evaluates only what it had not); reporting on val:
+    the same for generative runs (their samples and latent probe; a segmentation run's val metrics are in
+    its metrics.jsonl). Returns the runs whose evaluation failed. Nothing to do for a plain sweep."""
+    protocol = study.get("protocol") or {}
+    split = protocol.get("report_on")
+    if split not in ("test", "val"):
         return []
     failed = []
     for spec in specs:
         try:
-            if run_state(spec, config) == "done":
-                evaluate_finished_run(spec.path, split)
+            if run_state(spec, config) == "done" and (split == "test" or generative(spec.path)):
+                evaluate_finished_run(spec.path, split, sample_eval=protocol.get("sample_eval"))
         except SandboxError as exc:
             print(f"{spec.name}: evaluation on {split} FAILED: {exc}")
             failed.append(spec.name)

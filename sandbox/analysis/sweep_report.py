@@ -65,7 +65,8 @@ def write_summary(specs: list, sweep_dir: Path, metric: str, study: dict, comman
              f"{n_runs} of {len(specs)} runs finished; training time summed over runs {train_min:.1f} min; "
              f"this invocation's wall time {wall_s / 60:.1f} min (finished runs are skipped on a rerun).", "",
              f"Per cell: mean ± sample std (coefficient of variation) over seeds. `best {metric}`: each run's best "
-             "epoch; val/* columns: the final epoch; epoch_time: seconds per epoch (training + validation).", "",
+             "epoch; val/* columns: the final epoch; epoch_time: seconds per epoch (training + validation); "
+             "train_time: seconds in training steps, summed over epochs.", "",
              format_table(table), "", "Measured per cell (forward GFLOPs per image, bottleneck side predicted as "
              "size / 2**depth vs the encoder's measured output, receptive field in px):", "",
              format_table(measures), "",

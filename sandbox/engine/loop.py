@@ -74,6 +74,7 @@ class Loop:
             t0 = time.time()
             self.size = self.size_at(epoch)
             train_means = self._train_epoch(epoch)
+            train_time = time.time() - t0  # the training steps alone (epoch_time adds evaluation and saving)
             if self.replicas:
                 distributed.sync_statistics(self.unwrapped)
                 distributed.check_replicas(acc, self.unwrapped, self.kind, epoch)
@@ -89,6 +90,7 @@ class Loop:
             epoch_time = time.time() - t0
             n_images = len(self.train_loader) * self.cfg.data.batch_size * acc.num_processes
             self.metrics.log("val", epoch + 1, self.state["step"], last_val, epoch_time=round(epoch_time, 3),
+                             train_time=round(train_time, 3),
                              images_per_s=round(n_images / max(epoch_time, 1e-9), 2),
                              **({"skipped_batches": self.state["skipped"]} if self.state["skipped"] else {}),
                              **({"early_stop_wait": self.state.get("early_stop_wait", 0)} if t.early_stop else {}),
@@ -204,19 +206,20 @@ class Loop:
 
     # ------------------------------------------------------------------ best / checkpoints
     def _update_best(self, values: dict[str, float], epoch: int) -> bool:
-        from sandbox.metrics.selection import better  # the one rule, shared with the reports (run_stats)
+        from sandbox.metrics.selection import takes_best  # the one rule, shared with the reports (run_stats)
 
         t = self.cfg.train
         value = values.get(t.monitor)
-        if value is None:
-            if epoch == 0:
-                log.warning("train.monitor=%s is not logged by this trainer (logged: %s); best = last",
-                            t.monitor, ", ".join(sorted(values)))
-            return True
+        if value is None and epoch == 0:
+            log.warning("train.monitor=%s is not logged by this trainer (logged: %s); best = last",
+                        t.monitor, ", ".join(sorted(values)))
         loss = values.get("val/loss", math.inf)
-        # higher (max) / lower (min) value wins; a tie goes to the lower val/loss; a NaN loss never wins
-        if not better(value, loss, self.state["best"], self.state["best_loss"], t.monitor_mode):
+        # higher (max) / lower (min) value wins; a tie goes to the lower val/loss; a NaN loss never wins;
+        # an epoch without the value is taken while no epoch has had one (never logged: best = last)
+        if not takes_best(value, loss, self.state["best"], self.state["best_loss"], t.monitor_mode):
             return False
+        if value is None:
+            return True
         self.state.update(best=value, best_epoch=epoch + 1, best_loss=loss)
         return True
 
