@@ -126,3 +126,21 @@ def test_progressive_resizing_follows_the_schedule(tmp_path, tiny_overrides):
     assert train_sizes[:4] == [16] * 4 and train_sizes[4:] == [32] * 4
     val_sizes = sorted({s for training, s in seen if not training})
     assert val_sizes == [16, 32]  # evaluation follows the schedule too
+
+
+def test_onecycle_with_a_one_step_warmup_trains_instead_of_dividing_by_zero():
+    """10 steps at warmup_frac 0.1: torch's OneCycleLR would end its warm-up at step 0.1 * 10 - 1 = 0 and divide
+    by it. The warm-up becomes 2 steps: the lr rises from max_lr / 25 (div_factor) to max_lr at step 1, then falls."""
+    import torch
+
+    from sandbox.engine.optim import make_scheduler
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = make_scheduler(opt, "onecycle", lr=1.0, total=10, steps_per_epoch=10, warmup_frac=0.1)
+    lrs = [opt.param_groups[0]["lr"]]
+    for _ in range(9):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(1.0 / 25) and lrs[1] == pytest.approx(1.0)
+    assert all(a > b for a, b in zip(lrs[1:], lrs[2:]))  # annealed after the peak

@@ -81,6 +81,10 @@ def make_scheduler(opt: torch.optim.Optimizer, kind: str, lr: float, total: int,
     if kind == "none":
         return None
     if kind == "onecycle":
+        # torch's OneCycleLR ends the warm-up at step pct_start * total - 1 and divides by that: a warm-up of
+        # exactly one step (e.g. 10 steps at 0.1) is a ZeroDivisionError on the first step; make it two
+        if total > 2 and math.isclose(warmup_frac * total, 1.0):
+            warmup_frac = 2.0 / total
         return OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=warmup_frac)
     if kind == "plateau":
         return ReduceLROnPlateau(opt, mode=mode, factor=gamma, patience=step_epochs)
