@@ -99,6 +99,32 @@ def test_rerun_skips_finished_and_retrains_a_deleted_run(swept):
            {k: v for k, v in stamps.items() if k != "model-unet_width-8_s1"}
 
 
+def test_a_run_from_before_a_new_config_key_continues_but_other_settings_are_refused(swept, tmp_path):
+    """A sweep resumed after the schema grew a key (its run's config.yaml lacks it) trained at that key's
+    default: the run counts as done. A run whose config differs in a real setting is still refused."""
+    import shutil
+
+    import yaml
+
+    from sandbox.analysis.sweep import make_cells, plan, run_state
+    from sandbox.errors import SandboxError
+
+    spec = plan(CONFIG, make_cells({"model.name": ["unet"], "model.width": [4]}), 1, TINY, "s", tmp_path)[0]
+    shutil.copytree(swept / "model-unet_width-4_s0", spec.path)
+    cfg_file = spec.path / "config.yaml"
+    cfg = yaml.safe_load(cfg_file.read_text())
+    cfg["out_dir"] = str(tmp_path)  # moved with the copy
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    assert run_state(spec, CONFIG) == "done"
+    del cfg["train"]["clip"]  # as if train.clip (default 1.0) did not exist when the run trained
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    assert run_state(spec, CONFIG) == "done"
+    cfg["train"]["lr"] = 0.5
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(SandboxError, match=r"was trained with train.lr=0.5, this sweep plans"):
+        run_state(spec, CONFIG)
+
+
 def test_a_partial_run_is_resumed_not_restarted(tmp_path):
     from sandbox.analysis.sweep import make_cells, plan
 

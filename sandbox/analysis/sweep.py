@@ -19,6 +19,7 @@ import yaml
 from sandbox.analysis.study import (PROTOCOL_KEYS, check_metrics, evaluate_finished_run, generative,
                                     parse_protocol, protocol_overrides)
 from sandbox.config.loading import load_config, load_yaml_text, read_yaml
+from sandbox.config.schema import Config
 from sandbox.errors import ConfigError, SandboxError
 from sandbox.runs.checkpoints import find_checkpoint, read_state
 from sandbox.runs.rundir import RunDir
@@ -159,7 +160,9 @@ def run_state(spec: Spec, config: str) -> str:
     if (spec.path / "config.yaml").is_file():
         there = _flat(read_yaml(spec.path / "config.yaml"))
         here = _flat(load_config(config, spec.overrides).to_dict())
-        diff = [k for k in sorted(set(there) | set(here)) if there.get(k) != here.get(k)
+        # a key the run's config.yaml does not hold was added to the schema since: it trained at the default
+        default = _flat(Config().to_dict())
+        diff = [k for k in sorted(set(there) | set(here)) if there.get(k, default.get(k)) != here.get(k)
                 and not k.rstrip(".").startswith(IGNORED_DIFF)]
         if diff:
             k = diff[0].rstrip(".")
