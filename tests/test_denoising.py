@@ -15,6 +15,7 @@ from sandbox.errors import ConfigError, SandboxError
 from sandbox.models import MODELS
 from sandbox.models.denoising import TimeUNet
 from sandbox.nn.core import Decoder, Encoder
+from sandbox.nn.timestep import ScaleShift, modulation
 
 NAMES = ["ddpm", "flow"]
 TINY = dict(size=16, width=8, depth=2)
@@ -76,6 +77,52 @@ def test_time_layers_are_the_identity_at_init():
         film = net.encoder.stages[0].body[0].film.proj
         film.weight.normal_(0, 0.1)
         assert not torch.allclose(net(x, torch.tensor([0.1, 0.1])), net(x, torch.tensor([0.9, 0.9])))
+
+
+# recorded on main before the scale-shifts were batched (TimeUNet(3, [8, 16, 32]) state dict): (keys, sha256
+# of "key:shape;..." [:16]); the same keys and shapes mean checkpoints of ddpm/flow runs load as they are
+TIME_UNET_KEYS = (60, "8c63b06fdfe86295")
+
+
+class CountLinear(torch.overrides.TorchFunctionMode):
+    """Counts ``F.linear`` calls (nn.Linear's and any direct one) inside the ``with`` block."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls += func is torch.nn.functional.linear
+        return func(*args, **(kwargs or {}))
+
+
+def test_every_blocks_scale_shift_comes_from_one_matmul():
+    """One forward of a depth-3 TimeUNet runs 3 Linears whatever its depth: the time MLP's two and one for all
+    14 blocks' scale-shifts (2 + 14 when each block ran its own). Each block still gets exactly what its own
+    Linear gives: (1 + s, b) = (1, 0) + Linear(SiLU(emb)).chunk(2), as (B, C, 1, 1), in the activations' dtype."""
+    torch.manual_seed(0)
+    net = TimeUNet(3, [8, 16, 32, 64]).eval()
+    films = [m for m in net.modules() if isinstance(m, ScaleShift)]
+    assert len(films) == 14  # 2 blocks in each of 4 encoder and 3 decoder stages
+    sd = TimeUNet(3, [8, 16, 32]).state_dict()
+    digest = hashlib.sha256(";".join(f"{k}:{tuple(v.shape)}" for k, v in sd.items()).encode()).hexdigest()[:16]
+    assert (len(sd), digest) == TIME_UNET_KEYS
+    with torch.no_grad():
+        for film in films:
+            film.proj.weight.normal_(0, 0.1)
+            film.proj.bias.normal_(0, 0.1)
+        emb = torch.randn(5, net.time.mlp[2].out_features)
+        mod = modulation(net, emb)
+        for film in films:
+            s, b = torch.nn.functional.linear(torch.nn.functional.silu(emb), film.proj.weight, film.proj.bias).chunk(2, 1)
+            scale, shift = mod.of(film, torch.float32)
+            assert scale.shape == shift.shape == (5, film.proj.out_features // 2, 1, 1)
+            torch.testing.assert_close(scale[:, :, 0, 0], 1 + s, rtol=0, atol=1e-6)
+            torch.testing.assert_close(shift[:, :, 0, 0], b, rtol=0, atol=1e-6)
+            assert mod.of(film, torch.bfloat16)[0].dtype == torch.bfloat16
+        with CountLinear() as count:
+            net(torch.randn(2, 3, 16, 16), torch.tensor([0.2, 0.7]))
+    assert count.calls == 3
 
 
 # ----------------------------------------------------------------------------- the models

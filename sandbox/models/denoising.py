@@ -29,7 +29,7 @@ from sandbox.diffusion import Diffusion, FlowMatching
 from sandbox.errors import ConfigError, SandboxError
 from sandbox.models.autoencoders import LatentModel, register_generative
 from sandbox.nn.core import Decoder, Encoder
-from sandbox.nn.timestep import TimeEmbedding
+from sandbox.nn.timestep import TimeEmbedding, modulation
 
 log = logging.getLogger("sandbox")
 
@@ -58,7 +58,7 @@ class TimeUNet(nn.Module):
         if x.shape[-2] % r or x.shape[-1] % r:
             raise SandboxError(f"input of {x.shape[-2]}x{x.shape[-1]} px does not halve {self.encoder.depth} times "
                                f"evenly; use sides divisible by {r} (data.size) or a smaller model.depth")
-        emb = self.time(t, batch=x.shape[0])
+        emb = modulation(self, self.time(t, batch=x.shape[0]))  # all blocks' scale-shifts: one matmul
         return self.out(self.decoder(self.encoder(x, emb), emb))
 
 

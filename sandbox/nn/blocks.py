@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from sandbox.errors import SandboxError
-from sandbox.nn.timestep import ScaleShift
+from sandbox.nn.timestep import Modulation, ScaleShift
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:
@@ -38,7 +38,7 @@ class ConvNormAct(nn.Sequential):
         if emb_dim:  # set after the Sequential's layers, so forward (not iteration) is the one way in
             self.film = ScaleShift(emb_dim, cout)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | Modulation | None = None) -> torch.Tensor:
         x = self[1](self[0](x))
         if emb is not None:
             x = self.film(x, emb)
@@ -65,8 +65,9 @@ class Stage(nn.Module):
         if self.residual:
             self.proj = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1, bias=False)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
-        """``emb``: the time embedding ``(B, E)`` of a time-conditioned stage (``emb_dim`` set), else None."""
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | Modulation | None = None) -> torch.Tensor:
+        """``emb``: the time embedding ``(B, E)`` of a time-conditioned stage (``emb_dim`` set), or the
+        :class:`~sandbox.nn.timestep.Modulation` of an enclosing net, else None."""
         if emb is None:
             y = self.body(x)
         else:

@@ -20,6 +20,7 @@ from torch import nn
 
 from sandbox.errors import SandboxError
 from sandbox.nn.blocks import Stage, make_downsample, make_upsample
+from sandbox.nn.timestep import Modulation, modulation
 
 
 def stage_widths(width: int, widths: Sequence[int] | None, depth: int, grow: bool = True) -> list[int]:
@@ -65,8 +66,10 @@ class Encoder(nn.Module):
         """Side of the input divided by side of the bottleneck."""
         return 1 if self.downsample == "none" else 2**self.depth
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """``emb``: a time embedding ``(B, emb_dim)`` when built with ``emb_dim`` (see :mod:`sandbox.nn.timestep`)."""
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | Modulation | None = None) -> list[torch.Tensor]:
+        """``emb``: a time embedding ``(B, emb_dim)`` when built with ``emb_dim`` (see :mod:`sandbox.nn.timestep`),
+        or the :class:`~sandbox.nn.timestep.Modulation` of an enclosing net."""
+        emb = None if emb is None else modulation(self, emb)  # every block's scale-shift in one matmul
         feats = []
         for down, stage in zip(self.down, self.stages):
             x = stage(down(x), emb)
@@ -108,9 +111,11 @@ class Decoder(nn.Module):
             cin = widths[i]
         self.out_channels = cin
 
-    def forward(self, features: list[torch.Tensor], emb: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, features: list[torch.Tensor], emb: torch.Tensor | Modulation | None = None) -> torch.Tensor:
         """``features: [f0 (B, C0, H, W), ..., f_d (B, C_d, H / 2**d, W / 2**d)] -> (B, widths[0], H, W)``;
-        ``emb``: the time embedding of a time-conditioned decoder (built with ``emb_dim``)."""
+        ``emb``: the time embedding of a time-conditioned decoder (built with ``emb_dim``), or the
+        :class:`~sandbox.nn.timestep.Modulation` of an enclosing net."""
+        emb = None if emb is None else modulation(self, emb)
         x = features[-1]
         for j, (up, stage) in enumerate(zip(self.ups, self.stages)):
             x = up(x)
