@@ -15,6 +15,9 @@ from sandbox.tracking.trackers import log_masks, log_picture
 
 log = logging.getLogger("sandbox")
 
+#: the fields that are wall-clock timings: everything else a resumed run reproduces bit for bit
+WALL_CLOCK = ("time", "epoch_time", "images_per_s", "train_time")
+
 
 def from_one(records: list[dict]) -> list[dict]:
     """Records with epochs counted from 1. Files written before that convention counted from 0 (a
