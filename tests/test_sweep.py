@@ -140,6 +140,13 @@ def test_a_partial_run_is_resumed_not_restarted(tmp_path):
     val = [r for r in read_metrics(spec.path / "metrics.jsonl") if r["split"] == "val"]
     assert [r["epoch"] for r in val] == [1, 2]
     assert read_metrics(spec.path / "metrics.jsonl")[:len(first)] == first  # epoch 1 kept, not retrained
+    # the resumed run keeps its sweep name (not its directory's basename), so a rerun finds it done
+    assert load_config(spec.path / "config.yaml").name == "p/model-unet_s1"
+    with pytest.MonkeyPatch.context() as mp:
+        calls = counting(mp)
+        sweep_main(["--config", CONFIG, "--grid", "model.name=unet", "--seeds", "2", "--name", "p",
+                    "--out-dir", str(tmp_path), "--in-process", *tiny2])
+    assert calls == []
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -53,7 +53,10 @@ def resume_target(cfg: Config) -> Config:
         return cfg
     run = resumed_run(cfg.train.resume)
     check_not_resumed(cfg.train.init_from, run)
-    cfg = dataclasses.replace(cfg, name=run.name, out_dir=str(run.parent))
+    if (Path(cfg.out_dir) / cfg.name).resolve() != run.resolve():  # moved, or named otherwise: its place now
+        cfg = dataclasses.replace(cfg, name=run.name, out_dir=str(run.parent))
+    # else the name stays as it was, e.g. a sweep's "<sweep>/<cell>_s<seed>" under runs/ (not "<cell>_s<seed>"
+    # under runs/<sweep>/: the same directory, but a rerun of the sweep compares the names)
     splits = run / "splits"
     if splits.is_dir() and cfg.data.splits is None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, splits=str(splits)))
