@@ -27,6 +27,20 @@ def command(name: str):
     return SimpleNamespace(**runpy.run_path(str(ROOT / "sandbox" / f"{name}.py"), run_name=f"command_{name}"))
 
 
+def train_cli(monkeypatch, capsys, *args) -> tuple[int, str]:
+    """``python sandbox/train.py *args`` in this process: (exit status, stdout + stderr)."""
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["sandbox/train.py", *args])
+    try:
+        command("train").main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models: one torch thread is faster than two on shared cores. A module opts in with

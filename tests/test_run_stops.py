@@ -15,7 +15,8 @@ import torch
 from sandbox import build_trainer, load_config
 from sandbox.errors import SandboxError
 from sandbox.tracking.metrics_log import WALL_CLOCK, read_metrics
-from tests.conftest import ROOT, command
+from tests.conftest import ROOT
+from tests.conftest import train_cli as cli
 
 CONFIG = str(ROOT / "configs" / "unet_dice.yaml")
 VOLATILE = WALL_CLOCK  # timings: all else must match bit for bit
@@ -29,18 +30,6 @@ def run(overrides, until_epoch=None):
     trainer = build_trainer(load_config(CONFIG, overrides))
     trainer.fit(until_epoch=until_epoch)
     return trainer
-
-
-def cli(monkeypatch, capsys, *args) -> tuple[int, str]:
-    """``python sandbox/train.py *args`` in this process: (exit status, stdout + stderr)."""
-    monkeypatch.setattr(sys, "argv", ["sandbox/train.py", *args])
-    try:
-        command("train").main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out + out.err
 
 
 def nan_at(m, step: int):

@@ -19,6 +19,7 @@ from sandbox.errors import ConfigError, SandboxError
 from sandbox.runs.load import checkpoint_dir, checkpoint_weights
 from sandbox.tracking.metrics_log import WALL_CLOCK, read_metrics
 from tests.conftest import ROOT, command
+from tests.conftest import train_cli as cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -38,18 +39,6 @@ def write_config(tmp: Path, **changes) -> Path:
     path = tmp / "staged.yaml"
     path.write_text(yaml.safe_dump({**BASE, "out_dir": str(tmp / "runs"), **changes}, sort_keys=False))
     return path
-
-
-def cli(monkeypatch, capsys, *args) -> tuple[int, str]:
-    """``python sandbox/train.py *args`` in this process: (exit status, stdout + stderr)."""
-    monkeypatch.setattr(sys, "argv", ["sandbox/train.py", *args])
-    try:
-        command("train").main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out + out.err
 
 
 def watch(monkeypatch) -> list:
