@@ -221,12 +221,24 @@ def test_select_on_a_val_metric_sets_the_monitor_and_its_direction():
 
 
 @pytest.mark.slow  # 2 runs of 2 one-step epochs at 16 px + their sample evaluation: ~20-40 s on the shared 2 cores
-def test_tiny_generative_families_study_reports_sample_metrics_and_na_for_dcgans_probe(tmp_path):
+def test_tiny_generative_families_study_reports_sample_metrics_and_na_for_dcgans_probe(tmp_path, monkeypatch):
     """Two families of configs/studies/generative_families.yaml (DCGAN, flow) at 16 px, 1 seed: each run
-    scored once from checkpoints/best on val (eval/val.json), report.md with kid_own, precision, recall,
-    the probe R² (flow: its inverted noise; DCGAN: n/a, not 0) and the seconds per 100 samples."""
+    scored once from checkpoints/best on TEST (eval/test.json) from noise that is not the per-epoch samples'
+    (which a GAN's epoch may be picked by), report.md with kid_own, precision, recall, the probe R² (flow:
+    its inverted noise; DCGAN: n/a, not 0) and the seconds per 100 samples."""
     import csv
     import json
+
+    import sandbox.analysis.probe as probe
+
+    seeds_used = []
+    real_probe_run = probe.probe_run
+
+    def recording(cfg, *a, **kw):
+        seeds_used.append((cfg.seed, kw.get("noise_seed")))
+        return real_probe_run(cfg, *a, **kw)
+
+    monkeypatch.setattr(probe, "probe_run", recording)
 
     flat = ["model.t_sampling=null", "model.sampler=null", "model.sample_steps=null"]
     study = write_study(
@@ -235,32 +247,50 @@ def test_tiny_generative_families_study_reports_sample_metrics_and_na_for_dcgans
                                    "model.d_norm": "none", "model.ema": 0.99, "train.optimizer": "adam",
                                    **{k.split("=")[0]: None for k in flat}},
                          "flow": {"model.name": "flow"}}},
-        overrides=["data.size=16", "data.num_train=8", "data.num_val=8", "data.num_test=1", "data.batch_size=8",
+        overrides=["data.size=16", "data.num_train=8", "data.num_val=8", "data.num_test=8", "data.batch_size=8",
                    "model.width=4", "model.depth=2", "model.sample_steps=2", "train.epochs=2", "train.scheduler=none",
                    "train.fid_samples=0", "train.probe_samples=0", "train.num_images=0", "track.wandb=disabled",
                    "train.mixed_precision=no", "train.threads=1"],
-        primary="val/kid_own", report_on="val", seeds=[0], reach=None, compare=[["dcgan", "flow"]],
-        metrics=["val/precision", "val/recall", "val/probe_r2_kernel", "val/sample_time_per_100"],
+        primary="test/kid_own", report_on="test", seeds=[0], reach=None, compare=[["dcgan", "flow"]],
+        metrics=["test/precision", "test/recall", "test/probe_r2_kernel", "test/sample_time_per_100"],
         sample_eval={"samples": 8, "fit": 8})
     out = tmp_path / "out"
     sweep_main(["--study", study, "--out-dir", str(out), "--in-process"])
     runs = out / "fam"
     for cell in ("family-dcgan", "family-flow"):
-        ev = json.loads((runs / f"{cell}_s0" / "eval" / "val.json").read_text())
+        ev = json.loads((runs / f"{cell}_s0" / "eval" / "test.json").read_text())
         assert ev["samples"] == 8 and ev["n"] == 8 and ev["checkpoint"].endswith("best") and ev["epoch"] == 2
         assert ev["means"]["sample_time_per_100"] > 0 and -1 < ev["means"]["kid_own"] < 10
         assert 0 <= ev["means"]["precision"] <= 1 and 0 <= ev["means"]["recall"] <= 1
-    assert "probe_r2_kernel" not in json.loads((runs / "family-dcgan_s0/eval/val.json").read_text())["means"]
+    assert "probe_r2_kernel" not in json.loads((runs / "family-dcgan_s0/eval/test.json").read_text())["means"]
+    # both scorings drew their samples from other noise than the trainer's fixed per-epoch noise (seed 0)
+    assert len(seeds_used) == 2 and all(n is not None and n != s for s, n in seeds_used)
     recs = {r["cell"]: r for r in csv.DictReader(open(runs / "report_runs.csv"))}
     # the DCGAN logs no val/loss (the monitor): checkpoints/best and the report both take its last epoch
-    assert recs["family-dcgan"]["selected epoch"] == "2" and recs["family-dcgan"]["val/probe_r2_kernel"] == ""
-    assert float(recs["family-flow"]["val/probe_r2_kernel"]) <= 1 and float(recs["family-flow"]["train_s"]) > 0
+    assert recs["family-dcgan"]["selected epoch"] == "2" and recs["family-dcgan"]["test/probe_r2_kernel"] == ""
+    assert float(recs["family-flow"]["test/probe_r2_kernel"]) <= 1 and float(recs["family-flow"]["train_s"]) > 0
     report = (runs / "report.md").read_text()
-    assert "Primary metric **val/kid_own**" in report and "sample_time_per_100" in report
+    assert "Primary metric **test/kid_own**" in report and "fresh noise" in report and "sample_time_per_100" in report
     row = next(ln for ln in report.splitlines() if ln.startswith("| family-dcgan | 1 |"))
     header = next(ln for ln in report.splitlines() if ln.startswith("| cell | seeds |"))
     cols = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in row.split("|")]))
-    assert cols["val/probe_r2_kernel"] == "n/a" and cols["val/kid_own"] not in ("n/a", "")
+    assert cols["test/probe_r2_kernel"] == "n/a" and cols["test/kid_own"] not in ("n/a", "")
     assert "torch thread" in report and "train s / run" in report
     comp = {c["metric"]: c for c in csv.DictReader(open(runs / "comparisons.csv"))}
-    assert comp["val/probe_r2_kernel"]["verdict"] == "n/a (family-dcgan: no val/probe_r2_kernel)"
+    assert comp["test/probe_r2_kernel"]["verdict"] == "n/a (family-dcgan: no test/probe_r2_kernel)"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs/studies").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_committed_study_passes_its_checks_and_reports_on_test(path, tmp_path):
+    """What sweep.py checks before training (keys, protocol, every cell's config, the metrics each cell
+    produces on the report split) holds for every study file, and each selects on val and reports on test."""
+    from sandbox.analysis.sweep import check_study, load_study, make_cells, plan, study_overrides
+
+    study = load_study(str(path))
+    cells = make_cells(study["grid"])
+    specs = plan(str(ROOT / study["config"]), cells, study.get("seeds", 1), study_overrides(study), path.stem,
+                 tmp_path)
+    check_study(study, str(path), str(ROOT / study["config"]), specs)
+    protocol = study["protocol"]
+    assert protocol["report_on"] == "test" and protocol["select_on"].startswith("val")
+    assert len(study["seeds"]) >= 3

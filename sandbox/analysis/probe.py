@@ -28,16 +28,17 @@ NEAREST_MAX = 10000  # training images searched for each sample's nearest one
 
 def probe_run(cfg: Config, model, split: str = "test", samples: int = 512, fit: int = 4000,
               label: str = "", inception=None, nearest_max: int = NEAREST_MAX, baselines: bool = True,
-              untrained: bool = True) -> dict:
+              untrained: bool = True, noise_seed: int | None = None) -> dict:
     """Everything probe.py prints for a loaded generative ``model`` (eval mode) on ``split``; ``inception``:
     a network from :func:`sandbox.metrics.inception.load_inception` adds Inception FID/KID. A study's
     evaluation leaves out what it does not report: ``baselines`` (noise and the real-vs-real floor),
     ``untrained`` (the probe of an untrained encoder), ``nearest_max=0`` (nearest training images).
     ``sample_time_per_100``: seconds of ``model.sample`` per 100 samples (batches of 256, this process's
-    torch threads: ``threads``), a timing of this machine."""
+    torch threads: ``threads``), a timing of this machine. ``noise_seed`` (None: ``cfg.seed``, the noise of the
+    trainer's per-epoch samples) seeds the samples' noise and the baselines."""
     data = build_data(cfg, ("train", split))
     held = data[split]
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed if noise_seed is None else noise_seed)
     real = torch.stack([held[i]["image"] for i in progress(range(len(held)), f"probe: {split} images")])
     t0 = time.perf_counter()
     fake = torch.cat([model.sample(min(256, samples - i), g).float().cpu() for i in range(0, samples, 256)])
@@ -82,6 +83,10 @@ def probe_run(cfg: Config, model, split: str = "test", samples: int = 512, fit: 
 
 
 SAMPLE_KEYS = ("fid_own", "kid_own", "precision", "recall", "diversity")
+# A study's evaluation samples from noise seeded ``seed + SCORE_NOISE_OFFSET``, not from the per-epoch samples'
+# noise (seeded ``seed``): a run whose epoch was picked by its per-epoch kid_own (a GAN's monitor) would
+# otherwise be scored on the very samples that picked it.
+SCORE_NOISE_OFFSET = 10_007
 EVAL_KEYS = (*SAMPLE_KEYS, "probe_r2_linear", "probe_r2_kernel", "sample_time_per_100")  # what score_run writes
 
 
@@ -89,7 +94,8 @@ def score_run(run: str | Path, split: str = "val", samples: int | None = None, f
               which: str = "best") -> Path:
     """A study's evaluation of a generative run: :func:`probe_run` on ``checkpoints/<which>`` without the
     baselines, written as ``eval/<split>[_N].json`` (``split``, ``checkpoint``, ``epoch``, ``means``: the
-    :data:`EVAL_KEYS`, the latent probe only for models with an encoder). ``samples``/``fit`` (None: the
+    :data:`EVAL_KEYS`, the latent probe only for models with an encoder), from fresh noise
+    (:data:`SCORE_NOISE_OFFSET`). ``samples``/``fit`` (None: the
     run's ``train.fid_samples``/``train.probe_samples``): samples scored against every image of the split,
     training images the probe fits on. Returns the file."""
     from sandbox.analysis.evaluation import eval_config, free_stem
@@ -105,13 +111,16 @@ def score_run(run: str | Path, split: str = "val", samples: int | None = None, f
     if samples < 2:
         raise SandboxError(f"{path}: {samples} samples to score; give the study sample_eval: {{samples: N}} (N >= 2) "
                            "or the run train.fid_samples")
-    res = probe_run(cfg, model, split, samples, fit, label=str(path), nearest_max=0, baselines=False, untrained=False)
+    noise_seed = cfg.seed + SCORE_NOISE_OFFSET
+    res = probe_run(cfg, model, split, samples, fit, label=str(path), nearest_max=0, baselines=False, untrained=False,
+                    noise_seed=noise_seed)
     means = {k: res[f"{k}_samples"] for k in SAMPLE_KEYS} | {"sample_time_per_100": res["sample_time_per_100"]}
     if "probe_trained" in res:
         means.update(probe_r2_linear=res["probe_trained"]["linear"], probe_r2_kernel=res["probe_trained"]["kernel"])
     state = read_state(ckpt)
     meta = {"run": str(path), "split": split, "checkpoint": str(ckpt), "epoch": state.get("epoch"),
-            "step": state.get("step"), "n": res["n_real"], "samples": samples, "fit": res.get("probe_fit_images"),
+            "step": state.get("step"), "n": res["n_real"], "samples": samples, "noise_seed": noise_seed,
+            "fit": res.get("probe_fit_images"),
             "threads": res["threads"], "device": str(next(model.parameters()).device),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "means": means}
     out = path / "eval" / f"{split}{free_stem(path / 'eval', [split])}.json"

@@ -2,7 +2,8 @@
 
     primary: test/dice            # the one metric the study answers with (<report split>/<metric>)
     select_on: val                # checkpoints/best by train.monitor on val (or val/<metric>: that monitor)
-    report_on: test               # every finished run is scored there from checkpoints/best (evaluate.py's code)
+    report_on: test               # every finished run is scored there from checkpoints/best (evaluate.py's code;
+                                  # generative runs: probe.py's score_run, samples from fresh noise)
     seeds: [0, 1, 2]              # >= 3 for a 95 % confidence interval
     compare: [[model-hourglass, model-unet]]   # pairs (b - a) with a paired test ... or: baseline: model-unet
     metrics: [test/iou, test/boundary_f1]      # reported beside the primary
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 
 from sandbox.analysis.evaluation import evaluate_run
-from sandbox.analysis.probe import score_run
+from sandbox.analysis.probe import EVAL_KEYS, score_run
 from sandbox.analysis.reports import lower_is_better
 from sandbox.config.loading import load_config
 from sandbox.errors import ConfigError
@@ -131,10 +132,8 @@ def check_metrics(protocol: dict, cell_configs: dict, path: str) -> None:
     if protocol["report_on"] != "test":
         return
     for cell, cfg in cell_configs.items():
-        if MODELS[cfg.model.name].task != "segmentation":
-            raise ConfigError(f"{path}: report_on: test: evaluate.py scores segmentation runs only and cell {cell} "
-                              f"is {cfg.model.name}; report such a study on val (report_on: val)")
-        have = produced(cfg)
+        # generative runs are scored by probe.py's score_run (a model without an encoder reads n/a for the probe)
+        have = EVAL_KEYS if MODELS[cfg.model.name].task == "generative" else produced(cfg)
         for m in protocol["metrics"]:
             if m.split("/", 1)[1] not in have:
                 raise ConfigError(f"{path}: {m}: not produced by cell {cell} ({cfg.model.name}); its test metrics: "

@@ -42,9 +42,14 @@ def run_record(spec, run, protocol: dict) -> dict | None:
         f = eval_file(spec.path, "test")
         if f is None:  # its evaluation failed (the command said so): left out, and report.md says so
             return None
-        means = json.loads(f.read_text())["means"]
+        scored = json.loads(f.read_text())
+        means = scored["means"]
         rec.update({m: means.get(m.split("/", 1)[1]) for m in protocol["metrics"]})
-        rec["per_image"] = str(f.with_suffix(".csv"))
+        if run_kind(run.cfg) == "generative":  # score_run's file: no per-image scores (a sample set is scored whole)
+            rec.update({"samples": scored.get("samples"), "probe fit": scored.get("fit"),
+                        "sampling threads": scored.get("threads")})
+        else:
+            rec["per_image"] = str(f.with_suffix(".csv"))
     else:
         i = best_index(run.epochs, monitor, metric_mode(run, monitor), monitor=True)
         row = run.epochs[i] if i is not None else {}
@@ -176,7 +181,7 @@ def protocol_report(finished: list, protocol: dict, sweep_dir: Path, cells: dict
     lines = ["## Protocol", "",
              f"Primary metric **{protocol['primary']}**. Each run's checkpoint is selected on val "
              f"(checkpoints/best by {sel if '/' in sel else 'train.monitor'}; ties: lower val/loss) and scored on "
-             f"**{rep}**{' from that checkpoint (eval/test.json, per image in eval/test.csv)' if rep == 'test' else ''}. "
+             f"**{rep}**{per_image_note(finished) if rep == 'test' else ''}. "
              f"Seeds {', '.join(map(str, seeds))}: the seed sets the weights, the data order and, for synthetic "
              "data and folder splits, the data, so two cells' runs with the same seed see the same images.", ""]
     if unscored:
@@ -202,6 +207,13 @@ def protocol_report(finished: list, protocol: dict, sweep_dir: Path, cells: dict
               f"{m['cores']} cores, GPU {m['gpu']}, torch {m['torch']}, Python {m['python']}.", "",
               "Files: report.csv (per cell), comparisons.csv, report_runs.csv (per run).", ""]
     return lines
+
+
+def per_image_note(finished: list) -> str:
+    """Where a test evaluation lives: eval/test.json, with per-image scores for segmentation runs."""
+    if all(run_kind(r.cfg) == "generative" for _, r in finished):
+        return " from that checkpoint (eval/test.json: samples from fresh noise against every test image)"
+    return " from that checkpoint (eval/test.json, per image in eval/test.csv)"
 
 
 def generative_notes(records: list[dict], rows: list[dict], protocol: dict) -> list[str]:
