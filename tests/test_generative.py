@@ -447,6 +447,7 @@ def test_probe_cli_writes_json_and_prints_the_same_numbers(tmp_path, monkeypatch
     for row in ("samples", "noise_channel", "noise_pixel", "real_train_vs_heldout"):
         assert f"{res['kid_own_' + row]:11.5f}" in out and 0 <= res["recall_" + row] <= 1
         assert f"{res['precision_' + row]:11.3f}" in out
+        assert f"{res['spectral_l1_' + row]:11.3f}" in out and f"{res['hf_log_ratio_' + row]:11.3f}" in out
     assert res["nearest_train_images"] == 8
     for key in ("nearest_features_samples", "nearest_features_heldout", "nearest_pixels_samples",
                 "nearest_pixels_heldout"):

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from sandbox.errors import SandboxError
-from sandbox.metrics.generative import kid, min_distances, own_features, precision_recall, sample_scores
+from sandbox.metrics.generative import (kid, min_distances, own_features, precision_recall, radial_power, sample_scores,
+                                       spectrum_scores)
 
 
 def _gauss(n: int, d: int, seed: int, shift: float = 0.0) -> torch.Tensor:
@@ -214,3 +215,56 @@ def test_inception_features_come_from_a_safely_loaded_state_dict(tmp_path, monke
     feats = inception_features(net, torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0)))
     assert feats.shape == (2, 2048) and torch.isfinite(feats).all()
     assert torch.equal(net.state_dict()["fc.weight"], state["fc.weight"])
+
+
+# ----------------------------------------------------------------------------- power spectrum
+
+def _dots(n: int, seed: int, side: int = 32, density: float = 0.05) -> torch.Tensor:
+    """Sparse bright points (like a rendered attractor): power at every frequency."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 1, side, side, generator=g) < density).float().expand(-1, 3, -1, -1).clone()
+
+
+def test_radial_power_puts_a_cosine_in_its_own_ring():
+    """cos(2 pi k x / S) has its whole spectrum at (0, +-k): power (S^2 / 2)^2 at each of the two points, so
+    ring k's mean power is 2 (S^2 / 2)^2 / (points in ring k) and every other ring holds ~0."""
+    side, k = 16, 3
+    x = torch.arange(side).double()
+    img = torch.cos(2 * math.pi * k * x / side)[None, :].expand(side, side)[None, None]
+    p = radial_power(img)
+    f = torch.fft.fftfreq(side, d=1.0 / side)
+    ring_points = int((torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2).round() == k).sum())
+    assert p.shape == (side // 2,)
+    assert float(p[k - 1]) == pytest.approx(2 * (side ** 2 / 2) ** 2 / ring_points, rel=1e-9)
+    assert float(torch.cat([p[:k - 1], p[k:]]).max()) < 1e-12 * float(p[k - 1])
+
+
+def test_spectrum_scores_closed_forms_equal_sets_and_halved_contrast():
+    """Equal sets score 0; halving the contrast (x -> 0.5 x, the mean is removed) multiplies the power by
+    1/4 at every radius: spectral_l1 = |log10 1/4| = 0.602 and hf_log_ratio = -0.602."""
+    real = _dots(20, 0)
+    assert spectrum_scores(real, real) == {"spectral_l1": 0.0, "hf_log_ratio": 0.0}
+    got = spectrum_scores(real, 0.5 * real)
+    assert got["spectral_l1"] == pytest.approx(math.log10(4), abs=1e-9)
+    assert got["hf_log_ratio"] == pytest.approx(-math.log10(4), abs=1e-9)
+
+
+def test_spectrum_sees_blur_as_missing_and_noise_as_excess_fine_detail():
+    """Held-out images of the same distribution sit near 0; a 3x3 blur of them loses the upper band
+    (hf_log_ratio far below 0) and added pixel noise gains it (above 0), each far outside the held-out
+    spread (the blur on sparse dots, the noise on smooth blobs)."""
+    real, held = _dots(64, 0), _dots(64, 1)
+    blurred = torch.nn.functional.avg_pool2d(held, 3, stride=1, padding=1, count_include_pad=False)
+    base = spectrum_scores(real, held)
+    assert base["spectral_l1"] < 0.05 and abs(base["hf_log_ratio"]) < 0.05
+    blur = spectrum_scores(real, blurred)
+    assert blur["hf_log_ratio"] < -0.5 and blur["spectral_l1"] > 10 * base["spectral_l1"]
+    smooth, smooth_held = _blobs(64, 3, side=32), _blobs(64, 4, side=32)  # little fine detail of their own
+    noisy = smooth_held + 0.05 * torch.randn(smooth_held.shape, generator=torch.Generator().manual_seed(2))
+    assert abs(spectrum_scores(smooth, smooth_held)["hf_log_ratio"]) < 0.1
+    assert spectrum_scores(smooth, noisy)["hf_log_ratio"] > 1.0
+
+
+def test_spectrum_of_two_image_sizes_is_one_clear_error():
+    with pytest.raises(SandboxError, match=r"differ in shape: \(3, 32, 32\) vs \(3, 16, 16\)"):
+        spectrum_scores(_dots(4, 0), _dots(4, 1, side=16))

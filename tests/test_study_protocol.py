@@ -262,6 +262,7 @@ def test_tiny_generative_families_study_reports_sample_metrics_and_na_for_dcgans
         assert ev["samples"] == 8 and ev["n"] == 8 and ev["checkpoint"].endswith("best") and ev["epoch"] == 2
         assert ev["means"]["sample_time_per_100"] > 0 and -1 < ev["means"]["kid_own"] < 10
         assert 0 <= ev["means"]["precision"] <= 1 and 0 <= ev["means"]["recall"] <= 1
+        assert ev["means"]["spectral_l1"] > 0 and math.isfinite(ev["means"]["hf_log_ratio"])
     assert "probe_r2_kernel" not in json.loads((runs / "family-dcgan_s0/eval/test.json").read_text())["means"]
     # both scorings drew their samples from other noise than the trainer's fixed per-epoch noise (seed 0)
     assert len(seeds_used) == 2 and all(n is not None and n != s for s, n in seeds_used)

@@ -18,7 +18,8 @@ from sandbox.build import build_data, build_model
 from sandbox.config import Config
 from sandbox.data.render import progress
 from sandbox.data.transforms import unaugmented
-from sandbox.metrics.generative import frechet_distance, kid, min_distances, own_features, sample_scores
+from sandbox.metrics.generative import (frechet_distance, kid, min_distances, own_features, sample_scores,
+                                       spectrum_scores)
 from sandbox.metrics.inception import inception_features
 from sandbox.metrics.probe import encode_dataset, latent_probe
 
@@ -61,6 +62,7 @@ def probe_run(cfg: Config, model, split: str = "test", samples: int = 512, fit: 
     res = {"run": label, "split": split, "n_real": len(real), "n_generated": samples, **timing}
     for name, images in sets.items():
         res.update({f"{k}_{name}": v for k, v in sample_scores(fr, own_features(images), seed=cfg.seed).items()})
+        res.update({f"{k}_{name}": v for k, v in spectrum_scores(real, images).items()})
     if nearest_max:
         res.update(nearest_train(train, {"samples": fake, "heldout": real}, nearest_max, cfg.seed))
     if inception is not None:
@@ -82,7 +84,7 @@ def probe_run(cfg: Config, model, split: str = "test", samples: int = 512, fit: 
     return res
 
 
-SAMPLE_KEYS = ("fid_own", "kid_own", "precision", "recall", "diversity")
+SAMPLE_KEYS = ("fid_own", "kid_own", "precision", "recall", "diversity", "spectral_l1", "hf_log_ratio")
 # A study's evaluation samples from noise seeded ``seed + SCORE_NOISE_OFFSET``, not from the per-epoch samples'
 # noise (seeded ``seed``): a run whose epoch was picked by its per-epoch kid_own (a GAN's monitor) would
 # otherwise be scored on the very samples that picked it.
@@ -170,6 +172,10 @@ def report(res: dict) -> str:
     lines = [f"{res['run']}: {res['n_real']} held-out {res['split']} images, {res['n_generated']} samples",
              head("own features, NOT Inception FID (fid, kid: lower is better)", *cols)]
     lines += [row(label, *(res[f"{c}_{key}"] for c in cols), fmt=tuple(cols.values())) for key, label in rows.items()]
+    spec = {"spectral_l1": ".3f", "hf_log_ratio": ".3f"}
+    lines += [head("pixel power spectrum vs held-out (log10; hf<0 blur, >0 noise)",
+                   "spec_l1", "hf_ratio")]
+    lines += [row(label, *(res[f"{c}_{key}"] for c in spec), fmt=tuple(spec.values())) for key, label in rows.items()]
     near = {k: (res[f"nearest_{k}_samples"], res[f"nearest_{k}_heldout"]) for k in ("features", "pixels")}
     lines += [head(f"nearest of {res['nearest_train_images']} training images, median distance", "features", "pixels"),
               row("samples", near["features"][0], near["pixels"][0], fmt=(".3f", ".4f")),

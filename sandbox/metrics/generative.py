@@ -21,6 +21,13 @@ Compare at equal counts (the radii shrink as a set grows).
 
 ``min_distances``: each point's distance to its nearest reference point; its median for samples
 against the training images, next to the same for held-out real images, shows memorisation.
+
+``spectrum_scores``: the radially averaged power spectrum of two image sets, compared in pixels, not in
+features (the own features resize to 64 px with antialiasing and average over space: they are blind to
+blur). ``spectral_l1``: the mean over radii of |log10 P_fake(r) - log10 P_real(r)| (decades; 0 for equal
+spectra), ``hf_log_ratio``: the mean of log10 P_fake / P_real over the upper half of the radii (signed:
+below 0 the samples lack fine detail, i.e. blur; above 0 they carry extra, e.g. noise or checkerboards).
+Durall et al. 2020 show up-sampling generators failing exactly there.
 """
 from __future__ import annotations
 
@@ -188,3 +195,30 @@ def sample_scores(real: torch.Tensor, fake: torch.Tensor, seed: int = 0) -> dict
     precision, recall = precision_recall(real, fake)
     return {"fid_own": frechet_distance(real, fake), "kid_own": kid_mean, "kid_own_std": kid_std,
             "precision": precision, "recall": recall, "diversity": diversity(fake, real)}
+
+
+def radial_power(images: torch.Tensor) -> torch.Tensor:
+    """``(N, C, S, S) -> (S // 2,)``: the mean power of the images' (channel-averaged, per-image mean
+    removed) 2-D spectrum in each ring of integer radius 1 .. S // 2 (cycles per image), float64."""
+    if images.dim() != 4 or images.shape[-1] != images.shape[-2]:
+        raise SandboxError(f"spectrum: expected square images (N, C, S, S), got {tuple(images.shape)}")
+    x = images.double().mean(1)
+    x = x - x.mean((1, 2), keepdim=True)
+    power = torch.fft.fft2(x).abs().pow(2).mean(0)
+    side = x.shape[-1]
+    f = torch.fft.fftfreq(side, d=1.0 / side)
+    radius = torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2).round().long()
+    rings = torch.arange(1, side // 2 + 1)
+    return torch.stack([power[radius == r].mean() for r in rings])
+
+
+def spectrum_scores(real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
+    """``spectral_l1`` and ``hf_log_ratio`` (see the module notes) of images ``fake`` against ``real``,
+    both ``(N, C, S, S)`` in [0, 1] at the same size."""
+    if real.shape[1:] != fake.shape[1:]:
+        raise SandboxError(f"spectrum: the two image sets differ in shape: {tuple(real.shape[1:])} vs "
+                           f"{tuple(fake.shape[1:])}; compare images of one size")
+    tiny = torch.finfo(torch.float64).tiny
+    log_ratio = torch.log10(radial_power(fake).clamp_min(tiny)) - torch.log10(radial_power(real).clamp_min(tiny))
+    upper = log_ratio[len(log_ratio) // 2:]
+    return {"spectral_l1": float(log_ratio.abs().mean()), "hf_log_ratio": float(upper.mean())}
