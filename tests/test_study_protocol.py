@@ -252,7 +252,7 @@ def test_tiny_generative_families_study_reports_sample_metrics_and_na_for_dcgans
                    "train.fid_samples=0", "train.probe_samples=0", "train.num_images=0", "track.wandb=disabled",
                    "train.mixed_precision=no", "train.threads=1"],
         primary="test/kid_own", report_on="test", seeds=[0], reach=None, compare=[["dcgan", "flow"]],
-        metrics=["test/precision", "test/recall", "test/probe_r2_kernel", "test/sample_time_per_100"],
+        metrics=["test/precision", "test/recall", "test/hf_log_ratio", "test/probe_r2_kernel", "test/sample_time_per_100"],
         sample_eval={"samples": 8, "fit": 8})
     out = tmp_path / "out"
     sweep_main(["--study", study, "--out-dir", str(out), "--in-process"])
@@ -277,6 +277,10 @@ def test_tiny_generative_families_study_reports_sample_metrics_and_na_for_dcgans
     cols = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in row.split("|")]))
     assert cols["test/probe_r2_kernel"] == "n/a" and cols["test/kid_own"] not in ("n/a", "")
     assert "torch thread" in report and "train s / run" in report
+    # hf_log_ratio is signed (below 0 blur, above 0 noise): the best cell is the one closest to 0, not the largest
+    hf = {r["cell"]: float(r["test/hf_log_ratio_mean"]) for r in csv.DictReader(open(runs / "report.csv"))}
+    closest = min(hf, key=lambda c: abs(hf[c]))
+    assert f"test/hf_log_ratio (closest to 0 is best): {closest} " in report
     comp = {c["metric"]: c for c in csv.DictReader(open(runs / "comparisons.csv"))}
     assert comp["test/probe_r2_kernel"]["verdict"] == "n/a (family-dcgan: no test/probe_r2_kernel)"
 

@@ -20,6 +20,9 @@ from sandbox.errors import SandboxError
 from sandbox.metrics.selection import best_index
 
 
+SIGNED = ("hf_log_ratio",)  # 0 is best: below, the samples lack fine detail (blur); above, they carry extra (noise)
+
+
 def first_reach(run, key: str, threshold: float) -> tuple[float | None, float | None]:
     """``(epoch, seconds)`` of the first validated epoch whose ``key`` reaches ``threshold`` (at least it
     when higher is better, at most it otherwise); ``(None, None)`` when no epoch does."""
@@ -229,17 +232,23 @@ def generative_notes(records: list[dict], rows: list[dict], protocol: dict) -> l
     lines = [f"Generative runs are scored once, from checkpoints/best, on {protocol['report_on']} "
              f"(sandbox/analysis/probe.py `score_run`, eval/{protocol['report_on']}.json in each run): "
              f"{one('samples')} samples against every image of the split in the sandbox's own features (kid_own, "
-             f"precision, recall: the same features and counts for every cell); the latent probe (R² of ridge and "
-             f"kernel ridge from codes to the 4 attractor parameters) fitted on {one('probe fit')} training images: "
-             "codes of AE/VAE/AAE, the inverted noise of DDPM/flow, **n/a** for a model without an encoder "
-             "(DCGAN). sample_time_per_100: seconds of model.sample() per 100 samples (fp32, eval mode with the EMA "
+             f"precision, recall: the same features and counts for every cell; spectral_l1 and hf_log_ratio: the "
+             f"samples' power spectrum against the {protocol['report_on']} images' in pixels, hf_log_ratio closest "
+             "to 0 is best)"
+             + ("; the latent probe (R² of ridge and kernel ridge from codes to the 4 attractor parameters) fitted on "
+                f"{one('probe fit')} training images: codes of AE/VAE/AAE, the inverted noise of DDPM/flow, **n/a** for "
+                "a model without an encoder (DCGAN)" if any(r.get("probe fit") for r in records) else "")
+             + ". sample_time_per_100: seconds of model.sample() per 100 samples (fp32, eval mode with the EMA "
              f"weights, batches of 256, {one('sampling threads')} torch thread(s), on the machine below; a timing "
              "under whatever else ran there). train s / run: seconds in training steps (the budget); wall s: since "
              "the run started, evaluation each epoch and checkpoints included.", ""]
     best = []
     for m in protocol["metrics"]:
         have = [(r[f"{m}_mean"], r["cell"]) for r in rows if math.isfinite(r.get(f"{m}_mean", math.nan))]
-        if have:
+        if have and m.rsplit("/", 1)[-1] in SIGNED:
+            val, cell = min(have, key=lambda vc: abs(vc[0]))
+            best.append(f"{m} (closest to 0 is best): {cell} ({val:.4g})")
+        elif have:
             low = lower_is_better(m)
             val, cell = (min if low else max)(have)
             best.append(f"{m} ({'lower' if low else 'higher'} is better): {cell} ({val:.4g})")
