@@ -47,6 +47,19 @@ def test_two_step_run_writes_every_run_file(tmp_path, tiny_overrides):
     trainer.unwrapped.load_state_dict(state)
 
 
+@pytest.mark.parametrize("every, drawn_after", [(0.0, [1, 2, 3, 4]), (1e9, [1, 4])])
+def test_plots_are_redrawn_at_most_every_plot_every_s_and_after_the_last_epoch(tmp_path, tiny_overrides, monkeypatch,
+                                                                             every, drawn_after):
+    import sandbox.engine.loop as loop
+
+    drawn = []  # the last epoch in the history each redraw gets
+    monkeypatch.setattr(loop, "PLOT_EVERY_S", every)
+    monkeypatch.setattr(loop, "plot_curves", lambda records, out: drawn.append(
+        max(r["epoch"] for r in records if r["split"] == "val")))
+    run(tiny_overrides + ["train.epochs=4", "train.num_images=0"])
+    assert drawn == drawn_after  # the first epoch at once, then when due, and the last always
+
+
 def test_an_empty_wandb_mode_in_the_environment_still_gives_an_offline_run(tmp_path, tiny_overrides, monkeypatch):
     """`export WANDB_MODE=` made wandb refuse to start (its settings reject ''): W&B was lost."""
     monkeypatch.setenv("WANDB_MODE", "")
