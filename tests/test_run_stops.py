@@ -285,6 +285,16 @@ def test_a_sigterm_to_the_whole_process_group_saves_with_data_workers(tmp_path):
 def test_a_signal_echoed_by_a_launcher_is_one_request_a_later_one_stops_at_once():
     from sandbox.engine.stops import SignalStop
 
+    # a shell's background job starts with SIGINT ignored, and SignalStop leaves an ignored signal alone:
+    # give this process Python's usual handler for the test, as an interactive start has
+    ignored = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _echoed_sigint_is_one_request(SignalStop)
+    finally:
+        signal.signal(signal.SIGINT, ignored)
+
+
+def _echoed_sigint_is_one_request(SignalStop):
     before = signal.getsignal(signal.SIGINT)
     with SignalStop() as stop:
         os.kill(os.getpid(), signal.SIGINT)
