@@ -52,6 +52,20 @@ def interpolate_cli(monkeypatch, capsys, *args):
 
 # ----------------------------------------------------------------------------- models
 
+def test_generative_panel_is_redrawn_under_the_training_plots_throttle(tmp_path, monkeypatch):
+    """plots/generative.png redraws the whole history: it follows the training curves' throttle (once at the
+    last epoch here, with the interval huge), not every epoch."""
+    import sandbox.engine.loop as loop
+    import sandbox.trainers.sampling as sampling
+
+    drawn = []  # the last epoch in the history each redraw gets
+    monkeypatch.setattr(loop, "PLOT_EVERY_S", 1e9)
+    monkeypatch.setattr(sampling, "plot_generative", lambda records, out: drawn.append(
+        max(r["epoch"] for r in records if r["split"] == "val")))
+    build_trainer(tiny_run(tmp_path, "ae", ["train.epochs=3"])).fit()
+    assert drawn == [1, 3]  # the first epoch (nothing drawn yet), then only the last
+
+
 def test_every_generative_model_is_registered_with_its_trainer():
     from sandbox.trainers import TRAINERS
 

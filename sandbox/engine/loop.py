@@ -254,8 +254,14 @@ class Loop:
     _plotted_at = -math.inf  # time.monotonic() of the last plots/ redraw
 
     def _plot(self) -> None:
-        plot_curves(read_metrics(self.run.metrics), self.run.plots)
+        records = read_metrics(self.run.metrics)
+        plot_curves(records, self.run.plots)
+        self.extra_plots(records)
         self._plotted_at = time.monotonic()
+
+    def extra_plots(self, records: list[dict]) -> None:
+        """More ``plots/`` drawn from the metrics ``records`` with the training curves, so under the same
+        throttle (at most every ``PLOT_EVERY_S``, and after the last epoch or a stop); trainers override."""
 
     def _save(self, which: str) -> None:
         if self.replicas:

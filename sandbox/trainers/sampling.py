@@ -1,6 +1,6 @@
 """The base of every generative trainer: samples from fixed noise, their fid_own, kid_own, precision,
 recall and diversity against the validation images, the latent probe (models that encode, data with known
-parameters), sample grids and ``plots/generative.png`` each epoch, Adam's beta1."""
+parameters), sample grids each epoch, ``plots/generative.png`` with the training curves, Adam's beta1."""
 from __future__ import annotations
 
 import logging
@@ -14,7 +14,6 @@ from sandbox.engine.optim import set_beta1
 from sandbox.engine.trainer import Trainer
 from sandbox.metrics.generative import own_features, sample_scores
 from sandbox.metrics.probe import encode_dataset, latent_probe
-from sandbox.tracking.metrics_log import read_metrics
 from sandbox.viz.curves import plot_generative
 from sandbox.viz.grids import save_grid
 
@@ -76,9 +75,10 @@ class SamplingTrainer(Trainer):
     def save_images(self, epoch: int) -> list[Path]:
         paths = [save_grid(self.samples(GRID), self.run.images / f"samples_epoch{epoch + 1:03d}.png",
                            title=f"samples, epoch {epoch + 1}")]
-        paths += self.extra_images(epoch)
+        return paths + self.extra_images(epoch)
+
+    def extra_plots(self, records: list[dict]) -> None:
         try:
-            plot_generative(read_metrics(self.run.metrics), self.run.plots / "generative.png")
+            plot_generative(records, self.run.plots / "generative.png")
         except (OSError, ValueError) as exc:  # a plot must never stop training
             log.warning("plots/generative.png not written (%s)", exc)
-        return paths
