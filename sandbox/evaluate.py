@@ -11,6 +11,7 @@ unless an override names another folder. Writes runs/<name>/eval/<split>[_<tag>]
 and how it was evaluated) and .csv (one row per image); existing files are never overwritten:
 the next free suffix is used (test_2.json, ...) and printed. --resolution original (folders) scores
 P(mask) mapped back to each image's own size against its full-size mask, as predict.py does.
+--tta flip averages the prediction of each image and of its mirror (recorded in the .json's "tta").
 The means also go into the summary of the run's W&B run (eval/<split>/<metric>, with the per-image
 table eval/<split>/images), when it was trained with W&B.
 """
@@ -36,6 +37,8 @@ def main() -> None:
     parser.add_argument("--resolution", default="net", choices=["net", "original"],
                         help="score at the net's data.size (as training does) or at each image's own size (folders)")
     parser.add_argument("--tag", default="", help="file name tag: eval/<split>_<tag>.json")
+    parser.add_argument("--tta", default="none", choices=["none", "flip"],
+                        help="flip: also predict the mirrored image and average the two (test-time augmentation)")
     parser.add_argument("overrides", nargs="*", help="data.* overrides, e.g. data.root=/other data.image_dir=images")
     args = parser.parse_intermixed_args()
     if not 0 < args.threshold < 1:
@@ -47,7 +50,7 @@ def main() -> None:
     from sandbox.analysis.evaluation import evaluate_run
 
     evaluate_run(args.run, args.which, args.split, args.threshold, args.batch_size, args.resolution, args.tag,
-                 args.overrides, say=print)
+                 args.overrides, tta=args.tta, say=print)
 
 if __name__ == "__main__":
     main()

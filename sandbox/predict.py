@@ -16,6 +16,7 @@ Ground truth: --mask-dir (paired by file stem), or the run's mask_dir when --inp
 of the run's layout (or its image_dir). --failures-only keeps the images with Dice < --fail-below and
 writes failures.csv sorted by Dice. Non-image files are skipped and counted. An unreadable image
 stops the run naming it (what was written so far stays); --skip-unreadable skips it with a warning.
+--tta flip averages the prediction of each image and of its mirror.
 """
 import sys
 from pathlib import Path
@@ -42,6 +43,8 @@ def main() -> None:
     parser.add_argument("--skip-unreadable", action="store_true",
                         help="skip unreadable images (warned) instead of stopping")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the run's data.batch_size")
+    parser.add_argument("--tta", default="none", choices=["none", "flip"],
+                        help="flip: also predict the mirrored image and average the two (test-time augmentation)")
     args = parser.parse_args()
     if args.batch_size is not None and args.batch_size < 1:
         raise SandboxError(f"--batch-size: got {args.batch_size}, expected a positive integer")
@@ -50,7 +53,7 @@ def main() -> None:
     from sandbox.analysis.prediction import predict_run
 
     predict_run(args.run, args.input, args.which, args.out, args.mask_dir, args.mask_threshold, args.fail_below,
-                args.failures_only, args.skip_unreadable, args.batch_size, say=print)
+                args.failures_only, args.skip_unreadable, args.batch_size, tta=args.tta, say=print)
 
 if __name__ == "__main__":
     main()

@@ -143,6 +143,63 @@ def test_external_folder_as_override(run, tmp_path, monkeypatch):
     assert predicted == pytest.approx(full, abs=1e-6)
 
 
+class _Ramp(torch.nn.Module):
+    """Mask logits (and depth) that are a left-to-right ramp, + ``offset``, whatever the image: not mirror-symmetric."""
+
+    def __init__(self, offset: float = 0.0):
+        super().__init__()
+        self.w, self.offset = torch.nn.Parameter(torch.zeros(())), offset
+
+    def forward(self, x):
+        ramp = torch.linspace(-3.0, 3.0, x.shape[-1]).expand(x.shape[0], 1, *x.shape[-2:]) + 0 * x[:, :1]
+        return {"mask": ramp + self.offset, "depth": 0.5 + ramp / 10}
+
+
+def test_flip_tta_averages_the_mirrored_prediction():
+    from sandbox.runs.inference import forward
+
+    x = torch.rand(2, 3, 4, 8)
+    plain = forward(_Ramp(), x)
+    assert torch.allclose(plain["mask"][0, 0, 0], torch.linspace(-3.0, 3.0, 8))
+    # mirrored back, the ramp runs the other way: sigmoid(r) + sigmoid(-r) = 1, so P = 0.5 (logit 0) everywhere,
+    # and the depths average to the constant 0.5
+    flipped = forward(_Ramp(), x, flip=True)
+    assert flipped["mask"].abs().max() < 1e-5 and torch.allclose(flipped["depth"], torch.full_like(x[:, :1], 0.5))
+    # a net that sees each pixel alone (1x1 convolution) is mirror-equivariant: the average changes nothing
+    net = torch.nn.Conv2d(3, 1, 1)
+    pointwise = type("Pointwise", (torch.nn.Module,), {"forward": lambda self, x: {"mask": net(x)}})()
+    pointwise.net = net
+    assert torch.allclose(forward(pointwise, x, flip=True)["mask"], forward(pointwise, x)["mask"], atol=1e-5)
+
+
+def test_evaluate_and_predict_with_flip_tta(run, tmp_path, monkeypatch):
+    """The ramp + 1 as the run's net: plain, P > 0.5 where ramp > -1 (the right two thirds); with --tta flip
+    sigmoid(1 + r) + sigmoid(1 - r) > 1 everywhere, so every pixel is foreground. Both commands pass it on."""
+    import sandbox.analysis.evaluation as evaluation
+    import sandbox.analysis.prediction as prediction
+    from sandbox.build import build_data
+    from sandbox.runs.load import load_run
+
+    cfg, _ = load_run(run, device="cpu")
+    for module in (evaluation, prediction):
+        monkeypatch.setattr(module, "load_run", lambda *a, **k: (cfg, _Ramp(offset=1.0)))
+    call("evaluate", "--run", run, "--split", "val", monkeypatch=monkeypatch)
+    call("evaluate", "--run", run, "--split", "val", "--tta", "flip", "--tag", "tta", monkeypatch=monkeypatch)
+    assert json.loads((run / "eval" / "val_tta.json").read_text())["tta"] == "flip"
+    assert json.loads((run / "eval" / "val.json").read_text())["tta"] == "none"
+    ds = build_data(cfg, ("val",))["val"]
+    right = np.broadcast_to(np.linspace(-3.0, 3.0, 32) > -1.0, (32, 32))
+    for plain, tta in zip(rows(run / "eval" / "val.csv"), rows(run / "eval" / "val_tta.csv")):
+        truth = ds[int(plain["index"])]["mask"][0].numpy()
+        assert float(plain["dice"]) == pytest.approx(np_dice(right, truth), abs=1e-6)
+        assert float(tta["dice"]) == pytest.approx(np_dice(np.ones((32, 32), bool), truth), abs=1e-6)
+    image = save(np.zeros((32, 32, 3), np.uint8), tmp_path / "in" / "net.png")
+    for how, expected in ((["--tta", "flip"], np.ones((32, 32), bool)), ([], right)):
+        out = tmp_path / f"p{len(how)}"
+        call("predict", "--run", run, "--input", image, "--out", out, *how, monkeypatch=monkeypatch)
+        assert np.array_equal(np.asarray(Image.open(out / "net_mask.png")) == 255, expected), how
+
+
 def test_checkpoint_config_builds_the_model(run, caplog):
     from sandbox.runs.load import load_run
 

@@ -70,10 +70,12 @@ def table(result: dict) -> str:
 
 def evaluate_run(run_arg: str, which: str = "best", split: str = "test", threshold: float = 0.5,
                  batch_size: int | None = None, resolution: str = "net", tag: str = "",
-                 overrides: list[str] = (), say: Callable[[str], None] = lambda line: None) -> dict[str, dict]:
+                 overrides: list[str] = (), tta: str = "none",
+                 say: Callable[[str], None] = lambda line: None) -> dict[str, dict]:
     """Score a run's checkpoint on ``split`` (test | val | train | all | whole) and write
     ``eval/<split>[_<tag>][_N].json/.csv``; ``say`` gets the progress and result lines. Returns
-    ``{split: result}``. (One straight sequence of steps, kept whole so it reads as evaluate.py does.)"""
+    ``{split: result}``; ``tta``: none | flip (:func:`sandbox.runs.inference.forward`). (One straight
+    sequence of steps, kept whole so it reads as evaluate.py does.)"""
     overrides = list(overrides)
     run, ckpt = checkpoint_dir(run_arg, which)
     cfg, model = load_run(run_arg, which, overrides, task="segmentation", need=("mask",))
@@ -100,7 +102,7 @@ def evaluate_run(run_arg: str, which: str = "best", split: str = "test", thresho
             raise SandboxError(f"the {s} split of {cfg.data.root or cfg.data.name} is empty; pick another --split")
         t0 = time.time()
         recs = evaluate_dataset(model, datasets[s], threshold, bs, cfg.train.channels_last, progress=s,
-                                original_size=resolution == "original")
+                                original_size=resolution == "original", flip=tta == "flip")
         results[s] = [{"split": s, **r} if split == "whole" else r for r in recs]
         say(f"{s}: {len(recs)} images in {time.time() - t0:.1f} s")
     if split == "whole":
@@ -108,7 +110,7 @@ def evaluate_run(run_arg: str, which: str = "best", split: str = "test", thresho
     net = resolution == "net"
     where = f"at {cfg.data.size} px" if net else "at each image's own size"
     meta = {"run": str(run), "checkpoint": str(ckpt), "epoch": state.get("epoch"), "step": state.get("step"),
-            "threshold": threshold, "resolution": cfg.data.size if net else "original", "batch_size": bs,
+            "threshold": threshold, "tta": tta, "resolution": cfg.data.size if net else "original", "batch_size": bs,
             "device": str(next(model.parameters()).device), "overrides": overrides,
             "data": {k: v for k, v in vars(cfg.data).items() if k != "augment"},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -118,7 +120,7 @@ def evaluate_run(run_arg: str, which: str = "best", split: str = "test", thresho
         path = run / "eval" / f"{stem}{suffix}"
         result = written[name] = write_results(path, results[name], {"split": name, **meta})
         say(f"\n{name}: {result['n']} images, {ckpt} (epoch {state.get('epoch')}), threshold {threshold}, "
-              f"{where}\n{table(result)}\n"
+              f"{where}{', flip TTA' if tta == 'flip' else ''}\n{table(result)}\n"
               f"wrote {path}.json and {path}.csv")
     # the same W&B run's summary (no history row): eval/<split>/<metric> and the per-image table
     to_summary(cfg.track, run, {f"eval/{stem}/{k}": v for name, stem in zip(names, stems) if name in written

@@ -187,7 +187,7 @@ def pair_masks(files: list[Path], gt: Path | None, failures_only: bool, data, sa
 def predict_run(run_arg: str, inputs: list[str], which: str = "best", out_arg: str | None = None,
                 mask_dir: str | None = None, mask_threshold: float = 0.5, fail_below: float = 0.8,
                 failures_only: bool = False, skip_unreadable: bool = False, batch_size: int | None = None,
-                say: Callable[[str], None] = lambda line: None) -> list[dict]:
+                tta: str = "none", say: Callable[[str], None] = lambda line: None) -> list[dict]:
     """predict.py's work: the run's masks (and depth) for ``inputs``, written with overlays and
     predictions.csv into a fresh folder; ground truth scored when there is some. Returns the csv rows.
     (One straight sequence of steps, kept whole so it reads as the command's help does.)"""
@@ -214,7 +214,7 @@ def predict_run(run_arg: str, inputs: list[str], which: str = "best", out_arg: s
                                        "--skip-unreadable skips such files") from None
                 bad.append(str(exc))
         maps = predict_maps(model, [img for _, img, _ in loaded], cfg.data.size, cfg.data.resize,
-                            cfg.train.channels_last)
+                            cfg.train.channels_last, tta == "flip")
         for (f, img, truth), heads in zip(loaded, maps):
             pred = heads["mask"] > mask_threshold
             dice, iou = scores(pred, truth) if truth is not None else ("", "")

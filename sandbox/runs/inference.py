@@ -16,9 +16,24 @@ from sandbox.data.transforms import fit_to_size, unfit
 from sandbox.metrics import depth_metrics, segmentation_metrics
 
 
-def forward(model: nn.Module, x: torch.Tensor, channels_last: bool = True) -> dict[str, torch.Tensor]:
+def forward(model: nn.Module, x: torch.Tensor, channels_last: bool = True, flip: bool = False
+            ) -> dict[str, torch.Tensor]:
     """``x: (B, C, S, S)`` in [0, 1] -> ``{name: tensor}``, the model's outputs in fp32, fed as the trainer
-    feeds it (channels_last when the run trained so; no autocast: the reference precision)."""
+    feeds it (channels_last when the run trained so; no autocast: the reference precision).
+
+    ``flip``: test-time augmentation by the horizontal mirror: the net also sees ``x`` mirrored, its maps are
+    mirrored back and averaged with the plain ones (a mask head as probabilities, returned as their logits, so
+    the output keeps its meaning; other heads as values). Two forward passes; for nets trained with flips."""
+    out = _forward(model, x, channels_last)
+    if flip:
+        mirrored = _forward(model, x.flip(-1), channels_last)
+        for k, v in out.items():
+            m = mirrored[k].flip(-1)
+            out[k] = torch.logit((torch.sigmoid(v) + torch.sigmoid(m)) / 2, eps=1e-7) if k == "mask" else (v + m) / 2
+    return out
+
+
+def _forward(model: nn.Module, x: torch.Tensor, channels_last: bool) -> dict[str, torch.Tensor]:
     dev = next(model.parameters()).device
     x = x.to(dev, non_blocking=True)
     if channels_last:
@@ -45,7 +60,7 @@ def _at_original_size(dataset, index: int, logits: torch.Tensor, threshold: floa
 
 def evaluate_dataset(model: nn.Module, dataset, threshold: float = 0.5, batch_size: int = 16,
                      channels_last: bool = True, progress: Optional[str] = None,
-                     original_size: bool = False) -> list[dict]:
+                     original_size: bool = False, flip: bool = False) -> list[dict]:
     """Per-image metrics, one dict per sample in dataset order: ``{"index", ["stem", "path" (folders)],
     "dice", "iou", "pixel_acc", "boundary_f1", ["depth_l1", "depth_rmse", "depth_ssim", "depth_delta1",
     "depth_edge_f1"]}``.
@@ -53,6 +68,7 @@ def evaluate_dataset(model: nn.Module, dataset, threshold: float = 0.5, batch_si
     At the net's resolution, with the same functions, threshold convention and batching as the
     trainer's validation; ``original_size`` (folder datasets): the mask metrics at each image's own
     size instead (depth stays at the net's). ``progress``: a tqdm label (shown on terminals only).
+    ``flip``: with the mirror as test-time augmentation (:func:`forward`).
     """
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
@@ -61,7 +77,7 @@ def evaluate_dataset(model: nn.Module, dataset, threshold: float = 0.5, batch_si
     items = getattr(dataset, "items", None)
     records: list[dict] = []
     for batch in tqdm(loader, desc=progress, disable=None if progress else True, leave=False):
-        out = forward(model, batch["image"], channels_last)
+        out = forward(model, batch["image"], channels_last, flip)
         indices = batch["index"].tolist()
         if original_size:
             per = [_at_original_size(dataset, i, out["mask"][j], threshold) for j, i in enumerate(indices)]
@@ -82,16 +98,17 @@ def evaluate_dataset(model: nn.Module, dataset, threshold: float = 0.5, batch_si
 
 
 def predict_maps(model: nn.Module, images: Sequence[np.ndarray], size: int, resize: str = "stretch",
-                 channels_last: bool = True) -> list[dict[str, np.ndarray]]:
+                 channels_last: bool = True, flip: bool = False) -> list[dict[str, np.ndarray]]:
     """``[(H_i, W_i, 3) uint8] -> [{"mask": P(mask), "depth": depth, ...}]``, each ``(H_i, W_i) float32``:
     each image fitted to ``size`` with the run's ``data.resize`` policy (as the folder dataset does),
     predicted, and mapped back to its original size (bilinear). ``mask`` heads go through the
-    sigmoid; other heads (``depth``) are regressions, clipped to [0, 1] as the trainer's panels show them."""
+    sigmoid; other heads (``depth``) are regressions, clipped to [0, 1] as the trainer's panels show them.
+    ``flip``: with the mirror as test-time augmentation (:func:`forward`)."""
     if not images:
         return []
     fitted, metas = zip(*(fit_to_size(im, size, resize, "image") for im in images))
     x = torch.from_numpy(np.stack(fitted).transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
     out = {k: (torch.sigmoid(v) if k == "mask" else v.clamp(0, 1)).cpu()  # (B, 1, S, S)
-           for k, v in forward(model, x, channels_last).items()}
+           for k, v in forward(model, x, channels_last, flip).items()}
     return [{k: unfit(v[i, 0], meta).numpy() for k, v in out.items()} for i, meta in enumerate(metas)]
 
