@@ -20,33 +20,38 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from sandbox.analysis.evaluation import evaluate_run  # noqa: E402
-from sandbox.analysis.significance import bootstrap_diff, mean_ci, paired_test, verdict  # noqa: E402
+from sandbox.analysis.significance import mean_ci  # noqa: E402
+from sandbox.analysis.study_report import compare_pair  # noqa: E402
 
 STUDIES = ROOT / "runs" / "studies"
 SEEDS = (0, 1, 2)
 
 
-def dice(run: Path, split: str, tta: str = "none") -> dict[str, float]:
-    """Per-photo test/val Dice of the run's val-selected checkpoint (checkpoints/best), by file stem."""
+def scored(run: Path, split: str, tta: str = "none") -> Path:
+    """eval/<split>[_flip].csv of the run's val-selected checkpoint (checkpoints/best), written if missing."""
     stem = f"{split}_flip" if tta == "flip" else split
     path = run / "eval" / f"{stem}.csv"
     if not path.is_file():
         evaluate_run(str(run), "best", split, tta=tta, tag="flip" if tta == "flip" else "")
-    with path.open() as f:
-        return {r["stem"]: float(r["dice"]) for r in csv.DictReader(f)}
+    return path
 
 
-def compare(label: str, a: list[dict], b: list[dict]) -> str:
-    """b - a, paired over seeds and over each seed's photos."""
-    ma, mb = [sum(x.values()) / len(x) for x in a], [sum(x.values()) / len(x) for x in b]
-    for x, y in zip(a, b):
-        assert x.keys() == y.keys(), "the paired runs scored different photos"
-    t = paired_test(ma, mb)
-    boot = bootstrap_diff([[y[k] - x[k] for k in x] for x, y in zip(a, b)])
+def compare(label: str, a: list[Path], b: list[Path]) -> str:
+    """b - a over the seeds (element i of both: seed i, the same photos) by the studies' own compare_pair:
+    paired t-test over seeds, paired bootstrap over each seed's photos."""
+    records = []
+    for cell, paths in (("a", a), ("b", b)):
+        for seed, path in zip(SEEDS, paths):
+            with path.open() as f:
+                values = [float(r["dice"]) for r in csv.DictReader(f)]
+            records.append({"cell": cell, "seed": seed, "eval/dice": sum(values) / len(values), "per_image": str(path)})
+    c = compare_pair(records, "a", "b", "eval/dice")  # metric "<split>/dice": the key is what follows the "/"
+    ma, mb = ([r["eval/dice"] for r in records if r["cell"] == x] for x in ("a", "b"))
     ca, cb = mean_ci(ma), mean_ci(mb)
     return (f"| {label} | {ca.mean:.3f} ± {ca.std:.3f} ({' / '.join(f'{v:.3f}' for v in ma)}) | "
-            f"{cb.mean:.3f} ± {cb.std:.3f} ({' / '.join(f'{v:.3f}' for v in mb)}) | {t.diff.mean:+.3f} "
-            f"[{t.diff.lo:+.3f}, {t.diff.hi:+.3f}] | [{boot[1]:+.3f}, {boot[2]:+.3f}] | {verdict(t.p)} |")
+            f"{cb.mean:.3f} ± {cb.std:.3f} ({' / '.join(f'{v:.3f}' for v in mb)}) | {c['diff_mean']:+.3f} "
+            f"[{c['diff_ci_lo']:+.3f}, {c['diff_ci_hi']:+.3f}] | [{c['bootstrap_lo']:+.3f}, {c['bootstrap_hi']:+.3f}] | "
+            f"{c['verdict']} |")
 
 
 def main() -> None:
@@ -57,19 +62,19 @@ def main() -> None:
              "Dice of each run's val-selected checkpoint; seeds 0, 1, 2 (same splits in both studies).", "",
              "## Second recipe (b) vs first (a), test split", "", head]
     for model in ("unet", "hourglass"):
-        a = [dice(first / f"model-{model}_s{s}", "test") for s in SEEDS]
-        b = [dice(second / f"model-{model}_s{s}", "test") for s in SEEDS]
+        a = [scored(first / f"model-{model}_s{s}", "test") for s in SEEDS]
+        b = [scored(second / f"model-{model}_s{s}", "test") for s in SEEDS]
         lines.append(compare(model, a, b))
     lines += ["", "## Flip TTA (b) vs none (a), second recipe", "", head]
     for split in ("val", "test"):
         for model in ("unet", "hourglass"):
             runs = [second / f"model-{model}_s{s}" for s in SEEDS]
-            lines.append(compare(f"{model}, {split}", [dice(r, split) for r in runs],
-                                 [dice(r, split, "flip") for r in runs]))
+            lines.append(compare(f"{model}, {split}", [scored(r, split) for r in runs],
+                                 [scored(r, split, "flip") for r in runs]))
     lines += ["", "## UNet (b) vs HourGlass (a), second recipe with flip TTA", "", head]
     for split in ("val", "test"):
-        lines.append(compare(f"{split}", [dice(second / f"model-hourglass_s{s}", split, "flip") for s in SEEDS],
-                             [dice(second / f"model-unet_s{s}", split, "flip") for s in SEEDS]))
+        lines.append(compare(f"{split}", [scored(second / f"model-hourglass_s{s}", split, "flip") for s in SEEDS],
+                             [scored(second / f"model-unet_s{s}", split, "flip") for s in SEEDS]))
     out = Path(__file__).with_name("posthoc.md")
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines) + f"\n\nwrote {out}")
