@@ -40,7 +40,7 @@ def main() -> None:
     from sandbox.analysis.probe import probe_run, report
     from sandbox.metrics.inception import load_inception
     from sandbox.runs.load import checkpoint_dir, load_run
-    from sandbox.runs.rundir import write_atomic
+    from sandbox.runs.rundir import inside, write_atomic
     from sandbox.tracking.wandb_run import flat, to_summary
 
     inception = load_inception(args.inception_weights) if args.inception_weights else None  # fail before sampling
@@ -48,7 +48,7 @@ def main() -> None:
     cfg, model = load_run(args.run, args.which, task="generative")
     model.set_sample_steps(args.steps)
     res = probe_run(cfg, model, args.split, args.samples, args.fit, label=str(args.run), inception=inception)
-    out = run / "eval" / f"probe_{args.split}.json"
+    out = inside(run, run / "eval" / f"probe_{args.split}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, json.dumps(res, indent=2))
     to_summary(cfg.track, run, flat(f"probe/{args.split}", res))  # the run's own W&B run, summary only

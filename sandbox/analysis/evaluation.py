@@ -10,6 +10,7 @@ from sandbox.errors import SandboxError
 from sandbox.runs.checkpoints import read_state
 from sandbox.runs.inference import evaluate_dataset
 from sandbox.runs.load import checkpoint_dir, load_run
+from sandbox.runs.rundir import inside
 from sandbox.tracking.wandb_run import to_summary
 
 # overrides that point at other data: the run's own splits/ no longer apply
@@ -117,7 +118,7 @@ def evaluate_run(run_arg: str, which: str = "best", split: str = "test", thresho
     for name, stem in zip(names, stems):
         if name not in results:
             continue
-        path = run / "eval" / f"{stem}{suffix}"
+        path = inside(run, run / "eval" / f"{stem}{suffix}")
         result = written[name] = write_results(path, results[name], {"split": name, **meta})
         say(f"\n{name}: {result['n']} images, {ckpt} (epoch {state.get('epoch')}), threshold {threshold}, "
               f"{where}{', flip TTA' if tta == 'flip' else ''}\n{table(result)}\n"

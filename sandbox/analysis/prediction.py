@@ -11,6 +11,7 @@ from sandbox.data.splits import list_images
 from sandbox.errors import SandboxError
 from sandbox.runs.inference import predict_maps
 from sandbox.runs.load import checkpoint_dir, load_run
+from sandbox.runs.rundir import inside
 
 EXPECTED = "image files (jpg, png, bmp, tif, webp) or a folder of them"
 
@@ -201,7 +202,7 @@ def predict_run(run_arg: str, inputs: list[str], which: str = "best", out_arg: s
         say(f"warning: {len(seen)} of the {len(files)} input image(s) are in the run's training split "
             f"({run / 'splits' / 'train.csv'}: {names}); their masks and scores show how it fits its training "
             "data, not how it does on new images")
-    out = fresh_dir(Path(out_arg) if out_arg else run / "predictions")
+    out = fresh_dir(Path(out_arg) if out_arg else inside(run, run / "predictions"))
     names, rows, bad, bs = output_names(files), [], [], batch_size or cfg.data.batch_size
     for start in range(0, len(files), bs):
         loaded = []

@@ -104,7 +104,7 @@ def score_run(run: str | Path, split: str = "val", samples: int | None = None, f
     from sandbox.errors import SandboxError
     from sandbox.runs.checkpoints import read_state
     from sandbox.runs.load import checkpoint_dir, load_run
-    from sandbox.runs.rundir import write_atomic
+    from sandbox.runs.rundir import inside, write_atomic
 
     path, ckpt = checkpoint_dir(str(run), which)
     cfg, model = load_run(str(run), which, task="generative")
@@ -125,7 +125,7 @@ def score_run(run: str | Path, split: str = "val", samples: int | None = None, f
             "fit": res.get("probe_fit_images"),
             "threads": res["threads"], "device": str(next(model.parameters()).device),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "means": means}
-    out = path / "eval" / f"{split}{free_stem(path / 'eval', [split])}.json"
+    out = inside(path, path / "eval" / f"{split}{free_stem(path / 'eval', [split])}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, json.dumps(meta, indent=2))
     return out

@@ -11,6 +11,7 @@ trained with); the run's ``config.yaml`` is the fallback for checkpoints without
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -20,14 +21,17 @@ from torch import nn
 from sandbox.build import build_model
 from sandbox.config import Config
 from sandbox.config.loading import config_from_dict, read_yaml
-from sandbox.errors import ConfigError, SandboxError
+from sandbox.errors import ConfigError, SandboxError, short
 from sandbox.models import MODELS
 from sandbox.nn.weights import UnreadableFile
 from sandbox.runs.checkpoints import WEIGHTS_FILE, read_weights, weights_file
+from sandbox.runs.rundir import check_tree
 from sandbox.runs.stages import final_run
 
 log = logging.getLogger("sandbox")
 RUN_HINT = "expected runs/<name> written by sandbox/train.py"
+#: what --which may name: one checkpoint directory of the run (no separators: never a path out of it)
+CHECKPOINT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def checkpoint_dir(run_dir: str | Path, which: str = "best") -> tuple[Path, Path]:
@@ -35,7 +39,12 @@ def checkpoint_dir(run_dir: str | Path, which: str = "best") -> tuple[Path, Path
     (``best``, ``last``, ``epoch_NNN``); a checkpoint directory itself is accepted too (``which`` unused)."""
     path = Path(run_dir)
     if weights_file(path) is not None and path.parent.name == "checkpoints":
+        check_tree(path.parent.parent)
         return path.parent.parent, path
+    if not CHECKPOINT_NAME.fullmatch(str(which)) or which in (".", ".."):
+        raise SandboxError(f"--which {short(which)}: expected the name of a checkpoint of the run (best, last, "
+                           "epoch_NNN), not a path; to score another run give it with --run")
+    check_tree(path)  # nothing planted (links, FIFOs) in what is read and then written (eval/, predictions/)
     path = final_run(path)  # a finished staged run: its last stage (sandbox/runs/stages.py)
     if not path.is_dir():
         raise SandboxError(f"{str(path)!r} is not a run directory: no such folder; {RUN_HINT}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import stat
 from pathlib import Path
 
 from sandbox.errors import SandboxError
@@ -38,6 +39,7 @@ class RunDir:
     def create(self, resume: bool) -> None:
         if self.exists() and not resume:
             raise SandboxError(existing_run(self.path, restart=False))
+        check_tree(self.path)  # a resumed run (or a failed start's leftovers): nothing planted to write through
         try:
             for p in (self.path, self.checkpoints, self.plots, self.images):
                 p.mkdir(parents=True, exist_ok=True)
@@ -55,6 +57,63 @@ class RunDir:
                 p.rmdir()
             except OSError:  # not empty (or already gone): keep it
                 pass
+
+
+#: the one folder of a run whose inside is W&B's: it links latest-run and debug*.log to its own files (and
+#: debug-core.log to ~/.cache/wandb); the sandbox neither reads nor writes there, W&B does (the folder itself
+#: is checked like the rest: a planted wandb -> elsewhere link is refused)
+LINKS_ALLOWED_UNDER = "wandb"
+
+
+def inside(run: str | Path, target: str | Path) -> Path:
+    """``target`` (a path under the run directory ``run``), checked before the sandbox writes it: no part of it
+    below ``run`` may be a symbolic link, and it must resolve inside ``run`` (which may itself be reached through
+    links: runs/ on another disk). A planted link (metrics.jsonl, plots/, eval/ pointing elsewhere) is refused in
+    one line, so nothing outside the run is ever written through it. Returns ``target`` as a Path."""
+    run, target = Path(run), Path(target)
+    root = run.resolve()
+    try:  # lexically (os.path.abspath folds '..' without following links): the parts to check one by one
+        rel = Path(os.path.abspath(target)).relative_to(os.path.abspath(run))
+    except ValueError:
+        rel = None
+    where = run
+    for part in rel.parts if rel is not None else ():
+        where = where / part
+        if where.is_symlink():
+            raise SandboxError(f"{str(where)!r} is a symbolic link; the sandbox writes only inside the run "
+                               f"{str(run)!r} and never through a link: remove the link (or move the run) and "
+                               "run the command again")
+    resolved = target.resolve()
+    if rel is None or (resolved != root and root not in resolved.parents):
+        raise SandboxError(f"{str(target)!r} is outside the run directory {str(run)!r}; the sandbox writes only "
+                           "inside the run it was asked to write")
+    return target
+
+
+def check_tree(run: str | Path) -> None:
+    """Refuse a run directory holding planted entries before reading or writing it: a symbolic link anywhere
+    in it (except inside wandb/, which is W&B's), or a special file (FIFO, socket, device: a read would block
+    or misbehave). One line naming the first such entry."""
+    run = Path(run)
+    if not run.is_dir():
+        return
+    for folder, dirs, files in os.walk(run):
+        if Path(folder) == run and LINKS_ALLOWED_UNDER in dirs:
+            dirs.remove(LINKS_ALLOWED_UNDER)  # still checked below as an entry of the run: never a link itself
+            files = files + [LINKS_ALLOWED_UNDER]
+        for name in dirs + files:
+            p = Path(folder) / name
+            try:
+                mode = os.lstat(p).st_mode
+            except FileNotFoundError:  # a temporary file a writer just renamed: nothing planted
+                continue
+            if stat.S_ISLNK(mode):
+                raise SandboxError(f"{str(p)!r} is a symbolic link (to {str(os.readlink(p))!r}); a run directory "
+                                   "holds plain files and folders only, so the sandbox neither reads nor writes "
+                                   "through it: remove it, or copy the real file in its place")
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise SandboxError(f"{str(p)!r} is not a regular file (a FIFO, socket or device); a run directory "
+                                   "holds plain files and folders only: remove it")
 
 
 def write_atomic(path: str | Path, text: str) -> Path:

@@ -130,7 +130,7 @@ def check_not_resumed(init_from: str | None, resumed_run: Path) -> None:
         return
     config = Path(resumed_run) / "config.yaml"
     started = (read_yaml(config).get("train") or {}).get("init_from") if config.is_file() else None
-    if started != init_from:
+    if started != init_from and not (started and Path(started).resolve() == Path(init_from).resolve()):
         raise ConfigError(f"train.init_from={init_from} with train.resume: a resumed run continues from its own "
                           f"checkpoint; to start from {init_from}'s weights start a new run (name=<new name>) "
                           "without train.resume")

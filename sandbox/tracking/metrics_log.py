@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sandbox.runs.rundir import write_atomic
+from sandbox.runs.rundir import inside, write_atomic
 from sandbox.tracking.trackers import log_masks, log_picture
 
 log = logging.getLogger("sandbox")
@@ -62,7 +62,7 @@ class MetricsLog:
         record = {"split": split, "epoch": epoch, "step": step, "time": round(time.time() - self.start, 3),
                   **extra, **{k: _clean(v) for k, v in values.items()}}
         if self.accelerator.is_main_process:
-            with open(self.path, "a") as f:
+            with open(inside(self.path.parent, self.path), "a") as f:  # never appended through a planted link
                 f.write(json.dumps(record) + "\n")
             numbers = {"epoch": epoch, **extra, **values}
             self._to_trackers({k: v for k, v in numbers.items() if _number(v)}, step)

@@ -27,11 +27,9 @@ from sandbox.errors import SandboxError
 from sandbox.models import MODELS
 from sandbox.runs.restart import clear_failed_start
 from sandbox.runs.rundir import RunDir, complete_checkpoint, existing_run, resume_line
-from sandbox.runs.stages import STAGES_DIR, STAGES_FILE, is_staged, read_stages, stage_status, write_stages
+from sandbox.runs.stages import (STAGES_DIR, STAGES_FILE, is_staged, read_stages, stage_status, stages_record,
+                                 write_stages)
 from sandbox.trainers import build_trainer
-
-#: a stage's status in stages.json, from its files (runs/stages.py: stage_status) when it is not running
-RECORDED = {"new": "pending", "started": "stopped", "done": "done"}
 
 
 def fit_stages(cfg: Config, restart: bool = False, say: Callable[[str], None] = print) -> str:
@@ -54,15 +52,17 @@ def fit_stages(cfg: Config, restart: bool = False, say: Callable[[str], None] = 
             continue
         say(f"{head}: {where}" + (" (resumed)" if status == "started" else ""))
         run_cfg = stage.cfg
-        if status == "started":
-            run_cfg = dataclasses.replace(run_cfg, train=dataclasses.replace(run_cfg.train, resume=str(where)))
+        if status == "started":  # it continues from its own checkpoint, started from the init_from it recorded
+            # (the same stage checkpoint, whatever the spelling of the run's path now: relative, absolute, moved)
+            run_cfg = dataclasses.replace(run_cfg, train=dataclasses.replace(
+                run_cfg.train, resume=str(where), init_from=_recorded_init_from(where, run_cfg.train.init_from)))
         elif main and RunDir(where).exists():  # a start that stopped before its first checkpoint
             clear_failed_start(where)
         if main:
             _record(top, cfg, stages, running=stage.index)
-        trainer = build_trainer(run_cfg)
-        trainer.resume_path, trainer.next_trainer = top, stage is not stages[-1]
         try:
+            trainer = build_trainer(run_cfg)
+            trainer.resume_path, trainer.next_trainer = top, stage is not stages[-1]
             trainer.fit()
         except BaseException:  # a stop (saved: RunStopped), an error: the record says so, the cause goes on
             if main:
@@ -75,6 +75,19 @@ def fit_stages(cfg: Config, restart: bool = False, say: Callable[[str], None] = 
     summary = _summary(top, stages)
     say(summary)
     return summary
+
+
+def _recorded_init_from(stage_dir: Path, planned: str | None) -> str | None:
+    """The ``train.init_from`` a started stage recorded in its config.yaml where it names the same stage
+    checkpoint as ``planned`` (its tail from stages/ on), else ``planned`` (then the resume check refuses it)."""
+    from sandbox.config.loading import read_yaml
+
+    try:
+        recorded = (read_yaml(stage_dir / "config.yaml").get("train") or {}).get("init_from")
+    except SandboxError:
+        return planned
+    same = recorded and planned and Path(recorded).parts[-4:] == Path(planned).parts[-4:]  # stages/<k>_<name>/checkpoints/last
+    return recorded if same else planned
 
 
 def _top(cfg: Config) -> tuple[Path, Config, bool]:
@@ -134,17 +147,8 @@ def _clear_or_refuse(top: Path, stages: list[Stage], restart: bool) -> None:
 
 
 def _record(top: Path, cfg: Config, stages: list[Stage], running: int | None = None) -> None:
-    """stages.json: each stage's directory, status and progress read from its files; ``final`` once all are done."""
-    rows = []
-    for s in stages:
-        status, state = stage_status(top / STAGES_DIR / s.dirname, s.cfg.train.epochs)
-        rows.append({"index": s.index, "name": s.name, "dir": f"{STAGES_DIR}/{s.dirname}",
-                     "status": "running" if s.index == running else RECORDED[status],
-                     "epochs": s.cfg.train.epochs, "epoch": state.get("epoch", 0), "step": state.get("step", 0),
-                     "monitor": s.cfg.train.monitor, "best": state.get("best"), "best_epoch": state.get("best_epoch"),
-                     "keys": s.keys})
-    final = rows[-1]["dir"] if rows and all(r["status"] == "done" for r in rows) else None
-    write_stages(top, {"name": cfg.name, "stages": rows, "final": final})
+    """stages.json (:func:`sandbox.runs.stages.stages_record`), ``running`` marking the stage in training."""
+    write_stages(top, stages_record(top, cfg.name, stages, running))
 
 
 def _summary(top: Path, stages: list[Stage]) -> str:
