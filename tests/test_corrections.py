@@ -148,3 +148,21 @@ def test_rebuild_from_the_committed_csvs_reproduces_the_committed_numbers(name, 
     text = (folder / "report.md").read_text()
     assert ("Nadeau-Bengio corrected resampled t-test" in text) == (name == "human_seg")
     assert "the verdict follows the Holm p" in text and "Seeds for 80 % power" in text
+
+
+def test_declared_split_sizes_are_checked_against_the_runs_splits(tmp_path):
+    """The correction uses the study file's sizes; a run whose splits/ holds others stops the report."""
+    from types import SimpleNamespace
+
+    from sandbox.analysis.study_report import check_splits
+    from sandbox.errors import SandboxError
+
+    splits = tmp_path / "run" / "splits"
+    splits.mkdir(parents=True)
+    for name, n in (("train", 135), ("val", 29), ("test", 29)):
+        (splits / f"{name}.csv").write_text("stem,image\n" + "".join(f"{name}{i},{name}{i}.jpg\n" for i in range(n)))
+    finished = [(SimpleNamespace(path=tmp_path / "run"), None)]
+    check_splits(finished, {"resampled": {"n_train": 135, "n_test": 29}})  # as declared: passes
+    check_splits(finished, {"resampled": None})  # not a resampled study: nothing to check
+    with pytest.raises(SandboxError, match="splits: {'n_train': 135, 'n_test': 29}; the study file's resampled: says"):
+        check_splits(finished, {"resampled": {"n_train": 164, "n_test": 29}})
