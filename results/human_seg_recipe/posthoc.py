@@ -9,6 +9,10 @@
 2. Flip test-time augmentation (evaluate.py --tta flip) on the second recipe's val-selected checkpoints, tried
    after the study's test numbers were known: on val first (the split a choice may look at), then on test.
    Missing eval files are written by evaluate.py's own code (eval/<split>_flip.csv, eval/val.csv).
+
+Every comparison here is exploratory (chosen after results were known, outside the studies' planned pairs): its
+p is not Holm-adjusted and carries no verdict. The seeds re-split the same 193 photos, so the test is the
+studies' own Nadeau-Bengio corrected resampled t-test (n_test / n_train from configs/studies/human_seg_recipe.yaml).
 """
 from __future__ import annotations
 
@@ -21,10 +25,12 @@ sys.path.insert(0, str(ROOT))
 
 from sandbox.analysis.evaluation import evaluate_run  # noqa: E402
 from sandbox.analysis.significance import mean_ci  # noqa: E402
-from sandbox.analysis.study_report import compare_pair  # noqa: E402
+from sandbox.analysis.study_report import adjust, compare_pair, test_train  # noqa: E402
+from sandbox.analysis.sweep import load_study  # noqa: E402
 
 STUDIES = ROOT / "runs" / "studies"
 SEEDS = (0, 1, 2)
+TEST_TRAIN = test_train(load_study(str(ROOT / "configs" / "studies" / "human_seg_recipe.yaml"))["protocol"])
 
 
 def scored(run: Path, split: str, tta: str = "none") -> Path:
@@ -38,14 +44,15 @@ def scored(run: Path, split: str, tta: str = "none") -> Path:
 
 def compare(label: str, a: list[Path], b: list[Path]) -> str:
     """b - a over the seeds (element i of both: seed i, the same photos) by the studies' own compare_pair:
-    paired t-test over seeds, paired bootstrap over each seed's photos."""
+    corrected resampled t-test over seeds, paired bootstrap over each seed's photos; exploratory: not adjusted."""
     records = []
     for cell, paths in (("a", a), ("b", b)):
         for seed, path in zip(SEEDS, paths):
             with path.open() as f:
                 values = [float(r["dice"]) for r in csv.DictReader(f)]
             records.append({"cell": cell, "seed": seed, "eval/dice": sum(values) / len(values), "per_image": str(path)})
-    c = compare_pair(records, "a", "b", "eval/dice")  # metric "<split>/dice": the key is what follows the "/"
+    # metric "<split>/dice": the key is what follows the "/"
+    c = adjust([compare_pair(records, "a", "b", "eval/dice", test_train=TEST_TRAIN) | {"planned": False}], TEST_TRAIN)[0]
     ma, mb = ([r["eval/dice"] for r in records if r["cell"] == x] for x in ("a", "b"))
     ca, cb = mean_ci(ma), mean_ci(mb)
     return (f"| {label} | {ca.mean:.3f} ± {ca.std:.3f} ({' / '.join(f'{v:.3f}' for v in ma)}) | "
@@ -57,7 +64,7 @@ def compare(label: str, a: list[Path], b: list[Path]) -> str:
 def main() -> None:
     first, second = STUDIES / "human_seg", STUDIES / "human_seg_recipe"
     head = ("| comparison | a: mean ± std (per seed) | b: mean ± std (per seed) | b - a, 95 % CI over seeds | "
-            "bootstrap CI over photos | paired t-test |\n|---|---|---|---|---|---|")
+            "bootstrap CI over photos | corrected resampled t-test |\n|---|---|---|---|---|---|")
     lines = ["# Post-hoc comparisons (results/human_seg_recipe/posthoc.py)", "",
              "Dice of each run's val-selected checkpoint; seeds 0, 1, 2 (same splits in both studies).", "",
              "## Second recipe (b) vs first (a), test split", "", head]

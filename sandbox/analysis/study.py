@@ -9,6 +9,8 @@
     metrics: [test/iou, test/boundary_f1]      # reported beside the primary
     reach: {val/dice: 0.7}        # per run: the first epoch (and seconds) at which val/dice reaches 0.7
     sample_eval: {samples: 500, fit: 1000}   # generative runs: samples scored, training images the probe fits on
+    resampled: {n_train: 135, n_test: 29}    # seeds re-split one finite data set (a folder): the report uses the
+                                  # Nadeau-Bengio corrected t-test with n_test / n_train (required for folder data)
 
 :func:`parse_protocol` checks the keys (one line per error); :func:`check_metrics` checks the metrics
 against what each cell's task produces; :func:`evaluate_finished_run` scores one run on the report split
@@ -34,7 +36,8 @@ from sandbox.metrics import depth_metrics, segmentation_metrics
 from sandbox.models import MODELS
 from sandbox.runs.checkpoints import read_state
 
-PROTOCOL_KEYS = ("primary", "select_on", "report_on", "compare", "baseline", "metrics", "reach", "sample_eval")
+PROTOCOL_KEYS = ("primary", "select_on", "report_on", "compare", "baseline", "metrics", "reach", "sample_eval",
+                 "resampled")
 SPLITS = ("val", "test")
 MIN_SEEDS = 3  # for a confidence interval
 # metric (as evaluate.py names it) -> the losses that optimise it directly: ranking by it is circular
@@ -69,7 +72,22 @@ def parse_protocol(study: dict, path: str, cells: list) -> dict:
         raise ConfigError(f"{path}: reach: got {reach!r}, expected {{val/<metric>: threshold}}, e.g. {{val/dice: 0.7}}")
     return {"primary": primary, "select_on": select_on, "report_on": report_on,
             "metrics": list(dict.fromkeys([primary, *metrics])), "pairs": _pairs(study, path, cells), "reach": reach,
-            "sample_eval": _sample_eval(study, path)}
+            "sample_eval": _sample_eval(study, path), "resampled": _resampled(study, path)}
+
+
+def _resampled(study: dict, path: str) -> dict | None:
+    """``resampled: {n_train: N, n_test: M}``: every seed draws a new split of the same finite data set, so
+    two seeds' test sets share images and the plain paired t-test over seeds is optimistic; the report uses
+    the Nadeau-Bengio correction with ``n_test / n_train`` (the sizes of one seed's training and test splits,
+    as the runs' splits/ hold them). None: the seeds draw independent data (synthetic data sets)."""
+    got = study.get("resampled")
+    if got is None:
+        return None
+    if not (isinstance(got, dict) and set(got) == {"n_train", "n_test"} and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in got.values())):
+        raise ConfigError(f"{path}: resampled: got {got!r}, expected {{n_train: N, n_test: M}} (one seed's "
+                          "training and test split sizes, integers >= 1)")
+    return dict(got)
 
 
 def _sample_eval(study: dict, path: str) -> dict:
@@ -129,6 +147,10 @@ def produced(cfg) -> list[str]:
 def check_metrics(protocol: dict, cell_configs: dict, path: str) -> None:
     """Every metric of the report split is produced by every cell (``{cell name: Config}``); val metrics
     are read from metrics.jsonl and checked when the report is written."""
+    folder = [c for c, cfg in cell_configs.items() if cfg.data.name == "folder" and cfg.data.splits is None]
+    if folder and not protocol.get("resampled"):  # each seed re-splits one folder: the seeds share images
+        raise ConfigError(f"{path}: cell {folder[0]} splits a folder by seed, so the seeds share images; declare "
+                          "resampled: {n_train: N, n_test: M} (one seed's split sizes) for the corrected t-test")
     if protocol["report_on"] != "test":
         return
     for cell, cfg in cell_configs.items():

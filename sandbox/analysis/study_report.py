@@ -98,7 +98,8 @@ def cell_tables(records: list[dict], cells: list[str], protocol: dict, labels: d
         if not recs:
             continue
         row, line = {"cell": cell, **labels[cell], "seeds": len(recs)}, {"cell": cell, "seeds": len(recs)}
-        for m in protocol["metrics"] + ([sel] if sel else []) + ["train_s", "wall_s"]:
+        # train_s: absent from the report_runs.csv of reports older than it (rebuilt by study_rebuild.py)
+        for m in protocol["metrics"] + ([sel] if sel else []) + [k for k in ("train_s", "wall_s") if k in records[0]]:
             ci = sig.mean_ci([r.get(m) for r in recs])
             row.update({f"{m}_mean": ci.mean, f"{m}_std": ci.std, f"{m}_ci_lo": ci.lo, f"{m}_ci_hi": ci.hi})
             label = {"train_s": "train s / run", "wall_s": "wall s / run"}.get(m, m)
@@ -118,16 +119,19 @@ def _per_image(path: str) -> dict[str, dict]:
         return {(r.get("stem") or r["index"]): r for r in csv.DictReader(f)}
 
 
-def compare_pair(records: list[dict], a: str, b: str, metric: str, seed: int = 0) -> dict:
-    """``b - a`` on ``metric`` over the seeds both cells finished: paired t-test, d_z, and a paired
-    bootstrap over the per-image scores of the report split (same seed: the same test images)."""
+def compare_pair(records: list[dict], a: str, b: str, metric: str, seed: int = 0, test_train: float = 0.0) -> dict:
+    """``b - a`` on ``metric`` over the seeds both cells finished: paired t-test (Nadeau-Bengio corrected
+    with ``test_train`` = n_test / n_train > 0: seeds that re-split one data set), d_z, and a paired bootstrap
+    over the per-image scores of the report split (same seed: the same test images). The verdict is the
+    pair's alone; :func:`adjust` replaces it by the family's."""
     def has(r: dict) -> bool:
         return r.get(metric) is not None and math.isfinite(r[metric])
 
     ra = {r["seed"]: r for r in records if r["cell"] == a and has(r)}
     rb = {r["seed"]: r for r in records if r["cell"] == b and has(r)}
     seeds = sorted(set(ra) & set(rb))  # a cell without the metric (no encoder: no probe) has no seed here
-    test = sig.paired_test([ra[s][metric] for s in seeds], [rb[s][metric] for s in seeds])
+    xa, xb = [ra[s][metric] for s in seeds], [rb[s][metric] for s in seeds]
+    test = sig.paired_test(xa, xb, test_train)
     diffs, key = [], metric.split("/", 1)[1]
     for s in seeds:
         if "per_image" not in ra[s]:
@@ -135,11 +139,32 @@ def compare_pair(records: list[dict], a: str, b: str, metric: str, seed: int = 0
         ia, ib = _per_image(ra[s]["per_image"]), _per_image(rb[s]["per_image"])
         diffs.append([float(ib[k][key]) - float(ia[k][key]) for k in ia if k in ib])
     _, blo, bhi = sig.bootstrap_diff(diffs, seed=seed) if diffs else (math.nan, math.nan, math.nan)
-    return {"a": a, "b": b, "metric": metric, "seeds": len(seeds), "diff_mean": test.diff.mean,
-            "diff_ci_lo": test.diff.lo, "diff_ci_hi": test.diff.hi, "t": test.t, "p": test.p, "d_z": test.dz,
-            "bootstrap_lo": blo, "bootstrap_hi": bhi, "images": sum(len(d) for d in diffs),
-            "verdict": sig.verdict(test.p) if seeds or (ra and rb)
-            else f"n/a ({', '.join(c for c, r in ((a, ra), (b, rb)) if not r)}: no {metric})"}
+    out = {"a": a, "b": b, "metric": metric, "seeds": len(seeds), "diff_mean": test.diff.mean,
+           "diff_ci_lo": test.diff.lo, "diff_ci_hi": test.diff.hi, "t": test.t, "p": test.p, "d_z": test.dz,
+           "bootstrap_lo": blo, "bootstrap_hi": bhi, "images": sum(len(d) for d in diffs),
+           "verdict": sig.verdict(test.p) if seeds or (ra and rb)
+           else f"n/a ({', '.join(c for c, r in ((a, ra), (b, rb)) if not r)}: no {metric})"}
+    if test_train:  # the uncorrected test beside it, so the correction can be read off
+        out["p_plain"] = sig.paired_test(xa, xb).p
+    return out
+
+
+def adjust(comps: list[dict], test_train: float = 0.0) -> list[dict]:
+    """Holm within each metric's family of planned pairs (``c["planned"]``, default True): ``p_holm`` and
+    the verdict from it; a pair not planned is labelled exploratory and left out of every family. Also
+    ``seeds_needed``: the seeds for 80 % power at the pair's observed d_z under the study's test."""
+    for metric in dict.fromkeys(c["metric"] for c in comps):
+        family = [c for c in comps if c["metric"] == metric and c.get("planned", True)]
+        for c, ph in zip(family, sig.holm([c["p"] for c in family])):
+            c["p_holm"], c["family"] = ph, f"{metric}: {len(family)} planned pair(s)"
+    for c in comps:
+        if not c.get("planned", True):
+            c["p_holm"], c["family"] = math.nan, "exploratory"
+        if math.isfinite(c["p"]):
+            c["verdict"] = sig.verdict(c["p"], None if c["family"] == "exploratory" else c["p_holm"],
+                                       exploratory=c["family"] == "exploratory")
+        c["seeds_needed"] = sig.seeds_needed(c["d_z"], test_train)
+    return comps
 
 
 def circular(protocol: dict, configs: dict) -> list[str]:
@@ -164,22 +189,17 @@ def circular(protocol: dict, configs: dict) -> list[str]:
 def protocol_report(finished: list, protocol: dict, sweep_dir: Path, cells: dict, seeds: list[int],
                     wall_s: float) -> list[str]:
     """report.md's protocol section (Markdown lines) and its three CSV files, from ``finished``:
-    ``[(Spec, Run), ...]`` of the finished runs; ``cells``: ``{name: Cell}`` in the study's order.
-    (About 60 lines: it writes the section top to bottom.)"""
+    ``[(Spec, Run), ...]`` of the finished runs; ``cells``: ``{name: Cell}`` in the study's order."""
     records = [run_record(s, r, protocol) for s, r in finished]
     unscored = [s.name for (s, _), rec in zip(finished, records) if rec is None]
     records = [r for r in records if r is not None]
     if not records:
         raise SandboxError(f"no finished run of {sweep_dir} has an evaluation on {protocol['report_on']}; "
                            "rerun the study command to evaluate them")
-    labels = {n: c.labels for n, c in cells.items()}
-    rows, md = cell_tables(records, list(cells), protocol, labels)
-    write_csv(rows, sweep_dir / "report.csv")
+    check_splits(finished, protocol)
     write_csv(records, sweep_dir / "report_runs.csv")
-    comps = [compare_pair(records, a, b, m) for a, b in protocol["pairs"] for m in protocol["metrics"]]
-    if comps:
-        write_csv(comps, sweep_dir / "comparisons.csv")
-    n = min((r["seeds"] for r in rows), default=0)
+    comps = study_comparisons(records, protocol)
+    body, n = results_section(records, protocol, cells, sweep_dir, comps)
     sel, rep = protocol["select_on"], protocol["report_on"]
     lines = ["## Protocol", "",
              f"Primary metric **{protocol['primary']}**. Each run's checkpoint is selected on val "
@@ -192,17 +212,7 @@ def protocol_report(finished: list, protocol: dict, sweep_dir: Path, cells: dict
                   f"({', '.join(unscored)}); rerun the study command to evaluate them.", ""]
     if len(seeds) < MIN_SEEDS:
         lines += [f"**Warning:** {len(seeds)} seed(s): fewer than {MIN_SEEDS}, so no confidence interval is given.", ""]
-    lines += circular(protocol, {s.cell.name: r.cfg for s, r in finished})
-    lines += ["", f"Per cell, over seeds: mean ± sample std [95 % CI: Student t, n - 1 dof; {sig.T_SOURCE}]"
-              f"{'' if n >= MIN_SEEDS else ' (no CI below 3 seeds)'}. Cells in the study's order, not ranked.", "",
-              format_table(md), ""]
-    if comps:
-        lines += [f"Comparisons on {protocol['primary']} (b − a over the same seeds; paired t-test, two-sided; "
-                  f"d_z = mean / std of the differences; bootstrap: {sig.BOOTSTRAP:,} resamples of the "
-                  f"{rep} images within each seed, seed 0: it holds the trained models fixed, so it is narrower "
-                  "than the t interval, which includes the spread between seeds; every metric in comparisons.csv):", "",
-                  format_table([_comp_row(c) for c in comps if c["metric"] == protocol["primary"]]), ""]
-    lines += generative_notes(records, rows, protocol)
+    lines += circular(protocol, {s.cell.name: r.cfg for s, r in finished}) + [""] + body
     total = sum(r["wall_s"] for r in records)
     m = machine()
     lines += [f"Wall time: {total / 60:.1f} min of training summed over {len(records)} runs "
@@ -210,6 +220,79 @@ def protocol_report(finished: list, protocol: dict, sweep_dir: Path, cells: dict
               f"{m['cores']} cores, GPU {m['gpu']}, torch {m['torch']}, Python {m['python']}.", "",
               "Files: report.csv (per cell), comparisons.csv, report_runs.csv (per run).", ""]
     return lines
+
+
+def check_splits(finished: list, protocol: dict) -> None:
+    """A study declared ``resampled: {n_train, n_test}``: every run's splits/ (the file lists it trained and
+    was scored on) holds those counts, so the correction uses the sizes the runs really had."""
+    want = protocol.get("resampled")
+    for spec, _ in finished if want else []:
+        got = {k: sum(1 for _ in csv.DictReader(open(spec.path / "splits" / f"{k[2:]}.csv")))
+               for k in ("n_train", "n_test") if (spec.path / "splits" / f"{k[2:]}.csv").is_file()}
+        if got and got != want:
+            raise SandboxError(f"{spec.path}/splits: {got}; the study file's resampled: says {want} "
+                               "(set it to the split sizes the runs have)")
+
+
+def study_comparisons(records: list[dict], protocol: dict) -> list[dict]:
+    """Every planned pair on every metric, tested as the study's design asks and Holm-adjusted per metric."""
+    tt = test_train(protocol)
+    return adjust([compare_pair(records, a, b, m, test_train=tt) for a, b in protocol["pairs"]
+                   for m in protocol["metrics"]], tt)
+
+
+def test_train(protocol: dict) -> float:
+    """``n_test / n_train`` of a ``resampled:`` study (the Nadeau-Bengio term), else 0 (the plain test)."""
+    r = protocol.get("resampled")
+    return r["n_test"] / r["n_train"] if r else 0.0
+
+
+def results_section(records: list[dict], protocol: dict, cells: dict, out: Path, comps: list[dict],
+                    note: str = "") -> tuple[list[str], int]:
+    """report.md's numbers, from ``records`` (report_runs.csv's rows): the per-cell table, the primary
+    metric's comparisons with the test, its correction and the seeds for 80 % power, the generative notes;
+    writes report.csv and comparisons.csv into ``out``. Returns ``(lines, fewest seeds of a cell)``."""
+    rows, md = cell_tables(records, list(cells), protocol, {n: c.labels for n, c in cells.items()})
+    write_csv(rows, out / "report.csv")
+    if comps:
+        write_csv(comps, out / "comparisons.csv")
+    n = min((r["seeds"] for r in rows), default=0)
+    lines = [f"Per cell, over seeds: mean ± sample std [95 % CI: Student t, n - 1 dof; {sig.T_SOURCE}]"
+             f"{'' if n >= MIN_SEEDS else ' (no CI below 3 seeds)'}. Cells in the study's order, not ranked.", "",
+             format_table(md), ""]
+    primary = [c for c in comps if c["metric"] == protocol["primary"]]
+    if primary:
+        lines += [f"Comparisons on {protocol['primary']} (b − a over the same seeds; {test_words(protocol)}; "
+                  f"d_z = mean / std of the differences; bootstrap: {sig.BOOTSTRAP:,} resamples of the "
+                  f"{protocol['report_on']} images within each seed, seed 0: it holds the trained models fixed, so it "
+                  "is narrower than the t interval, which includes the spread between seeds; every metric in "
+                  f"comparisons.csv){note}:", "", format_table([_comp_row(c) for c in primary]), "",
+                  f"p: the pair's own two-sided test; Holm: adjusted within the family of the "
+                  f"{sum(c['family'] != 'exploratory' for c in primary)} planned pair(s) on this metric (Holm 1979; "
+                  "each metric in comparisons.csv is its own family); the verdict follows the Holm p.", "",
+                  "Seeds for 80 % power at the observed d_z (two-sided, alpha 0.05, the same test; noncentral t): "
+                  + "; ".join(f"{c['a']} → {c['b']}: {_seeds(c)}" for c in primary)
+                  + ". A d_z from a few seeds is a rough estimate (optimistic after a significant result).", ""]
+    lines += generative_notes(records, rows, protocol)
+    return lines, n
+
+
+def test_words(protocol: dict) -> str:
+    """The test in words, for report.md: plain paired t over seeds, or the corrected resampled t."""
+    r = protocol.get("resampled")
+    if not r:
+        return "paired t-test over seeds, two-sided: each seed draws its own independent data"
+    return (f"Nadeau-Bengio corrected resampled t-test, two-sided: every seed re-splits the same data set, so the "
+            f"seeds' test sets share images; variance × (1/J + n_test/n_train), J seeds, n_test/n_train = "
+            f"{r['n_test']}/{r['n_train']} (one seed's test and training splits; the study file's resampled:), "
+            "the 95 % CI (t) widened alike; p_plain in comparisons.csv is the uncorrected paired test")
+
+
+def _seeds(c: dict) -> str:
+    if not math.isfinite(c["d_z"]) or c["d_z"] == 0:
+        return "no effect observed"
+    n = c["seeds_needed"]
+    return f"{n} (d_z {c['d_z']:+.2g})" if n else f"more than 100 (d_z {c['d_z']:+.2g})"
 
 
 def per_image_note(finished: list) -> str:
@@ -254,7 +337,7 @@ def generative_notes(records: list[dict], rows: list[dict], protocol: dict) -> l
             best.append(f"{m} ({'lower' if low else 'higher'} is better): {cell} ({val:.4g})")
     if best:
         lines += ["Best cell by mean: " + "; ".join(best) + ". A best mean is a win only where the comparisons "
-                  "(paired over seeds, comparisons.csv for every metric) or non-overlapping intervals say so.", ""]
+                  "(paired over seeds, Holm-adjusted, comparisons.csv for every metric) say so.", ""]
     return lines
 
 
@@ -262,8 +345,11 @@ def _comp_row(c: dict) -> dict:
     def num(x: float) -> str:
         return f"{x:+.4g}" if math.isfinite(x) else "–"
 
+    def pv(x: float) -> str:
+        return f"{x:.3g}" if math.isfinite(x) else "–"
+
     return {"a": c["a"], "b": c["b"], "seeds": c["seeds"], "b − a": num(c["diff_mean"]),
-            "95 % CI (t)": f"[{num(c['diff_ci_lo'])}, {num(c['diff_ci_hi'])}]",
-            "p": f"{c['p']:.3g}" if math.isfinite(c["p"]) else "–", "d_z": num(c["d_z"]),
+            "95 % CI (t)": f"[{num(c['diff_ci_lo'])}, {num(c['diff_ci_hi'])}]", "p": pv(c["p"]),
+            "Holm p": pv(c["p_holm"]) if c["family"] != "exploratory" else "exploratory", "d_z": num(c["d_z"]),
             "bootstrap 95 % CI": f"[{num(c['bootstrap_lo'])}, {num(c['bootstrap_hi'])}]"
             if math.isfinite(c["bootstrap_lo"]) else "n/a (no per-image scores)", "verdict": c["verdict"]}
