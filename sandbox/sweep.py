@@ -14,8 +14,10 @@ skipped, partial ones resumed, ones without a checkpoint restarted. Each run is 
 here (tests, tiny runs). --jobs N: N at once, cores/N threads each (on 2 cores 1 is faster).
 Writes into runs/<sweep>/: summary.md, summary.csv (per cell: <stat>_mean, _std (n-1), _cv of
 every final val/* metric, best <metric>, its epoch, epoch_time, total_time), runs.csv, plots/,
-compare/ (the best seed of each cell), logs/; a study also writes report.md: its protocol first
-(selected on val, scored on test, per cell mean/std/95 % CI, paired tests: analysis/study.py).
+compare/ (the best seed of each cell), logs/; and report.md: the study protocol first (selected on
+val, scored on test, per cell mean/std/95 % CI, paired Holm-adjusted tests: analysis/study.py). A
+grid sweep reports under it too (its monitor's metric on test, every cell against the first);
+--quick keeps the val-only summary.md alone.
 """
 import sys
 from pathlib import Path
@@ -40,11 +42,14 @@ def main() -> None:
     parser.add_argument("--metric", help="metric for 'best' (default the config's train.monitor)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1: fastest on 2 cores)")
     parser.add_argument("--in-process", action="store_true", help="train in this process (no subprocesses)")
+    parser.add_argument("--quick", action="store_true", help="a grid sweep's val-only summary: no test scoring, "
+                        "intervals or paired tests (by default a grid reports under the study protocol)")
     parser.add_argument("overrides", nargs="*", help="key.path=value for every run, e.g. train.epochs=3")
     args = parser.parse_intermixed_args()
     import time
 
     from sandbox import load_config
+    from sandbox.analysis.study import grid_study
     from sandbox.analysis.sweep import (check_study, evaluate_finished, execute, load_study, make_cells, parse_grid,
                                         plan, study_overrides)
     from sandbox.analysis.sweep_report import write_summary
@@ -62,6 +67,10 @@ def main() -> None:
     name = args.name or (Path(args.study).stem if study else f"{Path(config).stem}_" + "_".join(
         k.split(".")[-1] for k in grid))
     out_dir = Path(args.out_dir or ("runs/studies" if study else "runs"))
+    if args.quick and study:
+        raise ConfigError("--quick is for a grid sweep; a study reports under its own protocol")
+    if not study and not args.quick:  # a grid sweep: the same protocol as a study (val-selected, scored on test)
+        study = grid_study(cells, load_config(config, args.overrides))
     extra = study_overrides(study) + args.overrides
     specs = plan(config, cells, study.get("seeds", 1) if args.seeds is None else args.seeds, extra, name, out_dir)
     check_study(study, args.study, config, specs)

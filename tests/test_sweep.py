@@ -15,7 +15,7 @@ from sandbox.tracking.metrics_log import read_metrics
 from tests.conftest import ROOT
 
 CONFIG = str(ROOT / "configs/unet_dice.yaml")
-TINY = ["data.size=32", "data.num_train=8", "data.num_val=4", "data.batch_size=4", "model.depth=2",
+TINY = ["data.size=32", "data.num_train=8", "data.num_val=4", "data.num_test=4", "data.batch_size=4", "model.depth=2",
         "train.epochs=1", "train.log_every=1", "train.num_images=0", "track.wandb=disabled",
         "train.mixed_precision=no"]
 GRID = ["--grid", "model.name=unet,hourglass", "--grid", "model.width=4,8"]
@@ -217,3 +217,42 @@ def test_cli_subprocess_sweep_in_parallel_jobs(tmp_path):
         assert cfg.train.threads == max(1, len(os.sched_getaffinity(0)) // 2) and cfg.seed == seed
         assert (tmp_path / "j" / "logs" / f"model-unet_s{seed}.log").is_file()
     assert "| model-unet | 2 |" in Path(tmp_path / "j" / "summary.md").read_text()
+
+
+def test_a_grid_sweep_reports_on_test_with_intervals_and_adjusted_paired_tests(tmp_path):
+    """Issue 29: a 2-cell x 3-seed grid reports like a study by default: val-selected, scored on test, per cell
+    mean with a 95 % t interval over seeds, the second cell against the first in a paired, Holm-adjusted test;
+    --quick keeps the val-only summary."""
+    sweep_main(["--config", CONFIG, "--grid", "model.width=4,8", "--seeds", "3", "--name", "g", "--out-dir",
+                str(tmp_path), "--in-process", *TINY])
+    g = tmp_path / "g"
+    runs = {r["run"]: r for r in csv.DictReader(open(g / "report_runs.csv"))}
+    assert len(runs) == 6
+    dice = {}
+    for name in runs:
+        import json
+
+        test = json.loads((tmp_path / name / "eval" / "test.json").read_text())  # scored on test, from best
+        assert test["split"] == "test" and Path(test["checkpoint"]).name == "best" and test["n"] == 4
+        dice[name] = test["means"]["dice"]
+    cells = {r["cell"]: r for r in csv.DictReader(open(g / "report.csv"))}
+    assert sorted(cells) == ["width-4", "width-8"]
+    for cell, row in cells.items():
+        xs = [dice[f"g/{cell}_s{s}"] for s in (0, 1, 2)]
+        mean, sd = statistics.mean(xs), statistics.stdev(xs)
+        half = 4.302652729911275 * sd / math.sqrt(3)  # t(0.975, 2 dof) * s / sqrt(n)
+        assert float(row["test/dice_mean"]) == pytest.approx(mean)
+        assert float(row["test/dice_ci_lo"]) == pytest.approx(mean - half)
+        assert float(row["test/dice_ci_hi"]) == pytest.approx(mean + half)
+    (cmp,) = [r for r in csv.DictReader(open(g / "comparisons.csv")) if r["metric"] == "test/dice"]
+    assert (cmp["a"], cmp["b"]) == ("width-4", "width-8")
+    d = [dice[f"g/width-8_s{s}"] - dice[f"g/width-4_s{s}"] for s in (0, 1, 2)]
+    assert float(cmp["diff_mean"]) == pytest.approx(statistics.mean(d))
+    assert float(cmp["p_holm"]) == pytest.approx(float(cmp["p"]))  # one planned pair: Holm leaves it as it is
+    report = (g / "report.md").read_text()
+    assert "Primary metric **test/dice**" in report and "Holm p" in report
+
+    sweep_main(["--config", CONFIG, "--grid", "model.width=4,8", "--seeds", "3", "--name", "q", "--out-dir",
+                str(tmp_path), "--in-process", "--quick", *TINY])
+    assert (tmp_path / "q" / "summary.md").is_file() and not (tmp_path / "q" / "report.md").exists()
+    assert not list((tmp_path / "q").glob("*/eval/test.json"))

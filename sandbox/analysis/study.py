@@ -31,6 +31,7 @@ from sandbox.analysis.evaluation import evaluate_run
 from sandbox.analysis.probe import EVAL_KEYS, score_run
 from sandbox.analysis.reports import lower_is_better
 from sandbox.config.loading import load_config
+from sandbox.data.splits import check_root, resolve_splits
 from sandbox.errors import ConfigError
 from sandbox.metrics import depth_metrics, segmentation_metrics
 from sandbox.models import MODELS
@@ -125,6 +126,27 @@ def _pairs(study: dict, path: str, cells: list) -> list[tuple[str, str]]:
     if any(a == b for a, b in out):
         raise ConfigError(f"{path}: compare: a cell paired with itself ({next(a for a, b in out if a == b)})")
     return out
+
+
+def grid_study(cells: list, cfg) -> dict:
+    """The protocol a plain grid sweep reports under (``sweep.py --grid``; ``--quick`` keeps the val-only
+    summary): checkpoints picked on val by the config's monitor, every finished run scored on test, per cell
+    mean with a 95 % interval over seeds, and each cell against the first in a paired, Holm-adjusted test.
+    The primary is the monitor's metric on test where evaluation writes it (a segmentation run's val/dice ->
+    test/dice), else the first metric it writes (a generative run: its sample KID)."""
+    name = cfg.train.monitor.split("/", 1)[-1]
+    have = EVAL_KEYS if MODELS[cfg.model.name].task == "generative" else produced(cfg)
+    study = {"title": "grid sweep under the study protocol",
+             "primary": f"test/{name if name in have else have[0]}", "select_on": "val", "report_on": "test"}
+    if len(cells) > 1:
+        study["baseline"] = cells[0].name
+    if cfg.data.name == "folder" and cfg.data.splits is None:  # each seed re-splits the folder: corrected test
+        d = cfg.data
+        split = resolve_splits(check_root(d.root, "data.root"), d.image_dir, d.mask_dir, d.depth_dir, cfg.seed,
+                               d.val_fraction, d.test_fraction, d.train_fraction, group_by=d.group_by)
+        study["resampled"] = {"n_train": len(split["train"]), "n_test": len(split["test"])}
+    study["protocol"] = parse_protocol(study, "--grid", cells)
+    return study
 
 
 def protocol_overrides(protocol: dict) -> list[str]:
