@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 
-def banner(model_name: str, n_params: int, device: str, processes: int, threads: int | None, precision: str,
+def banner(model_name: str, n_params: int, device: str, processes: int, threads: int | str | None, precision: str,
            channels_last: bool, data: str, n_train: int, n_val: int, size: int, batch: int, epochs: int,
            steps_per_epoch: int, run: str) -> str:
     dev = device + (f" x{processes} processes" if processes > 1 else "")
-    thr = f", {threads} torch threads" if threads is not None else ""
+    thr = "" if threads is None else f", {threads}" if isinstance(threads, str) else f", {threads} torch threads"
     return (f"sandbox: {model_name} ({n_params / 1e6:.2f} M params) on {dev}{thr}, "
             f"precision {precision}, channels_last {channels_last} | "
             f"{data} {n_train} train / {n_val} val at {size} px, batch {batch} | {epochs} epochs x "

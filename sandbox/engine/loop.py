@@ -68,6 +68,8 @@ class Loop:
         if self.resave_last:
             self._save("last")
             self.resave_last = False
+        if self.governor is not None:  # threads 0 on a CPU: start from the cores other processes leave free
+            self.threads = self.governor.settle()
         self._banner()
         last_val: dict[str, float] = {}
         if t.resume and self.state.get("stopped_early"):
@@ -157,6 +159,8 @@ class Loop:
             st["batch"] += 1
             if acc.sync_gradients:
                 st["step"] += 1
+                if self.governor is not None and (change := self.governor.tick()) and acc.is_local_main_process:
+                    log.info("%s", change)
                 if st["step"] % t.log_every == 0:
                     self._log_train(epoch, sums, count, bar)
                     sums, count = {}, 0
@@ -277,10 +281,19 @@ class Loop:
     def _banner(self) -> None:
         acc, cfg = self.accelerator, self.cfg
         acc.print(banner(cfg.model.name, sum(p.numel() for p in self.unwrapped.parameters()), acc.device.type,
-                         acc.num_processes, self.threads if acc.device.type == "cpu" else None,
+                         acc.num_processes, self._threads_said() if acc.device.type == "cpu" else None,
                          self.mixed_precision, cfg.train.channels_last, cfg.data.name, len(self.datasets["train"]),
                          len(self.datasets.get("val", [])), cfg.data.size, cfg.data.batch_size, cfg.train.epochs,
                          self.steps_per_epoch, str(self.run.path)))
+
+    def _threads_said(self) -> str:
+        """The banner's thread count, and where it follows the free cores, how many it may grow to."""
+        gov = self.governor
+        if gov is None:
+            return str(self.threads)
+        busy = (f"; other processes keep {len(gov.load.cpus) - gov.threads} of the {len(gov.load.cpus)} cores busy"
+                if gov.threads < gov.most else "")
+        return f"{gov.threads} torch threads (at most {gov.most}{busy}; they follow the free cores)"
 
     def _epoch_line(self, epoch: int, train: dict, val: dict, seconds: float) -> None:
         self.accelerator.print(epoch_line(epoch + 1, self.cfg.train.epochs, train, val, seconds,

@@ -71,7 +71,7 @@ class Trainer(Loop):
                 if acc.is_main_process:
                     log.info("%s", line)
         self.run_lock = distributed.create_run_dir(acc, self.run, resume=bool(resume_ckpts))  # one writer per run
-        self.threads = set_threads(acc, t.threads)
+        self.threads, self.governor = set_threads(acc, t.threads)  # threads=0: the governor follows the free cores
         set_seed(cfg.seed)
         self.datasets = datasets
         self._write_splits()
