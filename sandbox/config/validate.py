@@ -39,14 +39,22 @@ def _check_ranges(cfg: Config) -> None:
             raise ConfigError(f"{path}: got {short(value)}, expected {kind} in {interval}")
 
 
+NAME_PART_BYTES = 255  # a file name's limit on the usual filesystems (ext4, xfs, btrfs, APFS, NTFS)
+NAME_BYTES = 1024  # the whole name: runs/<name>/checkpoints/... must stay far below PATH_MAX (4096)
+
+
 def _check_name(name: str) -> None:
     """The run directory is ``<out_dir>/<name>``: a folder below out_dir, never out_dir itself
-    (``.``, where it would mix with the other runs) nor outside it."""
+    (``.``, where it would mix with the other runs) nor outside it; printable (a newline or an escape
+    sequence would forge lines in every message and command that prints it), each folder of it a
+    name the filesystem takes (over 255 bytes was a raw ENAMETOOLONG when the run started)."""
     parts = Path(name).parts
-    if (not name.strip() or not parts or ".." in parts or Path(name).is_absolute()
-            or any(ord(c) < 32 for c in name)):
+    longest = max((len(p.encode("utf-8", "surrogatepass")) for p in parts), default=0)
+    if (not name.strip() or not parts or ".." in parts or Path(name).is_absolute() or not name.isprintable()
+            or longest > NAME_PART_BYTES or len(name.encode("utf-8", "surrogatepass")) > NAME_BYTES):
         raise ConfigError(f"name: got {short(name)}, expected a non-empty relative run name (a folder below "
-                          "out_dir: not '.', no '..', no control characters)")
+                          "out_dir: not '.', no '..', printable characters only (no control characters), each "
+                          f"folder at most {NAME_PART_BYTES} bytes, at most {NAME_BYTES} in all)")
 
 
 def validate(cfg: Config) -> None:
