@@ -7,7 +7,7 @@ import functools
 import re
 from pathlib import Path
 
-from sandbox.config.schema import RANGES, Config
+from sandbox.config.schema import RANGES, Config, within
 from sandbox.data import DATASETS
 from sandbox.errors import ConfigError, short, short_key
 from sandbox.losses import LOSSES, build_loss
@@ -23,18 +23,11 @@ def _positive(path: str, value: float, allow_zero: bool = False) -> None:
         raise ConfigError(f"{path}: got {short(value)}, expected a {kind} number")
 
 
-def _inside(value: float, interval: str) -> bool:
-    """``_inside(3, "[1, inf)")``: interval notation as written in RANGES."""
-    low, high = (float(x) for x in interval[1:-1].split(","))
-    above = value >= low if interval[0] == "[" else value > low
-    return above and (value <= high if interval[-1] == "]" else value < high)
-
-
 def _check_ranges(cfg: Config) -> None:
     """Every key of :data:`~sandbox.config.schema.RANGES` inside its interval (unset keys pass)."""
     for path, interval in RANGES.items():
         value = functools.reduce(lambda node, key: getattr(node, key, None), path.split("."), cfg)
-        if value is not None and not _inside(value, interval):
+        if value is not None and not within(value, interval):
             kind = "an integer" if isinstance(value, int) else "a value"
             raise ConfigError(f"{path}: got {short(value)}, expected {kind} in {interval}")
 
@@ -115,7 +108,7 @@ def _validate_data(cfg: Config) -> None:
         _validate_group_by(d.group_by, d.name)
     if d.size_schedule:
         for epoch, size in d.size_schedule.items():
-            if epoch < 0 or not _inside(size, RANGES["data.size"]):
+            if epoch < 0 or not within(size, RANGES["data.size"]):
                 raise ConfigError(f"data.size_schedule: got {{{short(epoch)}: {short(size)}}}, expected "
                                   f"{{epoch >= 0: size in {RANGES['data.size']}}}")
 
