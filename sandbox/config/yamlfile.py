@@ -28,9 +28,10 @@ _MERGE = "tag:yaml.org,2002:merge"
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 scalars: ``1e-3`` is a float and only true/false are booleans
-    (PyYAML's 1.1 rules read ``1e-3`` as a string and ``no``/``off`` as False, which would turn
-    ``mixed_precision: no`` into a boolean); composing is bounded as the module says."""
+    """SafeLoader with YAML 1.2 scalars: ``1e-3`` is a float, only true/false are booleans and an
+    integer is what it looks like (PyYAML's 1.1 rules read ``1e-3`` as a string, ``no``/``off`` as
+    False, which would turn ``mixed_precision: no`` into a boolean, ``010`` as 8 and ``1:30`` as 90);
+    composing is bounded and each key of a mapping given once, as the module says."""
 
     def __init__(self, stream):
         super().__init__(stream)
@@ -107,8 +108,9 @@ def _dotted(parts: list) -> str:
     return out or "(top level)"
 
 
+_YAML11 = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float", "tag:yaml.org,2002:int")
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")]
+    first: [(tag, rx) for tag, rx in resolvers if tag not in _YAML11]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver(
@@ -124,6 +126,23 @@ _Loader.add_implicit_resolver(
     |\.(?:nan|NaN|NAN))$""", re.X),
     list("-+0123456789."),
 )
+# integers as YAML 1.2 reads them: a leading zero is decimal and a colon makes a string. PyYAML's 1.1
+# rules read `seed: 010` as 8 (octal) and `train.epochs: 1:30` as 90 (base 60), silently; 0o/0x/0b
+# prefixes and _ separators are explicit and stay
+_INT = re.compile(r"^[-+]?(?:[0-9][0-9_]*|0o[0-7][0-7_]*|0x[0-9a-fA-F][0-9a-fA-F_]*|0b[01][01_]*)$")
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", _INT, list("-+0123456789"))
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = loader.construct_scalar(node)
+    if not _INT.match(text):  # an explicit !!int tag on something else
+        raise yaml.constructor.ConstructorError(None, None, f"not an integer: {short(text)}", node.start_mark)
+    digits = text.replace("_", "").lstrip("+-")
+    base = {"0o": 8, "0x": 16, "0b": 2}.get(digits[:2].lower(), 10)
+    return (-1 if text.startswith("-") else 1) * int(digits[2:] if base != 10 else digits, base)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 def _line(text: str, limit: int = 150) -> str:
