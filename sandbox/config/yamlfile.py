@@ -145,6 +145,26 @@ def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
 _Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that quotes a string wherever either reading would take it for something else: YAML
+    1.1's (other tools) or :class:`_Loader`'s (``'08'``, ``'0o10'``, ``'1e3'`` were written bare, as 1.1
+    sees strings there, and read back as numbers: a run named 08 could not be resumed)."""
+
+    def resolve(self, kind, value, implicit):
+        tag = super().resolve(kind, value, implicit)
+        if kind is yaml.ScalarNode and implicit[0] and tag == "tag:yaml.org,2002:str":
+            table = _Loader.yaml_implicit_resolvers
+            for ours, regexp in table.get(value[:1] if value else "", []) + table.get(None, []):
+                if regexp.match(value):
+                    return ours
+        return tag
+
+
+def dump_yaml(data: Any) -> str:
+    """``data`` as YAML that :func:`load_yaml_text` reads back equal (keys in their order)."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False)
+
+
 def _line(text: str, limit: int = 150) -> str:
     """A library's message as part of one line: whitespace collapsed, at most ``limit`` characters."""
     text = " ".join(text.split())
