@@ -36,8 +36,8 @@ def main() -> None:
     parser.add_argument("--which", default="best", help="checkpoint: best | last | epoch_NNN (default best)")
     parser.add_argument("--mask-dir", help="ground-truth masks, paired with the images by file stem")
     parser.add_argument("--failures-only", action="store_true", help="keep only images with Dice < --fail-below")
-    add_number(parser, "--fail-below", within="[0, 1]", kind=float, default=0.8,
-               help="Dice below which an image is a failure")
+    add_number(parser, "--fail-below", within="[0, inf)", kind=float, default=0.8,
+               help="Dice below which an image is a failure (above 1: every image)")
     add_number(parser, "--mask-threshold", within="(0, 1)", kind=float, default=0.5,
                help="P(mask) above which a pixel is foreground (as in evaluate.py)")
     parser.add_argument("--skip-unreadable", action="store_true",
