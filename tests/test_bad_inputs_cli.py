@@ -121,7 +121,7 @@ FLAG_CASES = [
 
 
 @pytest.mark.parametrize("name,args,expected", FLAG_CASES,
-                         ids=[f"{c[0]} {c[1][0]} {c[1][-1][:12]}" for c in FLAG_CASES])
+                         ids=[f"{c[0]} {c[2].split(':')[0]} {c[1][-1][:12]}" for c in FLAG_CASES])
 def test_a_number_out_of_range_is_one_line_naming_flag_value_and_range(tmp_path, monkeypatch, capsys, name, args,
                                                                         expected):
     where = ["--config", str(tmp_path / "nowhere.yaml")] if name in ("lr_find", "sweep") else \
