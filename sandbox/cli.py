@@ -7,12 +7,17 @@ from __future__ import annotations
 import errno
 import functools
 import json
+import math
 import os
 import sys
 import time
 from typing import Callable
 
-from sandbox.errors import SandboxError
+from sandbox.config.schema import RANGES
+from sandbox.config.schema import within as within_range
+from sandbox.errors import SandboxError, short
+
+MAX_LINE = 1000  # the most characters of the one error line (a message that embedded a whole file was 48 MB)
 
 
 def cli_entry(main: Callable[[], None]) -> Callable[[], None]:
@@ -91,12 +96,17 @@ def tell_launcher(message: str, delay: int = 0) -> None:
 def one_line(exc: BaseException) -> str:
     """The message of a user error as one line, also when a DataLoader worker raised it: torch re-raises
     it in the main process as ``Caught SandboxError in DataLoader worker process 0. Original Traceback
-    ... sandbox.errors.SandboxError: <message>``, and the message is the last line."""
+    ... sandbox.errors.SandboxError: <message>``, and the message is the last line. At most
+    :data:`MAX_LINE` characters: a longer one ends in ``... (N characters cut)``."""
     text = str(exc)
     if "Original Traceback" in text:
         last = [line for line in text.splitlines() if line.strip()][-1]
         text = last.split(": ", 1)[1] if ": " in last else last
-    return " ".join(text.split())
+    flat = " ".join(text[:2 * MAX_LINE].split())  # only the head: a message may be megabytes long
+    if len(text) <= 2 * MAX_LINE and len(flat) <= MAX_LINE:
+        return flat
+    keep = MAX_LINE - 40  # room for the note of what was cut
+    return f"{flat[:keep]}... ({len(text) - keep:,} characters cut)"
 
 
 #: what to suggest for the OS errors a run meets on a full, read-only or limited disk
@@ -112,6 +122,35 @@ def os_error(exc: OSError) -> str:
     hint = _DISK_HINTS.get(exc.errno)
     return (f"{exc.strerror or type(exc).__name__}{where}" + (f" ({hint})" if hint else "")
             + "; checkpoints already written are intact (each is written aside and swapped in)")
+
+
+def add_number(parser, *flags: str, within: str, kind: type = int, low: float | None = None, **kwargs) -> None:
+    """``parser.add_argument(*flags, **kwargs)`` for a numeric flag, bounded like its config twin: ``within``
+    is a key of :data:`sandbox.config.schema.RANGES` (``model.sample_steps`` for ``--steps``) or an interval
+    written as they are (``"[2, 32]"``, for a flag without a twin); ``low`` raises the twin's lower end
+    where the flag needs more (``--samples``: KID compares at least 2 images). The help says the range. A
+    value outside it, not a ``kind`` or not finite is a SandboxError raised through ``parse_args``
+    (argparse catches only its own errors), so ``cli_entry`` prints one line naming the flag, the value
+    and the range, and exits 2 (argparse's own error would print the usage and "invalid int value")."""
+    interval = RANGES.get(within, within)
+    if low is not None:
+        interval = f"[{low:g}{interval[interval.index(','):]}"
+    twin = f" (as {within})" if within in RANGES else ""
+    flag = flags[0]
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except (ValueError, OverflowError):  # not a number, or an int of over 4300 digits
+            value = None
+        if value is None or not math.isfinite(value) or not within_range(value, interval):
+            shown = short(text) if value is None else short(value)  # 1e400 as inf, -0x10 as -16
+            raise SandboxError(f"{flag}: got {shown}, expected {'an integer' if kind is int else 'a number'} "
+                               f"in {interval}{twin}")
+        return value
+
+    kwargs["help"] = f"{kwargs['help']}; in {interval}" if kwargs.get("help") else f"in {interval}"
+    parser.add_argument(*flags, type=parse, **kwargs)
 
 
 def setup_cli(description: str):

@@ -20,7 +20,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: the repo root, not sandbox/, goes first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from sandbox.cli import cli_entry, setup_cli  # noqa: E402
+from sandbox.cli import add_number, cli_entry, setup_cli  # noqa: E402
 from sandbox.errors import SandboxError  # noqa: E402
 
 
@@ -32,7 +32,8 @@ def main() -> None:
     parser.add_argument("--out", help="output folder (default runs/compare/<names>)")
     parser.add_argument("--metric", help="the metric that picks each run's best epoch (default: the first run's "
                                          "train.monitor, e.g. val/dice)")
-    parser.add_argument("--images", type=int, default=4, help="validation images in predictions.png (default 4)")
+    add_number(parser, "--images", within="train.num_images", low=1, default=4,
+               help="validation images in predictions.png (default 4)")
     args = parser.parse_args()
     if not args.run + args.runs:
         parser.error("give the runs to compare: --run runs/a runs/b ...")

@@ -21,7 +21,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: the repo root, not sandbox/, goes first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from sandbox.cli import cli_entry, setup_cli  # noqa: E402
+from sandbox.cli import add_number, cli_entry, setup_cli  # noqa: E402
 from sandbox.errors import SandboxError  # noqa: E402
 
 
@@ -31,9 +31,9 @@ def main() -> None:
     parser.add_argument("--run", required=True, help="run directory, e.g. runs/unet_dice")
     parser.add_argument("--split", default="test", choices=["test", "val", "train", "all", "whole"])
     parser.add_argument("--which", default="best", help="checkpoint: best | last | epoch_NNN (default best)")
-    parser.add_argument("--mask-threshold", "--threshold", dest="threshold", type=float, default=0.5,
-                        help="P(mask) above which a pixel is foreground (as in predict.py)")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: the run's data.batch_size")
+    add_number(parser, "--mask-threshold", "--threshold", dest="threshold", within="(0, 1)", kind=float, default=0.5,
+               help="P(mask) above which a pixel is foreground (as in predict.py)")
+    add_number(parser, "--batch-size", within="data.batch_size", help="default: the run's data.batch_size")
     parser.add_argument("--resolution", default="net", choices=["net", "original"],
                         help="score at the net's data.size (as training does) or at each image's own size (folders)")
     parser.add_argument("--tag", default="", help="file name tag: eval/<split>_<tag>.json")
@@ -41,10 +41,6 @@ def main() -> None:
                         help="flip: also predict the mirrored image and average the two (test-time augmentation)")
     parser.add_argument("overrides", nargs="*", help="data.* overrides, e.g. data.root=/other data.image_dir=images")
     args = parser.parse_intermixed_args()
-    if not 0 < args.threshold < 1:
-        raise SandboxError(f"--mask-threshold: got {args.threshold}, expected a probability in (0, 1)")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise SandboxError(f"--batch-size: got {args.batch_size}, expected a positive integer")
     if args.tag and (not args.tag.replace("-", "").replace("_", "").replace(".", "").isalnum()):
         raise SandboxError(f"--tag: got {args.tag!r}, expected letters, digits, '-', '_' or '.'")
     from sandbox.analysis.evaluation import evaluate_run

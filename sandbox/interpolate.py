@@ -21,7 +21,12 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: the repo root, not sandbox/, goes first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from sandbox.cli import cli_entry, setup_cli  # noqa: E402
+from sandbox.cli import add_number, cli_entry, setup_cli  # noqa: E402
+from sandbox.errors import SandboxError  # noqa: E402
+
+MAX_ENDPOINTS = 32  # --random K and --from: every frame of the path is decoded in one batch
+ENDPOINTS = f"[2, {MAX_ENDPOINTS}]"
+FRAMES = "[2, 100]"  # --steps per segment: (K - 1) x steps frames in one strip and one GIF
 
 
 @cli_entry
@@ -31,17 +36,19 @@ def main() -> None:
     parser.add_argument("--which", default="best", help="checkpoint: best, last or epoch_NNN")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--from", dest="items", nargs="+", help="image files or indices into --split")
-    src.add_argument("--random", type=int, help="K endpoints drawn from the prior (default 3)")
+    add_number(src, "--random", within=ENDPOINTS, help="K endpoints drawn from the prior (default 3)")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"],
                         help="the split --from indices point into (default test)")
     parser.add_argument("--mode", default="slerp", choices=["slerp", "lerp"])
-    parser.add_argument("--steps", type=int, default=8, help="frames per segment (>= 2)")
+    add_number(parser, "--steps", within=FRAMES, default=8, help="frames per segment")
     parser.add_argument("--cycle", action="store_true", help="close the path back to the first endpoint")
-    parser.add_argument("--seed", type=int, default=0, help="seed of --random")
-    parser.add_argument("--sample-steps", type=int, help="ddpm/flow: sampling and inversion steps (default: the "
-                        "run's model.sample_steps; --steps is the frames)")
+    add_number(parser, "--seed", within="seed", default=0, help="seed of --random")
+    add_number(parser, "--sample-steps", within="model.sample_steps", help="ddpm/flow: sampling and inversion steps "
+               "(default: the run's model.sample_steps; --steps is the frames)")
     parser.add_argument("--no-wandb", action="store_true", help="do not log to W&B")
     args = parser.parse_args()
+    if args.items and len(args.items) > MAX_ENDPOINTS:
+        raise SandboxError(f"--from: got {len(args.items):,} endpoints, expected at most {MAX_ENDPOINTS} (as --random)")
     from sandbox.analysis.interpolation import interpolate, strip
     from sandbox.runs.load import checkpoint_dir, load_run
     from sandbox.tracking.wandb_run import to_summary

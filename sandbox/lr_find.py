@@ -13,7 +13,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: the repo root, not sandbox/, goes first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from sandbox.cli import cli_entry, setup_cli  # noqa: E402
+from sandbox.cli import add_number, cli_entry, setup_cli  # noqa: E402
+
+LR = "[1e-12, 1000]"  # train.lr is any positive number; the test multiplies max/min over its steps: finite
 from sandbox.errors import SandboxError  # noqa: E402
 
 
@@ -21,16 +23,14 @@ from sandbox.errors import SandboxError  # noqa: E402
 def main() -> None:
     parser = setup_cli(__doc__)
     parser.add_argument("--config", required=True)
-    parser.add_argument("--min-lr", type=float, default=1e-6)
-    parser.add_argument("--max-lr", type=float, default=1.0)
-    parser.add_argument("--steps", type=int, default=100)
+    add_number(parser, "--min-lr", within=LR, kind=float, default=1e-6)
+    add_number(parser, "--max-lr", within=LR, kind=float, default=1.0)
+    add_number(parser, "--steps", within="[10, 10000]", default=100, help="optimizer steps (a few hundred is usual)")
     parser.add_argument("--out", help="output folder (default runs/lr_find/<name>, never overwritten)")
     parser.add_argument("overrides", nargs="*", help="key.path=value")
     args = parser.parse_intermixed_args()
     if not 0 < args.min_lr < args.max_lr:
         raise SandboxError(f"--min-lr {args.min_lr:g} and --max-lr {args.max_lr:g}: expected 0 < min < max")
-    if args.steps < 10:
-        raise SandboxError(f"--steps {args.steps}: expected at least 10")
     import tempfile
 
     from sandbox import build_trainer, load_config

@@ -24,8 +24,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: the repo root, not sandbox/, goes first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from sandbox.cli import cli_entry, setup_cli  # noqa: E402
-from sandbox.errors import SandboxError  # noqa: E402
+from sandbox.cli import add_number, cli_entry, setup_cli  # noqa: E402
 
 
 @cli_entry
@@ -37,19 +36,16 @@ def main() -> None:
     parser.add_argument("--which", default="best", help="checkpoint: best | last | epoch_NNN (default best)")
     parser.add_argument("--mask-dir", help="ground-truth masks, paired with the images by file stem")
     parser.add_argument("--failures-only", action="store_true", help="keep only images with Dice < --fail-below")
-    parser.add_argument("--fail-below", type=float, default=0.8, help="Dice below which an image is a failure")
-    parser.add_argument("--mask-threshold", type=float, default=0.5,
-                        help="P(mask) above which a pixel is foreground (as in evaluate.py)")
+    add_number(parser, "--fail-below", within="[0, inf)", kind=float, default=0.8,
+               help="Dice below which an image is a failure (above 1: every image)")
+    add_number(parser, "--mask-threshold", within="(0, 1)", kind=float, default=0.5,
+               help="P(mask) above which a pixel is foreground (as in evaluate.py)")
     parser.add_argument("--skip-unreadable", action="store_true",
                         help="skip unreadable images (warned) instead of stopping")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: the run's data.batch_size")
+    add_number(parser, "--batch-size", within="data.batch_size", help="default: the run's data.batch_size")
     parser.add_argument("--tta", default="none", choices=["none", "flip"],
                         help="flip: also predict the mirrored image and average the two (test-time augmentation)")
     args = parser.parse_args()
-    if args.batch_size is not None and args.batch_size < 1:
-        raise SandboxError(f"--batch-size: got {args.batch_size}, expected a positive integer")
-    if not 0 < args.mask_threshold < 1:
-        raise SandboxError(f"--mask-threshold: got {args.mask_threshold}, expected a probability in (0, 1)")
     from sandbox.analysis.prediction import predict_run
 
     predict_run(args.run, args.input, args.which, args.out, args.mask_dir, args.mask_threshold, args.fail_below,

@@ -18,7 +18,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: the repo root, not sandbox/, goes first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from sandbox.cli import cli_entry, setup_cli  # noqa: E402
+from sandbox.cli import add_number, cli_entry, setup_cli  # noqa: E402
 
 
 @cli_entry
@@ -27,13 +27,14 @@ def main() -> None:
     parser.add_argument("--run", required=True, help="a generative run directory, e.g. runs/vae_attractors")
     parser.add_argument("--which", default="best", help="checkpoint: best, last or epoch_NNN")
     parser.add_argument("--split", default="test", choices=["val", "test"], help="held-out images (default test)")
-    parser.add_argument("--samples", type=int, default=512, help="generated images for fid_own, kid_own, ...")
-    parser.add_argument("--fit", type=int, default=4000,
-                        help="attractors: training images the probes are fitted on (at most the split's size)")
+    add_number(parser, "--samples", within="train.fid_samples", low=2, default=512,
+               help="generated images for fid_own, kid_own, ...")
+    add_number(parser, "--fit", within="train.probe_samples", default=4000,
+               help="attractors: training images the probes are fitted on (at most the split's size)")
     parser.add_argument("--inception-weights", metavar="PATH",
                         help="torch-fidelity's pt_inception-2015-12-05-6726825d.pth: adds Inception FID/KID")
-    parser.add_argument("--steps", type=int, help="ddpm/flow: sampling (and inversion) steps (default: the run's "
-                        "model.sample_steps)")
+    add_number(parser, "--steps", within="model.sample_steps",
+               help="ddpm/flow: sampling (and inversion) steps (default: the run's model.sample_steps)")
     args = parser.parse_args()
     import json
 

@@ -25,7 +25,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: the repo root, not sandbox/, goes first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from sandbox.cli import cli_entry, setup_cli  # noqa: E402
+from sandbox.cli import add_number, cli_entry, setup_cli  # noqa: E402
 from sandbox.errors import ConfigError, SandboxError  # noqa: E402
 
 
@@ -35,12 +35,13 @@ def main() -> None:
     parser.add_argument("--config", help="base YAML config, e.g. configs/unet_dice.yaml")
     parser.add_argument("--study", help="a study file (configs/studies/*.yaml): config, grid, seeds, overrides")
     parser.add_argument("--grid", action="append", default=[], help="key.path=v1,v2 (repeat for more axes)")
-    parser.add_argument("--seeds", type=int, help="runs per cell, seeds seed..seed+N-1 (default 1; a study's own)")
+    add_number(parser, "--seeds", within="[1, 1000]",
+               help="runs per cell, seeds seed..seed+N-1 (default 1; a study's own)")
     parser.add_argument("--name", help="sweep name: runs/<name>/ and the W&B group (default from config and grid)")
     parser.add_argument("--out", "--out-dir", dest="out_dir",
                         help="parent of the sweep folder (default runs; studies: runs/studies)")
     parser.add_argument("--metric", help="metric for 'best' (default the config's train.monitor)")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1: fastest on 2 cores)")
+    add_number(parser, "--jobs", within="[1, 256]", default=1, help="runs at once (default 1: fastest on 2 cores)")
     parser.add_argument("--in-process", action="store_true", help="train in this process (no subprocesses)")
     parser.add_argument("--quick", action="store_true", help="a grid sweep's val-only summary: no test scoring, "
                         "intervals or paired tests (by default a grid reports under the study protocol)")

@@ -156,7 +156,7 @@ def test_a_partial_run_is_resumed_not_restarted(tmp_path):
     (["--grid", "seed=1,2"], "error: grid seed: set by the sweep itself; use --seeds N"),
     (["--grid", "model.name=unet", "--grid", "model.name=hourglass"], "error: --grid model.name: given twice"),
     (["--grid", "model.depth=[1,2"], "error: --grid model.depth: '[1,2' is not a comma-separated list"),
-    (["--grid", "model.name=unet", "--seeds", "0"], "error: --seeds: got 0, expected 1 or more"),
+    (["--grid", "model.name=unet", "--seeds", "0"], "error: --seeds: got 0, expected an integer in [1, 1000]"),
 ])
 def test_grid_errors_are_one_line_naming_the_key(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:

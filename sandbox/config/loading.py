@@ -21,7 +21,7 @@ from sandbox.config.resolve import resolve
 from sandbox.config.schema import Config
 from sandbox.config.stages import Stage, plan_stages
 from sandbox.config.validate import validate
-from sandbox.config.yamlfile import as_mapping, load_yaml_text, parse_yaml_file, read_yaml
+from sandbox.config.yamlfile import as_mapping, dump_yaml, load_yaml_text, parse_yaml_file, read_yaml
 from sandbox.errors import ConfigError, short
 
 __all__ = ["load_config", "config_from_dict", "parse_overrides", "read_yaml", "load_yaml_text", "save_config",
@@ -238,5 +238,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    Path(path).write_text(dump_yaml(cfg.to_dict()))  # quoted where YAML 1.1 and 1.2 read a string apart
 

@@ -225,6 +225,12 @@ RANGES: dict[str, str] = {
     "train.early_stop.min_delta": "[0, inf)",  # in the monitored metric's units
 }
 
+def within(value: float, interval: str) -> bool:
+    """``within(3, "[1, inf)")``: whether ``value`` lies in ``interval``, written as in :data:`RANGES`
+    (validate.py checks the config with it; sandbox/cli.py the command-line flags, with the same ranges)."""
+    low, high = (float(x) for x in interval[1:-1].split(","))
+    above = value >= low if interval[0] == "[" else value > low
+    return above and (value <= high if interval[-1] == "]" else value < high)
 
 
 def choices(section: type, key: str) -> tuple:

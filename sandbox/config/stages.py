@@ -39,6 +39,8 @@ REFUSED = {
     "source": "it is set when a config is loaded",
 }
 STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
+#: each stage is a run of its own, built and checked at load time and trained in turn (a few is usual)
+MAX_STAGES = 100
 
 
 @dataclasses.dataclass
@@ -61,6 +63,9 @@ def plan_stages(cfg: Config, build: Callable[[dict, str | None], Config]) -> lis
     base["train"].update(resume=None)
     where_runs = Path(cfg.out_dir) / cfg.name / "stages"
     plans: list[Stage] = []
+    if len(cfg.stages or []) > MAX_STAGES:
+        raise ConfigError(f"stages: {len(cfg.stages):,} stages; at most {MAX_STAGES} (each is a run of its own, "
+                          "trained in turn: a few is usual)")
     for i, raw in enumerate(cfg.stages or []):
         at = f"stages[{i}]"
         name = raw.get("name", "stage")

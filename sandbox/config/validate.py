@@ -7,7 +7,7 @@ import functools
 import re
 from pathlib import Path
 
-from sandbox.config.schema import RANGES, Config
+from sandbox.config.schema import RANGES, Config, within
 from sandbox.data import DATASETS
 from sandbox.errors import ConfigError, short, short_key
 from sandbox.losses import LOSSES, build_loss
@@ -23,30 +23,31 @@ def _positive(path: str, value: float, allow_zero: bool = False) -> None:
         raise ConfigError(f"{path}: got {short(value)}, expected a {kind} number")
 
 
-def _inside(value: float, interval: str) -> bool:
-    """``_inside(3, "[1, inf)")``: interval notation as written in RANGES."""
-    low, high = (float(x) for x in interval[1:-1].split(","))
-    above = value >= low if interval[0] == "[" else value > low
-    return above and (value <= high if interval[-1] == "]" else value < high)
-
-
 def _check_ranges(cfg: Config) -> None:
     """Every key of :data:`~sandbox.config.schema.RANGES` inside its interval (unset keys pass)."""
     for path, interval in RANGES.items():
         value = functools.reduce(lambda node, key: getattr(node, key, None), path.split("."), cfg)
-        if value is not None and not _inside(value, interval):
+        if value is not None and not within(value, interval):
             kind = "an integer" if isinstance(value, int) else "a value"
             raise ConfigError(f"{path}: got {short(value)}, expected {kind} in {interval}")
 
 
+NAME_PART_BYTES = 255  # a file name's limit on the usual filesystems (ext4, xfs, btrfs, APFS, NTFS)
+NAME_BYTES = 1024  # the whole name: runs/<name>/checkpoints/... must stay far below PATH_MAX (4096)
+
+
 def _check_name(name: str) -> None:
     """The run directory is ``<out_dir>/<name>``: a folder below out_dir, never out_dir itself
-    (``.``, where it would mix with the other runs) nor outside it."""
+    (``.``, where it would mix with the other runs) nor outside it; printable (a newline or an escape
+    sequence would forge lines in every message and command that prints it), each folder of it a
+    name the filesystem takes (over 255 bytes was a raw ENAMETOOLONG when the run started)."""
     parts = Path(name).parts
-    if (not name.strip() or not parts or ".." in parts or Path(name).is_absolute()
-            or any(ord(c) < 32 for c in name)):
+    longest = max((len(p.encode("utf-8", "surrogatepass")) for p in parts), default=0)
+    if (not name.strip() or not parts or ".." in parts or Path(name).is_absolute() or not name.isprintable()
+            or longest > NAME_PART_BYTES or len(name.encode("utf-8", "surrogatepass")) > NAME_BYTES):
         raise ConfigError(f"name: got {short(name)}, expected a non-empty relative run name (a folder below "
-                          "out_dir: not '.', no '..', no control characters)")
+                          "out_dir: not '.', no '..', printable characters only (no control characters), each "
+                          f"folder at most {NAME_PART_BYTES} bytes, at most {NAME_BYTES} in all)")
 
 
 def validate(cfg: Config) -> None:
@@ -107,7 +108,7 @@ def _validate_data(cfg: Config) -> None:
         _validate_group_by(d.group_by, d.name)
     if d.size_schedule:
         for epoch, size in d.size_schedule.items():
-            if epoch < 0 or not _inside(size, RANGES["data.size"]):
+            if epoch < 0 or not within(size, RANGES["data.size"]):
                 raise ConfigError(f"data.size_schedule: got {{{short(epoch)}: {short(size)}}}, expected "
                                   f"{{epoch >= 0: size in {RANGES['data.size']}}}")
 

@@ -148,8 +148,10 @@ def final_run(path: str | Path) -> Path:
     stages = record["stages"]
     done = [path / str(s.get("dir")) for s in stages if s.get("status") == "done"]
     todo = next((s for s in stages if s.get("status") != "done"), None)
-    now = (f"stage {todo.get('index')}/{len(stages)} {todo.get('name')} is {todo.get('status')}" if todo
-           else "not finished")
-    use = f"use a finished stage's directory ({', '.join(map(str, done))})" if done else "no stage has finished yet"
+    now = (f"stage {str(todo.get('index'))[:20]}/{len(stages)} {str(todo.get('name'))[:60]} is "
+           f"{str(todo.get('status'))[:20]}" if todo else "not finished")  # a hand-edited file: short
+    more = f" and {len(done) - 3:,} more" if len(done) > 3 else ""  # a stages.json of millions of stages
+    use = (f"use a finished stage's directory ({', '.join(map(str, done[:3]))}{more})" if done
+           else "no stage has finished yet")
     raise SandboxError(f"{str(path)!r} is a staged run that has not finished ({now}); its outcome is its last "
                        f"stage's: finish it with {resume_line(path)}, or {use}")
