@@ -37,8 +37,8 @@ def build_trainer(cfg: Config):
     if cfg.stages:
         from sandbox.invocation import command  # a package file imports only what it re-exports
 
-        raise ConfigError(f"{cfg.source or 'config'}: stages: a staged config trains stage after stage: {command('train')} "
-                          "--config <it>, or sandbox.trainers.stages.fit_stages(cfg)")
+        raise ConfigError(f"{cfg.source or 'config'}: stages: a staged config trains stage after stage: "
+                          f"{command('train')} --config <it>, or sandbox.trainers.stages.fit_stages(cfg)")
     cfg = resume_target(cfg)
     trainer = TRAINERS[MODELS[cfg.model.name].trainer]
     return trainer(cfg, build_model(cfg), build_data(cfg, ("train", "val")), loss=build_loss(cfg))
