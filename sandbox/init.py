@@ -23,6 +23,7 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="overwrite configs there that differ")
     args = parser.parse_args()
     from sandbox.config.packaged import config_files, configs_dir, copy_configs
+    from sandbox.invocation import command
 
     src = configs_dir()
     written = copy_configs(args.dir, args.force)
@@ -32,7 +33,7 @@ def main() -> None:
     else:
         kept = f" ({n - len(written)} already there, identical)" if len(written) < n else ""
         print(f"{len(written)} of {n} configs written to {args.dir}{kept}; "
-              f"e.g. sandbox-train --config {Path(args.dir) / 'unet_dice.yaml'}")
+              f"e.g. {command('train')} --config {Path(args.dir) / 'unet_dice.yaml'}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # run as a file: the repo root, not sandbox/, goe
 
 from sandbox.cli import add_number, cli_entry, setup_cli  # noqa: E402
 from sandbox.errors import ConfigError, SandboxError  # noqa: E402
+from sandbox.invocation import command as command_line  # noqa: E402
 
 
 @cli_entry
@@ -78,7 +79,7 @@ def main() -> None:
     metric = args.metric or study.get("metric") or load_config(config, extra).train.monitor
     t0 = time.time()
     failed = execute(specs, config, args.jobs, args.in_process) + evaluate_finished(specs, config, study)
-    command = "python sandbox/sweep.py " + " ".join(sys.argv[1:])
+    command = " ".join([command_line("sweep"), *sys.argv[1:]])
     report = write_summary(specs, out_dir / name, metric, study, command, time.time() - t0)
     print(report.read_text())
     if failed:

@@ -42,6 +42,7 @@ def copy_configs(dest: str | Path, force: bool = False, package: Path | None = N
     if dest.resolve() == src.resolve():
         return []
     files = config_files(src)
+    check_inside(dest, files)
     differ = [f for f in files if (dest / f).is_file() and (dest / f).read_bytes() != (src / f).read_bytes()]
     if differ and not force:
         raise SandboxError(f"{dest / differ[0]} differs from the packaged config ({len(differ)} file(s) in {dest} "
@@ -55,3 +56,19 @@ def copy_configs(dest: str | Path, force: bool = False, package: Path | None = N
         shutil.copyfile(src / f, target)
         written.append(target)
     return written
+
+
+def check_inside(dest: Path, files: list[Path]) -> None:
+    """``sandbox-init`` writes only inside ``dest``: a symlink at ``dest`` or on the way to a file it
+    would write (a planted ``configs/unet_dice.yaml -> ~/.bashrc``, a linked ``studies/``) is refused,
+    naming it, before anything is written, and so is a destination that resolves outside ``dest``;
+    ``--force`` overwrites files, never what a link points to."""
+    dest = Path(dest)
+    for f in files:
+        for part in [dest, *(dest / p for p in reversed(f.parents[:-1])), dest / f]:
+            if part.is_symlink():
+                raise SandboxError(f"{part} is a symbolic link: sandbox-init writes only inside {dest}, never "
+                                   "through a link; remove the link or pick another folder")
+        if not (dest / f).resolve().is_relative_to(dest.resolve()):
+            raise SandboxError(f"{dest / f} resolves to {(dest / f).resolve()}, outside {dest}: sandbox-init "
+                               "writes only inside its folder; pick another folder")

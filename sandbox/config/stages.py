@@ -25,6 +25,7 @@ from typing import Any, Callable, Union
 
 from sandbox.config.schema import Config
 from sandbox.errors import ConfigError, short
+from sandbox.invocation import command
 
 #: what a stage may not set, and why; ``model`` and every key under it included
 REFUSED = {
@@ -33,7 +34,7 @@ REFUSED = {
     "train.init_from": "stage 1 starts from the base config's train.init_from, each later stage from the previous "
                        "stage's checkpoints/last",
     "train.init_from_strict": "each stage after the first loads the previous stage's weights strictly",
-    "train.resume": "resume the whole staged run: python sandbox/train.py --resume <out_dir>/<name>",
+    "train.resume": f"resume the whole staged run: {command('train')} --resume <out_dir>/<name>",
     "out_dir": "the stages run under the base config's <out_dir>/<name>/stages/",
     "stages": "a stage has no stages of its own",
     "source": "it is set when a config is loaded",

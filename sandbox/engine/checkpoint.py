@@ -30,7 +30,7 @@ except ImportError:  # pragma: no cover - Accelerate depends on safetensors
     SafetensorError = OSError
 from sandbox.runs.checkpoints import (SCHEDULES_FILE, UnreadableFile, check_files, commit_checkpoint, load_safely,
                                       read_state, resumed_run, weights_file)
-from sandbox.runs.rundir import RunDir
+from sandbox.runs.rundir import RunDir, resume_line
 from sandbox.runs.warm import check_not_resumed
 
 log = logging.getLogger("sandbox")
@@ -85,7 +85,7 @@ class Checkpoints:
             cause = getattr(exc, "strerror", None) or " ".join(str(exc).split())[-120:]
             raise SandboxError(f"could not write checkpoints/{which} in {self.run.checkpoints} ({cause}); the "
                                "checkpoints already there are intact (each is written aside and swapped in): free "
-                               f"space or fix the disk, then resume: python sandbox/train.py --resume {self.run.path}"
+                               f"space or fix the disk, then resume: {resume_line(self.run.path)}"
                                ) from None
         acc.wait_for_everyone()
 
@@ -192,7 +192,7 @@ class Checkpoints:
                     for k in now if k in saved and k not in free and saved[k] != now[k]]
             if diff:
                 raise SandboxError(f"checkpoint {str(ckpt)!r} was trained {what} ({', '.join(diff)}); resume with "
-                                   f"the run's own config: python sandbox/train.py --resume {self.run.path}")
+                                   f"the run's own config: {resume_line(self.run.path)}")
 
     def _check_same_schedule(self, ckpt: Path, saved_train: dict, saved_state: dict, steps_per_epoch: int) -> None:
         """A step-shaped LR schedule is sized by the run length: a resumed run must keep it, or the

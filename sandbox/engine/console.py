@@ -1,6 +1,10 @@
 """What a training run prints: the banner before the first epoch and one line per epoch."""
 from __future__ import annotations
 
+import shlex
+
+from sandbox.invocation import command
+
 
 def banner(model_name: str, n_params: int, device: str, processes: int, threads: int | str | None, precision: str,
            channels_last: bool, data: str, n_train: int, n_val: int, size: int, batch: int, epochs: int,
@@ -23,12 +27,22 @@ def epoch_line(epoch: int, epochs: int, train: dict, val: dict, seconds: float, 
     return f"epoch {epoch}/{epochs}  {parts}{best_s}  {seconds:.1f} s"
 
 
-NEXT = {"segmentation": ["python sandbox/evaluate.py --run {run}                  # scores on the test split",
-                         "python sandbox/predict.py --run {run} --input <images>  # masks for your images",
-                         "python sandbox/compare.py --run {run} <other runs>      # side by side"],
-        "generative": ["python sandbox/probe.py --run {run}                     # fid_own, latent probe (test split)",
-                       "python sandbox/interpolate.py --run {run} --random 3    # walk the latent space",
-                       "python sandbox/compare.py --run {run} <other runs>      # side by side"]}
+#: what to run after a run of each task: (command, its arguments, why); printed by :func:`next_lines`
+NEXT = {"segmentation": [("evaluate", "--run {run}", "scores on the test split"),
+                         ("predict", "--run {run} --input <images>", "masks for your images"),
+                         ("compare", "--run {run} <other runs>", "side by side")],
+        "generative": [("probe", "--run {run}", "fid_own, latent probe (test split)"),
+                       ("interpolate", "--run {run} --random 3", "walk the latent space"),
+                       ("compare", "--run {run} <other runs>", "side by side")]}
+
+
+def next_lines(run: str, task: str) -> list[str]:
+    """``next:`` and the commands of NEXT for ``task`` on ``run``, in the form this install runs them
+    (``python sandbox/evaluate.py`` in a checkout, ``sandbox-evaluate`` installed), comments aligned."""
+    steps = NEXT.get(task, [])
+    cmds = [f"{command(name)} {args.format(run=shlex.quote(str(run)))}" for name, args, _ in steps]
+    width = max(map(len, cmds), default=0)
+    return ["next:"] + [f"  {cmd:<{width}}  # {why}" for cmd, (_, _, why) in zip(cmds, steps)]
 
 
 def run_summary(run: str, seconds: float, monitor: str, best: float | None, best_epoch: int | None,
@@ -37,9 +51,7 @@ def run_summary(run: str, seconds: float, monitor: str, best: float | None, best
     best_s = (f"; best {monitor} {best:.4f} at epoch {best_epoch} (checkpoints/best)" if best is not None
               else f"; {monitor} was never logged, checkpoints/best is the last epoch")
     took = f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
-    lines = [f"done: {run} in {took}{best_s}", "next:"]
-    lines += ["  " + cmd.format(run=run) for cmd in NEXT.get(task, [])]
-    return "\n".join(lines)
+    return "\n".join([f"done: {run} in {took}{best_s}"] + next_lines(run, task))
 
 
 def stages_summary(run: str, seconds: float, stages: list[tuple[str, str, str, float | None, int | None]],
@@ -51,5 +63,5 @@ def stages_summary(run: str, seconds: float, stages: list[tuple[str, str, str, f
     for label, where, monitor, best, best_epoch in stages:
         lines.append(f"  {label}: {where}" + (f"  best {monitor} {best:.4f} at epoch {best_epoch}"
                                               if best is not None else ""))
-    lines += ["next:"] + ["  " + cmd.format(run=run) for cmd in NEXT.get(task, [])]
+    lines += next_lines(run, task)
     return "\n".join(lines)

@@ -139,17 +139,21 @@ def complete_checkpoint(path: str | Path) -> Path | None:
 
 
 def resume_line(path: str | Path, processes: int = 1) -> str:
-    """The command that continues the run in ``path`` (with as many processes as it was planned for)."""
-    launcher = "python" if processes == 1 else f"accelerate launch --num_processes {processes}"
-    return f"{launcher} sandbox/train.py --resume {shlex.quote(str(path))}"
+    """The command that continues the run in ``path`` (with as many processes as it was planned for), in
+    the form this install runs it (:mod:`sandbox.invocation`)."""
+    from sandbox.invocation import command
+
+    return f"{command('train', processes)} --resume {shlex.quote(str(path))}"
 
 
 def restart_line(path: str | Path) -> str:
     """The command that starts the run in ``path`` afresh in place (its own resolved config.yaml)."""
+    from sandbox.invocation import command
+
     config = Path(path) / "config.yaml"
     if config.is_file():
-        return f"python sandbox/train.py --config {shlex.quote(str(config))} --restart"
-    return "your train.py command plus --restart"
+        return f"{command('train')} --config {shlex.quote(str(config))} --restart"
+    return f"your {command('train')} command plus --restart"
 
 
 def existing_run(path: str | Path, restart: bool = False) -> str:

@@ -35,8 +35,10 @@ def build_trainer(cfg: Config):
     run continues under its own name and directory (and a folder run with its exact splits). A config with
     ``stages:`` is trained by :func:`sandbox.trainers.stages.fit_stages` (one trainer per stage)."""
     if cfg.stages:
-        raise ConfigError(f"{cfg.source or 'config'}: stages: a staged config trains stage after stage: python "
-                          "sandbox/train.py --config <it>, or sandbox.trainers.stages.fit_stages(cfg)")
+        from sandbox.invocation import command  # a package file imports only what it re-exports
+
+        raise ConfigError(f"{cfg.source or 'config'}: stages: a staged config trains stage after stage: "
+                          f"{command('train')} --config <it>, or sandbox.trainers.stages.fit_stages(cfg)")
     cfg = resume_target(cfg)
     trainer = TRAINERS[MODELS[cfg.model.name].trainer]
     return trainer(cfg, build_model(cfg), build_data(cfg, ("train", "val")), loss=build_loss(cfg))
