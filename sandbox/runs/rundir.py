@@ -17,6 +17,7 @@ import stat
 from pathlib import Path
 
 from sandbox.errors import SandboxError
+from sandbox.invocation import command
 from sandbox.runs.checkpoints import checkpoint_candidates, read_state
 
 
@@ -141,15 +142,11 @@ def complete_checkpoint(path: str | Path) -> Path | None:
 def resume_line(path: str | Path, processes: int = 1) -> str:
     """The command that continues the run in ``path`` (with as many processes as it was planned for), in
     the form this install runs it (:mod:`sandbox.invocation`)."""
-    from sandbox.invocation import command
-
     return f"{command('train', processes)} --resume {shlex.quote(str(path))}"
 
 
 def restart_line(path: str | Path) -> str:
     """The command that starts the run in ``path`` afresh in place (its own resolved config.yaml)."""
-    from sandbox.invocation import command
-
     config = Path(path) / "config.yaml"
     if config.is_file():
         return f"{command('train')} --config {shlex.quote(str(config))} --restart"
