@@ -156,11 +156,26 @@ def test_a_sigkilled_sweep_leaves_no_child_training(tmp_path):
     deadline = time.time() + 30
     while any(_alive(k) for k in kids) and time.time() < deadline:
         time.sleep(0.1)
-    assert not [k for k in kids if _alive(k)], "the child trains on without its sweep"  # today: it does
-    _saved_mid_run(run)
+    assert not [k for k in kids if _alive(k)], "the child trains on without its sweep"
     log = (tmp_path / "s" / "logs" / "model-unet_s0.log").read_text()
-    assert "stopped by SIGTERM: checkpoints/last holds step" in log, log[-2000:]
+    assert "stopped by SIGTERM: checkpoints/last holds step" in log, log[-2000:]  # today: it trains to the end
+    _saved_mid_run(run)
     _rerun_finishes(proc.args, [run])
+
+
+@pytest.mark.slow
+def test_an_in_process_sweep_stopped_by_sigterm_says_how_to_continue(tmp_path):
+    """--in-process: the run's own handler saves and stops it; the sweep adds its line and exits 143."""
+    run = tmp_path / "s" / "model-unet_s0"
+    proc = _sweep(tmp_path, "--in-process", "--seeds", "2")
+    _training(proc, [run])
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 143, out[-2000:] + err[-2000:]
+    assert "sweep stopped by SIGTERM: s/model-unet_s0 stopped, checkpoints/last holds" in err, err[-2000:]
+    assert "; 1 run not started; continue with: python sandbox/sweep.py " in err
+    assert _continue_command(err)[2:] == proc.args[2:]
+    _saved_mid_run(run)
 
 
 def test_a_run_still_being_written_is_refused_not_cleared(tmp_path):
