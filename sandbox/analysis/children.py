@@ -1,8 +1,9 @@
 """A sweep's training subprocesses: started so that they cannot outlive it, stopped the way a run stops.
 
-* :func:`start`: ``python sandbox/train.py ...`` as a child that gets SIGTERM when the sweep dies,
-  however it dies (SIGKILL included): it then saves its checkpoint and stops (engine/stops.py)
-  instead of training on, orphaned, beside the rerun that resumes it.
+* :func:`run_children`: the runs, ``jobs`` at a time, each ``python sandbox/train.py ...`` a child
+  (:func:`start`) that gets SIGTERM when the sweep dies, however it dies (SIGKILL included): it then
+  saves its checkpoint and stops (engine/stops.py) instead of training on, orphaned, beside the
+  rerun that resumes it.
 * :class:`SweepSignals`: while children train, the sweep's own SIGTERM/SIGINT are recorded, never
   acted on in the middle of a statement; :func:`stop_children` passes them on to every child, waits
   for the children to save (bounded) and kills what is left.
@@ -15,10 +16,11 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from sandbox.engine.stops import ECHO_S, SignalStop, checkpoints_held
+from sandbox.engine.stops import ECHO_S, RunStopped, SignalStop, checkpoints_held
 from sandbox.runs.rundir import RunDir
 
 #: a run saves at its next optimizer step, or after the evaluation under way: minutes on a big val set
@@ -54,10 +56,67 @@ def _dies_with_parent() -> Callable[[], None] | None:
     return arm
 
 
+@dataclass
+class Child:
+    """One run of a sweep as a subprocess: its name, run directory, command and log file."""
+    name: str
+    path: Path
+    cmd: list[str]
+    log: Path
+
+
 def start(cmd: list[str], log: Path) -> tuple[subprocess.Popen, object]:
     """Start ``cmd`` with its output appended to ``log``; returns the process and the open log file."""
+    log.parent.mkdir(parents=True, exist_ok=True)
     f = open(log, "a")
     return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, preexec_fn=_dies_with_parent()), f
+
+
+def run_children(runs: list[Child], jobs: int, clock, command: str) -> list[str]:
+    """Run ``runs``, ``jobs`` at a time, reporting to ``clock`` (a SweepProgress); returns those that
+    failed. On SIGTERM/SIGINT: :func:`stop_children`, then :func:`sweep_stopped` (RunStopped)."""
+    todo, running, failed, signals = list(runs), {}, [], SweepSignals()
+    try:
+        with signals:
+            while (todo or running) and not signals.signum:
+                while todo and len(running) < jobs:
+                    run = todo.pop(0)
+                    running[run.name] = (*start(run.cmd, run.log), run, time.time())
+                    print(f"{clock.start(run.name)}: training (log {run.log})", flush=True)
+                for name, (proc, f, run, t0) in list(running.items()):
+                    if proc.poll() is None:
+                        continue
+                    f.close()
+                    del running[name]
+                    if proc.returncode == 0:
+                        print(f"{name}: finished in {time.time() - t0:.0f} s ({clock.finish(time.time() - t0)})",
+                              flush=True)
+                    else:
+                        tail = [ln for ln in run.log.read_text().splitlines() if ln.strip()][-1:] or ["(no output)"]
+                        print(f"{name}: FAILED (exit {proc.returncode}): {tail[0]} ({clock.finish(None)})", flush=True)
+                        failed.append(name)
+                time.sleep(0.2)
+            if signals.signum:
+                said = stop_children({n: (r[0], r[2].path) for n, r in running.items()}, signals)
+                sweep_stopped(signals.signum, said, len(todo), command)
+    finally:
+        alive = {n: (r[0], r[2].path) for n, r in running.items() if r[0].poll() is None}
+        if alive:  # an error of the sweep itself: no child trains on without it
+            signals.signum = signals.signum or signal.SIGTERM
+            stop_children(alive, signals)
+        for r in running.values():
+            r[1].close()
+    return failed
+
+
+def sweep_stopped(signum: int, said: list[str], left: int, command: str) -> None:
+    """The sweep's one line on a stop (what became of each run under way, the command to continue),
+    then :class:`RunStopped` (exit 128 + signal)."""
+    line = (f"sweep stopped by {signal.Signals(signum).name}: " + "; ".join(said or ["no run was training"])
+            + (f"; {left} run{'s' if left > 1 else ''} not started" if left else "")
+            + f"; continue with: {command} (finished runs are skipped, partial ones resumed)")
+    print(line, file=sys.stderr, flush=True)
+    raise RunStopped(line, 128 + signum)
 
 
 class SweepSignals(SignalStop):

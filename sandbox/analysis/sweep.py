@@ -7,7 +7,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ import yaml
 
 from sandbox.analysis.study import (PROTOCOL_KEYS, check_metrics, evaluate_finished_run, generative,
                                     parse_protocol, protocol_overrides)
-from sandbox.analysis.children import SweepSignals, start, stop_children
+from sandbox.analysis.children import Child, run_children, sweep_stopped
 from sandbox.config.loading import load_config, load_yaml_text, read_yaml
 from sandbox.config.schema import Config
 from sandbox.engine.stops import RunStopped, checkpoints_held
@@ -229,62 +228,33 @@ def execute(specs: list[Spec], config: str, jobs: int = 1, in_process: bool = Fa
                                                       "broken": "no checkpoint, restarting"}.get(state, "queued"))
         if state != "done":
             todo.append((spec, state == "partial"))
-    failed: list[str] = []
     clock = SweepProgress(len(todo), 1 if in_process else jobs)
     if in_process:
-        # the run's own SignalStop handles a signal while it trains; between runs one acts as by default
-        for k, (spec, resume) in enumerate(todo):
-            t0 = time.time()
-            print(f"{clock.start(spec.name)}: training", flush=True)
-            try:
-                _train_in_process(spec, config, resume)
-                print(f"{spec.name}: finished in {time.time() - t0:.0f} s ({clock.finish(time.time() - t0)})")
-            except SandboxError as exc:
-                print(f"{spec.name}: FAILED: {exc} ({clock.finish(None)})")
-                failed.append(spec.name)
-            except RunStopped as exc:  # it saved and said how to resume it; the sweep says how to go on
-                held = checkpoints_held(RunDir(spec.path))[0] or "no checkpoint yet (it starts afresh)"
-                _stopped(exc.exit_code - 128, [f"{spec.name} stopped, {held}"], len(todo) - k - 1, command)
-        return failed
+        return _execute_in_process(todo, config, clock, command)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = [f"train.threads={max(1, cores // jobs)}"] if jobs > 1 else []
-    running: dict = {}
-    signals = SweepSignals()
-    try:
-        with signals:
-            while (todo or running) and not signals.signum:
-                while todo and len(running) < jobs:
-                    spec, resume = todo.pop(0)
-                    log = spec.path.parent / "logs" / f"{Path(spec.name).name}.log"
-                    log.parent.mkdir(parents=True, exist_ok=True)
-                    cmd = [sys.executable, str(TRAIN), "--config", config, *spec.overrides, *threads] \
-                        + (["--resume", str(spec.path)] if resume else [])
-                    proc, f = start(cmd, log)
-                    running[spec.name] = (proc, f, log, time.time(), spec.path)
-                    print(f"{clock.start(spec.name)}: training (log {log})", flush=True)
-                for name, (proc, f, log, t0, _) in list(running.items()):
-                    if proc.poll() is None:
-                        continue
-                    f.close()
-                    del running[name]
-                    if proc.returncode == 0:
-                        print(f"{name}: finished in {time.time() - t0:.0f} s ({clock.finish(time.time() - t0)})",
-                              flush=True)
-                    else:
-                        tail = [ln for ln in log.read_text().splitlines() if ln.strip()][-1:] or ["(no output)"]
-                        print(f"{name}: FAILED (exit {proc.returncode}): {tail[0]} ({clock.finish(None)})", flush=True)
-                        failed.append(name)
-                time.sleep(0.2)
-            if signals.signum:
-                said = stop_children({n: (r[0], r[4]) for n, r in running.items()}, signals)
-                _stopped(signals.signum, said, len(todo), command)
-    finally:
-        alive = {n: (r[0], r[4]) for n, r in running.items() if r[0].poll() is None}
-        if alive:  # an error of the sweep itself: no child trains on without it
-            signals.signum = signals.signum or signal.SIGTERM
-            stop_children(alive, signals)
-        for r in running.values():
-            r[1].close()
+    runs = [Child(spec.name, spec.path, [sys.executable, str(TRAIN), "--config", config, *spec.overrides, *threads]
+                  + (["--resume", str(spec.path)] if resume else []),
+                  spec.path.parent / "logs" / f"{Path(spec.name).name}.log") for spec, resume in todo]
+    return run_children(runs, jobs, clock, command)
+
+
+def _execute_in_process(todo: list[tuple[Spec, bool]], config: str, clock: SweepProgress, command: str) -> list[str]:
+    """The runs one after another in this process. The run's own SignalStop handles a signal while it
+    trains (saves, stops: RunStopped); the sweep adds its line. Between runs a signal acts as by default."""
+    failed = []
+    for k, (spec, resume) in enumerate(todo):
+        t0 = time.time()
+        print(f"{clock.start(spec.name)}: training", flush=True)
+        try:
+            _train_in_process(spec, config, resume)
+            print(f"{spec.name}: finished in {time.time() - t0:.0f} s ({clock.finish(time.time() - t0)})")
+        except SandboxError as exc:
+            print(f"{spec.name}: FAILED: {exc} ({clock.finish(None)})")
+            failed.append(spec.name)
+        except RunStopped as exc:  # it saved and said how to resume it; the sweep says how to go on
+            held = checkpoints_held(RunDir(spec.path))[0] or "no checkpoint yet (it starts afresh)"
+            sweep_stopped(exc.exit_code - 128, [f"{spec.name} stopped, {held}"], len(todo) - k - 1, command)
     return failed
 
 
@@ -295,15 +265,6 @@ def _refuse_live_writer(spec: Spec) -> None:
     if lock.holder() is not None:
         lock.acquire()  # refuses, naming the holder, unless that process is gone (then taken over)
         lock.release()
-
-
-def _stopped(signum: int, said: list[str], left: int, command: str) -> None:
-    """The sweep's one line on a stop, then RunStopped (exit 128 + signal)."""
-    line = (f"sweep stopped by {signal.Signals(signum).name}: " + "; ".join(said or ["no run was training"])
-            + (f"; {left} run{'s' if left > 1 else ''} not started" if left else "")
-            + f"; continue with: {command} (finished runs are skipped, partial ones resumed)")
-    print(line, file=sys.stderr, flush=True)
-    raise RunStopped(line, 128 + signum)
 
 
 def study_overrides(study: dict) -> list[str]:
