@@ -12,6 +12,9 @@ Rerunning the same command continues: finished runs (checkpoints/last at train.e
 skipped, partial ones resumed, ones without a checkpoint restarted. Each run is a subprocess
 `python sandbox/train.py` (a crash does not end the sweep; ~4 s start-up); --in-process trains
 here (tests, tiny runs). --jobs N: N at once, cores/N threads each (on 2 cores 1 is faster).
+SIGTERM or Ctrl-C stops the runs under way as it stops a run (each saves its checkpoint), waits for
+them, prints the command to continue and exits 128 + signal; on Linux a sweep that dies (even by
+SIGKILL) takes its runs with it the same way; a run still being written is never resumed beside it.
 Writes into runs/<sweep>/: summary.md, summary.csv (per cell: <stat>_mean, _std (n-1), _cv of
 every final val/* metric, best <metric>, its epoch, epoch_time, total_time), runs.csv, plots/,
 compare/ (the best seed of each cell), logs/; and report.md: the study protocol first (selected on
@@ -48,6 +51,7 @@ def main() -> None:
                         "intervals or paired tests (by default a grid reports under the study protocol)")
     parser.add_argument("overrides", nargs="*", help="key.path=value for every run, e.g. train.epochs=3")
     args = parser.parse_intermixed_args()
+    import shlex
     import time
 
     from sandbox import load_config
@@ -78,8 +82,8 @@ def main() -> None:
     check_study(study, args.study, config, specs)
     metric = args.metric or study.get("metric") or load_config(config, extra).train.monitor
     t0 = time.time()
-    failed = execute(specs, config, args.jobs, args.in_process) + evaluate_finished(specs, config, study)
-    command = " ".join([command_line("sweep"), *sys.argv[1:]])
+    command = " ".join([command_line("sweep"), shlex.join(sys.argv[1:])])  # rerun as it is: it continues
+    failed = execute(specs, config, args.jobs, args.in_process, command) + evaluate_finished(specs, config, study)
     report = write_summary(specs, out_dir / name, metric, study, command, time.time() - t0)
     print(report.read_text())
     if failed:

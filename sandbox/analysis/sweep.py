@@ -7,7 +7,6 @@ import math
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -18,10 +17,13 @@ import yaml
 
 from sandbox.analysis.study import (PROTOCOL_KEYS, check_metrics, evaluate_finished_run, generative,
                                     parse_protocol, protocol_overrides)
+from sandbox.analysis.children import Child, run_children, sweep_stopped
 from sandbox.config.loading import load_config, load_yaml_text, read_yaml
 from sandbox.config.schema import Config
+from sandbox.engine.stops import RunStopped, checkpoints_held
 from sandbox.errors import ConfigError, SandboxError
 from sandbox.runs.checkpoints import find_checkpoint, read_state
+from sandbox.runs.lock import RunLock
 from sandbox.runs.rundir import RunDir
 from sandbox.trainers import build_trainer
 
@@ -209,8 +211,14 @@ def _duration(seconds: float) -> str:
                                                      else f"{seconds / 3600:.1f} h")
 
 
-def execute(specs: list[Spec], config: str, jobs: int = 1, in_process: bool = False) -> list[str]:
-    """Train what is not done yet; returns the names of runs that failed (the others still run)."""
+def execute(specs: list[Spec], config: str, jobs: int = 1, in_process: bool = False,
+            command: str = "the same sweep command") -> list[str]:
+    """Train what is not done yet; returns the names of runs that failed (the others still run).
+    A SIGTERM/SIGINT stops the runs under way the way a run stops (each saves its checkpoint), says
+    so with ``command`` (the way on: it skips finished runs and resumes partial ones) and raises
+    :class:`~sandbox.engine.stops.RunStopped` (exit 128 + signal)."""
+    for spec in specs:
+        _refuse_live_writer(spec)
     todo = []
     for i, spec in enumerate(specs, 1):
         state = run_state(spec, config)
@@ -220,50 +228,43 @@ def execute(specs: list[Spec], config: str, jobs: int = 1, in_process: bool = Fa
                                                       "broken": "no checkpoint, restarting"}.get(state, "queued"))
         if state != "done":
             todo.append((spec, state == "partial"))
-    failed: list[str] = []
     clock = SweepProgress(len(todo), 1 if in_process else jobs)
     if in_process:
-        for spec, resume in todo:
-            t0 = time.time()
-            print(f"{clock.start(spec.name)}: training", flush=True)
-            try:
-                _train_in_process(spec, config, resume)
-                print(f"{spec.name}: finished in {time.time() - t0:.0f} s ({clock.finish(time.time() - t0)})")
-            except SandboxError as exc:
-                print(f"{spec.name}: FAILED: {exc} ({clock.finish(None)})")
-                failed.append(spec.name)
-        return failed
+        return _execute_in_process(todo, config, clock, command)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = [f"train.threads={max(1, cores // jobs)}"] if jobs > 1 else []
-    running: dict = {}
-    try:
-        while todo or running:
-            while todo and len(running) < jobs:
-                spec, resume = todo.pop(0)
-                log = spec.path.parent / "logs" / f"{Path(spec.name).name}.log"
-                log.parent.mkdir(parents=True, exist_ok=True)
-                cmd = [sys.executable, str(TRAIN), "--config", config, *spec.overrides, *threads] \
-                    + (["--resume", str(spec.path)] if resume else [])
-                f = open(log, "a")
-                running[spec.name] = (subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT), f, log, time.time())
-                print(f"{clock.start(spec.name)}: training (log {log})", flush=True)
-            for name, (proc, f, log, t0) in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                f.close()
-                del running[name]
-                if proc.returncode == 0:
-                    print(f"{name}: finished in {time.time() - t0:.0f} s ({clock.finish(time.time() - t0)})", flush=True)
-                else:
-                    tail = [ln for ln in log.read_text().splitlines() if ln.strip()][-1:] or ["(no output)"]
-                    print(f"{name}: FAILED (exit {proc.returncode}): {tail[0]} ({clock.finish(None)})", flush=True)
-                    failed.append(name)
-            time.sleep(0.2)
-    finally:  # Ctrl-C: the children got the signal too; wait so their last checkpoints are whole
-        for proc, f, _, _ in running.values():
-            proc.wait()
-            f.close()
+    runs = [Child(spec.name, spec.path, [sys.executable, str(TRAIN), "--config", config, *spec.overrides, *threads]
+                  + (["--resume", str(spec.path)] if resume else []),
+                  spec.path.parent / "logs" / f"{Path(spec.name).name}.log") for spec, resume in todo]
+    return run_children(runs, jobs, clock, command)
+
+
+def _execute_in_process(todo: list[tuple[Spec, bool]], config: str, clock: SweepProgress, command: str) -> list[str]:
+    """The runs one after another in this process. The run's own SignalStop handles a signal while it
+    trains (saves, stops: RunStopped); the sweep adds its line. Between runs a signal acts as by default."""
+    failed = []
+    for k, (spec, resume) in enumerate(todo):
+        t0 = time.time()
+        print(f"{clock.start(spec.name)}: training", flush=True)
+        try:
+            _train_in_process(spec, config, resume)
+            print(f"{spec.name}: finished in {time.time() - t0:.0f} s ({clock.finish(time.time() - t0)})")
+        except SandboxError as exc:
+            print(f"{spec.name}: FAILED: {exc} ({clock.finish(None)})")
+            failed.append(spec.name)
+        except RunStopped as exc:  # it saved and said how to resume it; the sweep says how to go on
+            held = checkpoints_held(RunDir(spec.path))[0] or "no checkpoint yet (it starts afresh)"
+            sweep_stopped(exc.exit_code - 128, [f"{spec.name} stopped, {held}"], len(todo) - k - 1, command)
     return failed
+
+
+def _refuse_live_writer(spec: Spec) -> None:
+    """A run still written by a live process (a sweep stopped without stopping its children, another
+    sweep of the same runs) is neither resumed nor restarted under it: one writer per run."""
+    lock = RunLock(spec.path)
+    if lock.holder() is not None:
+        lock.acquire()  # refuses, naming the holder, unless that process is gone (then taken over)
+        lock.release()
 
 
 def study_overrides(study: dict) -> list[str]:
