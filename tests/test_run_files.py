@@ -211,7 +211,8 @@ def test_compare_of_a_binary_metrics_file_is_one_line(run, trained, monkeypatch,
     (b'{"split": "train", "epoch": "one", "step": 2, "time": 0.5}\n', r"field 'epoch' is 'one', expected an integer"),
     (b"\x00\x9f\x92\x96 binary\n", r"not UTF-8 text: byte 0x9f at offset 1"),
     (b"[1, 2]\n", r"a JSON list, not an object"),
-], ids=["missing epoch", "epoch a string", "binary", "a list"])
+    (b'{"split": "val", "epoch": 1, "step": 2, "time": "late"}\n', r"field 'time' is 'late', expected a number"),
+], ids=["missing epoch", "epoch a string", "binary", "a list", "time a string"])
 def test_resume_refuses_a_bad_line_in_the_middle_naming_it(run, monkeypatch, capsys, bad, why):
     """A resume rewrites metrics.jsonl (records after the checkpoint dropped): skipping the line there
     would delete it for good, so it stops and names it; the file is left as it was."""

@@ -104,14 +104,18 @@ def _clean(v: Any) -> Any:
     return v
 
 
-#: the fields of every record (MetricsLog.log writes them): (accepts, what the message says is expected)
+#: the fields every reader of a record keys on (truncate, reports, plots): (accepts, what the message says is
+#: expected). Required; ``time`` (MetricsLog.log writes it too) is checked where present, as other values are not:
+#: readers take the numbers among them and pass over the rest.
 RECORD_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "split": (lambda v: isinstance(v, str) and v != "", "a split name (train, val)"),
     "epoch": (lambda v: _count(v), "an integer >= 0"),
     "step": (lambda v: _count(v), "an integer >= 0"),
+}
+OPTIONAL_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "time": (lambda v: _number(v), "a number of seconds"),
 }
-RECORD_HINT = "one JSON object per line with split, epoch, step and time, as train.py writes"
+RECORD_HINT = "one JSON object per line with split, epoch and step, as train.py writes"
 MAX_LINE = 1 << 20  # a record is well under 10 KiB: a longer line is not one (a binary file without newlines)
 
 
@@ -149,10 +153,10 @@ def _record(raw: bytes | None) -> dict:
         raise ValueError(f"not readable as JSON ({type(exc).__name__})") from None
     if not isinstance(record, dict):
         raise ValueError(f"a JSON {type(record).__name__}, not an object")
-    for field, (accepts, expected) in RECORD_FIELDS.items():
-        if field not in record:
+    for field, (accepts, expected) in {**RECORD_FIELDS, **OPTIONAL_FIELDS}.items():
+        if field not in record and field in RECORD_FIELDS:
             raise ValueError(f"no field {field!r}")
-        if not accepts(record[field]):
+        if field in record and not accepts(record[field]):
             raise ValueError(f"field {field!r} is {short(record[field], 60)}, expected {expected}")
     return record
 
