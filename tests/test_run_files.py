@@ -138,6 +138,16 @@ def test_a_bad_trainer_state_is_one_line_naming_the_file_and_field(run, trained,
     assert not (run / "eval").exists() and not (run.parent / "warm").exists()
 
 
+def test_a_bad_best_state_does_not_stop_a_resume_which_rewrites_best(run, monkeypatch, capsys, caplog):
+    """best is never resumed from: a resume goes on from last, and writes best again from it (before,
+    comparing the best epoch 'one' with 1 was a TypeError)."""
+    edit_state(run, lambda s: {**s, "epoch": "one"}, ("best",))
+    code, err = resume(run, monkeypatch, capsys)
+    assert code == 0, err[-3:]
+    assert read_state(run / "checkpoints" / "best")["epoch"] == 1
+    assert "repaired from last" in caplog.text and "falling back" not in caplog.text
+
+
 @pytest.mark.parametrize("field", list(STATE_SCHEMA))
 def test_every_field_of_the_state_schema_is_checked(tmp_path, field):
     """Each declared field refuses a value of another type, naming the file and the field (a string where

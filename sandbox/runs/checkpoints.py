@@ -127,9 +127,10 @@ def checkpoint_candidates(path: str | Path) -> list[Path]:
     if not found:
         why = f" ({'; '.join(problems)})" if problems else " (the run may have been stopped before its first save)"
         raise SandboxError(f"resume: {str(path)!r} has no complete checkpoint under checkpoints/{why}")
-    for p in problems:
-        log.warning("%s; falling back to an older checkpoint", p)
-    return [c for _, _, c in sorted(found, key=lambda f: (f[0], f[1]), reverse=True)]
+    ordered = [c for _, _, c in sorted(found, key=lambda f: (f[0], f[1]), reverse=True)]
+    for p in problems:  # a bad best (weights only, never resumed from) is one of them: no "older" then
+        log.warning("%s; skipped: the newest good checkpoint is checkpoints/%s", p, ordered[0].name)
+    return ordered
 
 
 def find_checkpoint(path: str | Path) -> Path:
