@@ -67,7 +67,9 @@ def epoch_table(records: list[dict]) -> list[dict[str, float]]:
     for r in records:
         if r.get("split") != "val":
             continue
-        row = {"epoch": r["epoch"], "time": float(r["time"]), "epoch_time": _number(r.get("epoch_time")),
+        seconds = _number(r.get("time"))  # NaN for a record without it (read_metrics requires split, epoch, step)
+        row = {"epoch": r["epoch"], "time": math.nan if seconds is None else seconds,
+               "epoch_time": _number(r.get("epoch_time")),
                "train_time": _number(r.get("train_time"))}
         if train[r["epoch"]]:
             row["train/loss"] = float(np.mean(train[r["epoch"]]))

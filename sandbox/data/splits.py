@@ -19,12 +19,13 @@ import csv
 import math
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Optional
 
 import numpy as np
 
-from sandbox.errors import ConfigError, SandboxError
+from sandbox.data.textfile import read_csv
+from sandbox.errors import ConfigError, SandboxError, short
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm")
 DEPTH_EXTS = IMAGE_EXTS + (".npy",)
@@ -249,6 +250,21 @@ def write_splits(splits: dict[str, list[Item]], dest_dir: str | Path) -> Path:
     return dest
 
 
+#: a split CSV: about 50 bytes a row, so millions of images; a bigger file is not a split list
+MAX_SPLIT_BYTES = 256 << 20
+SPLIT_HINT = "a UTF-8 CSV with the header stem,image[,mask][,depth], as train.py writes in runs/<name>/splits"
+
+
+def _inside(path: Path, line: int, column: str, value: str) -> str:
+    """A file a split names: a relative path below the data root (``a/b.png``). An absolute path or one
+    with ``..`` would make evaluate and training read files outside the dataset they were given."""
+    p = PurePosixPath(value.replace("\\", "/"))
+    if p.is_absolute() or ".." in p.parts or PureWindowsPath(value).drive:
+        raise SandboxError(f"{short(str(path))}: line {line}: {column} {short(value, 80)} is outside the data root; "
+                           "expected a path relative to data.root, without '..' (as train.py writes)")
+    return value
+
+
 def read_splits(src_dir: str | Path, root: Optional[str | Path] = None) -> dict[str, list[Item]]:
     """Read the CSVs written by :func:`write_splits`; with ``root``, every listed file must exist."""
     src = Path(src_dir)
@@ -259,10 +275,9 @@ def read_splits(src_dir: str | Path, root: Optional[str | Path] = None) -> dict[
     seen: dict[str, str] = {}
     for name in SPLITS:
         path = src / f"{name}.csv"
-        if not path.is_file():
+        if not path.exists():  # anything else that is not a regular file is named by read_csv
             raise SandboxError(f"{path}: missing; expected train.csv, val.csv and test.csv in {src}")
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
+        rows = read_csv(path, MAX_SPLIT_BYTES, SPLIT_HINT)
         if not rows or rows[0][:2] != ["stem", "image"] or not set(rows[0]) <= {"stem", "image", "mask", "depth"}:
             raise SandboxError(f"{path}: header {rows[0] if rows else []} is not stem,image[,mask][,depth]")
         cols = rows[0]
@@ -272,7 +287,7 @@ def read_splits(src_dir: str | Path, root: Optional[str | Path] = None) -> dict[
                 continue
             if len(row) != len(cols):
                 raise SandboxError(f"{path}: line {line} has {len(row)} fields, expected {len(cols)} ({','.join(cols)})")
-            rec = {c: (v or None) for c, v in zip(cols, row)}
+            rec = {c: (_inside(path, line, c, v) if c != "stem" and v else v or None) for c, v in zip(cols, row)}
             if rec["stem"] in seen:
                 raise SandboxError(f"{path}: line {line}: {rec['stem']!r} is also in {seen[rec['stem']]}; "
                                    "expected disjoint splits")

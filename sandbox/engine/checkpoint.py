@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from sandbox.build import build_model
 from sandbox.config import Config
 from sandbox.config.loading import read_yaml, save_config
 from sandbox.errors import SandboxError
@@ -30,6 +31,7 @@ except ImportError:  # pragma: no cover - Accelerate depends on safetensors
     SafetensorError = OSError
 from sandbox.runs.checkpoints import (SCHEDULES_FILE, UnreadableFile, check_files, commit_checkpoint, load_safely,
                                       read_state, resumed_run, weights_file)
+from sandbox.runs.load import checkpoint_weights, fitting_width, shape_mismatches
 from sandbox.runs.rundir import RunDir, resume_line
 from sandbox.runs.warm import check_not_resumed
 
@@ -115,7 +117,7 @@ class Checkpoints:
             return
         try:
             held = read_state(best_dir).get("epoch") if (best_dir / "trainer_state.json").is_file() else None
-        except (OSError, ValueError):
+        except SandboxError:  # a bad state file: best is written again from the resumed checkpoint
             held = None
         if held is not None and held >= best_epoch:
             return
@@ -161,8 +163,8 @@ class Checkpoints:
         self._check_same_experiment(ckpt, saved_cfg)
         try:
             saved_state = read_state(ckpt)
-        except (OSError, ValueError) as exc:
-            raise CorruptCheckpoint(f"checkpoint {str(ckpt)!r} has no readable trainer state ({exc})") from None
+        except SandboxError as exc:  # read_state's line names the file and the field
+            raise CorruptCheckpoint(str(exc)) from None
         try:  # every pickled file, safely, before Accelerate reads any; an unsafe one stops here
             check_files(ckpt)
         except UnreadableFile as exc:
@@ -174,6 +176,7 @@ class Checkpoints:
             with _without_legacy_schedules(ckpt) as src:
                 self.acc.load_state(src)
         except Exception as exc:  # a torn or foreign file: say which checkpoint, not where in torch
+            self._check_same_shapes(ckpt)  # weights of another model: say which tensor, and what would fit
             raise CorruptCheckpoint(f"checkpoint {str(ckpt)!r} could not be loaded ({type(exc).__name__}: "
                                     f"{str(exc).splitlines()[0][:200]})") from None
         state.update(saved_state)
@@ -193,6 +196,30 @@ class Checkpoints:
             if diff:
                 raise SandboxError(f"checkpoint {str(ckpt)!r} was trained {what} ({', '.join(diff)}); resume with "
                                    f"the run's own config: {resume_line(self.run.path)}")
+
+    def _check_same_shapes(self, ckpt: Path) -> None:
+        """After a failed load: weights whose tensors do not fit the model this config builds (its
+        config.yaml edited after training, or weights copied in from another run) are one line naming the
+        first tensor with both shapes and, where one fits, the model.width they were trained with. Not a
+        corrupt checkpoint: every other one of the run would fail alike, so there is no falling back."""
+        try:
+            state = checkpoint_weights(ckpt)
+        except SandboxError:  # unreadable weights: a corrupt checkpoint after all
+            return
+        own = build_model(self.cfg).state_dict()
+        shapes = shape_mismatches(state, own, "in the checkpoint", "in the model")
+        missing, extra = [k for k in own if k not in state], [k for k in state if k not in own]
+        if not (shapes or missing or extra):
+            return
+        parts = shapes[:1] + [f"{what} {', '.join(keys[:2])}" for what, keys in
+                              (("missing", missing), ("unexpected", extra)) if keys and not shapes]
+        width = fitting_width(self.cfg, state) if shapes else None
+        fix = (f"they fit model.width={width}, config.yaml says {self.cfg.model.width}" if width else
+               "another model section than config.yaml")
+        raise SandboxError(f"checkpoint {str(ckpt)!r} holds weights of another model than its config.yaml builds "
+                           f"({'; '.join(parts)}; {fix}): was config.yaml edited after training? restore the model "
+                           f"section the run was trained with, then resume: python sandbox/train.py --resume "
+                           f"{self.run.path}")
 
     def _check_same_schedule(self, ckpt: Path, saved_train: dict, saved_state: dict, steps_per_epoch: int) -> None:
         """A step-shaped LR schedule is sized by the run length: a resumed run must keep it, or the

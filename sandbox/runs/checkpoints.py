@@ -27,11 +27,12 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from safetensors.torch import load_file
 
-from sandbox.errors import SandboxError
+from sandbox.data.textfile import read_text
+from sandbox.errors import SandboxError, short
 from sandbox.nn.weights import UnreadableFile, UnsafeFile, load_safely  # noqa: F401  (re-exported)
 
 log = logging.getLogger("sandbox")
@@ -89,7 +90,7 @@ def weights_only(ckpt: str | Path) -> bool:
     """Whether a checkpoint holds weights only (``best``): it cannot be resumed from exactly."""
     try:
         return bool(read_state(Path(ckpt)).get("weights_only"))
-    except (OSError, ValueError):
+    except SandboxError:  # unreadable: check_complete names why where the checkpoint is needed
         return False
 
 
@@ -126,9 +127,10 @@ def checkpoint_candidates(path: str | Path) -> list[Path]:
     if not found:
         why = f" ({'; '.join(problems)})" if problems else " (the run may have been stopped before its first save)"
         raise SandboxError(f"resume: {str(path)!r} has no complete checkpoint under checkpoints/{why}")
-    for p in problems:
-        log.warning("%s; falling back to an older checkpoint", p)
-    return [c for _, _, c in sorted(found, key=lambda f: (f[0], f[1]), reverse=True)]
+    ordered = [c for _, _, c in sorted(found, key=lambda f: (f[0], f[1]), reverse=True)]
+    for p in problems:  # a bad best (weights only, never resumed from) is one of them: no "older" then
+        log.warning("%s; skipped: the newest good checkpoint is checkpoints/%s", p, ordered[0].name)
+    return ordered
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -142,18 +144,94 @@ def resumed_run(path: str | Path) -> Path:
 
 
 def check_complete(ckpt: Path) -> Path:
-    try:
-        state = json.loads((ckpt / STATE_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SandboxError(f"checkpoint {str(ckpt)!r} is corrupt: {STATE_FILE} unreadable ({exc})") from None
-    missing = [f for f in state.get("files", []) if not (ckpt / f).exists()]
+    """``ckpt`` when its state file is valid (:func:`read_state`) and every file it lists exists."""
+    missing = [f for f in read_state(ckpt).get("files", []) if not (ckpt / f).exists()]
     if missing:
         raise SandboxError(f"checkpoint {str(ckpt)!r} is incomplete: missing {', '.join(missing[:5])}")
     return ckpt
 
 
+def _int(v: Any, lowest: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= lowest
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _listed(v: Any) -> bool:
+    """A file of the checkpoint: a relative path inside it (the list is checked for existence)."""
+    return isinstance(v, str) and v != "" and not v.startswith(("/", "\\")) and ".." not in Path(v).parts
+
+
+#: trainer_state.json, field by field: (accepts, what the message says is expected). Every field is
+#: optional (a missing one is a fresh run's value: the state files of earlier versions lack the newer
+#: ones), but a present one must pass, so that no reader meets a string where it counts epochs. Fields
+#: not listed are accepted and carried over unread: nothing in the sandbox reads them, so they cannot
+#: break it, and a run written by a later version (a field added) still evaluates and resumes.
+STATE_SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "epoch": (lambda v: _int(v, 0), "an integer >= 0 (epochs completed)"),
+    "step": (lambda v: _int(v, 0), "an integer >= 0 (optimizer steps done)"),
+    "batch": (lambda v: _int(v, 0), "an integer >= 0 (batches done in the epoch under way)"),
+    "best": (lambda v: v is None or _number(v), "a number or null (the best monitored value)"),
+    "best_epoch": (lambda v: v is None or _int(v, 1), "an integer >= 1 or null"),
+    "best_loss": (lambda v: v is None or _number(v), "a number or null"),
+    "wandb_id": (lambda v: v is None or isinstance(v, str), "a string or null (the W&B run id)"),
+    "elapsed": (lambda v: _number(v) and v >= 0, "a number of seconds >= 0"),
+    "skipped": (lambda v: _int(v, 0), "an integer >= 0 (batches skipped)"),
+    "sums": (lambda v: isinstance(v, dict) and all(map(_number, v.values())), "an object of numbers"),
+    "count": (lambda v: _int(v, 0), "an integer >= 0"),
+    "epoch_sums": (lambda v: isinstance(v, dict) and all(map(_number, v.values())), "an object of numbers"),
+    "epoch_count": (lambda v: _int(v, 0), "an integer >= 0"),
+    "steps_per_epoch": (lambda v: v is None or _int(v, 1), "an integer >= 1 or null"),
+    "loss_min": (lambda v: v is None or _number(v), "a number or null"),
+    "loss_min_step": (lambda v: v is None or _int(v, 0), "an integer >= 0 or null"),
+    "diverged_at": (lambda v: v is None or _int(v, 0), "an integer >= 0 or null (a step)"),
+    "early_stop_wait": (lambda v: _int(v, 0), "an integer >= 0 (epochs without an improvement)"),
+    "stopped_early": (lambda v: v is None or isinstance(v, str), "a string or null (why the run stopped)"),
+    "weights_only": (lambda v: isinstance(v, bool), "true or false"),
+    "files": (lambda v: isinstance(v, list) and all(map(_listed, v)),
+              "a list of the checkpoint's files, as paths inside it"),
+}
+#: a trainer state is well under 10 KiB; a bigger file is another file (a dataset, a checkpoint)
+MAX_STATE_BYTES = 1 << 20
+STATE_HINT = "the JSON object train.py writes (epoch, step, best, ...)"
+
+
 def read_state(ckpt: Path) -> dict:
-    return json.loads((Path(ckpt) / STATE_FILE).read_text())
+    """The trainer state of a checkpoint directory (``trainer_state.json``), checked against
+    :data:`STATE_SCHEMA`: the one reader of the file, so every command refuses a bad one alike, in one
+    :class:`SandboxError` line naming the file, the field and what is expected."""
+    path = Path(ckpt) / STATE_FILE
+    text = read_text(path, MAX_STATE_BYTES, STATE_HINT)  # a regular file, bounded, UTF-8
+    path = short(str(path))
+    try:
+        state = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SandboxError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+                           f"expected {STATE_HINT}") from None
+    except (RecursionError, ValueError) as exc:  # nested past Python's limit; an int of over 4300 digits
+        raise SandboxError(f"{path}: not readable as JSON ({type(exc).__name__}); expected {STATE_HINT}") from None
+    if not isinstance(state, dict):
+        raise SandboxError(f"{path}: a JSON {type(state).__name__} at the top level; expected {STATE_HINT}")
+    for field, (accepts, expected) in STATE_SCHEMA.items():
+        if field in state and not accepts(state[field]):
+            raise SandboxError(f"{path}: field {field!r} {_culprit(field, state[field])}; expected {expected}")
+    return state
+
+
+#: what each entry of a list or object field must be: a message names the first one that is not
+ENTRIES: dict[str, Callable[[Any], bool]] = {"files": _listed, "sums": _number, "epoch_sums": _number}
+
+
+def _culprit(field: str, value: Any) -> str:
+    """``is <value>``, or for a list or object of the right kind ``has <entry>`` (the first bad one)."""
+    kind = list if field == "files" else dict
+    if field in ENTRIES and isinstance(value, kind):
+        entries = enumerate(value) if kind is list else value.items()
+        key, bad = next((k, v) for k, v in entries if not ENTRIES[field](v))
+        return f"has {short(bad, 80)} (entry {short(key, 40)})"
+    return f"is {short(value, 80)}"
 
 
 def commit_checkpoint(tmp: Path, final: Path, state: dict) -> None:

@@ -10,6 +10,7 @@ trained with); the run's ``config.yaml`` is the fallback for checkpoints without
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from pathlib import Path
@@ -108,12 +109,42 @@ def checkpoint_weights(ckpt: Path) -> dict:
     return state_dict_of(path)
 
 
-def load_weights(model: nn.Module, path: Path, config_path: Path | str) -> None:
-    """Load a weights file into ``model``; a mismatch names the first differing keys."""
+def shape_mismatches(state: dict, own: dict, there: str = "there", here: str = "here") -> list[str]:
+    """``name: (checkpoint shape) there, (model shape) here`` for each tensor of ``own`` (a model's
+    state_dict) that ``state`` holds with another shape, in the model's order."""
+    return [f"{k}: {tuple(state[k].shape)} {there}, {tuple(v.shape)} {here}" for k, v in own.items()
+            if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
+
+
+def fitting_width(cfg: Config, state: dict) -> Optional[int]:
+    """The ``model.width`` whose model has every tensor of ``state`` at its shape (the rest of the model
+    section as in ``cfg``), or None. The candidate comes from the first mismatching tensor (its widths
+    scale with model.width) and is checked by building that model: a hint is given only when it is true."""
+    if cfg.model.widths is not None:  # explicit stage widths: model.width is not what sets them
+        return None
+    own = build_model(cfg).state_dict()
+    first = next((k for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)), None)
+    if first is None:
+        return None
+    ratios = {a / b for a, b in zip(state[first].shape, own[first].shape) if a != b and b}
+    width = cfg.model.width * ratios.pop() if len(ratios) == 1 else None
+    if width is None or width != int(width) or not 1 <= width <= 4096:
+        return None
+    try:
+        other = build_model(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, width=int(width))))
+    except (SandboxError, ValueError, RuntimeError):  # a width the model refuses (e.g. its norm's groups)
+        return None
+    fits = other.state_dict()
+    same = all(tuple(state[k].shape) == tuple(v.shape) for k, v in fits.items() if k in state)
+    return int(width) if same else None
+
+
+def load_weights(model: nn.Module, path: Path, config_path: Path | str, cfg: Optional[Config] = None) -> None:
+    """Load a weights file into ``model``; a mismatch names the first differing keys (with ``cfg``, the
+    model.width the weights fit, where one does)."""
     state = state_dict_of(path)
     own = model.state_dict()
-    shapes = [f"{k}: {tuple(state[k].shape)} there, {tuple(v.shape)} here" for k, v in own.items()
-              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    shapes = shape_mismatches(state, own)
     # keys counted by load_state_dict itself, after the model's load hooks (which fill in what checkpoints
     # of earlier versions lack, e.g. the EMA update count); the model is discarded on a mismatch
     missing, extra = [k for k in own if k not in state], [k for k in state if k not in own]
@@ -122,8 +153,11 @@ def load_weights(model: nn.Module, path: Path, config_path: Path | str) -> None:
     if shapes or missing or extra:
         parts = shapes[:2] + ([f"missing {', '.join(missing[:2])}"] if missing else []) \
             + ([f"unexpected {', '.join(extra[:2])}"] if extra else [])
+        width = fitting_width(cfg, state) if cfg is not None and shapes else None
+        fix = (f"they fit model.width={width} ({config_path} says {cfg.model.width}): was it edited? restore "
+               "model.width" if width else "restore the model section it was trained with")
         raise SandboxError(f"checkpoint {str(path)!r} was trained with a different model config than "
-                           f"{config_path} ({'; '.join(parts)}); restore the model section it was trained with")
+                           f"{config_path} ({'; '.join(parts)}); {fix}")
 
 
 def load_run(run_dir: str | Path, which: str = "best", overrides: Sequence[str] = (),
@@ -145,7 +179,7 @@ def load_run(run_dir: str | Path, which: str = "best", overrides: Sequence[str] 
                            f"{', '.join(cfg.loss)}); expected a segmentation run (loss.mask), e.g. from "
                            "configs/unet_dice.yaml")
     model = build_model(cfg)
-    load_weights(model, weights_file(ckpt), cfg.source)
+    load_weights(model, weights_file(ckpt), cfg.source, cfg)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = model.to(device).eval()
     if cfg.train.channels_last:

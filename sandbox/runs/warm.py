@@ -44,10 +44,10 @@ def init_source(spec: str | Path) -> Path:
         if (path / "checkpoints").is_dir():
             try:
                 return check_complete(best)  # weights only (no optimizer): all a warm start needs
-            except SandboxError:
+            except SandboxError as exc:
                 newest = checkpoint_candidates(path)[0]
-                log.warning("train.init_from: %s has no complete checkpoints/best; using checkpoints/%s instead",
-                            path, newest.name)
+                log.warning("train.init_from: %s has no complete checkpoints/best (%s); using checkpoints/%s instead",
+                            path, exc, newest.name)
                 return newest
         return checkpoint_candidates(path)[0]
     except SandboxError as exc:

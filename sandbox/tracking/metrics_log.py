@@ -8,8 +8,10 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
+from sandbox.data.textfile import open_regular
+from sandbox.errors import SandboxError, short
 from sandbox.runs.rundir import inside, write_atomic
 from sandbox.tracking.trackers import log_masks, log_picture
 
@@ -30,22 +32,23 @@ def from_one(records: list[dict]) -> list[dict]:
 def truncate_metrics(path: Path, epoch: int, step: int) -> int:
     """Drop records written after the checkpoint being resumed (``epoch`` epochs done, ``step``
     steps), so the file reads as if the run had never stopped (an old file counting epochs from 0 is
-    rewritten from 1, so that the resumed run appends alike). Atomic; returns records dropped."""
+    rewritten from 1, so that the resumed run appends alike). Atomic; returns records dropped.
+    A line that is not a record (but a torn last one) stops the resume, naming it: the file is rewritten
+    here, and dropping the line would lose it for good (read-only readers skip it with a warning)."""
     path = Path(path)
     if not path.exists():
         return 0
-    lines = path.read_text().splitlines()
-    records = []
-    for line in lines:
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a line torn by the kill
-            continue
+    records, bad, lines = scan_metrics(path)
+    if bad:
+        n, why = bad[0]
+        more = f" ({len(bad) - 1} more such line(s))" if len(bad) > 1 else ""
+        raise SandboxError(f"{short(str(path))}: line {n} is not a metrics record ({why}){more}; expected "
+                           f"{RECORD_HINT}: fix or delete the line, then resume (a resume rewrites the file)")
     renumbered = from_one(records)
-    keep = [r for r in renumbered if r.get("step", 0) <= step and (r.get("split") != "val" or r.get("epoch", 0) <= epoch)]
-    if len(keep) != len(lines) or renumbered is not records:
+    keep = [r for r in renumbered if r["step"] <= step and (r["split"] != "val" or r["epoch"] <= epoch)]
+    if len(keep) != lines or renumbered is not records:
         write_atomic(path, "".join(json.dumps(r) + "\n" for r in keep))
-    return len(lines) - len(keep)
+    return lines - len(keep)
 
 
 class MetricsLog:
@@ -101,16 +104,93 @@ def _clean(v: Any) -> Any:
     return v
 
 
+#: the fields every reader of a record keys on (truncate, reports, plots): (accepts, what the message says is
+#: expected). Required; ``time`` (MetricsLog.log writes it too) is checked where present, as other values are not:
+#: readers take the numbers among them and pass over the rest.
+RECORD_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "split": (lambda v: isinstance(v, str) and v != "", "a split name (train, val)"),
+    "epoch": (lambda v: _count(v), "an integer >= 0"),
+    "step": (lambda v: _count(v), "an integer >= 0"),
+}
+OPTIONAL_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "time": (lambda v: _number(v), "a number of seconds"),
+}
+RECORD_HINT = "one JSON object per line with split, epoch and step, as train.py writes"
+MAX_LINE = 1 << 20  # a record is well under 10 KiB: a longer line is not one (a binary file without newlines)
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _lines(f) -> Iterator[bytes | None]:
+    """The lines of a binary file, ``None`` for one over :data:`MAX_LINE` (skipped, never held whole)."""
+    while True:
+        line = f.readline(MAX_LINE + 1)
+        if not line:
+            return
+        if len(line) > MAX_LINE and not line.endswith(b"\n"):
+            while line and not line.endswith(b"\n"):
+                line = f.readline(MAX_LINE)
+            yield None
+        else:
+            yield line
+
+
+def _record(raw: bytes | None) -> dict:
+    """One line as a record; else ``ValueError`` saying why in a few words."""
+    if raw is None:
+        raise ValueError(f"over {MAX_LINE >> 20} MiB long")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start}") from None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc.msg} at column {exc.colno}") from None
+    except (RecursionError, ValueError) as exc:
+        raise ValueError(f"not readable as JSON ({type(exc).__name__})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"a JSON {type(record).__name__}, not an object")
+    for field, (accepts, expected) in {**RECORD_FIELDS, **OPTIONAL_FIELDS}.items():
+        if field not in record and field in RECORD_FIELDS:
+            raise ValueError(f"no field {field!r}")
+        if field in record and not accepts(record[field]):
+            raise ValueError(f"field {field!r} is {short(record[field], 60)}, expected {expected}")
+    return record
+
+
+def scan_metrics(path: Path) -> tuple[list[dict], list[tuple[int, str]], int]:
+    """``(records, bad lines as (line number, why), lines in the file)`` of a metrics.jsonl, read line by
+    line (a file of any size). Blank lines are skipped; a last line without its newline that does not
+    parse is one torn by a kill, which is normal: it is dropped, not bad."""
+    records, bad, n = [], [], 0
+    with open_regular(path, RECORD_HINT) as f:  # a FIFO in its place would block the read forever
+        for n, raw in enumerate(_lines(f), start=1):
+            if raw is not None and not raw.strip():
+                continue
+            try:
+                records.append(_record(raw))
+            except ValueError as exc:
+                bad.append((n, str(exc)))
+        # a kill mid-write tears the last line: it lacks its newline and is not JSON (a prefix of a record
+        # never is); normal, dropped, the rest is still good
+        if bad and bad[-1][0] == n and raw is not None and not raw.endswith(b"\n") \
+                and bad[-1][1].startswith("not JSON"):
+            bad.pop()
+    return records, bad, n
+
+
 def read_metrics(path: Path) -> list[dict]:
+    """The records of a run's metrics.jsonl (epochs from 1, :func:`from_one`), for the readers that only
+    look (compare, reports, plots): a line that is not a record is skipped with one warning naming it,
+    so the rest of a run's history stays readable; a resume refuses it (:func:`truncate_metrics`)."""
     path = Path(path)
     if not path.exists():
         return []
-    records = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill: the rest is still good
+    records, bad, _ = scan_metrics(path)
+    if bad:
+        log.warning("%s: skipped %d line(s) that are not metrics records (line %d: %s); expected %s",
+                    short(str(path)), len(bad), bad[0][0], bad[0][1], RECORD_HINT)
     return from_one(records)

@@ -15,12 +15,14 @@ trainer_state.json), never a history row, so they open no new segment at step 0.
 """
 from __future__ import annotations
 
-import json
 import logging
 import netrc
 import os
 import secrets
 from pathlib import Path
+
+from sandbox.errors import SandboxError
+from sandbox.runs.checkpoints import read_state
 
 log = logging.getLogger("sandbox")
 
@@ -128,9 +130,9 @@ def to_summary(track, run_dir: Path, values: dict, media: dict[str, Path] | None
     mode = resolve_wandb_mode(track.wandb)
     if mode == "disabled" or "wandb" not in track.report_to:
         return False
-    try:
-        state = json.loads((Path(run_dir) / "checkpoints" / "last" / "trainer_state.json").read_text())
-    except (OSError, ValueError):
+    try:  # the one reader of the file (checked against its schema: wandb_id a string)
+        state = read_state(Path(run_dir) / "checkpoints" / "last")
+    except SandboxError:
         state = {}
     if not state.get("wandb_id"):
         log.info("W&B: %s has no W&B run (trained without it); results stay in its files", run_dir)
