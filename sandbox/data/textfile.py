@@ -26,6 +26,11 @@ def _size(n: int) -> str:
     return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB" if n >= 1 << 10 else f"{n} bytes"
 
 
+def kind_of(mode: int) -> str:
+    """What a file of ``os.stat`` mode ``mode`` is, for a message (``a FIFO (named pipe)``)."""
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
 def open_regular(path: str | Path, expected: str) -> BinaryIO:
     """``path`` open for binary reading; anything but a regular file (a FIFO, a device, a directory) is
     refused in one line naming what it is. ``expected``: what the file should be, for the message."""
@@ -36,8 +41,7 @@ def open_regular(path: str | Path, expected: str) -> BinaryIO:
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
-        raise SandboxError(f"{short(str(path))}: {kind}, not a regular file; expected {expected}")
+        raise SandboxError(f"{short(str(path))}: {kind_of(mode)}, not a regular file; expected {expected}")
     os.set_blocking(fd, True)
     return os.fdopen(fd, "rb")
 

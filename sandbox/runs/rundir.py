@@ -16,6 +16,7 @@ import shlex
 import stat
 from pathlib import Path
 
+from sandbox.data.textfile import kind_of
 from sandbox.errors import SandboxError
 from sandbox.invocation import command
 from sandbox.runs.checkpoints import checkpoint_candidates, read_state
@@ -112,9 +113,9 @@ def check_tree(run: str | Path) -> None:
                 raise SandboxError(f"{str(p)!r} is a symbolic link (to {str(os.readlink(p))!r}); a run directory "
                                    "holds plain files and folders only, so the sandbox neither reads nor writes "
                                    "through it: remove it, or copy the real file in its place")
-            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-                raise SandboxError(f"{str(p)!r} is not a regular file (a FIFO, socket or device); a run directory "
-                                   "holds plain files and folders only: remove it")
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a read of it would block or never end
+                raise SandboxError(f"{str(p)!r}: {kind_of(mode)}, not a regular file; expected a run directory "
+                                   "of plain files and folders: remove it")
 
 
 def write_atomic(path: str | Path, text: str) -> Path:
