@@ -142,3 +142,27 @@ def test_the_evaluator_never_touches_the_callers_random_stream(tmp_path):
     c2st(torch.randn(20, 4, generator=torch.Generator().manual_seed(0)), torch.zeros(20, 4))
     assert torch.equal(torch.rand(3), expected)
     assert np.isfinite(list(attractor_evaluator(tmp_path, SIZE, 6, 3, 16).meta["heldout"].values())).all()
+
+
+def test_score_run_adds_the_domain_metrics_to_an_attractor_runs_eval_json(tmp_path, monkeypatch, capsys, evaluator):
+    """A tiny flow run on 16 px attractors scored by score_run: eval/val.json holds every DOMAIN_KEY, from the
+    evaluator of the run's data seed and size in the cache directory given (here the module's tiny one)."""
+    import json
+
+    import sandbox.metrics.render_back as rb
+    from sandbox.analysis.probe import DOMAIN_KEYS, EVAL_KEYS, score_run
+    from tests.conftest import ROOT, train_cli
+
+    asked = []
+    monkeypatch.setattr(rb, "attractor_evaluator", lambda cache, size, seed: asked.append((cache, size, seed)) or evaluator)
+    code, out = train_cli(monkeypatch, capsys, "--config", str(ROOT / "configs/flow_attractors.yaml"),
+                          f"out_dir={tmp_path}", "name=tiny", f"data.size={SIZE}", "data.num_train=8",
+                          "data.num_val=8", "data.batch_size=8", "model.width=4", "model.depth=2",
+                          "model.sample_steps=2", "train.epochs=1", "train.fid_samples=0", "train.num_images=0",
+                          "track.wandb=disabled", "train.mixed_precision=no", "train.scheduler=none")
+    assert code == 0, out
+    ev = json.loads(score_run(tmp_path / "tiny", "val", samples=8, fit=0, evaluators=tmp_path / "cache").read_text())
+    assert asked == [(tmp_path / "cache", SIZE, 0)]
+    assert set(DOMAIN_KEYS) <= set(ev["means"]) <= set(EVAL_KEYS)
+    assert 0 <= ev["means"]["c2st_auc_lo"] <= ev["means"]["c2st_auc"] <= ev["means"]["c2st_auc_hi"] <= 1
+    assert ev["evaluator"]["images"] == IMAGES and ev["evaluator_heldout"]
