@@ -166,3 +166,29 @@ def test_score_run_adds_the_domain_metrics_to_an_attractor_runs_eval_json(tmp_pa
     assert set(DOMAIN_KEYS) <= set(ev["means"]) <= set(EVAL_KEYS)
     assert 0 <= ev["means"]["c2st_auc_lo"] <= ev["means"]["c2st_auc"] <= ev["means"]["c2st_auc_hi"] <= 1
     assert ev["evaluator"]["images"] == IMAGES and ev["evaluator_heldout"]
+
+
+def test_utkface_names_give_age_gender_race_and_malformed_ones_are_left_out():
+    from sandbox.metrics.face_evaluator import utkface_labels
+
+    assert utkface_labels("faces/26_1_3_20170119.jpg.chip.jpg") == (26, 1, 3)
+    assert utkface_labels("39_1_20170116174525125.jpg.chip.jpg") is None  # UTKFace's few names without race
+    assert utkface_labels("portrait.jpg") is None
+
+
+def test_the_face_evaluator_learns_from_the_train_split_of_the_shared_faces_only(tmp_path):
+    from sandbox.data.folders import ImageFolder
+    from sandbox.metrics.face_evaluator import face_evaluator, is_utkface
+    from tests.conftest import SHARED_DATA
+
+    root = SHARED_DATA / "faces"
+    if not root.is_dir():
+        pytest.skip(f"{root} absent")
+    train, val = (ImageFolder(root, split=s, image_dir=".", size=SIZE, seed=0) for s in ("train", "val"))
+    assert is_utkface(train)
+    ev = face_evaluator(tmp_path, train, data_seed=0, steps=3, images=24)
+    assert ev.meta["split"] == "train" and len(ev.meta["indices"]) == 24
+    assert {train.items[i].image for i in ev.meta["indices"]}.isdisjoint({it.image for it in val.items})
+    assert set(ev.meta["heldout"]) == {"r2_log_age", "acc_gender", "acc_race"} and ev.features(val[0]["image"][None]).shape == (1, 128)
+    with pytest.raises(SandboxError, match="train split only"):
+        face_evaluator(tmp_path, val, data_seed=0, steps=3, images=24)

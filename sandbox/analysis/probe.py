@@ -64,8 +64,8 @@ def probe_run(cfg: Config, model, split: str = "test", samples: int = 512, fit: 
     for name, images in sets.items():
         res.update({f"{k}_{name}": v for k, v in sample_scores(fr, own_features(images), seed=cfg.seed).items()})
         res.update({f"{k}_{name}": v for k, v in spectrum_scores(real, images).items()})
-    if evaluators is not None and cfg.data.name in DOMAIN_DATASETS:
-        res.update(domain_metrics(cfg, real, sets, evaluators))
+    if evaluators is not None:
+        res.update(domain_metrics(cfg, real, sets, evaluators, train))
     if nearest_max:
         res.update(nearest_train(train, {"samples": fake, "heldout": real}, nearest_max, cfg.seed))
     if inception is not None:
@@ -87,27 +87,35 @@ def probe_run(cfg: Config, model, split: str = "test", samples: int = 512, fit: 
     return res
 
 
-DOMAIN_DATASETS = ("attractors",)  # datasets with a trained evaluator (sandbox.metrics.render_back)
 DOMAIN_KEYS = ("fid_domain", "kid_domain", "precision_domain", "recall_domain", "validity", "param_coverage",
                "param_w1", "c2st_auc", "c2st_auc_lo", "c2st_auc_hi", "c2st_nll_gain")
 
 
-def domain_metrics(cfg: Config, real: torch.Tensor, sets: dict[str, torch.Tensor], cache: str | Path) -> dict:
+def domain_metrics(cfg: Config, real: torch.Tensor, sets: dict[str, torch.Tensor], cache: str | Path, train) -> dict:
     """The trained evaluator's numbers for each image set of ``sets`` against ``real`` (``<key>_<set>``, keys
-    :data:`DOMAIN_KEYS`): Fréchet distance, KID, precision/recall in its features, render-back validity and
-    parameter coverage, the classifier two-sample test on its features (:mod:`sandbox.metrics.evaluators`,
-    :mod:`sandbox.metrics.render_back`, :mod:`sandbox.metrics.two_sample`). The evaluator is trained on the
-    train split of ``cfg``'s data seed and size once, then read from ``cache``."""
+    :data:`DOMAIN_KEYS`): Fréchet distance, KID, precision/recall in its features, the classifier two-sample
+    test on them and, for attractors, render-back validity and parameter coverage (:mod:`sandbox.metrics.
+    evaluators`, ``render_back``, ``face_evaluator``, ``two_sample``). The evaluator learns from the train split
+    (``train``; attractors: the train stream of ``cfg``'s data seed and size) once, then is read from ``cache``.
+    Datasets without an evaluator (neither attractors nor UTKFace names): ``{}``."""
     from sandbox.metrics.evaluators import domain_scores
+    from sandbox.metrics.face_evaluator import face_evaluator, is_utkface
     from sandbox.metrics.render_back import attractor_evaluator, attractor_scores
     from sandbox.metrics.two_sample import c2st
 
-    ev = attractor_evaluator(cache, cfg.data.size, cfg.seed)
+    if cfg.data.name == "attractors":
+        ev = attractor_evaluator(cache, cfg.data.size, cfg.seed)
+    elif is_utkface(train):
+        ev = face_evaluator(cache, train, cfg.seed)
+    else:
+        return {}
     fr = ev.features(real)
     res = {"evaluator": ev.meta["key"], "evaluator_heldout": ev.meta["heldout"]}
     for name, images in sets.items():
         scores = {**domain_scores(ev, real, images, seed=cfg.seed, real_features=fr),
-                  **attractor_scores(ev, real, images, seed=cfg.seed), **c2st(fr, ev.features(images), seed=cfg.seed)}
+                  **c2st(fr, ev.features(images), seed=cfg.seed)}
+        if cfg.data.name == "attractors":
+            scores.update(attractor_scores(ev, real, images, seed=cfg.seed))
         res.update({f"{k}_{name}": v for k, v in scores.items()})
     return res
 
@@ -117,7 +125,7 @@ SAMPLE_KEYS = ("fid_own", "kid_own", "precision", "recall", "diversity", "spectr
 # noise (seeded ``seed``): a run whose epoch was picked by its per-epoch kid_own (a GAN's monitor) would
 # otherwise be scored on the very samples that picked it.
 SCORE_NOISE_OFFSET = 10_007
-# what score_run writes (DOMAIN_KEYS: attractor runs only; others read n/a, as a model without encoder's probe)
+# what score_run writes (DOMAIN_KEYS: datasets with an evaluator, validity and param_*: attractors; others read n/a)
 EVAL_KEYS = (*SAMPLE_KEYS, *DOMAIN_KEYS, "probe_r2_linear", "probe_r2_kernel", "sample_time_per_100")
 
 
@@ -128,7 +136,7 @@ def score_run(run: str | Path, split: str = "val", samples: int | None = None, f
     :data:`EVAL_KEYS`, the latent probe only for models with an encoder), from fresh noise
     (:data:`SCORE_NOISE_OFFSET`). ``samples``/``fit`` (None: the
     run's ``train.fid_samples``/``train.probe_samples``): samples scored against every image of the split,
-    training images the probe fits on. Attractor runs add :data:`DOMAIN_KEYS` from the trained evaluator cached in
+    training images the probe fits on. Attractor and UTKFace runs add :data:`DOMAIN_KEYS` from the evaluator cached in
     ``evaluators`` (None: ``<cfg.out_dir>/.evaluators``, beside the runs, outside the project's tracked tree).
     Returns the file."""
     from sandbox.analysis.evaluation import eval_config, free_stem
