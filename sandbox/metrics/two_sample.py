@@ -22,14 +22,14 @@ from sandbox.nn.core import Encoder
 
 def auc_delong(pos: torch.Tensor, neg: torch.Tensor) -> tuple[float, float, float]:
     """ROC AUC of scores ``pos`` (should be high) against ``neg`` with DeLong's 95 % interval (clipped to [0, 1];
-    all scores tied: the null's standard error)."""
+    where DeLong's variance is 0, all scores tied or perfectly separated: the null's standard error)."""
     pos, neg = pos.double().flatten(), neg.double().flatten()
     psi = (pos[:, None] > neg[None]).double() + 0.5 * (pos[:, None] == neg[None]).double()
     auc = float(psi.mean())
     v10, v01 = psi.mean(1), psi.mean(0)
     se = math.sqrt(max(float(v10.var() / len(pos) + v01.var() / len(neg)), 0.0))
-    if se == 0.0:  # every score tied (a classifier that learned nothing): DeLong's estimate degenerates to 0;
-        # use the Mann-Whitney null's standard error instead, not a zero-width interval
+    if se == 0.0:  # every score tied (a classifier that learned nothing) or perfect separation: DeLong's estimate
+        # degenerates to 0; the Mann-Whitney null's standard error instead (conservative), not a zero-width interval
         se = math.sqrt((len(pos) + len(neg) + 1) / (12 * len(pos) * len(neg)))
     return auc, max(0.0, auc - 1.96 * se), min(1.0, auc + 1.96 * se)
 
