@@ -29,14 +29,15 @@ NEAREST_MAX = 10000  # training images searched for each sample's nearest one
 
 def probe_run(cfg: Config, model, split: str = "test", samples: int = 512, fit: int = 4000,
               label: str = "", inception=None, nearest_max: int = NEAREST_MAX, baselines: bool = True,
-              untrained: bool = True, noise_seed: int | None = None) -> dict:
+              untrained: bool = True, noise_seed: int | None = None, evaluators: str | Path | None = None) -> dict:
     """Everything probe.py prints for a loaded generative ``model`` (eval mode) on ``split``; ``inception``:
     a network from :func:`sandbox.metrics.inception.load_inception` adds Inception FID/KID. A study's
     evaluation leaves out what it does not report: ``baselines`` (noise and the real-vs-real floor),
     ``untrained`` (the probe of an untrained encoder), ``nearest_max=0`` (nearest training images).
     ``sample_time_per_100``: seconds of ``model.sample`` per 100 samples (batches of 256, this process's
     torch threads: ``threads``), a timing of this machine. ``noise_seed`` (None: ``cfg.seed``, the noise of the
-    trainer's per-epoch samples) seeds the samples' noise and the baselines."""
+    trainer's per-epoch samples) seeds the samples' noise and the baselines. ``evaluators``: the cache directory
+    of the trained evaluators; set, datasets that have one (attractors) add :func:`domain_metrics`."""
     data = build_data(cfg, ("train", split))
     held = data[split]
     g = torch.Generator().manual_seed(cfg.seed if noise_seed is None else noise_seed)
@@ -63,6 +64,8 @@ def probe_run(cfg: Config, model, split: str = "test", samples: int = 512, fit: 
     for name, images in sets.items():
         res.update({f"{k}_{name}": v for k, v in sample_scores(fr, own_features(images), seed=cfg.seed).items()})
         res.update({f"{k}_{name}": v for k, v in spectrum_scores(real, images).items()})
+    if evaluators is not None:
+        res.update(domain_metrics(cfg, real, sets, evaluators, train))
     if nearest_max:
         res.update(nearest_train(train, {"samples": fake, "heldout": real}, nearest_max, cfg.seed))
     if inception is not None:
@@ -84,22 +87,58 @@ def probe_run(cfg: Config, model, split: str = "test", samples: int = 512, fit: 
     return res
 
 
+DOMAIN_KEYS = ("fid_domain", "kid_domain", "precision_domain", "recall_domain", "validity", "param_coverage",
+               "param_w1", "c2st_auc", "c2st_auc_lo", "c2st_auc_hi", "c2st_nll_gain")
+
+
+def domain_metrics(cfg: Config, real: torch.Tensor, sets: dict[str, torch.Tensor], cache: str | Path, train) -> dict:
+    """The trained evaluator's numbers for each image set of ``sets`` against ``real`` (``<key>_<set>``, keys
+    :data:`DOMAIN_KEYS`): Fréchet distance, KID, precision/recall in its features, the classifier two-sample
+    test on them and, for attractors, render-back validity and parameter coverage (:mod:`sandbox.metrics.
+    evaluators`, ``render_back``, ``face_evaluator``, ``two_sample``). The evaluator learns from the train split
+    (``train``; attractors: the train stream of ``cfg``'s data seed and size) once, then is read from ``cache``.
+    Datasets without an evaluator (neither attractors nor UTKFace names): ``{}``."""
+    from sandbox.metrics.evaluators import domain_scores
+    from sandbox.metrics.face_evaluator import face_evaluator, is_utkface
+    from sandbox.metrics.render_back import attractor_evaluator, attractor_scores
+    from sandbox.metrics.two_sample import c2st
+
+    if cfg.data.name == "attractors":
+        ev = attractor_evaluator(cache, cfg.data.size, cfg.seed)
+    elif is_utkface(train):
+        ev = face_evaluator(cache, train, cfg.seed)
+    else:
+        return {}
+    fr = ev.features(real)
+    res = {"evaluator": ev.meta["key"], "evaluator_heldout": ev.meta["heldout"]}
+    for name, images in sets.items():
+        scores = {**domain_scores(ev, real, images, seed=cfg.seed, real_features=fr),
+                  **c2st(fr, ev.features(images), seed=cfg.seed)}
+        if cfg.data.name == "attractors":
+            scores.update(attractor_scores(ev, real, images, seed=cfg.seed))
+        res.update({f"{k}_{name}": v for k, v in scores.items()})
+    return res
+
+
 SAMPLE_KEYS = ("fid_own", "kid_own", "precision", "recall", "diversity", "spectral_l1", "hf_log_ratio")
 # A study's evaluation samples from noise seeded ``seed + SCORE_NOISE_OFFSET``, not from the per-epoch samples'
 # noise (seeded ``seed``): a run whose epoch was picked by its per-epoch kid_own (a GAN's monitor) would
 # otherwise be scored on the very samples that picked it.
 SCORE_NOISE_OFFSET = 10_007
-EVAL_KEYS = (*SAMPLE_KEYS, "probe_r2_linear", "probe_r2_kernel", "sample_time_per_100")  # what score_run writes
+# what score_run writes (DOMAIN_KEYS: datasets with an evaluator, validity and param_*: attractors; others read n/a)
+EVAL_KEYS = (*SAMPLE_KEYS, *DOMAIN_KEYS, "probe_r2_linear", "probe_r2_kernel", "sample_time_per_100")
 
 
 def score_run(run: str | Path, split: str = "val", samples: int | None = None, fit: int | None = None,
-              which: str = "best") -> Path:
+              which: str = "best", evaluators: str | Path | None = None) -> Path:
     """A study's evaluation of a generative run: :func:`probe_run` on ``checkpoints/<which>`` without the
     baselines, written as ``eval/<split>[_N].json`` (``split``, ``checkpoint``, ``epoch``, ``means``: the
     :data:`EVAL_KEYS`, the latent probe only for models with an encoder), from fresh noise
     (:data:`SCORE_NOISE_OFFSET`). ``samples``/``fit`` (None: the
     run's ``train.fid_samples``/``train.probe_samples``): samples scored against every image of the split,
-    training images the probe fits on. Returns the file."""
+    training images the probe fits on. Attractor and UTKFace runs add :data:`DOMAIN_KEYS` from the evaluator cached in
+    ``evaluators`` (None: ``<cfg.out_dir>/.evaluators``, beside the runs, outside the project's tracked tree).
+    Returns the file."""
     from sandbox.analysis.evaluation import eval_config, free_stem
     from sandbox.errors import SandboxError
     from sandbox.runs.checkpoints import read_state
@@ -114,15 +153,18 @@ def score_run(run: str | Path, split: str = "val", samples: int | None = None, f
         raise SandboxError(f"{path}: {samples} samples to score; give the study sample_eval: {{samples: N}} (N >= 2) "
                            "or the run train.fid_samples")
     noise_seed = cfg.seed + SCORE_NOISE_OFFSET
+    cache = Path(cfg.out_dir) / ".evaluators" if evaluators is None else Path(evaluators)
     res = probe_run(cfg, model, split, samples, fit, label=str(path), nearest_max=0, baselines=False, untrained=False,
-                    noise_seed=noise_seed)
+                    noise_seed=noise_seed, evaluators=cache)
     means = {k: res[f"{k}_samples"] for k in SAMPLE_KEYS} | {"sample_time_per_100": res["sample_time_per_100"]}
+    means.update({k: res[f"{k}_samples"] for k in DOMAIN_KEYS if f"{k}_samples" in res})
     if "probe_trained" in res:
         means.update(probe_r2_linear=res["probe_trained"]["linear"], probe_r2_kernel=res["probe_trained"]["kernel"])
     state = read_state(ckpt)
     meta = {"run": str(path), "split": split, "checkpoint": str(ckpt), "epoch": state.get("epoch"),
             "step": state.get("step"), "n": res["n_real"], "samples": samples, "noise_seed": noise_seed,
-            "fit": res.get("probe_fit_images"),
+            "fit": res.get("probe_fit_images"), "evaluator": res.get("evaluator"),
+            "evaluator_heldout": res.get("evaluator_heldout"),
             "threads": res["threads"], "device": str(next(model.parameters()).device),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "means": means}
     out = inside(path, path / "eval" / f"{split}{free_stem(path / 'eval', [split])}.json")

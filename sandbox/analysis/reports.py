@@ -27,7 +27,7 @@ from sandbox.models import MODELS
 from sandbox.runs.stages import final_run, is_staged
 from sandbox.tracking.metrics_log import read_metrics
 
-LOWER_IS_BETTER = ("loss", "l1", "rmse", "mse", "fid", "kid", "bpd", "time")  # in the last name part
+LOWER_IS_BETTER = ("loss", "l1", "rmse", "mse", "fid", "kid", "bpd", "time", "w1", "c2st")  # in the last name part
 RUN_HINT = "expected a run directory (runs/<name>) with config.yaml and metrics.jsonl, written by sandbox/train.py"
 
 
