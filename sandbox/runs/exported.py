@@ -178,9 +178,10 @@ class ExportedModel(nn.Module):
         return {n: out[n].float() for n in self.names}
 
 
-def load_exported(path: str | Path) -> tuple[Config, ExportedModel]:
+def load_exported(path: str | Path, kind: str | None = None) -> tuple[Config, ExportedModel]:
     """``(cfg, model)`` of an exported file (``.onnx`` or a TorchScript ``.pt``) and its preprocessing.json.
-    ``cfg``: the defaults, with ``data.size`` and ``data.resize`` from preprocessing.json (what predict reads)."""
+    ``cfg``: the defaults, with ``data.size`` and ``data.resize`` from preprocessing.json (what predict reads).
+    ``kind``: the kind of export the caller needs (segmentation | decoder); another is refused in one line."""
     path = Path(path)
     runtime = {v: k for k, v in RUNTIMES.items()}.get(path.suffix.lower())
     if runtime is None or not path.is_file():
@@ -190,6 +191,9 @@ def load_exported(path: str | Path) -> tuple[Config, ExportedModel]:
     if spec["runtime"] != runtime:
         raise SandboxError(f"{path.parent / PREPROCESSING}: field runtime: got {spec['runtime']!r}, but "
                            f"{path.name} is {runtime}; expected the preprocessing.json exported with it")
+    if kind is not None and spec["kind"] != kind:
+        raise SandboxError(f"--model {str(path)!r} is a {spec['kind']} export ({spec['input']['name']} -> "
+                           f"{', '.join(o['name'] for o in spec['outputs'])}); expected a {kind} export")
     cfg = Config()
     if spec["kind"] == "segmentation":
         cfg.data.size, cfg.data.resize = spec["input"]["size"], spec["input"]["resize"]
