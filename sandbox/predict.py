@@ -3,6 +3,7 @@
     python sandbox/predict.py --run runs/human_seg_unet --input photos/ [--out DIR]
     python sandbox/predict.py --run runs/human_seg_unet --input a.jpg b.png --mask-dir masks/
     python sandbox/predict.py --run runs/human_seg_unet --input ../shared/data/human_seg --failures-only --fail-below 0.8
+    python sandbox/predict.py --model runs/human_seg_unet/export/model.onnx --input photos/   # no checkpoints
 
 Each image (jpg, png, bmp, tif, ...; grayscale, RGBA and 16-bit become RGB) is fitted to the net's
 size with the run's data.resize, predicted, and P(mask) is mapped back to the original size. Writes
@@ -17,6 +18,8 @@ of the run's layout (or its image_dir). --failures-only keeps the images with Di
 writes failures.csv sorted by Dice. Non-image files are skipped and counted. An unreadable image
 stops the run naming it (what was written so far stays); --skip-unreadable skips it with a warning.
 --tta flip averages the prediction of each image and of its mirror.
+--model runs a model exported by sandbox-export (ONNX through onnxruntime, or TorchScript) with the size
+and resize policy of its preprocessing.json; the default --out is then predictions/ beside the export folder.
 """
 import sys
 from pathlib import Path
@@ -30,10 +33,12 @@ from sandbox.cli import add_number, cli_entry, setup_cli  # noqa: E402
 @cli_entry
 def main() -> None:
     parser = setup_cli(__doc__)
-    parser.add_argument("--run", required=True, help="run directory, e.g. runs/human_seg_unet")
+    parser.add_argument("--run", help="run directory, e.g. runs/human_seg_unet")
+    parser.add_argument("--model", help="instead of --run: a file exported by sandbox-export (model.onnx or "
+                        "model.pt, with its preprocessing.json beside it)")
     parser.add_argument("--input", required=True, nargs="+", help="image files and/or folders of images")
     parser.add_argument("--out", help="output folder (default runs/<name>/predictions)")
-    parser.add_argument("--which", default="best", help="checkpoint: best | last | epoch_NNN (default best)")
+    parser.add_argument("--which", help="checkpoint of --run: best | last | epoch_NNN (default best)")
     parser.add_argument("--mask-dir", help="ground-truth masks, paired with the images by file stem")
     parser.add_argument("--failures-only", action="store_true", help="keep only images with Dice < --fail-below")
     add_number(parser, "--fail-below", within="[0, inf)", kind=float, default=0.8,
@@ -49,7 +54,8 @@ def main() -> None:
     from sandbox.analysis.prediction import predict_run
 
     predict_run(args.run, args.input, args.which, args.out, args.mask_dir, args.mask_threshold, args.fail_below,
-                args.failures_only, args.skip_unreadable, args.batch_size, tta=args.tta, say=print)
+                args.failures_only, args.skip_unreadable, args.batch_size, tta=args.tta, say=print,
+                model_file=args.model)
 
 if __name__ == "__main__":
     main()

@@ -9,6 +9,7 @@ from PIL import Image
 
 from sandbox.data.splits import list_images
 from sandbox.errors import SandboxError
+from sandbox.runs.exported import load_exported
 from sandbox.runs.inference import predict_maps
 from sandbox.runs.load import checkpoint_dir, load_run
 from sandbox.runs.rundir import inside
@@ -185,24 +186,40 @@ def pair_masks(files: list[Path], gt: Path | None, failures_only: bool, data, sa
     return paired, gt
 
 
+def load_predictor(run_arg: str | None, which: str | None, model_file: str | None):
+    """``(run directory or None, cfg, model)``: the run's checkpoint, or an exported file (``--model``; its
+    preprocessing.json gives the size and resize policy, :mod:`sandbox.runs.exported`)."""
+    if (run_arg is None) == (model_file is None):
+        raise SandboxError("give either --run runs/<name> (a trained run) or --model <export>/model.onnx "
+                           "(a model exported by sandbox-export), not both")
+    if model_file is not None:
+        if which not in (None, "best"):
+            raise SandboxError("--which picks a checkpoint of --run; an exported --model is one checkpoint already")
+        return (None, *load_exported(model_file, kind="segmentation"))
+    run, _ = checkpoint_dir(run_arg, which or "best")
+    return (run, *load_run(run_arg, which or "best", task="segmentation", need=("mask",)))
+
+
 def predict_run(run_arg: str, inputs: list[str], which: str = "best", out_arg: str | None = None,
                 mask_dir: str | None = None, mask_threshold: float = 0.5, fail_below: float = 0.8,
                 failures_only: bool = False, skip_unreadable: bool = False, batch_size: int | None = None,
-                tta: str = "none", say: Callable[[str], None] = lambda line: None) -> list[dict]:
+                tta: str = "none", say: Callable[[str], None] = lambda line: None,
+                model_file: str | None = None) -> list[dict]:
     """predict.py's work: the run's masks (and depth) for ``inputs``, written with overlays and
     predictions.csv into a fresh folder; ground truth scored when there is some. Returns the csv rows.
+    ``model_file``: an exported model (model.onnx / model.pt of sandbox-export) instead of the run.
     (One straight sequence of steps, kept whole so it reads as the command's help does.)"""
-    run, _ = checkpoint_dir(run_arg, which)
-    cfg, model = load_run(run_arg, which, task="segmentation", need=("mask",))
+    run, cfg, model = load_predictor(run_arg, which, model_file)
     files, gt, skipped = gather(inputs, cfg.data.image_dir, cfg.data.mask_dir)
     paired, gt = pair_masks(files, Path(mask_dir) if mask_dir else gt, failures_only, cfg.data, say)
-    seen = in_train_split(run, cfg.data, files)
+    seen = in_train_split(run, cfg.data, files) if run is not None else []
     if seen:
         names = ", ".join(f.name for f in seen[:5]) + (", ..." if len(seen) > 5 else "")
         say(f"warning: {len(seen)} of the {len(files)} input image(s) are in the run's training split "
             f"({run / 'splits' / 'train.csv'}: {names}); their masks and scores show how it fits its training "
             "data, not how it does on new images")
-    out = fresh_dir(Path(out_arg) if out_arg else inside(run, run / "predictions"))
+    default = inside(run, run / "predictions") if run is not None else Path(model_file).parent.parent / "predictions"
+    out = fresh_dir(Path(out_arg) if out_arg else default)
     names, rows, bad, bs = output_names(files), [], [], batch_size or cfg.data.batch_size
     for start in range(0, len(files), bs):
         loaded = []

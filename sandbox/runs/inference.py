@@ -34,8 +34,8 @@ def forward(model: nn.Module, x: torch.Tensor, channels_last: bool = True, flip:
 
 
 def _forward(model: nn.Module, x: torch.Tensor, channels_last: bool) -> dict[str, torch.Tensor]:
-    dev = next(model.parameters()).device
-    x = x.to(dev, non_blocking=True)
+    first = next(model.parameters(), None)  # none in an exported model (sandbox.runs.exported): it takes cpu input
+    x = x.to(first.device if first is not None else "cpu", non_blocking=True)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
