@@ -16,6 +16,8 @@ Writes into runs/<sweep>/: summary.md, summary.csv (per cell: <stat>_mean, _std 
 every final val/* metric, best <metric>, its epoch, epoch_time, total_time), runs.csv, plots/,
 compare/ (the best seed of each cell), logs/; a study also writes report.md: its protocol first
 (selected on val, scored on test, per cell mean/std/95 % CI, paired tests: analysis/study.py).
+--launcher slurm: one Slurm array task per run (submitit: analysis/slurm.py; resources from the flags or
+the study file's slurm: {time: 90, ...}); --status: each run's state; --report: report the finished runs.
 """
 import sys
 from pathlib import Path
@@ -41,6 +43,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1: fastest on 2 cores)")
     parser.add_argument("--in-process", action="store_true", help="train in this process (no subprocesses)")
     parser.add_argument("overrides", nargs="*", help="key.path=value for every run, e.g. train.epochs=3")
+    from sandbox.analysis.slurm import add_arguments, launch
+    add_arguments(parser)  # --launcher slurm and its resources, --status, --report
     args = parser.parse_intermixed_args()
     import time
 
@@ -66,9 +70,12 @@ def main() -> None:
     specs = plan(config, cells, study.get("seeds", 1) if args.seeds is None else args.seeds, extra, name, out_dir)
     check_study(study, args.study, config, specs)
     metric = args.metric or study.get("metric") or load_config(config, extra).train.monitor
+    command = "python sandbox/sweep.py " + " ".join(sys.argv[1:])
+    if args.launcher == "slurm" or args.status or args.report:
+        print(launch(args, specs, config, study, metric, out_dir / name, command))
+        return
     t0 = time.time()
     failed = execute(specs, config, args.jobs, args.in_process) + evaluate_finished(specs, config, study)
-    command = "python sandbox/sweep.py " + " ".join(sys.argv[1:])
     report = write_summary(specs, out_dir / name, metric, study, command, time.time() - t0)
     print(report.read_text())
     if failed:

@@ -29,7 +29,7 @@ TRAIN = Path(__file__).resolve().parents[1] / "train.py"
 RESERVED = {"seed": "use --seeds N", "name": "the sweep names its runs (--name)", "out_dir": "use --out-dir",
             "track.group": "the sweep's name is the group", "train.resume": "the sweep resumes by itself"}
 STUDY_KEYS = ("title", "description", "config", "grid", "seeds", "overrides", "metric", "expected_minutes",
-              *PROTOCOL_KEYS)
+              "slurm", *PROTOCOL_KEYS)  # slurm: resources of --launcher slurm (analysis/slurm.py)
 IGNORED_DIFF = ("source", "train.resume", "train.threads", "track.", "data.splits")  # may differ between invocations
 
 
@@ -209,6 +209,12 @@ def _duration(seconds: float) -> str:
                                                      else f"{seconds / 3600:.1f} h")
 
 
+def train_command(spec: Spec, config: str, resume: bool, extra: list[str] = ()) -> list[str]:
+    """The one command that trains ``spec`` (a sweep's child, a Slurm task's): started, or resumed in place."""
+    return [sys.executable, str(TRAIN), "--config", config, *spec.overrides, *extra] \
+        + (["--resume", str(spec.path)] if resume else [])
+
+
 def execute(specs: list[Spec], config: str, jobs: int = 1, in_process: bool = False) -> list[str]:
     """Train what is not done yet; returns the names of runs that failed (the others still run)."""
     todo = []
@@ -242,8 +248,7 @@ def execute(specs: list[Spec], config: str, jobs: int = 1, in_process: bool = Fa
                 spec, resume = todo.pop(0)
                 log = spec.path.parent / "logs" / f"{Path(spec.name).name}.log"
                 log.parent.mkdir(parents=True, exist_ok=True)
-                cmd = [sys.executable, str(TRAIN), "--config", config, *spec.overrides, *threads] \
-                    + (["--resume", str(spec.path)] if resume else [])
+                cmd = train_command(spec, config, resume, threads)
                 f = open(log, "a")
                 running[spec.name] = (subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT), f, log, time.time())
                 print(f"{clock.start(spec.name)}: training (log {log})", flush=True)
