@@ -15,6 +15,7 @@ from sandbox.analysis.sweep import Spec, run_state
 from sandbox.analysis.tables import format_table
 from sandbox.errors import ConfigError, SandboxError
 
+MAX_TIMEOUTS = 10  # time limits a task may hit, each followed by a requeue that resumes (submitit's default: 3)
 NOT_EXTRA = ("array", "output", "error", "signal", "open-mode", "job-name")  # submitit's own
 
 FLAGS = {"partition": "--partition", "time": "--time", "gpus_per_task": "--gpus-per-task",
@@ -101,7 +102,7 @@ def submit(tasks: list[RunTask], params: dict, folder: Path, name: str) -> list[
 
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        ex = submitit.SlurmExecutor(folder=folder)
+        ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=MAX_TIMEOUTS)
     except RuntimeError:
         raise SandboxError("--launcher slurm: no srun on this machine; submit from a machine of the Slurm "
                            "cluster (a login node)") from None

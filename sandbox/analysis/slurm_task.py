@@ -116,9 +116,13 @@ class RunTask:
 
     def checkpoint(self):
         """submitit, on SIGUSR2 (time limit near, or scancel --signal=USR2): stop the child so that it saves,
-        then requeue a fresh copy of this task (it resumes the run)."""
+        then requeue a fresh copy of this task (it resumes the run). The signal stays blocked in this
+        process, which submitit ends after the requeue."""
         from submitit.helpers import DelayedSubmission
 
+        # one stop, one requeue: Slurm may repeat the signal (scancel --signal retries on an array task), and
+        # a second SIGTERM to the child more than a second after the first would end it mid-save
+        signal.pthread_sigmask(signal.SIG_BLOCK, {_preempt_signal()})
         proc = self._proc
         if proc is not None and not _exited(proc.pid):
             os.killpg(proc.pid, signal.SIGTERM)
