@@ -148,9 +148,9 @@ def launch(args, specs: list[Spec], config: str, study: dict, metric: str, sweep
             print(now, flush=True)
             seen = now
         time.sleep(poll_s)
-    report = write_report(specs, config, study, metric, sweep_dir, command)
     missing = [r["run"] + ": " + r["state"] for r in status_rows(specs, config, folder) if r["state"] != "done"]
-    if missing:
+    report = write_report(specs, config, study, metric, sweep_dir, command) if len(missing) < len(specs) else None
+    if missing:  # Ctrl-C above only stops the waiting: the tasks go on, and --status / --report see them
         raise SandboxError(f"{len(missing)} of {len(specs)} runs did not finish ({'; '.join(missing)}); logs in "
                            f"{folder} and {sweep_dir / 'logs'}; the same command resubmits them")
     return report.read_text()

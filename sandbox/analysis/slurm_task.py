@@ -202,8 +202,8 @@ def write_report(specs: list[Spec], config: str, study: dict, metric: str, sweep
                  wait: bool = True) -> Path | None:
     """The sweep's report from its finished runs (scored first where the protocol asks), runs not finished
     listed at its end; one writer at a time (a lock; ``wait=False``: None if another holds it)."""
-    (sweep_dir / "slurm").mkdir(parents=True, exist_ok=True)
-    with open(sweep_dir / "slurm" / "report.lock", "w") as lock:
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with open(sweep_dir / ".report.lock", "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:

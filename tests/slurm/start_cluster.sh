@@ -10,7 +10,7 @@
 #   1. apt-get install slurm-wlm munge (Debian 12: Slurm 22.05), unless slurmctld/slurmd/munged exist;
 #   2. a munge key (/etc/munge/munge.key) and munged, running as the munge user;
 #   3. /etc/slurm/slurm.conf: one node named after this machine (hostname -s, reached at 127.0.0.1)
-#      with SLURM_TEST_CPUS CPUs (default 2) and 90 % of its memory, one partition `debug`,
+#      with SLURM_TEST_CPUS CPUs (default 2, or 1 on a 1-core machine) and 90 % of its memory, one partition `debug`,
 #      select/cons_tres (CR_CPU), JobRequeue=1, proctrack/linuxproc and task/none (no cgroups: it
 #      runs in a container), no accounting (sacct has nothing; squeue and scontrol work);
 #      state under /var/spool/slurm-sandbox, logs in /var/log/slurm-sandbox. A slurm.conf this script
@@ -24,7 +24,7 @@ CONF=/etc/slurm/slurm.conf
 STATE=/var/spool/slurm-sandbox
 LOGS=/var/log/slurm-sandbox
 NODE=$(hostname -s)
-CPUS=${SLURM_TEST_CPUS:-2}
+CPUS=${SLURM_TEST_CPUS:-$(( $(nproc) < 2 ? $(nproc) : 2 ))}  # more than the machine has: the node drains
 
 cannot() { echo "start_cluster.sh: $*" >&2; exit 3; }
 
