@@ -98,7 +98,7 @@ time.sleep(60)
 """
 
 
-def test_checkpoint_stops_the_child_waits_for_its_save_and_requeues_a_fresh_copy(tmp_path):
+def test_checkpoint_stops_the_child_waits_for_its_save_and_requeues_a_fresh_copy(tmp_path, capsys):
     pytest.importorskip("submitit", reason="pip install -e '.[slurm]'")
     import cloudpickle
 
@@ -115,6 +115,7 @@ def test_checkpoint_stops_the_child_waits_for_its_save_and_requeues_a_fresh_copy
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR2})
     assert saved.read_text() == "saved" and task._proc.wait(timeout=5) == 143
+    assert capsys.readouterr().out == "tiny/model-hourglass_s0: train.py stopped for the requeue (exit 143)\n"
     assert isinstance(again.function, RunTask) and again.function is not task and again.function.spec == spec
     copy = cloudpickle.loads(cloudpickle.dumps(again.function))  # submitit pickles it for the requeued start
     assert copy._proc is None and copy.args["spec"].name == spec.name
@@ -252,6 +253,9 @@ def test_a_study_on_slurm_with_a_requeued_task_reports_what_a_local_sweep_report
     assert "stopped by SIGTERM: checkpoints/last holds" in (sweep / "logs" / f"{STOPPED}.log").read_text()
     task_log = (sweep / "slurm" / f"{job}_0_log.out").read_text()
     assert f"tiny/{STOPPED}: training" in task_log and f"tiny/{STOPPED}: resuming" in task_log
+    # ... having waited for train.py to save and exit (143: SIGTERM) before it requeued
+    saved = task_log.index(f"tiny/{STOPPED}: train.py stopped for the requeue (exit 143)")
+    assert saved < task_log.index("Requeued job") < task_log.index(f"tiny/{STOPPED}: resuming")
     status = subprocess.run(argv + ["--status"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert status.returncode == 0 and status.stdout.count("| done | 3/3 |") == 6, status.stdout + status.stderr
     # the same study, locally, in this process: the same numbers

@@ -51,13 +51,16 @@ def task_command(spec: Spec, config: str, resume: bool, gpus: int = 0, cpus: int
             "--num_processes", str(gpus), "--main_process_port", str(port), "--dynamo_backend", "no", *cmd[1:]]
 
 
-def _exited(pid: int) -> bool:
-    """Has the child ended? Asked without reaping it (WNOWAIT), so Popen's own wait still works; safe in
-    a signal handler that interrupted that wait."""
+def _ended(pid: int) -> int | None:
+    """The child's exit status (128 + signal where a signal ended it), None while it runs. Asked without
+    reaping it (WNOWAIT), so Popen's own wait still works; safe in a signal handler that interrupted it."""
     try:
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:  # already reaped
-        return True
+        got = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:  # already reaped: it ended, with a status that is no longer ours to read
+        return -1
+    if got is None:
+        return None
+    return got.si_status if got.si_code == os.CLD_EXITED else 128 + got.si_status
 
 
 def _preempt_signal() -> int:
@@ -124,13 +127,16 @@ class RunTask:
         # a second SIGTERM to the child more than a second after the first would end it mid-save
         signal.pthread_sigmask(signal.SIG_BLOCK, {_preempt_signal()})
         proc = self._proc
-        if proc is not None and not _exited(proc.pid):
+        if proc is not None and _ended(proc.pid) is None:
             os.killpg(proc.pid, signal.SIGTERM)
             deadline = time.monotonic() + STOP_WAIT_S
-            while not _exited(proc.pid) and time.monotonic() < deadline:
+            while _ended(proc.pid) is None and time.monotonic() < deadline:
                 time.sleep(0.2)
-            if not _exited(proc.pid):  # no save in time: the previous checkpoint is still whole
+            if _ended(proc.pid) is None:  # no save in time: the previous checkpoint is still whole
                 os.killpg(proc.pid, signal.SIGKILL)
+                print(f"{self.spec.name}: no save within {STOP_WAIT_S} s of SIGTERM: killed", flush=True)
+            else:  # 143: train.py saved checkpoints/last and stopped (engine/stops.py)
+                print(f"{self.spec.name}: train.py stopped for the requeue (exit {_ended(proc.pid)})", flush=True)
         self._say("requeued", "stopped to be requeued; it resumes from checkpoints/last")
         return DelayedSubmission(RunTask(**self.args))
 
