@@ -147,7 +147,8 @@ def test_a_requeued_slurm_job_takes_over_its_earlier_starts_lock_on_another_host
 @pytest.fixture(scope="session")
 def slurm_cluster():
     """A one-node Slurm on this machine (tests/slurm/start_cluster.sh: apt-get install slurm-wlm munge,
-    munged, slurmctld, slurmd; ~1 min the first time, seconds when it runs already)."""
+    munged, slurmctld, slurmd; ~1 min the first time, seconds when it runs already); the Slurm daemons it
+    started are stopped at the end of the session."""
     pytest.importorskip("submitit", reason="pip install -e '.[slurm]'")
     if shutil.which("sinfo") is None and os.geteuid() != 0:
         pytest.skip("no Slurm here, and starting one (tests/slurm/start_cluster.sh) needs root")
@@ -155,7 +156,9 @@ def slurm_cluster():
     if got.returncode == 3:
         pytest.skip(got.stderr.strip())
     assert got.returncode == 0, got.stdout + got.stderr
-    return got.stdout.strip()
+    yield got.stdout.strip()
+    if "slurm: started" in got.stdout:
+        subprocess.run(["bash", str(SCRIPT), "stop"], timeout=60)
 
 
 def sigterm_pending(pid: int) -> bool:
