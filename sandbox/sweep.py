@@ -21,6 +21,8 @@ compare/ (the best seed of each cell), logs/; and report.md: the study protocol 
 val, scored on test, per cell mean/std/95 % CI, paired Holm-adjusted tests: analysis/study.py). A
 grid sweep reports under it too (its monitor's metric on test, every cell against the first);
 --quick keeps the val-only summary.md alone.
+--launcher slurm: one Slurm array task per run (submitit: analysis/slurm.py; resources from the flags or
+the study file's slurm: {time: 90, ...}); --status: each run's state; --report: report the finished runs.
 """
 import sys
 from pathlib import Path
@@ -50,6 +52,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a grid sweep's val-only summary: no test scoring, "
                         "intervals or paired tests (by default a grid reports under the study protocol)")
     parser.add_argument("overrides", nargs="*", help="key.path=value for every run, e.g. train.epochs=3")
+    from sandbox.analysis.slurm import add_arguments, launch
+    add_arguments(parser)  # --launcher slurm and its resources, --status, --report
     args = parser.parse_intermixed_args()
     import shlex
     import time
@@ -81,8 +85,11 @@ def main() -> None:
     specs = plan(config, cells, study.get("seeds", 1) if args.seeds is None else args.seeds, extra, name, out_dir)
     check_study(study, args.study, config, specs)
     metric = args.metric or study.get("metric") or load_config(config, extra).train.monitor
-    t0 = time.time()
     command = " ".join([command_line("sweep"), shlex.join(sys.argv[1:])])  # rerun as it is: it continues
+    if args.launcher == "slurm" or args.status or args.report:
+        print(launch(args, specs, config, study, metric, out_dir / name, command))
+        return
+    t0 = time.time()
     failed = execute(specs, config, args.jobs, args.in_process, command) + evaluate_finished(specs, config, study)
     report = write_summary(specs, out_dir / name, metric, study, command, time.time() - t0)
     print(report.read_text())

@@ -31,7 +31,7 @@ TRAIN = Path(__file__).resolve().parents[1] / "train.py"
 RESERVED = {"seed": "use --seeds N", "name": "the sweep names its runs (--name)", "out_dir": "use --out-dir",
             "track.group": "the sweep's name is the group", "train.resume": "the sweep resumes by itself"}
 STUDY_KEYS = ("title", "description", "config", "grid", "seeds", "overrides", "metric", "expected_minutes",
-              *PROTOCOL_KEYS)
+              "slurm", *PROTOCOL_KEYS)  # slurm: resources of --launcher slurm (analysis/slurm.py)
 IGNORED_DIFF = ("source", "train.resume", "train.threads", "track.", "data.splits")  # may differ between invocations
 
 
@@ -211,6 +211,12 @@ def _duration(seconds: float) -> str:
                                                      else f"{seconds / 3600:.1f} h")
 
 
+def train_command(spec: Spec, config: str, resume: bool, extra: list[str] = ()) -> list[str]:
+    """The one command that trains ``spec`` (a sweep's child, a Slurm task's): started, or resumed in place."""
+    return [sys.executable, str(TRAIN), "--config", config, *spec.overrides, *extra] \
+        + (["--resume", str(spec.path)] if resume else [])
+
+
 def execute(specs: list[Spec], config: str, jobs: int = 1, in_process: bool = False,
             command: str = "the same sweep command") -> list[str]:
     """Train what is not done yet; returns the names of runs that failed (the others still run).
@@ -233,8 +239,7 @@ def execute(specs: list[Spec], config: str, jobs: int = 1, in_process: bool = Fa
         return _execute_in_process(todo, config, clock, command)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = [f"train.threads={max(1, cores // jobs)}"] if jobs > 1 else []
-    runs = [Child(spec.name, spec.path, [sys.executable, str(TRAIN), "--config", config, *spec.overrides, *threads]
-                  + (["--resume", str(spec.path)] if resume else []),
+    runs = [Child(spec.name, spec.path, train_command(spec, config, resume, threads),
                   spec.path.parent / "logs" / f"{Path(spec.name).name}.log") for spec, resume in todo]
     return run_children(runs, jobs, clock, command)
 

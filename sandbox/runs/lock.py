@@ -5,7 +5,9 @@
 holder. A lock is stale, and taken over with a warning, when its host is this machine and its
 process no longer exists (a SIGKILL leaves the file behind). A holder on another machine cannot
 be checked from here: the message says so and which file to delete once that run is known to be
-gone. The same process may take its own lock again (a notebook or test that trains a run twice).
+gone, except a holder that was an earlier start of this very Slurm job (the same SLURM_JOB_ID, a lower
+SLURM_RESTART_COUNT: a requeued task, on whichever node; Slurm runs one start of a job at a time).
+The same process may take its own lock again (a notebook or test that trains a run twice).
 """
 from __future__ import annotations
 
@@ -33,10 +35,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _int(value) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
 class RunLock:
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / LOCK_FILE
         self.me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        if os.environ.get("SLURM_JOB_ID"):
+            self.me.update(slurm_job=os.environ["SLURM_JOB_ID"],
+                           slurm_restart=_int(os.environ.get("SLURM_RESTART_COUNT")))
         self.held = False
 
     def holder(self) -> dict | None:
@@ -51,6 +63,9 @@ class RunLock:
                 return time.time() - self.path.stat().st_mtime > 60
             except OSError:
                 return True
+        if (self.me.get("slurm_job") and holder.get("slurm_job") == self.me["slurm_job"]
+                and _int(holder.get("slurm_restart")) < self.me["slurm_restart"]):
+            return True  # an earlier start of this requeued job: Slurm ended it before this one began
         return holder.get("host") == self.me["host"] and not _alive(int(holder.get("pid", -1)))
 
     def acquire(self) -> None:
