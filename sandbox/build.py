@@ -87,8 +87,9 @@ def build_data(cfg: Config, splits: tuple[str, ...] = ("train", "val", "test")) 
                 ds.check_masks()
     else:
         counts = {"train": d.num_train, "val": d.num_val, "test": d.num_test}
+        extra = {"multilabel": True} if d.multilabel else {}  # validate.py: only datasets with class targets
         out = {s: cls(split=s, num=counts[s], size=d.size, seed=cfg.seed, difficulty=d.difficulty,
-                      seq_len=d.seq_len, cache=d.cache) for s in splits}
+                      seq_len=d.seq_len, cache=d.cache, **extra) for s in splits}
         if "train" in out and d.train_fraction < 1:  # a seeded random subset of the num_train samples
             out["train"] = Subset(out["train"], random_subset(d.num_train, d.train_fraction, cfg.seed))
     if augment is not None:

@@ -192,6 +192,9 @@ def _validate_classes(cfg: Config) -> None:
         raise ConfigError(f"data.classes: dataset {short(d.name)} names its own classes; data.classes applies to "
                           "data.name=folder (built-in class targets: loss.parts on dancers)")
     classes = target_classes(DATASETS[d.name], d.classes)
+    if d.multilabel and not set(classes) & set(cfg.loss or {}):
+        raise ConfigError("data.multilabel: no class-map target in loss (e.g. loss.parts on dancers, or "
+                          "data.classes on a folder); set data.multilabel: false")
     if d.ignore_index is not None and "mask" not in classes:
         raise ConfigError("data.ignore_index: the unlabelled value of index masks needs data.classes; set both")
     for target, specs in classes.items():
