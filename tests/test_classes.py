@@ -134,3 +134,107 @@ def test_class_config_errors_are_one_line(overrides, message):
     base = ["data.name=folder", "data.root=/nonexistent"]
     with pytest.raises(ConfigError, match=message):
         load_config(ROOT / "configs/unet_dice.yaml", base + overrides)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def one_hot_logits(pred_ids, k: int) -> torch.Tensor:
+    """Logits whose argmax is ``pred_ids`` (2x2) -> ``(1, K, 2, 2)``."""
+    return torch.nn.functional.one_hot(torch.tensor(pred_ids), k).permute(2, 0, 1)[None].float() * 5
+
+
+def test_miou_against_a_hand_count_absent_classes_excluded():
+    from sandbox.metrics import class_metrics, class_scores
+
+    truth, pred = ids([[0, 0], [1, 1]]), one_hot_logits([[0, 1], [1, 2]], 4)
+    m = class_metrics(pred, truth)
+    # class 0: TP 1 (top left), FP 0, FN 1 (top right taken for 1)           -> IoU 1/2, Dice 2/3
+    # class 1: TP 1 (bottom left), FP 1 (top right), FN 1 (bottom right as 2) -> IoU 1/3, Dice 2/4
+    # class 2: TP 0, FP 1, FN 0: predicted, never true -> IoU 0, but not in the truth: out of the mIoU
+    # class 3: in neither -> NaN, out of the mIoU
+    assert m["tp"][0].tolist() == [1, 1, 0, 0] and m["fp"][0].tolist() == [0, 1, 1, 0]
+    assert m["fn"][0].tolist() == [1, 1, 0, 0]
+    assert m["iou"][0, :3].tolist() == pytest.approx([1 / 2, 1 / 3, 0.0]) and math.isnan(m["iou"][0, 3])
+    assert m["miou"].item() == pytest.approx((1 / 2 + 1 / 3) / 2)  # 5/12, not (1/2 + 1/3 + 0) / 3
+    assert m["pixel_acc"].item() == pytest.approx(2 / 4)
+    assert m["confusion"][0].tolist() == [[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    sc = class_scores(m["tp"][0], m["fp"][0], m["fn"][0])
+    assert sc["miou"].item() == pytest.approx(5 / 12) and sc["mdice"].item() == pytest.approx((2 / 3 + 1 / 2) / 2)
+    assert sc["present"].tolist() == [True, True, False, False]
+    # an unlabelled pixel (-1) counts nowhere: top right unlabelled -> class 0 IoU 1/1, class 1 1/2
+    m = class_metrics(pred, ids([[0, -1], [1, 1]]))
+    assert m["iou"][0, :2].tolist() == pytest.approx([1.0, 1 / 2]) and m["pixel_acc"].item() == pytest.approx(2 / 3)
+
+
+def test_split_miou_sums_counts_over_images():
+    from sandbox.metrics import class_metrics, class_scores
+
+    # image 2 is all class 3, right: class 3 is now in the truth, IoU 1
+    truth = torch.cat([ids([[0, 0], [1, 1]]), ids([[3, 3], [3, 3]])])
+    pred = torch.cat([one_hot_logits([[0, 1], [1, 2]], 4), one_hot_logits([[3, 3], [3, 3]], 4)])
+    m = class_metrics(pred, truth)
+    sc = class_scores(m["tp"].sum(0), m["fp"].sum(0), m["fn"].sum(0))
+    assert sc["miou"].item() == pytest.approx((1 / 2 + 1 / 3 + 1) / 3)
+
+
+def test_multilabel_metrics_per_channel():
+    from sandbox.metrics import class_metrics
+
+    truth = torch.tensor([[[1, 1], [0, 0]], [[0, 1], [1, 1]]], dtype=torch.float32)[None]  # 2 overlapping classes
+    logits = torch.tensor([[[1, -1], [-1, -1]], [[1, 1], [1, 1]]], dtype=torch.float32)[None] * 5
+    m = class_metrics(logits, truth)
+    # class 0: TP 1, FN 1 -> 1/2; class 1: TP 3, FP 1 -> 3/4; no confusion matrix (pixels have several classes)
+    assert m["iou"][0].tolist() == pytest.approx([1 / 2, 3 / 4]) and "confusion" not in m
+
+
+# ----------------------------------------------------------------------------- dancers' parts
+
+def test_default_dancers_data_unchanged_by_the_parts_target():
+    """sha256 of image, mask and depth of three samples, recorded before the parts target existed."""
+    import hashlib
+
+    from sandbox.data import Dancers
+
+    ds = Dancers("train", num=3, size=64, seed=0)
+    got = [hashlib.sha256(b"".join(a.tobytes() for a in ds.render(i)[:3])).hexdigest()[:16] for i in range(3)]
+    assert got == ["f153adba5addc4cf", "95414a8f584e76bd", "6686d019fabd3e4e"]
+
+
+def test_parts_target_renders_every_part_inside_the_mask():
+    import numpy as np
+
+    from sandbox.data import Dancers
+
+    ds = Dancers("val", num=8, size=64, seed=0)
+    counts = np.zeros(5, int)
+    for i in range(8):
+        s = ds[i]
+        parts, mask = s["parts"][0].numpy(), s["mask"][0].numpy()
+        assert s["parts"].shape == (1, 64, 64) and set(np.unique(parts)) <= {0, 1, 2, 3, 4}
+        assert ((parts > 0) == (mask > 0)).all()  # the parts tile the person mask exactly
+        counts += np.bincount(parts.astype(int).ravel(), minlength=5)
+    assert (counts[1:] > 0).all() and counts[1] < counts[2]  # every part drawn; the head smaller than the torso
+    ml = Dancers("val", num=1, size=64, seed=0, multilabel=True)[0]["parts"]
+    assert ml.shape == (5, 64, 64) and (ml[1:].sum(0) >= 1).sum() == int(ds[0]["mask"].sum())
+    assert ml[2].sum() >= (ds[0]["parts"] == 2).sum()  # the torso's own extent includes what an arm hides
+
+
+def test_parts_run_logs_per_class_iou_draws_class_maps_and_evaluates(tmp_path, tiny_overrides, monkeypatch):
+    import csv
+
+    from tests.conftest import command
+
+    cfg = load_config(ROOT / "configs/unet_parts.yaml", tiny_overrides + ["data.num_test=4"])
+    build_trainer(cfg).fit()
+    run = tmp_path / "tiny"
+    val = [r for r in read_metrics(run / "metrics.jsonl") if r["split"] == "val"][-1]
+    assert {"val/parts_miou", "val/parts_iou_head", "val/parts_iou_arms", "val/parts_pixel_acc"} <= set(val)
+    assert (run / "images" / "val_parts_epoch001.png").stat().st_size > 5000
+    monkeypatch.setattr("sys.argv", ["evaluate.py", "--run", str(run)])
+    command("evaluate").main()
+    rows = list(csv.DictReader(open(run / "eval" / "test.csv")))
+    assert len(rows) == 4 and rows[0]["parts_worst_class"] in ("background", "head", "torso", "arms", "legs")
+    result = json.loads((run / "eval" / "test.json").read_text())
+    assert set(result["classes"]["parts"]["per_class"]) == {"background", "head", "torso", "arms", "legs"}
+    lines = (run / "eval" / "test_confusion_parts.csv").read_text().splitlines()
+    assert len(lines) == 6 and sum(int(v) for line in lines[1:] for v in line.split(",")[1:]) == 4 * 32 * 32
