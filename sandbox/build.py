@@ -80,7 +80,8 @@ def build_data(cfg: Config, splits: tuple[str, ...] = ("train", "val", "test")) 
                       splits=shared, cache=d.cache)
         if labelled:
             common.update(mask_dir=mask_dir, depth_dir=depth_dir, mask_threshold=d.mask_threshold,
-                          mask_resize=d.mask_resize)
+                          mask_resize=d.mask_resize, classes=target_classes(cfg).get("mask"),
+                          ignore_index=d.ignore_index)
         out = {s: cls(split=s, **common) for s in splits}
         if labelled:
             for ds in out.values():

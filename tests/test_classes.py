@@ -238,3 +238,102 @@ def test_parts_run_logs_per_class_iou_draws_class_maps_and_evaluates(tmp_path, t
     assert set(result["classes"]["parts"]["per_class"]) == {"background", "head", "torso", "arms", "legs"}
     lines = (run / "eval" / "test_confusion_parts.csv").read_text().splitlines()
     assert len(lines) == 6 and sum(int(v) for line in lines[1:] for v in line.split(",")[1:]) == 4 * 32 * 32
+
+
+# ----------------------------------------------------------------------------- folders: palette, RGB, index masks
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+COLOURS = {"background": (0, 0, 0), "cat": (255, 0, 0), "dog": (0, 0, 255)}
+TRUTH = np.array([[0, 0, 1, 1], [0, 2, 2, 1], [0, 2, 2, 0], [1, 1, 0, 0]])  # class ids of a 4x4 mask
+
+
+def coloured_classes():
+    from sandbox.data.classes import parse_classes
+
+    return parse_classes([{n: list(c)} for n, c in COLOURS.items()])
+
+
+def mask_files(folder: Path) -> dict[str, Path]:
+    """The same 4x4 class map saved four ways."""
+    rgb = np.array(list(COLOURS.values()), np.uint8)[TRUTH]
+    paths = {k: folder / f"{k}.png" for k in ("palette", "rgb", "index", "voc")}
+    Image.fromarray(rgb).save(paths["rgb"])
+    pal = Image.fromarray(np.array([1, 0, 2], np.uint8)[TRUTH], "P")  # palette order red, black, blue: not the ids
+    pal.putpalette([255, 0, 0, 0, 0, 0, 0, 0, 255])
+    pal.save(paths["palette"])
+    Image.fromarray(TRUTH.astype(np.uint8), "L").save(paths["index"])
+    voc = Image.fromarray(np.where(np.eye(4, dtype=bool), 255, TRUTH).astype(np.uint8), "P")  # 255: unlabelled
+    voc.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [224, 224, 192] * 253)
+    voc.save(paths["voc"])
+    return paths
+
+
+def test_palette_rgb_and_index_masks_read_into_the_same_class_map(tmp_path):
+    from sandbox.data.classes import parse_classes
+    from sandbox.data.masks import to_class_map
+
+    paths = mask_files(tmp_path)
+    by_colour = coloured_classes()
+    by_id = parse_classes(list(COLOURS))
+    for kind, classes in (("palette", by_colour), ("rgb", by_colour), ("index", by_id)):
+        assert (to_class_map(Image.open(paths[kind]), classes, paths[kind]) == TRUTH).all(), kind
+    # a VOC-style palette PNG of ids with 255 on unlabelled pixels: -1 there, the ids elsewhere
+    voc = to_class_map(Image.open(paths["voc"]), by_id, paths["voc"], ignore_index=255)
+    assert (voc == np.where(np.eye(4, dtype=bool), -1, TRUTH)).all()
+
+
+def test_an_unknown_colour_is_one_line_naming_file_colour_and_classes(tmp_path):
+    from sandbox.data.classes import parse_classes
+    from sandbox.data.masks import to_class_map
+
+    rgb = np.array(list(COLOURS.values()), np.uint8)[TRUTH]
+    rgb[0, 0] = (0, 255, 0)
+    Image.fromarray(rgb).save(tmp_path / "odd.png")
+    with pytest.raises(SandboxError) as err:
+        to_class_map(Image.open(tmp_path / "odd.png"), coloured_classes(), tmp_path / "odd.png")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"{tmp_path / 'odd.png'}: colour #00ff00 (1 px) is no class")
+    assert "known: 0 background #000000, 1 cat #ff0000, 2 dog #0000ff" in msg
+    with pytest.raises(SandboxError, match=r"index.png: value 2 \(4 px\) is no class of data.classes; known: 0 a, 1 b"):
+        to_class_map(Image.open(mask_files(tmp_path)["index"]), parse_classes(["a", "b"]), tmp_path / "index.png")
+
+
+def labelled_folder(root: Path, n: int = 8, with_dog: bool = True) -> Path:
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        ids = np.zeros((16, 16), np.uint8)
+        ids[2:8, 2:8] = 1
+        if with_dog:
+            ids[9:14, 8:15] = 2
+        Image.fromarray((rng.random((16, 16, 3)) * 255).astype(np.uint8)).save(root / "images" / f"{i}.png")
+        Image.fromarray(np.array(list(COLOURS.values()), np.uint8)[ids]).save(root / "masks" / f"{i}.png")
+    return root
+
+
+def test_a_folder_of_colour_masks_trains_with_data_classes(tmp_path, tiny_overrides, caplog):
+    from sandbox import build_data
+
+    root = labelled_folder(tmp_path / "pets", with_dog=False)
+    classes = "data.classes=[{background: '#000000'}, {cat: '#ff0000'}, {dog: '#0000ff'}]"
+    ov = tiny_overrides + ["data.name=folder", f"data.root={root}", "data.size=16", "model.depth=1", classes,
+                           "loss={mask: {ce: 1.0, dice: 1.0}}", "train.monitor=val/miou", "data.val_fraction=0.25"]
+    cfg = load_config(ROOT / "configs/unet_dice.yaml", ov)
+    with caplog.at_level("WARNING", logger="sandbox"):
+        data = build_data(cfg)
+    absent = [r.getMessage() for r in caplog.records if "never occur" in r.getMessage()]
+    assert len(absent) == 3 and all("class(es) dog never occur" in m for m in absent)  # once per split
+    sample = data["train"][0]
+    assert sample["mask"].shape == (1, 16, 16) and set(sample["mask"].unique().tolist()) == {0.0, 1.0}
+    build_trainer(cfg).fit()
+    val = [r for r in read_metrics(tmp_path / "tiny" / "metrics.jsonl") if r["split"] == "val"][-1]
+    assert {"val/miou", "val/iou_cat", "val/iou_dog"} <= set(val) and val["val/iou_dog"] == "nan"
+    # an unknown colour stops before training, in one line
+    bad = np.zeros((16, 16, 3), np.uint8)
+    bad[0, 0] = (9, 9, 9)
+    Image.fromarray(bad).save(root / "masks" / "0.png")
+    with pytest.raises(SandboxError, match=r"0.png: colour #090909 \(1 px\) is no class of data.classes"):
+        build_data(cfg)
