@@ -331,6 +331,14 @@ def test_a_folder_of_colour_masks_trains_with_data_classes(tmp_path, tiny_overri
     build_trainer(cfg).fit()
     val = [r for r in read_metrics(tmp_path / "tiny" / "metrics.jsonl") if r["split"] == "val"][-1]
     assert {"val/miou", "val/iou_cat", "val/iou_dog"} <= set(val) and val["val/iou_dog"] == "nan"
+    # predict draws the class map: a palette PNG that reads back by the same rules, an overlay with the legend
+    from sandbox.analysis.prediction import predict_run
+    from sandbox.data.masks import to_class_map
+
+    rows = predict_run(str(tmp_path / "tiny"), [str(root)], out_arg=str(tmp_path / "pred"))
+    assert len(rows) == 8 and all(0 <= r["iou"] <= 1 for r in rows)
+    ids = to_class_map(Image.open(tmp_path / "pred" / "0_classes.png"), coloured_classes(), "0_classes.png")
+    assert ids.shape == (16, 16) and (tmp_path / "pred" / "0_overlay.png").stat().st_size > 200
     # an unknown colour stops before training, in one line
     bad = np.zeros((16, 16, 3), np.uint8)
     bad[0, 0] = (9, 9, 9)

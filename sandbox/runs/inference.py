@@ -29,7 +29,10 @@ def forward(model: nn.Module, x: torch.Tensor, channels_last: bool = True, flip:
         mirrored = _forward(model, x.flip(-1), channels_last)
         for k, v in out.items():
             m = mirrored[k].flip(-1)
-            out[k] = torch.logit((torch.sigmoid(v) + torch.sigmoid(m)) / 2, eps=1e-7) if k == "mask" else (v + m) / 2
+            if v.shape[1] > 1:  # class logits: the mean of the two softmaxes, as log-probabilities
+                out[k] = torch.log((torch.softmax(v, 1) + torch.softmax(m, 1)) / 2 + 1e-12)
+            else:
+                out[k] = torch.logit((torch.sigmoid(v) + torch.sigmoid(m)) / 2, eps=1e-7) if k == "mask" else (v + m) / 2
     return out
 
 
@@ -133,13 +136,14 @@ def predict_maps(model: nn.Module, images: Sequence[np.ndarray], size: int, resi
     """``[(H_i, W_i, 3) uint8] -> [{"mask": P(mask), "depth": depth, ...}]``, each ``(H_i, W_i) float32``:
     each image fitted to ``size`` with the run's ``data.resize`` policy (as the folder dataset does),
     predicted, and mapped back to its original size (bilinear). ``mask`` heads go through the
-    sigmoid; other heads (``depth``) are regressions, clipped to [0, 1] as the trainer's panels show them.
+    sigmoid; a head of K > 1 classes gives its class ids ``(H_i, W_i) int64`` (argmax, nearest); other heads (``depth``) are regressions, clipped to [0, 1] as the trainer's panels show them.
     ``flip``: with the mirror as test-time augmentation (:func:`forward`)."""
     if not images:
         return []
     fitted, metas = zip(*(fit_to_size(im, size, resize, "image") for im in images))
     x = torch.from_numpy(np.stack(fitted).transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
-    out = {k: (torch.sigmoid(v) if k == "mask" else v.clamp(0, 1)).cpu()  # (B, 1, S, S)
-           for k, v in forward(model, x, channels_last, flip).items()}
+    # K > 1 logits: the class ids (argmax; integer, so unfit maps them back with nearest neighbour)
+    out = {k: (v.argmax(1, keepdim=True) if v.shape[1] > 1 else torch.sigmoid(v) if k == "mask" else v.clamp(0, 1)).cpu()
+           for k, v in forward(model, x, channels_last, flip).items()}  # (B, 1, S, S)
     return [{k: unfit(v[i, 0], meta).numpy() for k, v in out.items()} for i, meta in enumerate(metas)]
 

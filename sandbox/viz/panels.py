@@ -49,6 +49,42 @@ def class_legend(fig, names: list[str], colors: np.ndarray) -> None:
                loc="lower center", ncol=min(len(names), 6), fontsize=7, frameon=False)
 
 
+def class_overlay(img: np.ndarray, ids: np.ndarray, colors: np.ndarray, names: list[str],
+                  label: str | None = None) -> np.ndarray:
+    """``(H, W, 3) uint8`` image tinted by class (class 0 left as it is), a legend strip under it with
+    each class's colour and name, ``label`` (e.g. the mIoU) at its left -> ``(H + strip, W, 3) uint8``."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    tint = class_map_rgb(ids, colors) * 255
+    out = img.astype(np.float32)
+    fg = ids > 0
+    out[fg] = 0.45 * out[fg] + 0.55 * tint[fg]
+    h, w = ids.shape
+    row = max(12, min(h, w) // 16)
+    try:
+        font = ImageFont.load_default(size=row - 2)
+    except TypeError:  # Pillow < 10.1: one bitmap size
+        font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    items = ([(label, None)] if label else []) + [(n, tuple(int(v) for v in c)) for n, c in zip(names, colors)]
+    places, x, y = [], 3, 0  # the legend wraps onto as many lines as the image's width needs
+    for text, colour in items:
+        width = (row + 1 if colour else 0) + int(measure.textlength(text, font=font)) + row // 2
+        if x > 3 and x + width > w:
+            x, y = 3, y + row + 2
+        places.append((x, y, text, colour))
+        x += width
+    pil = Image.new("RGB", (w, h + y + row + 4), (0, 0, 0))
+    pil.paste(Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8)), (0, 0))
+    draw = ImageDraw.Draw(pil)
+    for x, y, text, colour in places:
+        if colour is not None:
+            draw.rectangle((x, h + y + 3, x + row - 2, h + y + row + 1), fill=colour, outline=(255, 255, 255))
+            x += row + 1
+        draw.text((x, h + y + 2), text, fill=(255, 255, 255), font=font)
+    return np.asarray(pil)
+
+
 def _save(fig, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
