@@ -345,3 +345,16 @@ def test_a_folder_of_colour_masks_trains_with_data_classes(tmp_path, tiny_overri
     Image.fromarray(bad).save(root / "masks" / "0.png")
     with pytest.raises(SandboxError, match=r"0.png: colour #090909 \(1 px\) is no class of data.classes"):
         build_data(cfg)
+
+
+def test_multilabel_parts_train_through_the_same_losses_and_metrics(tmp_path, tiny_overrides):
+    """data.multilabel: the parts as 5 overlapping channels, sigmoid per class, the same losses and metrics."""
+    cfg = load_config(ROOT / "configs/unet_parts.yaml", tiny_overrides + ["data.multilabel=true",
+                                                                          "loss={parts: {ce: 1.0, dice: 1.0, bce: 0.5}}"])
+    trainer = build_trainer(cfg)
+    assert trainer.datasets["train"][0]["parts"].shape == (5, 32, 32)
+    trainer.fit()
+    val = [r for r in read_metrics(tmp_path / "tiny" / "metrics.jsonl") if r["split"] == "val"][-1]
+    assert 0 <= val["val/parts_miou"] <= 1 and "val/parts_iou_legs" in val
+    with pytest.raises(ConfigError, match="data.multilabel: no class-map target in loss"):
+        load_config(ROOT / "configs/unet_dice.yaml", tiny_overrides + ["data.multilabel=true"])

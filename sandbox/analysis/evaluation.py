@@ -126,6 +126,9 @@ def evaluate_run(run_arg: str, which: str = "best", split: str = "test", thresho
     classes = {t: [c.name for c in specs] for t, specs in target_classes(cfg).items() if t in (cfg.loss or {})}
     cfg, model = load_run(run_arg, which, overrides, task="segmentation", need=() if classes else ("mask",))
     cfg = eval_config(cfg, run, overrides)
+    if resolution == "original" and classes:
+        raise SandboxError("--resolution original: class maps are scored at the net's size (data.size); "
+                           "use --resolution net")
     if resolution == "original" and cfg.data.name != "folder":
         raise SandboxError(f"--resolution original: {cfg.data.name} images exist only at data.size; "
                            "it needs a labelled folder (data.name=folder)")
