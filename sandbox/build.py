@@ -1,6 +1,6 @@
 """Builders: a Config in, plain-argument modules out (modules never see the Config).
 
-    build_model(cfg)   MODELS[cfg.model.name](**options), weights from cfg.seed alone
+    build_model(cfg)   MODELS[cfg.model.name](**options), weights from cfg.seed alone (K logits per class target)
     build_data(cfg)    {split: Dataset}, the training split augmented
     build_loss(cfg)    the CompositeLoss of cfg.loss (and cfg.loss_balance)
 
@@ -16,6 +16,8 @@ from torch.utils.data import Dataset
 
 from sandbox.config import Config
 from sandbox.data import DATASETS
+from sandbox.data.classes import ClassSpec
+from sandbox.data.classes import target_classes as classes_of
 from sandbox.data.folders import FolderDataset, ImageFolder
 from sandbox.data.splits import Subset, check_root, random_subset, resolve_splits
 from sandbox.data.transforms import Augmented, build_augment
@@ -31,10 +33,16 @@ def model_kwargs(cfg: Config) -> dict:
     optional = {"encoder": "core", "weights": None, "freeze_encoder": False}
     kw = {k: v for k, v in vars(m).items()
           if k != "name" and v is not None and not (k in optional and v == optional[k])}
-    kw["targets"] = {t: 1 for t in cfg.loss or {}}
+    classes = target_classes(cfg)
+    kw["targets"] = {t: len(classes[t]) if t in classes else 1 for t in cfg.loss or {}}
     if cfg.train.param_mse > 0:  # the generator takes the data's parameters (validate.py: gan, data with them)
         kw["cond_dim"] = len(DATASETS[cfg.data.name].param_names)
     return kw
+
+
+def target_classes(cfg: Config) -> dict[str, tuple[ClassSpec, ...]]:
+    """``{target: (ClassSpec, ...)}``: the class-map targets of ``cfg``'s data (:func:`sandbox.data.classes.target_classes`)."""
+    return classes_of(DATASETS[cfg.data.name], cfg.data.classes)
 
 
 def build_model(cfg: Config) -> nn.Module:
@@ -72,15 +80,17 @@ def build_data(cfg: Config, splits: tuple[str, ...] = ("train", "val", "test")) 
                       splits=shared, cache=d.cache)
         if labelled:
             common.update(mask_dir=mask_dir, depth_dir=depth_dir, mask_threshold=d.mask_threshold,
-                          mask_resize=d.mask_resize)
+                          mask_resize=d.mask_resize, classes=target_classes(cfg).get("mask"),
+                          ignore_index=d.ignore_index)
         out = {s: cls(split=s, **common) for s in splits}
         if labelled:
             for ds in out.values():
                 ds.check_masks()
     else:
         counts = {"train": d.num_train, "val": d.num_val, "test": d.num_test}
+        extra = {"multilabel": True} if d.multilabel else {}  # validate.py: only datasets with class targets
         out = {s: cls(split=s, num=counts[s], size=d.size, seed=cfg.seed, difficulty=d.difficulty,
-                      seq_len=d.seq_len, cache=d.cache) for s in splits}
+                      seq_len=d.seq_len, cache=d.cache, **extra) for s in splits}
         if "train" in out and d.train_fraction < 1:  # a seeded random subset of the num_train samples
             out["train"] = Subset(out["train"], random_subset(d.num_train, d.train_fraction, cfg.seed))
     if augment is not None:

@@ -4,12 +4,18 @@ A loss spec is per target and weighted, straight from YAML::
 
     loss: {mask: {dice: 1.0, bce: {weight: 0.5, pos_weight: 2.0}}, depth: {l1: 0.16, ms_ssim: 0.84}}
 
-Mask losses (bce, dice, focal, jaccard) take logits (``from_logits: true``, the default) or
+Mask losses (bce, ce, dice, focal, jaccard) take logits (``from_logits: true``, the default) or
 probabilities; regression losses (l1, mse, ssim, ms_ssim) take values in [0, 1].
 :func:`build_loss` turns a spec into a :class:`CompositeLoss` whose ``forward(outputs, batch)``
 returns ``(total, parts)`` with parts named ``<target>/<loss>`` (logged as
 ``train/loss/<target>/<loss>``). On a target output as logits (``mask``) a loss not ``from_logits``
 gets ``sigmoid(logits)`` (``mask: {mse: 1}``: MSE of probabilities); all run in float32, autocast off.
+
+Several classes (:mod:`sandbox.data.classes`): on K > 1 logits ``(B, K, H, W)`` the target is a class
+map ``(B, 1, H, W)`` of ids (softmax; id -1 unlabelled, left out) or, multi-label, ``(B, K, H, W)`` in
+{0, 1} (independent sigmoids). ``ce`` is cross-entropy (class weights, ignore_index, label smoothing),
+``dice``/``jaccard`` become soft per-class scores averaged over the classes present in each image,
+``focal`` the multi-class focal loss. With K = 1 every loss computes exactly what it did before.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ import torch.nn.functional as F
 from pytorch_msssim import ms_ssim, ssim
 from torch import nn
 
-from sandbox.errors import ConfigError
+from sandbox.errors import ConfigError, SandboxError
 from sandbox.metrics.regression import ssim_window
 from sandbox.registry import Registry
 
@@ -41,6 +47,42 @@ class _Float32Loss(nn.Module):
 
 def _probs(pred: torch.Tensor, from_logits: bool) -> torch.Tensor:
     return torch.sigmoid(pred) if from_logits else pred
+
+
+def _classes(pred: torch.Tensor, target: torch.Tensor, from_logits: bool, ignore_index: int = -1):
+    """K > 1 outputs against a class map: ``(probs (B, K, H, W), one-hot (B, K, H, W), valid (B, 1, H, W))``.
+
+    A ``(B, 1, H, W)`` target holds ids (softmax; pixels equal to ``ignore_index`` are not valid); a
+    ``(B, K, H, W)`` target is multi-label (sigmoid per channel, every pixel valid)."""
+    if target.shape[1] == pred.shape[1]:  # multi-label: one binary channel per class
+        return _probs(pred, from_logits), target, torch.ones_like(target[:, :1])
+    if target.shape[1] != 1:
+        raise SandboxError(f"a {pred.shape[1]}-class output against a target of {target.shape[1]} channels; "
+                           "expected a class map of 1 channel (ids) or one channel per class (multi-label)")
+    ids = _ids(target, pred.shape[1], ignore_index)
+    valid = (ids != ignore_index).unsqueeze(1)
+    onehot = F.one_hot(ids.clamp(0, pred.shape[1] - 1), pred.shape[1]).permute(0, 3, 1, 2).float() * valid
+    probs = torch.softmax(pred, 1) if from_logits else pred
+    return probs * valid, onehot, valid
+
+
+def _ids(target: torch.Tensor, k: int, ignore_index: int) -> torch.Tensor:
+    """``(B, 1, H, W)`` float ids -> ``(B, H, W)`` long, every labelled id in ``0..k-1`` (else one line)."""
+    ids = target[:, 0].long()
+    labelled = ids != ignore_index
+    if ((ids < 0) | (ids >= k))[labelled].any():
+        raise SandboxError(f"class ids outside 0..{k - 1} in the target of a {k}-class output "
+                           f"(unlabelled pixels are {ignore_index}); expected ids of data.classes")
+    return ids
+
+
+def _per_class_mean(score: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """``(B, K)`` scores -> one value: per image the mean over its present classes, then over images
+    (images with no labelled pixel left out; every image absent: the mean over all, never NaN)."""
+    n = present.sum(1)
+    per_image = (score * present).sum(1) / n.clamp_min(1)
+    has = n > 0
+    return per_image[has].mean() if has.any() else score.mean()
 
 
 @LOSSES.register("bce")
@@ -64,6 +106,58 @@ class BCELoss(_Float32Loss):
         return F.binary_cross_entropy(pred.clamp(1e-6, 1 - 1e-6), target)
 
 
+@LOSSES.register("ce")
+class CrossEntropyLoss(_Float32Loss):
+    """Cross-entropy over classes, mean over labelled pixels; logits only.
+
+    K > 1 logits ``(B, K, H, W)`` against ids ``(B, 1, H, W)``: softmax cross-entropy, pixels whose
+    id is ``ignore_index`` (the sandbox's -1 by default) left out; ``class_weights`` (K values) weigh
+    each pixel by its true class (normalised by the weights of the labelled pixels, as torch does);
+    ``label_smoothing`` e spreads e over the K classes (target ``(1 - e) onehot + e / K``). A
+    multi-label target ``(B, K, H, W)`` gets binary cross-entropy per channel. K = 1 (a binary mask)
+    is the two-class case: binary cross-entropy of the one logit, ``class_weights`` then being
+    ``[background, foreground]`` and the smoothed target ``(1 - e) t + e / 2``.
+    """
+
+    from_logits = True
+
+    def __init__(self, class_weights: list[float] | None = None, ignore_index: int = -1,
+                 label_smoothing: float = 0.0):
+        super().__init__()
+        if class_weights is not None and (not isinstance(class_weights, (list, tuple)) or not class_weights or any(
+                isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 for w in class_weights)):
+            raise ConfigError(f"loss ce: class_weights got {class_weights!r}, expected a list of non-negative "
+                              "numbers, one per class in id order")
+        if not 0 <= label_smoothing < 1:
+            raise ConfigError(f"loss ce: label_smoothing got {label_smoothing!r}, expected a value in [0, 1)")
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+            raise ConfigError(f"loss ce: ignore_index got {ignore_index!r}, expected an integer class id")
+        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
+        self.ignore_index, self.label_smoothing = ignore_index, float(label_smoothing)
+
+    def _weights(self, k: int, device) -> torch.Tensor | None:
+        if self.class_weights is None:
+            return None
+        if len(self.class_weights) != max(k, 2):  # a binary mask is two classes: [background, foreground]
+            raise SandboxError(f"loss ce: {len(self.class_weights)} class_weights for {max(k, 2)} classes; "
+                               "expected one weight per class in id order")
+        return torch.tensor(self.class_weights, device=device)
+
+    def compute(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        k, e = pred.shape[1], self.label_smoothing
+        w = self._weights(k, pred.device)
+        if k > 1 and target.shape[1] == 1:
+            return F.cross_entropy(pred, _ids(target, k, self.ignore_index), weight=w, ignore_index=self.ignore_index,
+                                   label_smoothing=e)
+        smoothed = target * (1 - e) + e / 2  # binary or multi-label: each channel its own two classes
+        if w is None:
+            return F.binary_cross_entropy_with_logits(pred, smoothed)
+        # weights by channel (multi-label) or by the pixel's true class (binary), normalised as torch's CE
+        pixel_w = w.view(1, k, 1, 1).expand_as(pred) if k > 1 else w[1] * target + w[0] * (1 - target)
+        loss = F.binary_cross_entropy_with_logits(pred, smoothed, weight=pixel_w, reduction="sum")
+        return loss / pixel_w.sum().clamp_min(torch.finfo(loss.dtype).tiny)
+
+
 @LOSSES.register("focal")
 class FocalLoss(_Float32Loss):
     """Binary focal loss ``mean(-a_t (1 - p_t)^gamma log p_t)`` (Lin et al. 2017).
@@ -83,6 +177,8 @@ class FocalLoss(_Float32Loss):
         self.from_logits, self.alpha, self.gamma = from_logits, alpha, gamma
 
     def compute(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if pred.shape[1] > 1 and target.shape[1] == 1:  # class ids: the softmax focal loss
+            return self._classes(pred, target)
         if self.from_logits:
             ce = F.binary_cross_entropy_with_logits(pred, target, reduction="none")
         else:
@@ -93,6 +189,17 @@ class FocalLoss(_Float32Loss):
         if self.alpha is not None:
             loss = loss * (self.alpha * target + (1 - self.alpha) * (1 - target))
         return loss.mean()
+
+    def _classes(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``mean over labelled pixels of -(1 - p_t)^gamma log p_t``, ``p_t`` the softmax probability of the
+        true class (``alpha``, a foreground weight, has no meaning here: use ce's class_weights for that)."""
+        if self.alpha is not None:
+            raise SandboxError("loss focal: alpha weighs a binary mask's foreground; with several classes leave "
+                               "it null (class weights: loss ce)")
+        probs, onehot, valid = _classes(pred, target, self.from_logits)
+        p_t = (probs * onehot).sum(1, keepdim=True).clamp_min(1e-6)
+        loss = -(1 - p_t).pow(self.gamma) * p_t.log() * valid
+        return loss.sum() / valid.sum().clamp_min(1)
 
 
 @LOSSES.register("dice")
@@ -113,11 +220,23 @@ class DiceLoss(_Float32Loss):
         self.from_logits, self.smooth = from_logits, smooth
 
     def compute(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if pred.shape[1] > 1:
+            return 1 - self._classes(pred, target)
         p, t = _probs(pred, self.from_logits), target
         dims = tuple(range(1, p.ndim))
         inter = (p * t).sum(dims)
         dice = (2 * inter + self.smooth) / (p.sum(dims) + t.sum(dims) + self.smooth)
         return 1 - dice.mean()
+
+    def _classes(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """K classes: per image and class ``(2 I + s) / (P + T + s)`` over the labelled pixels, averaged over
+        the classes present in the image's target (``T > 0``), then over images."""
+        p, t, _ = _classes(pred, target, self.from_logits)
+        inter, ps, ts = (p * t).sum((2, 3)), p.sum((2, 3)), t.sum((2, 3))
+        return _per_class_mean(self.score(inter, ps, ts), ts > 0)
+
+    def score(self, inter: torch.Tensor, ps: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+        return (2 * inter + self.smooth) / (ps + ts + self.smooth)
 
 
 @LOSSES.register("jaccard")
@@ -130,11 +249,16 @@ class JaccardLoss(DiceLoss):
     """
 
     def compute(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if pred.shape[1] > 1:
+            return 1 - self._classes(pred, target)
         p, t = _probs(pred, self.from_logits), target
         dims = tuple(range(1, p.ndim))
         inter = (p * t).sum(dims)
         iou = (inter + self.smooth) / (p.sum(dims) + t.sum(dims) - inter + self.smooth)
         return 1 - iou.mean()
+
+    def score(self, inter: torch.Tensor, ps: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+        return (inter + self.smooth) / (ps + ts - inter + self.smooth)
 
 
 @LOSSES.register("l1")
@@ -238,7 +362,9 @@ class CompositeLoss(nn.Module):
             for name, fn in losses.items():
                 pred = outputs[target]
                 if target in self.logit_targets and not getattr(fn, "from_logits", False):
-                    pred = torch.sigmoid(pred.float())  # a loss of probabilities on a logit head
+                    # a loss of probabilities on a logit head: softmax over the classes of a class map
+                    classes = pred.shape[1] > 1 and batch[target].shape[1] == 1
+                    pred = torch.softmax(pred.float(), 1) if classes else torch.sigmoid(pred.float())
                 value = fn(pred, batch[target])
                 parts[f"{target}/{name}"] = value.detach()
                 term = self.weights[target][name] * value

@@ -7,6 +7,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from sandbox.build import target_classes
 from sandbox.data.splits import list_images
 from sandbox.errors import SandboxError
 from sandbox.runs.exported import load_exported
@@ -146,17 +147,51 @@ def output_names(files: list[Path]) -> dict[Path, str]:
     return names
 
 
-def read_pair(image: Path, mask: "Path | None", mask_threshold: float, mask_resize: str = "error"):
+def read_pair(image: Path, mask: "Path | None", mask_threshold: float, mask_resize: str = "error",
+              classes=None, ignore_index: int | None = None):
     """``(image (H, W, 3) uint8, mask (H, W) bool or None)``; the mask is binarised and fitted to
-    its image by the folder dataset's rules (:mod:`sandbox.data.masks`)."""
+    its image by the folder dataset's rules (:mod:`sandbox.data.masks`); with ``classes`` (the run's
+    ``data.classes``) it is read as a class map instead, ``(H, W)`` int ids, -1 unlabelled."""
     from sandbox.data.folders import open_image, to_rgb
-    from sandbox.data.masks import fit_mask, to_mask
+    from sandbox.data.masks import fit_mask, to_class_map, to_mask
 
     img = to_rgb(open_image(image))
     if mask is None:
         return img, None
+    if classes:
+        ids = to_class_map(open_image(mask), classes, mask, ignore_index)
+        return img, fit_mask(ids, img.shape[:2], mask, image, mask_resize).astype(np.int64)
     truth = fit_mask(to_mask(open_image(mask), mask_threshold).mask, img.shape[:2], mask, image, mask_resize)
     return img, truth.astype(bool)
+
+
+def write_class_prediction(out: Path, name: str, image: Path, mask: "Path | None", img, ids, truth, classes,
+                           failures_only: bool, fail_below: float) -> dict:
+    """A class map's files: ``<name>_classes.png`` (a palette PNG of the ids with the class colours: it
+    reads back as a class map by the folder rules) and ``<name>_overlay.png`` (the image tinted by class,
+    with the colour legend); its predictions.csv row: ``foreground`` the fraction not class 0, ``dice`` and
+    ``iou`` the mean Dice and mIoU over the classes in the truth (as sandbox.metrics.class_scores)."""
+    from sandbox.data.classes import colors
+    from sandbox.viz.panels import class_overlay
+
+    dice = iou = ""
+    if truth is not None:
+        labelled = truth >= 0
+        present = np.unique(truth[labelled])
+        inter = [((ids == c) & (truth == c)).sum() for c in present]
+        sizes = [((ids == c) & labelled).sum() + (truth == c).sum() for c in present]
+        iou = float(np.mean([i / max(1, z - i) for i, z in zip(inter, sizes)])) if len(present) else 1.0
+        dice = float(np.mean([2 * i / max(1, z) for i, z in zip(inter, sizes)])) if len(present) else 1.0
+    written = not failures_only or (truth is not None and dice < fail_below)
+    if written:
+        pal = Image.fromarray(ids.astype(np.uint8), "P")
+        pal.putpalette(colors(classes).ravel().tolist())
+        pal.save(out / f"{name}_classes.png")
+        Image.fromarray(class_overlay(img, ids, colors(classes), [c.name for c in classes],
+                                      None if truth is None else f"mIoU {iou:.3f}")).save(out / f"{name}_overlay.png")
+    return {"name": name, "image": str(image), "mask": str(mask or ""), "height": img.shape[0], "width": img.shape[1],
+            "foreground": round(float((ids > 0).mean()), 6), "dice": dice if dice == "" else round(dice, 6),
+            "iou": iou if iou == "" else round(iou, 6), "written": written}
 
 
 def scores(pred, truth) -> tuple[float, float]:
@@ -221,11 +256,13 @@ def predict_run(run_arg: str, inputs: list[str], which: str = "best", out_arg: s
     default = inside(run, run / "predictions") if run is not None else Path(model_file).parent.parent / "predictions"
     out = fresh_dir(Path(out_arg) if out_arg else default)
     names, rows, bad, bs = output_names(files), [], [], batch_size or cfg.data.batch_size
+    classes = target_classes(cfg).get("mask")  # data.classes: the mask is a class map
     for start in range(0, len(files), bs):
         loaded = []
         for f in files[start:start + bs]:
             try:
-                loaded.append((f, *read_pair(f, paired[f], cfg.data.mask_threshold, cfg.data.mask_resize)))
+                loaded.append((f, *read_pair(f, paired[f], cfg.data.mask_threshold, cfg.data.mask_resize,
+                                             classes, cfg.data.ignore_index)))
             except SandboxError as exc:
                 if not skip_unreadable:
                     raise SandboxError(f"{exc}; {len(rows)} image(s) before it were predicted into {out}; "
@@ -234,6 +271,10 @@ def predict_run(run_arg: str, inputs: list[str], which: str = "best", out_arg: s
         maps = predict_maps(model, [img for _, img, _ in loaded], cfg.data.size, cfg.data.resize,
                             cfg.train.channels_last, tta == "flip")
         for (f, img, truth), heads in zip(loaded, maps):
+            if classes:  # a class map (data.classes): ids, its colours and legend, mean Dice and mIoU
+                rows.append(write_class_prediction(out, names[f], f, paired[f], img, heads["mask"], truth, classes,
+                                                   failures_only, fail_below))
+                continue
             pred = heads["mask"] > mask_threshold
             dice, iou = scores(pred, truth) if truth is not None else ("", "")
             written = not failures_only or (truth is not None and dice < fail_below)

@@ -30,12 +30,14 @@ import torch
 from sandbox.analysis.evaluation import evaluate_run
 from sandbox.analysis.probe import EVAL_KEYS, score_run
 from sandbox.analysis.reports import lower_is_better
+from sandbox.build import target_classes
 from sandbox.config.loading import load_config
 from sandbox.data.splits import check_root, resolve_splits
 from sandbox.errors import ConfigError
 from sandbox.metrics import depth_metrics, segmentation_metrics
 from sandbox.models import MODELS
 from sandbox.runs.checkpoints import read_state
+from sandbox.runs.inference import class_records
 
 PROTOCOL_KEYS = ("primary", "select_on", "report_on", "compare", "baseline", "metrics", "reach", "sample_eval",
                  "resampled")
@@ -160,7 +162,12 @@ def protocol_overrides(protocol: dict) -> list[str]:
 def produced(cfg) -> list[str]:
     """What evaluate.py writes for a run of ``cfg`` (asked of the metric functions themselves)."""
     x = torch.zeros(1, 1, 16, 16)
-    names = list(segmentation_metrics(x, x))
+    classes = {t: [c.name for c in specs] for t, specs in target_classes(cfg).items() if t in (cfg.loss or {})}
+    binary = not classes or ("mask" in (cfg.loss or {}) and "mask" not in classes)
+    names = list(segmentation_metrics(x, x)) if binary else []
+    for target, cls in classes.items():  # class maps: the per-image columns (the worst class is a name)
+        rec = class_records(torch.zeros(1, len(cls), 16, 16), x, "" if target == "mask" else f"{target}_", cls)[0]
+        names += [k for k, v in rec.items() if isinstance(v, float)]
     if "depth" in (cfg.loss or {}) and (cfg.data.name != "folder" or cfg.data.depth_dir):
         names += [f"depth_{k}" for k in depth_metrics(x + 0.5, x + 0.5)]
     return names

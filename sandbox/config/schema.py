@@ -43,6 +43,12 @@ class DataConfig:
     group_by: Optional[str] = None
     augment: list[dict[str, Any]] = field(default_factory=list)  # [{HorizontalFlip: {p: 0.5}}, ...]
     size_schedule: Optional[dict[int, int]] = None  # progressive resizing {epoch: size}, e.g. {0: 80, 5: 160}
+    # several classes (folders): the class names of the mask target in id order, each a name (index masks carry
+    # the ids) or {name: colour} for palette / RGB colour masks ('#rrggbb' or [r, g, b]); null: the binary mask.
+    # Built-in class targets (dancers' parts) name their own classes (sandbox/data/classes.py)
+    classes: Optional[list[Any]] = None
+    ignore_index: Optional[int] = None  # index masks: the value of unlabelled pixels (e.g. 255), left out of loss and scores
+    multilabel: bool = False  # class targets as independent sigmoid channels (overlapping classes), not one softmax
 
 
 @dataclass
@@ -194,7 +200,8 @@ RANGES: dict[str, str] = {
     "data.num_train": "[1, 1000000]",  # synthetic data: the epoch's shuffle is a list of every index
     "data.num_val": "[0, 1000000]",
     "data.num_test": "[0, 1000000]",
-    "data.mask_threshold": "[0, 1)",  # a fraction of the mask's own full scale (1, 255 or 65535)
+    "data.mask_threshold": "[0, 1)",
+    "data.ignore_index": "[0, 65535]",  # a value an 8- or 16-bit index mask can hold  # a fraction of the mask's own full scale (1, 255 or 65535)
     "train.momentum": "[0, 1)",
     "train.gamma": "(0, 1)",  # a decay factor (ReduceLROnPlateau refuses 1)
     "train.cycle_epochs": "(0, inf)",

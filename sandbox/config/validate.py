@@ -8,7 +8,8 @@ import re
 from pathlib import Path
 
 from sandbox.config.schema import RANGES, Config, within
-from sandbox.data import DATASETS
+from sandbox.data import DATASETS, FolderDataset
+from sandbox.data.classes import target_classes
 from sandbox.errors import ConfigError, short, short_key
 from sandbox.losses import LOSSES, build_loss
 from sandbox.models import MODELS, check_model_options
@@ -87,6 +88,7 @@ def validate(cfg: Config) -> None:
     _validate_data(cfg)
     _validate_model(cfg)
     _validate_loss(cfg)
+    _validate_classes(cfg)
     if cfg.train.monitor.split("/")[0] not in ("val", "train"):
         raise ConfigError(f"train.monitor: got {short(cfg.train.monitor)}, expected a logged metric such as "
                           "val/dice, val/iou or val/loss")
@@ -178,6 +180,32 @@ def _validate_loss(cfg: Config) -> None:
                                   "(or a mapping {weight: w, <loss options>})")
     # build the losses once: bad options, targets and clamps fail here, naming loss.<target>.<name>
     build_loss(cfg.loss, balance=dataclasses.asdict(cfg.loss_balance) if cfg.loss_balance is not None else None)
+
+
+CLASS_LOSSES = ("ce", "dice", "jaccard", "focal")  # the losses that take a class map (sandbox/losses.py)
+
+
+def _validate_classes(cfg: Config) -> None:
+    """Several classes: ``data.classes`` parses (folders only), and a class-map target's losses take class maps."""
+    d = cfg.data
+    if d.classes and not issubclass(DATASETS[d.name], FolderDataset):
+        raise ConfigError(f"data.classes: dataset {short(d.name)} names its own classes; data.classes applies to "
+                          "data.name=folder (built-in class targets: loss.parts on dancers)")
+    classes = target_classes(DATASETS[d.name], d.classes)
+    if d.multilabel and not set(classes) & set(cfg.loss or {}):
+        raise ConfigError("data.multilabel: no class-map target in loss (e.g. loss.parts on dancers, or "
+                          "data.classes on a folder); set data.multilabel: false")
+    if d.ignore_index is not None and "mask" not in classes:
+        raise ConfigError("data.ignore_index: the unlabelled value of index masks needs data.classes; set both")
+    for target, specs in classes.items():
+        for name, opts in (cfg.loss or {}).get(target, {}).items():
+            if name not in CLASS_LOSSES and not d.multilabel:
+                raise ConfigError(f"loss.{target}.{name}: {target} is a map of {len(specs)} classes; accepted: "
+                                  f"{', '.join(CLASS_LOSSES)} (or data.multilabel: true for independent channels)")
+            weights = opts.get("class_weights") if isinstance(opts, dict) else None
+            if weights is not None and len(weights) != len(specs):
+                raise ConfigError(f"loss.{target}.{name}.class_weights: {len(weights)} weights for the "
+                                  f"{len(specs)} classes {', '.join(s.name for s in specs)}; expected one per class")
 
 
 def _validate_generative(cfg: Config, models) -> None:

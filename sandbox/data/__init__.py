@@ -3,7 +3,8 @@
 Every dataset class declares ``targets`` (the keys a loss may name, e.g. ``mask``,
 ``depth``) and returns ``{"image": (3, H, W) in [0, 1], <target>: (K, H, W), "index": int}``.
 
-  * ``dancers``: synthetic person segmentation with depth (:mod:`sandbox.data.synthetic`).
+  * ``dancers``: synthetic person segmentation with depth and body parts (``parts``, a class map:
+    :mod:`sandbox.data.synthetic`; classes as data: :mod:`sandbox.data.classes`).
   * ``folder``: images + masks [+ depth] from folders, paired by file stem (:mod:`sandbox.data.folders`;
     how masks are binarised and fitted to their image: :mod:`sandbox.data.masks`).
   * ``images``: an unlabelled image folder (``targets = ("image",)``).

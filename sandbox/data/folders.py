@@ -16,6 +16,10 @@ Reading rules:
     are resized to ``size`` (see ``fit_to_size``).
   * ``check_masks()`` (run by ``build_data`` on every split it builds) stops a split whose masks
     are all empty, or all full, at ``mask_threshold``.
+  * with ``classes`` (``data.classes``) masks are class maps instead (``sandbox.data.masks.to_class_map``:
+    palette, RGB colour or index masks): ``"mask": (1, S, S)`` float class ids, -1 unlabelled (also the
+    padding of ``resize=pad``), resized with nearest neighbour; ``check_masks()`` reads every mask of the
+    split once, so an unknown colour stops before training, and says once which classes never occur.
   * depth maps: 16-bit PNG -> ``value / 65535``, 8-bit -> ``value / 255``, float TIFF / ``.npy`` as is.
 
 Files are decoded lazily in ``__getitem__``; ``cache=True`` keeps the resized arrays (about
@@ -32,7 +36,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-from sandbox.data.masks import align, exif_orientation, fit_mask, to_mask
+from sandbox.data.masks import align, exif_orientation, fit_mask, to_class_map, to_mask
 from sandbox.data.splits import SPLITS, Item, check_root, resolve_splits
 from sandbox.data.transforms import fit_to_size
 from sandbox.errors import SandboxError
@@ -180,10 +184,12 @@ class FolderDataset(_FolderBase):
     def __init__(self, root=None, split: str = "train", image_dir: str = "images", mask_dir: str = "masks",
                  depth_dir: Optional[str] = None, size: int = 128, resize: str = "stretch",
                  mask_threshold: float = 0.5, mask_resize: str = "error", seed: int = 0, val_fraction: float = 0.15,
-                 test_fraction: float = 0.15, train_fraction: float = 1.0, splits=None, cache: bool = True):
+                 test_fraction: float = 0.15, train_fraction: float = 1.0, splits=None, cache: bool = True,
+                 classes=None, ignore_index: Optional[int] = None):
         super().__init__(root, split, image_dir, mask_dir, depth_dir, size, resize, seed, val_fraction,
                          test_fraction, train_fraction, splits, cache)
         self.mask_threshold, self.mask_resize = mask_threshold, mask_resize
+        self.mask_classes, self.ignore_index = classes, ignore_index  # ClassSpecs: masks are class maps
         self.targets = ("mask", "depth") if depth_dir else ("mask",)
         for name, items in self.splits.items():
             for key in self.targets:
@@ -195,7 +201,11 @@ class FolderDataset(_FolderBase):
         """Full-size ``(image (H, W, 3) uint8, mask (H, W) uint8, depth (H, W) float32 | None), levels``."""
         image_path, mask_path = self.root / it.image, self.root / it.mask
         img = to_rgb(open_image(image_path))
-        mask, levels, _ = to_mask(open_image(mask_path), self.mask_threshold)
+        if self.mask_classes:  # ids + 1 in uint16: 0 is unlabelled, so resize=pad's zeros are unlabelled too
+            mask, levels = (to_class_map(open_image(mask_path), self.mask_classes, mask_path,
+                                         self.ignore_index) + 1).astype(np.uint16), 0
+        else:
+            mask, levels, _ = to_mask(open_image(mask_path), self.mask_threshold)
         mask = fit_mask(mask, img.shape[:2], mask_path, image_path, self.mask_resize)
         depth = align(to_depth(self.root / it.depth), img.shape[:2]) if "depth" in self.targets else None
         return (img, mask, depth), levels
@@ -211,6 +221,8 @@ class FolderDataset(_FolderBase):
         few, in one where most masks are empty); it reads every mask only when it must conclude,
         so "all empty" is certain, never a guess from a sample.
         """
+        if self.mask_classes:
+            return self._check_classes()
         empty = full = True
         largest = 0.0
         for it in self.items:
@@ -230,6 +242,22 @@ class FolderDataset(_FolderBase):
         raise SandboxError(f"{where} are full (every pixel foreground) at {at}; expected some background: check "
                            "that data.mask_dir names the masks, not the images, or raise data.mask_threshold")
 
+    def _check_classes(self) -> None:
+        """Class maps: read every mask of the split (an unknown colour stops here, before training) and say
+        once which classes never occur in it (their IoU is then absent, not a silent NaN)."""
+        seen = np.zeros(len(self.mask_classes), bool)
+        for it in self.items:
+            ids = to_class_map(open_image(self.root / it.mask), self.mask_classes, self.root / it.mask,
+                               self.ignore_index)
+            seen[np.unique(ids[ids >= 0])] = True
+            if seen.all():
+                return
+        if self.items:
+            absent = [c.name for c, s in zip(self.mask_classes, seen) if not s]
+            log.warning("%s split: class(es) %s never occur in its %d masks under %s; their IoU is reported "
+                        "as absent and left out of the mIoU", self.split, ", ".join(absent), len(self.items),
+                        (self.root / self.items[0].mask).parent)
+
     def _decode(self, index: int) -> tuple:
         (img, mask, depth), levels = self._read(self.items[index])
         folder = str(self.path(index, "mask").parent)
@@ -238,7 +266,7 @@ class FolderDataset(_FolderBase):
             log.warning("%s: mask has %d grey levels; binarised as value > %.2f x its level (data.mask_threshold)",
                         self.path(index, "mask"), levels, self.mask_threshold)
         img, _ = fit_to_size(img, self.size, self.resize, "image")
-        mask, _ = fit_to_size(mask, self.size, self.resize, "mask")
+        mask, _ = fit_to_size(mask, self.size, self.resize, "nearest" if self.mask_classes else "mask")
         if depth is not None:
             depth, _ = fit_to_size(depth, self.size, self.resize, "nearest")
         return img, mask, depth
@@ -246,7 +274,7 @@ class FolderDataset(_FolderBase):
     def __getitem__(self, index: int) -> dict:
         img, mask, depth = self.arrays(index)
         sample = {"image": torch.from_numpy(img.transpose(2, 0, 1).astype(np.float32) / 255.0),
-                  "mask": torch.from_numpy(mask[None].astype(np.float32))}
+                  "mask": torch.from_numpy(mask[None].astype(np.float32) - (1 if self.mask_classes else 0))}
         if depth is not None:
             sample["depth"] = torch.from_numpy(depth[None].copy())
         sample["index"] = index

@@ -105,12 +105,13 @@ def size_at(size: int, schedule: dict[int, int] | None, epoch: int) -> int:
 
 
 def resize_batch(batch: dict, size: int) -> dict:
-    """Image-like tensors ``(B, C, H, W)`` of ``batch`` at ``size x size``: masks nearest, the rest
-    bilinear (antialiased); everything else as it is."""
+    """Image-like tensors ``(B, C, H, W)`` of ``batch`` at ``size x size``: masks and class maps (every
+    target but image and depth: labels stay labels) nearest, image and depth bilinear (antialiased);
+    everything else as it is."""
     out = {}
     for k, v in batch.items():
         if isinstance(v, torch.Tensor) and v.ndim == 4 and v.shape[-1] != size:
-            if k == "mask":
+            if k not in ("image", "depth"):
                 v = torch.nn.functional.interpolate(v, size=(size, size), mode="nearest")
             else:
                 v = torch.nn.functional.interpolate(v, size=(size, size), mode="bilinear",

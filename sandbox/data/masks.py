@@ -16,6 +16,12 @@ empty):
     8-bit mask that peaks at 200 is still cut at ``threshold x 255``).
   * an all-zero mask is empty at any threshold; ``mask_threshold`` is in ``[0, 1)`` (config check).
 
+Class maps (``to_class_map``, with ``data.classes``): classes with colours read palette PNGs through
+their palette and RGB masks by their colour; classes without colours read index masks (grey 8/16-bit,
+or a palette PNG's indices, as PASCAL VOC stores them), the value being the class id.
+``data.ignore_index`` marks unlabelled pixels by value (index masks) or palette index (palette PNGs).
+A colour or id that no class names stops with one line naming the file, the value and the known classes.
+
 Aligning (``fit_mask``): a mask of another size than its image is resized to it with nearest
 neighbour when the two have the same aspect ratio, within ``ASPECT_TOLERANCE`` (2 %) or one pixel
 of rounding (real datasets store masks smaller than their image, e.g. 433x577 for 480x640). Another
@@ -33,6 +39,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from sandbox.data.classes import ClassSpec, describe
 from sandbox.errors import SandboxError
 
 ASPECT_TOLERANCE = 0.02  # relative difference of height/width ratios still taken as the same aspect
@@ -132,3 +139,49 @@ def _aspect_message(hw, image_hw, mask_path: Path, image_path: Path) -> str:
     return (f"{mask_path}: mask is {w}x{h} but its image {image_path} is {iw}x{ih}{why}; expected the same "
             f"aspect ratio (within {ASPECT_TOLERANCE:.0%}) so that the mask can be resized to its image; "
             "set data.mask_resize=stretch to stretch such masks knowingly")
+
+
+def _rgb_values(im: Image.Image) -> np.ndarray:
+    """``(H, W)`` int32 ``0xRRGGBB`` of a palette or colour mask (alpha dropped)."""
+    if im.mode == "P":
+        pal = np.asarray(im.getpalette("RGB") or [0, 0, 0], np.uint8).reshape(-1, 3)
+        pal = np.concatenate([pal, np.zeros((256 - len(pal), 3), np.uint8)])
+        rgb = pal[np.asarray(im)]
+    else:
+        rgb = np.asarray(im.convert("RGB"))
+    rgb = rgb.astype(np.int32)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def to_class_map(im: Image.Image, classes: tuple[ClassSpec, ...], path: str | Path,
+                 ignore_index: int | None = None) -> np.ndarray:
+    """``PIL image -> (H, W) int16`` class ids in ``0..K-1``, -1 unlabelled (module doc); an unknown colour
+    or id is one line naming ``path``, the value and the known classes."""
+    k = len(classes)
+    unlabelled = np.zeros(im.size[::-1], bool)
+    if ignore_index is not None and im.mode in ("P", "L", "I", "I;16", "I;16B", "I;16L"):
+        unlabelled = np.asarray(im) == ignore_index
+    if classes[0].color is not None:  # colours name the classes
+        values = _rgb_values(im)
+        keys = np.array([(r << 16) | (g << 8) | b for r, g, b in (c.color for c in classes)], np.int64)
+        order = np.argsort(keys)
+        pos = np.searchsorted(keys[order], values).clip(0, k - 1)
+        ids = order[pos].astype(np.int16)
+        unknown = (keys[order][pos] != values) & ~unlabelled
+        what = lambda v: f"colour #{int(v):06x}"  # noqa: E731
+    else:  # index masks: the value is the id
+        if im.mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L"):
+            raise SandboxError(f"{path}: a {im.mode} mask, but data.classes gives no colours; expected an index "
+                               "mask (grey 8/16-bit or palette PNG of class ids), or colours in data.classes "
+                               "({name: '#rrggbb'}) for colour masks")
+        values = np.asarray(im).astype(np.int64)
+        ids = values.clip(-1, k - 1).astype(np.int16)
+        unknown = ((values < 0) | (values >= k)) & ~unlabelled
+        what = lambda v: f"value {int(v)}"  # noqa: E731
+    if unknown.any():
+        first = values[unknown][0]
+        ignore = f"; data.ignore_index is {ignore_index}" if ignore_index is not None else ""
+        raise SandboxError(f"{path}: {what(first)} ({int((values == first).sum())} px) is no class of "
+                           f"data.classes; known: {describe(classes)}{ignore}")
+    ids[unlabelled] = -1
+    return ids

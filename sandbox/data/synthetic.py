@@ -5,7 +5,10 @@ changes smoothly along short dance sequences of ``seq_len`` frames, drawn over c
 backgrounds: low-frequency colour fields, texture noise and distractor shapes that share
 the dancers' palette, including loose "limbs" (sticks and blobs) that look like a dancer
 locally and can only be told apart by global context. Each sample has an RGB image, a
-binary person mask and a depth map (0 = near, 1 = far).
+binary person mask, a depth map (0 = near, 1 = far) and a second target, ``parts``: the body
+parts as a class map (background, head, torso, arms, legs; the limbs are a few pixels thin, the
+head small: they need the fine detail that skips carry), or with ``multilabel`` one channel per
+class, a part hidden behind another still in its own channel.
 
 Everything is a pure function of ``(seed, split, index)``: sequences of different splits
 come from different random streams, so no pose leaks from train into val or test.
@@ -21,9 +24,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from sandbox.data.classes import parse_classes
+
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 _SHIFT = 4  # cv2 sub-pixel bits: coordinates are drawn at 1/16 px precision
 _FIX = float(1 << _SHIFT)
+# the parts target's classes in id order, each with the colour its pictures use
+PART_CLASSES = parse_classes([{"background": "#000000"}, {"head": "#e6194b"}, {"torso": "#3cb44b"},
+                              {"arms": "#ffe119"}, {"legs": "#4363d8"}], "dancers parts")
+HEAD, TORSO, ARMS, LEGS = 1, 2, 3, 4
 
 
 def _pt(p) -> tuple[int, int]:
@@ -43,6 +52,10 @@ class _Canvas:
         self.image, self.depth = image, depth
         self.size = image.shape[0]
         self.mask = np.zeros(image.shape[:2], np.float32)
+        # the parts: the front-most part per pixel, and each part's own extent (multi-label)
+        self.part = 0  # the body part the next person shape belongs to (set by Dancers._dancer)
+        self.parts = np.zeros(image.shape[:2], np.uint8)
+        self.layers = np.zeros((len(PART_CLASSES), *image.shape[:2]), np.uint8)
 
     def paint(self, draw, color, z: float, person: bool) -> None:
         a8 = np.zeros((self.size, self.size), np.uint8)
@@ -56,10 +69,15 @@ class _Canvas:
         img *= 1 - a[..., None]
         img += a[..., None] * np.asarray(color, np.float32)
         self.depth[box][a > 0.5] = z
+        covered = a > 0.5
         if person:
             np.maximum(self.mask[box], a, out=self.mask[box])
+            self.parts[box][covered] = self.part
+            self.layers[self.part][box][covered] = 1
         else:  # something painted over the dancer hides it
             self.mask[box] *= 1 - a
+            self.parts[box][covered] = 0
+            self.layers[(slice(None), *box)][:, covered] = 0
 
     def stick(self, p, q, thick: float, color, z: float, person: bool) -> None:
         t = max(1, int(round(thick)))
@@ -84,29 +102,35 @@ def _palette_color(rng: np.random.Generator, base: np.ndarray, spread: float) ->
 
 
 class Dancers(Dataset):
-    """Procedural dancers: ``{"image": (3, S, S), "mask": (1, S, S), "depth": (1, S, S), "index"}``.
+    """Procedural dancers: ``{"image": (3, S, S), "mask": (1, S, S), "depth": (1, S, S), "parts": (1, S, S),
+    "index"}``.
 
-    Images in [0, 1], mask in {0, 1}, depth in [0, 1] (0 = near). Deterministic from
-    ``(seed, split, index)``; ``cache=True`` renders each sample once and keeps it (about
-    ``S*S*5`` bytes per sample).
+    Images in [0, 1], mask in {0, 1}, depth in [0, 1] (0 = near), parts the class ids of
+    :data:`PART_CLASSES` (``multilabel``: ``(5, S, S)`` in {0, 1}, channel 0 the background).
+    Deterministic from ``(seed, split, index)``; ``cache=True`` renders each sample once and keeps it
+    (about ``S*S*6`` bytes per sample). The parts add no random draw: image, mask and depth are
+    the same with or without them.
     """
 
-    targets = ("mask", "depth")
+    targets = ("mask", "depth", "parts")
+    classes = {"parts": PART_CLASSES}
 
     def __init__(self, split: str = "train", num: int = 1000, size: int = 128, seed: int = 0,
-                 difficulty: float = 1.0, seq_len: int = 8, cache: bool = True):
+                 difficulty: float = 1.0, seq_len: int = 8, cache: bool = True, multilabel: bool = False):
         if split not in SPLIT_IDS:
             raise ValueError(f"split must be one of {list(SPLIT_IDS)}, got {split!r}")
         self.split, self.num, self.size, self.seed = split, num, size, seed
         self.difficulty, self.seq_len = float(difficulty), max(1, seq_len)
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = {} if cache else None
+        self.multilabel = multilabel
+        self._cache: dict[int, tuple[np.ndarray, ...]] | None = {} if cache else None
 
     def __len__(self) -> int:
         return self.num
 
     # ------------------------------------------------------------------ rendering
-    def render(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``index -> (image (S, S, 3) float32, mask (S, S) uint8, depth (S, S) float32)``.
+    def render(self, index: int) -> tuple[np.ndarray, ...]:
+        """``index -> (image (S, S, 3) float32, mask (S, S) uint8, depth (S, S) float32, parts)``, parts
+        ``(S, S) uint8`` ids or, ``multilabel``, ``(5, S, S) uint8`` layers.
 
         Longer than the house's 60 lines on purpose: the drawing order is the picture (background,
         distractors, the figure's limbs back to front, each written into image, mask and depth), and
@@ -194,7 +218,12 @@ class Dancers(Dataset):
             img = img + frame_rng.normal(0, 0.02 + 0.03 * d, img.shape).astype(np.float32)
         img = np.clip(img, 0, 1).astype(np.float32)
         mask = (canvas.mask > 0.5).astype(np.uint8)
-        return img, mask, np.clip(canvas.depth, 0, 1).astype(np.float32)
+        if self.multilabel:
+            parts = canvas.layers
+            parts[0] = 1 - mask  # the background: what is not the dancer
+        else:
+            parts = np.where(mask > 0, canvas.parts, 0).astype(np.uint8)
+        return img, mask, np.clip(canvas.depth, 0, 1).astype(np.float32), parts
 
     def _dancer(self, canvas: _Canvas, rng: np.random.Generator, t: int, palette, u: float) -> None:
         """A figure whose joint angles follow smooth sinusoids of the frame number ``t``."""
@@ -233,14 +262,20 @@ class Dancers(Dataset):
 
         # far-side limbs first (slightly deeper), then torso and head, then near-side limbs
         hip_half, sh_half = 0.07 * height, 0.1 * height
+        canvas.part = LEGS
         limb(hip - side * hip_half, angle(0.15, 0.4), 0.5, leg_len, leg_w, pants, z_body + 0.04)
+        canvas.part = ARMS
         limb(shoulder_c - side * sh_half, angle(0.6, 0.9), 1.2, limb_len, arm_w, skin, z_body + 0.04)
+        canvas.part = TORSO
         canvas.poly([hip - side * hip_half * 1.2, hip + side * hip_half * 1.2,
                      shoulder_c + side * sh_half, shoulder_c - side * sh_half], shirt, z_body, True)
         head_c = shoulder_c + up * (neck + 0.07 * height)
+        canvas.part = HEAD  # the neck counts as head
         canvas.stick(shoulder_c, shoulder_c + up * neck * 1.2, arm_w * 1.2, skin, z_body, True)
         canvas.ellipse(head_c, (0.055 * height, 0.07 * height), math.degrees(lean), skin, z_body - 0.02, True)
+        canvas.part = LEGS
         limb(hip + side * hip_half, angle(-0.15, 0.4), 0.5, leg_len, leg_w, pants, z_body - 0.04)
+        canvas.part = ARMS
         limb(shoulder_c + side * sh_half, angle(-0.6, 0.9), 1.2, limb_len, arm_w, skin, z_body - 0.04)
 
     # ------------------------------------------------------------------ Dataset API
@@ -248,14 +283,15 @@ class Dancers(Dataset):
         if not 0 <= index < self.num:
             raise IndexError(index)
         if self._cache is not None and index in self._cache:
-            img, mask, depth = self._cache[index]
+            img, mask, depth, parts = self._cache[index]
         else:
-            img, mask, depth = self.render(index)
+            img, mask, depth, parts = self.render(index)
             if self._cache is not None:
-                self._cache[index] = (img, mask, depth)
+                self._cache[index] = (img, mask, depth, parts)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))),
             "mask": torch.from_numpy(mask[None].astype(np.float32)),
             "depth": torch.from_numpy(depth[None].copy()),
+            "parts": torch.from_numpy((parts if parts.ndim == 3 else parts[None]).astype(np.float32)),
             "index": index,
         }

@@ -92,3 +92,62 @@ def hard_dice(pred, truth) -> float:
     formula that pictures and command summaries use on already-thresholded masks."""
     inter, total = float((pred & truth).sum()), float(pred.sum() + truth.sum())
     return 2 * inter / total if total else 1.0
+
+
+# ----------------------------------------------------------------------------- several classes
+
+def class_decisions(logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.5):
+    """K > 1 logits ``(B, K, H, W)`` and a class map -> ``(pred, truth, valid)``, each ``(B, K, H, W)``
+    in {0, 1}: a ``(B, 1, H, W)`` target of ids (-1 unlabelled) against the argmax, or a multi-label
+    ``(B, K, H, W)`` target against ``sigmoid > threshold`` per channel (sandbox/data/classes.py)."""
+    k = logits.shape[1]
+    if target.shape[1] == k:  # multi-label
+        return _binary(logits, threshold), (target.float() > 0.5).float(), torch.ones_like(target[:, :1]).float()
+    ids = target[:, 0].long()
+    valid = (ids >= 0).unsqueeze(1).float()
+    onehot = lambda x: F.one_hot(x.clamp(0, k - 1), k).permute(0, 3, 1, 2).float() * valid  # noqa: E731
+    return onehot(logits.float().argmax(1)), onehot(ids), valid
+
+
+def class_metrics(logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.5,
+                  tolerance: int = 2) -> dict[str, torch.Tensor]:
+    """Per image, for K > 1 classes: ``tp, fp, fn`` pixel counts ``(B, K)`` (summed over a split they give
+    :func:`class_scores`), ``iou`` and ``dice`` ``(B, K)`` (NaN where a class is in neither prediction nor
+    truth), ``miou`` ``(B,)`` (mean IoU over the classes present in the image's truth), ``pixel_acc``
+    ``(B,)`` over labelled pixels, ``boundary_f1`` ``(B, K)`` (per class as :func:`boundary_f1_per_image`,
+    NaN where the class is in neither) and, single-label only, ``confusion`` ``(B, K, K)`` (rows: truth)."""
+    p, t, valid = class_decisions(logits, target, threshold)
+    tp, ps, ts = (p * t).sum((2, 3)), p.sum((2, 3)), t.sum((2, 3))
+    fp, fn = ps - tp, ts - tp
+    seen = (ps + ts) > 0
+    nan = torch.full_like(tp, float("nan"))
+    iou = torch.where(seen, tp / (tp + fp + fn).clamp_min(1), nan)
+    present = ts > 0
+    miou = (iou.nan_to_num(0) * present).sum(1) / present.sum(1).clamp_min(1)
+    agree = (p * t).sum(1, keepdim=True) if target.shape[1] == 1 else 1 - (p - t).abs().mean(1, keepdim=True)
+    out = {"tp": tp, "fp": fp, "fn": fn, "iou": iou, "dice": torch.where(seen, 2 * tp / (ps + ts).clamp_min(1), nan),
+           "miou": torch.where(present.any(1), miou, torch.ones_like(miou)),
+           "pixel_acc": (agree * valid).sum((1, 2, 3)) / valid.sum((1, 2, 3)).clamp_min(1)}
+    b, k = tp.shape
+    bf1 = match_f1(_boundary(p.reshape(b * k, 1, *p.shape[2:])), _boundary(t.reshape(b * k, 1, *t.shape[2:])),
+                   tolerance).view(b, k)
+    out["boundary_f1"] = torch.where(seen, bf1, nan)
+    if target.shape[1] == 1:
+        ids = target[:, 0].long()
+        pred_ids = logits.float().argmax(1)
+        flat = (ids.clamp_min(0) * k + pred_ids).flatten(1)
+        counts = torch.zeros(b, k * k, device=logits.device).scatter_add_(1, flat, valid.flatten(1))
+        out["confusion"] = counts.view(b, k, k)
+    return out
+
+
+def class_scores(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Split-level scores from pixel counts summed over the split's images ``(K,)``: ``iou`` and ``dice``
+    per class, ``present`` (the class occurs in the truth), ``miou``/``mdice``: the mean over the classes
+    present in the truth, the usual convention (PASCAL VOC, Cityscapes); a class absent from the truth
+    but predicted is not averaged in (its IoU is 0 and says so per class)."""
+    present = (tp + fn) > 0
+    iou = tp / (tp + fp + fn).clamp_min(1)
+    dice = 2 * tp / (2 * tp + fp + fn).clamp_min(1)
+    mean = lambda x: x[present].mean() if present.any() else torch.tensor(float("nan"))  # noqa: E731
+    return {"iou": iou, "dice": dice, "present": present, "miou": mean(iou), "mdice": mean(dice)}

@@ -30,7 +30,8 @@ from sandbox.nn.heads import Heads
 from sandbox.nn.resnet import MAX_DEPTH as RESNET_MAX_DEPTH
 from sandbox.nn.resnet import ResNet18Encoder
 
-LOGIT_TARGETS = ("mask",)  # binary targets: heads return logits (the CompositeLoss gives others sigmoid)
+# binary and class-map targets: heads return logits (K of them for K classes; the CompositeLoss gives others sigmoid)
+LOGIT_TARGETS = ("mask", "parts")
 
 CHOICE_KEYS = ("upsample", "skip", "downsample", "block", "norm", "encoder")
 DEFAULTS = {"unet": {"skip": "concat", "upsample": "transpose", "downsample": "maxpool"},

@@ -1,4 +1,5 @@
-"""Heads: map decoder features to named targets, ``{"mask": 1, "depth": 1}`` -> dict of outputs."""
+"""Heads: map decoder features to named targets, ``{"mask": 1, "depth": 1, "parts": 5}`` (K logits for K
+classes) -> dict of outputs."""
 from __future__ import annotations
 
 import torch

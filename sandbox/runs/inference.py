@@ -13,7 +13,7 @@ from torch import nn
 
 from sandbox.data.loader import collate
 from sandbox.data.transforms import fit_to_size, unfit
-from sandbox.metrics import depth_metrics, segmentation_metrics
+from sandbox.metrics import class_metrics, depth_metrics, segmentation_metrics
 
 
 def forward(model: nn.Module, x: torch.Tensor, channels_last: bool = True, flip: bool = False
@@ -29,7 +29,10 @@ def forward(model: nn.Module, x: torch.Tensor, channels_last: bool = True, flip:
         mirrored = _forward(model, x.flip(-1), channels_last)
         for k, v in out.items():
             m = mirrored[k].flip(-1)
-            out[k] = torch.logit((torch.sigmoid(v) + torch.sigmoid(m)) / 2, eps=1e-7) if k == "mask" else (v + m) / 2
+            if v.shape[1] > 1:  # class logits: the mean of the two softmaxes, as log-probabilities
+                out[k] = torch.log((torch.softmax(v, 1) + torch.softmax(m, 1)) / 2 + 1e-12)
+            else:
+                out[k] = torch.logit((torch.sigmoid(v) + torch.sigmoid(m)) / 2, eps=1e-7) if k == "mask" else (v + m) / 2
     return out
 
 
@@ -58,9 +61,31 @@ def _at_original_size(dataset, index: int, logits: torch.Tensor, threshold: floa
     return segmentation_metrics(hard[None], torch.from_numpy(truth)[None, None].float(), threshold)
 
 
+def class_records(logits: torch.Tensor, target: torch.Tensor, prefix: str, names: Sequence[str],
+                  confusion: Optional[dict] = None, key: str = "") -> list[dict]:
+    """Per image of a class target: ``<prefix>miou``, ``pixel_acc``, the worst class present in the truth
+    (``worst_class``, ``worst_iou``), ``iou_<class>`` and ``boundary_f1_<class>`` (NaN: the class is in
+    neither truth nor prediction). ``confusion``: ``{key: (K, K) tensor}`` summed into, single-label only."""
+    m = {k: v.cpu() for k, v in class_metrics(logits, target.to(logits.device)).items()}
+    if confusion is not None and "confusion" in m:
+        confusion[key] = confusion.get(key, 0) + m["confusion"].sum(0)
+    present = (m["tp"] + m["fn"]) > 0
+    worst = torch.where(present, m["iou"].nan_to_num(2.0), torch.full_like(m["iou"], 2.0)).min(1)
+    recs = []
+    for j in range(logits.shape[0]):
+        rec = {f"{prefix}miou": float(m["miou"][j]), f"{prefix}pixel_acc": float(m["pixel_acc"][j]),
+               f"{prefix}worst_class": names[int(worst.indices[j])] if present[j].any() else "",
+               f"{prefix}worst_iou": float(worst.values[j]) if present[j].any() else float("nan")}
+        rec.update({f"{prefix}iou_{n}": float(m["iou"][j, c]) for c, n in enumerate(names)})
+        rec.update({f"{prefix}boundary_f1_{n}": float(m["boundary_f1"][j, c]) for c, n in enumerate(names)})
+        recs.append(rec)
+    return recs
+
+
 def evaluate_dataset(model: nn.Module, dataset, threshold: float = 0.5, batch_size: int = 16,
                      channels_last: bool = True, progress: Optional[str] = None,
-                     original_size: bool = False, flip: bool = False) -> list[dict]:
+                     original_size: bool = False, flip: bool = False, classes: Optional[dict] = None,
+                     confusion: Optional[dict] = None) -> list[dict]:
     """Per-image metrics, one dict per sample in dataset order: ``{"index", ["stem", "path" (folders)],
     "dice", "iou", "pixel_acc", "boundary_f1", ["depth_l1", "depth_rmse", "depth_ssim", "depth_delta1",
     "depth_edge_f1"]}``.
@@ -68,7 +93,9 @@ def evaluate_dataset(model: nn.Module, dataset, threshold: float = 0.5, batch_si
     At the net's resolution, with the same functions, threshold convention and batching as the
     trainer's validation; ``original_size`` (folder datasets): the mask metrics at each image's own
     size instead (depth stays at the net's). ``progress``: a tqdm label (shown on terminals only).
-    ``flip``: with the mirror as test-time augmentation (:func:`forward`).
+    ``flip``: with the mirror as test-time augmentation (:func:`forward`). ``classes``: ``{target: [class
+    names]}`` of the class-map targets, scored by :func:`class_records` (``mask``'s columns bare, the
+    others' prefixed ``<target>_``), their confusion matrices summed into ``confusion`` by target.
     """
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
@@ -79,7 +106,10 @@ def evaluate_dataset(model: nn.Module, dataset, threshold: float = 0.5, batch_si
     for batch in tqdm(loader, desc=progress, disable=None if progress else True, leave=False):
         out = forward(model, batch["image"], channels_last, flip)
         indices = batch["index"].tolist()
-        if original_size:
+        classes = classes or {}
+        if "mask" in classes or "mask" not in out:  # a class map is scored below, per class
+            values = {}
+        elif original_size:
             per = [_at_original_size(dataset, i, out["mask"][j], threshold) for j, i in enumerate(indices)]
             values = {k: torch.cat([p[k] for p in per]) for k in per[0]}
         else:
@@ -88,10 +118,14 @@ def evaluate_dataset(model: nn.Module, dataset, threshold: float = 0.5, batch_si
             depth = depth_metrics(out["depth"], batch["depth"].to(out["depth"].device))
             values.update({f"depth_{k}": v for k, v in depth.items()})
         cols = {k: v.cpu().tolist() for k, v in values.items()}
+        per_class = [class_records(out[t], batch[t], "" if t == "mask" else f"{t}_", names, confusion, t)
+                     for t, names in classes.items() if t in out and t in batch]
         for j, index in enumerate(indices):
             rec: dict = {"index": index}
             if items is not None:
                 rec.update(stem=items[index].stem, path=str(dataset.path(index)))
+            for recs in per_class:
+                rec.update(recs[j])
             rec.update({k: float(v[j]) for k, v in cols.items()})
             records.append(rec)
     return records
@@ -102,13 +136,14 @@ def predict_maps(model: nn.Module, images: Sequence[np.ndarray], size: int, resi
     """``[(H_i, W_i, 3) uint8] -> [{"mask": P(mask), "depth": depth, ...}]``, each ``(H_i, W_i) float32``:
     each image fitted to ``size`` with the run's ``data.resize`` policy (as the folder dataset does),
     predicted, and mapped back to its original size (bilinear). ``mask`` heads go through the
-    sigmoid; other heads (``depth``) are regressions, clipped to [0, 1] as the trainer's panels show them.
+    sigmoid; a head of K > 1 classes gives its class ids ``(H_i, W_i) int64`` (argmax, nearest); other heads (``depth``) are regressions, clipped to [0, 1] as the trainer's panels show them.
     ``flip``: with the mirror as test-time augmentation (:func:`forward`)."""
     if not images:
         return []
     fitted, metas = zip(*(fit_to_size(im, size, resize, "image") for im in images))
     x = torch.from_numpy(np.stack(fitted).transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
-    out = {k: (torch.sigmoid(v) if k == "mask" else v.clamp(0, 1)).cpu()  # (B, 1, S, S)
-           for k, v in forward(model, x, channels_last, flip).items()}
+    # K > 1 logits: the class ids (argmax; integer, so unfit maps them back with nearest neighbour)
+    out = {k: (v.argmax(1, keepdim=True) if v.shape[1] > 1 else torch.sigmoid(v) if k == "mask" else v.clamp(0, 1)).cpu()
+           for k, v in forward(model, x, channels_last, flip).items()}  # (B, 1, S, S)
     return [{k: unfit(v[i, 0], meta).numpy() for k, v in out.items()} for i, meta in enumerate(metas)]
 
