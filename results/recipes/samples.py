@@ -7,6 +7,7 @@ row pair per recipe, the first rows real test images of the same data config.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -37,7 +38,8 @@ def main() -> None:
         g = torch.Generator().manual_seed(cfg.seed + SCORE_NOISE_OFFSET)
         with torch.no_grad():
             rows.append(model.sample(2 * a.n, g).float().cpu())
-        labels += [f"{cfg.model.name} ({Path(run).name})", ""]
+        state = json.loads((Path(run) / "checkpoints" / "best" / "trainer_state.json").read_text())
+        labels += [f"{cfg.model.name} ({Path(run).name})", f"step {state['step']}"]
     out = save_grid(torch.cat(rows), Path(a.out), nrow=a.n, scale=3,
                     title="attractor recipes, checkpoints/best (32 px)", row_labels=labels)
     print(f"wrote {out}")
