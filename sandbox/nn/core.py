@@ -36,7 +36,8 @@ class Encoder(nn.Module):
     """``forward(x: (B, C, H, W)) -> [f0, ..., f_depth]``, fine to coarse.
 
     ``f_i: (B, widths[i], H / 2**i, W / 2**i)`` with pooling (``H`` for ``downsample="none"``);
-    the last element is the bottleneck. ``len(widths) = depth + 1``.
+    the last element is the bottleneck. ``len(widths) = depth + 1``. ``attention=True`` ends the
+    bottleneck with self-attention over its pixels (:mod:`sandbox.nn.attention`; the identity at init).
     """
 
     def __init__(self, in_channels: int, widths: Sequence[int] = (32, 64, 128), blocks: int = 2,
