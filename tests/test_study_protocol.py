@@ -245,10 +245,12 @@ def test_tiny_generative_families_study_reports_sample_metrics_and_na_for_dcgans
         tmp_path / "fam.yaml", config=str(ROOT / "configs/flow_attractors.yaml"),
         grid={"family": {"dcgan": {"model.name": "dcgan", "model.latent_dim": 8, "model.norm": "batch",
                                    "model.d_norm": "none", "model.ema": 0.99, "train.optimizer": "adam",
+                                   "model.attention": None, "model.block": "plain",  # the flow recipe's net
                                    **{k.split("=")[0]: None for k in flat}},
                          "flow": {"model.name": "flow"}}},
         overrides=["data.size=16", "data.num_train=8", "data.num_val=8", "data.num_test=8", "data.batch_size=8",
-                   "model.width=4", "model.depth=2", "model.sample_steps=2", "train.epochs=2", "train.scheduler=none",
+                   "model.widths=null", "model.width=4", "model.depth=2", "model.sample_steps=2", "train.epochs=2",
+                   "train.scheduler=none",
                    "train.fid_samples=0", "train.probe_samples=0", "train.num_images=0", "track.wandb=disabled",
                    "train.mixed_precision=no", "train.threads=1"],
         primary="test/kid_own", report_on="test", seeds=[0], reach=None, compare=[["dcgan", "flow"]],

@@ -88,6 +88,7 @@ class ModelConfig:
     sampler: Optional[Literal["ddpm", "ddim", "euler", "heun"]] = None  # ddpm: any (null: ddim); flow: euler, heun, ddim (= euler; null: euler)
     sample_steps: Optional[int] = None  # steps of sampling and of the inversion encode() runs (null: 20)
     eta: Optional[float] = None  # ddpm with sampler ddim: 0 deterministic .. 1 the DDPM posterior's noise (null: 0)
+    attention: Optional[bool] = None  # ddpm, flow: self-attention over the bottleneck's pixels (null: off)
 
 
 @dataclass

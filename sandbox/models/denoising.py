@@ -35,7 +35,7 @@ log = logging.getLogger("sandbox")
 
 DEFAULT_STEPS = 20
 OWN = {"ddpm": ("prediction", "min_snr"), "flow": ("t_sampling",)}
-SAMPLING = ("sampler", "sample_steps", "eta")
+SAMPLING = ("sampler", "sample_steps", "eta", "attention")  # attention: the net's, for both processes
 
 
 class TimeUNet(nn.Module):
@@ -44,11 +44,12 @@ class TimeUNet(nn.Module):
 
     def __init__(self, in_channels: int, widths: Sequence[int], blocks: int = 2, block: str = "plain",
                  norm: str = "group", upsample: str = "transpose", downsample: str = "maxpool", dilation: int = 1,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, attention: bool = False):
         super().__init__()
         emb_dim = 4 * widths[0]
         self.time = TimeEmbedding(emb_dim, freq_dim=max(32, widths[0]))
-        self.encoder = Encoder(in_channels, widths, blocks, downsample, block, dilation, norm, dropout, emb_dim)
+        self.encoder = Encoder(in_channels, widths, blocks, downsample, block, dilation, norm, dropout, emb_dim,
+                               attention)
         self.decoder = Decoder(self.encoder.out_channels, widths, "concat", upsample, blocks, block, norm, dilation,
                                emb_dim)
         self.out = nn.Conv2d(self.decoder.out_channels, in_channels, 1)
@@ -75,11 +76,13 @@ class DenoisingModel(LatentModel):
     def __init__(self, process, in_channels: int, size: int, widths: Sequence[int], blocks: int = 2,
                  block: str = "plain", norm: str = "group", upsample: str = "transpose",
                  downsample: str = "maxpool", dilation: int = 1, dropout: float = 0.0, ema: float | None = 0.999,
-                 sampler: str | None = None, sample_steps: int = DEFAULT_STEPS, eta: float = 0.0):
+                 sampler: str | None = None, sample_steps: int = DEFAULT_STEPS, eta: float = 0.0,
+                 attention: bool = False):
         super().__init__()
         self.process, self.size, self.in_channels = process, size, in_channels
         self.sampler, self.sample_steps, self.eta = sampler or process.default_sampler, sample_steps, eta
-        self.net = TimeUNet(in_channels, widths, blocks, block, norm, upsample, downsample, dilation, dropout)
+        self.net = TimeUNet(in_channels, widths, blocks, block, norm, upsample, downsample, dilation, dropout,
+                            attention)
         self.setup_ema(ema)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor | float = 0.5) -> torch.Tensor:
@@ -184,9 +187,10 @@ def check_denoising(name: str, options: dict[str, Any]) -> None:
 def _register(name: str, doc: str) -> None:
     def build(latent_dim: None = None, prediction: str | None = None, min_snr: float | None = None,
               t_sampling: str | None = None, sampler: str | None = None, sample_steps: int | None = None,
-              eta: float | None = None, **core: Any) -> DenoisingModel:
+              eta: float | None = None, attention: bool | None = None, **core: Any) -> DenoisingModel:
         return DenoisingModel(make_process(name, prediction, min_snr, t_sampling), sampler=sampler,
-                              sample_steps=sample_steps or DEFAULT_STEPS, eta=eta or 0.0, **core)
+                              sample_steps=sample_steps or DEFAULT_STEPS, eta=eta or 0.0,
+                              attention=bool(attention), **core)
 
     build.__doc__ = doc  # the other process's options are unknown to it: refused by the shared check
     register_generative(name, "denoising", extra=OWN[name] + SAMPLING, defaults={"norm": "group", "ema": 0.999},

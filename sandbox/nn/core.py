@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from sandbox.errors import SandboxError
+from sandbox.nn.attention import SelfAttention2d
 from sandbox.nn.blocks import Stage, make_downsample, make_upsample
 from sandbox.nn.timestep import Modulation, modulation
 
@@ -35,12 +36,13 @@ class Encoder(nn.Module):
     """``forward(x: (B, C, H, W)) -> [f0, ..., f_depth]``, fine to coarse.
 
     ``f_i: (B, widths[i], H / 2**i, W / 2**i)`` with pooling (``H`` for ``downsample="none"``);
-    the last element is the bottleneck. ``len(widths) = depth + 1``.
+    the last element is the bottleneck. ``len(widths) = depth + 1``. ``attention=True`` ends the
+    bottleneck with self-attention over its pixels (:mod:`sandbox.nn.attention`; the identity at init).
     """
 
     def __init__(self, in_channels: int, widths: Sequence[int] = (32, 64, 128), blocks: int = 2,
                  downsample: str = "maxpool", block: str = "plain", dilation: int = 1, norm: str = "batch",
-                 dropout: float = 0.0, emb_dim: int | None = None):
+                 dropout: float = 0.0, emb_dim: int | None = None, attention: bool = False):
         super().__init__()
         widths = list(widths)
         if not widths:
@@ -56,6 +58,8 @@ class Encoder(nn.Module):
             self.stages.append(Stage(cin, w, blocks, block, norm, dilation, drop, emb_dim))
             cin = w
         self.out_channels = widths
+        if attention:  # set only when asked, so the keys of a net without it are what they always were
+            self.attention = SelfAttention2d(widths[-1], norm=norm, emb_dim=emb_dim)
 
     @property
     def depth(self) -> int:
@@ -74,6 +78,8 @@ class Encoder(nn.Module):
         for down, stage in zip(self.down, self.stages):
             x = stage(down(x), emb)
             feats.append(x)
+        if hasattr(self, "attention"):  # the bottleneck's pixels attend to each other
+            feats[-1] = self.attention(feats[-1], emb)
         return feats
 
 
