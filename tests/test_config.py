@@ -39,7 +39,7 @@ def test_int_widens_to_float():
     (["train.lr=[1]"], r"train.lr: got \[1\], expected a number"),
     (["model.name=resnet9000"], r"model.name: unknown model 'resnet9000'; accepted: .*hourglass, simpleconv, unet"),
     (["data.name=mnist"], r"data.name: unknown dataset 'mnist'; accepted: .*dancers"),
-    (["loss.mask={dcie: 1.0}"], r"loss.mask.dcie: unknown loss; accepted: bce, dice"),
+    (["loss.mask={dcie: 1.0}"], r"loss.mask.dcie: unknown loss; accepted: bce, ce, dice"),
     (["loss.segm={dice: 1.0}"], r"loss.segm: dataset 'dancers' has no target 'segm'; accepted: mask, depth"),
     (["train.optimizer=adamax"], r"train.optimizer: got 'adamax', expected one of 'adam', 'adamw', 'sgd'"),
     (["model.upsample=nearest"], r"model.upsample: got 'nearest', expected one of 'transpose'"),

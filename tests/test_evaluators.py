@@ -157,7 +157,8 @@ def test_score_run_adds_the_domain_metrics_to_an_attractor_runs_eval_json(tmp_pa
     monkeypatch.setattr(rb, "attractor_evaluator", lambda cache, size, seed: asked.append((cache, size, seed)) or evaluator)
     code, out = train_cli(monkeypatch, capsys, "--config", str(ROOT / "configs/flow_attractors.yaml"),
                           f"out_dir={tmp_path}", "name=tiny", f"data.size={SIZE}", "data.num_train=8",
-                          "data.num_val=8", "data.batch_size=8", "model.width=4", "model.depth=2",
+                          "data.num_val=8", "data.batch_size=8", "model.widths=null", "model.width=4",
+                          "model.depth=2", "model.attention=null", "model.block=plain",
                           "model.sample_steps=2", "train.epochs=1", "train.fid_samples=0", "train.num_images=0",
                           "track.wandb=disabled", "train.mixed_precision=no", "train.scheduler=none")
     assert code == 0, out

@@ -48,7 +48,7 @@ def mask_loss(spec: dict) -> torch.nn.Module:
 
 
 def test_the_model_spec_says_which_outputs_are_logits():
-    assert mask_loss({"mse": 1.0}).logit_targets == ("mask",)
+    assert mask_loss({"mse": 1.0}).logit_targets == ("mask", "parts")  # a segmentation net's targets are logits
     ae = load_config(ROOT / "configs/ae_attractors.yaml")
     assert build_loss_for(ae).logit_targets == ()  # reconstructions come out in [0, 1]
 

@@ -158,7 +158,8 @@ def test_a_sigkilled_sweep_leaves_no_child_training(tmp_path):
         time.sleep(0.1)
     assert not [k for k in kids if _alive(k)], "the child trains on without its sweep"
     log = (tmp_path / "s" / "logs" / "model-unet_s0.log").read_text()
-    assert "stopped by SIGTERM: checkpoints/last holds step" in log, log[-2000:]  # today: it trains to the end
+    # today: it trains to the end; the save lands mid-epoch or, on a fast machine, at the end of epoch 1
+    assert "stopped by SIGTERM: checkpoints/last holds" in log, log[-2000:]
     _saved_mid_run(run)
     _rerun_finishes(proc.args, [run])
 
