@@ -151,14 +151,7 @@ def confusion_figure(matrix: np.ndarray, names: list[str], path: Path, title: st
 
 def segmentation_panel(batch: dict, out: dict, path: Path, title: str = "") -> Path:
     """One row per sample: input | truth | P(mask) | errors (TP green, FP red, FN blue) [| depth truth | depth pred]."""
-    fig = segmentation_figure(batch, out, title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return _save(segmentation_figure(batch, out, title), path)
 
 
 def segmentation_figure(batch: dict, out: dict, title: str = ""):
