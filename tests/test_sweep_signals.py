@@ -118,10 +118,13 @@ def test_sigterm_stops_every_running_child_saved_and_the_printed_command_continu
     assert not [k for k in kids if _alive(k)], "a train.py child outlived the sweep"
     assert "Traceback" not in err, err[-3000:]
     line = [ln for ln in err.splitlines() if ln.startswith("sweep stopped by SIGTERM: ")]
-    assert len(line) == 1 and all(f"s/{r.name} stopped (exit 143), checkpoints/last holds" in line[0]
-                                  for r in runs), err[-3000:]
+    # each run was stopped and saved, or (a fast machine: 12 tiny steps) had already finished before the signal
+    stopped = [r for r in runs if f"s/{r.name} stopped (exit 143), checkpoints/last holds" in line[0]]
+    assert len(line) == 1 and stopped and all(r in stopped or f"s/{r.name} finished" in line[0] for r in runs), \
+        err[-3000:]
     for run in runs:
-        _saved_mid_run(run)
+        if run in stopped:
+            _saved_mid_run(run)
         assert not (run / ".writer.lock").exists()  # each child let go of its run
     _rerun_finishes(_continue_command(err), runs)
 
