@@ -12,6 +12,12 @@ the errors instead: TP green, FP red, FN blue, and the Dice drawn on it); for a 
 also <name>_depth.png (16-bit grayscale, depth in [0, 1] x 65535: the numbers) and
 <name>_depth_color.png (viridis, near = yellow: the picture); plus predictions.csv, into
 --out (default runs/<name>/predictions; a non-empty folder is never overwritten: <out>_2, ... is used).
+A run with several classes (data.classes, or a class target such as dancers' parts: configs/unet_parts.yaml)
+writes each class map as <name>_<target>.png (<name>_classes.png for the mask): a palette PNG whose pixel values
+are the class ids and whose palette the class colours, and <name>_<target>_overlay.png (<name>_overlay.png):
+the image tinted by class with the colour legend of the trainer's panels; with ground truth (class masks as
+data.classes reads them: palette, RGB or index PNGs) predictions.csv adds per-class IoU, mIoU (over the classes
+in the image's truth), pixel accuracy and the worst class, and its dice/iou columns are mean Dice and mIoU.
 
 Ground truth: --mask-dir (paired by file stem), or the run's mask_dir when --input is a dataset root
 of the run's layout (or its image_dir). --failures-only keeps the images with Dice < --fail-below and

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sandbox.build import target_classes
 from sandbox.errors import SandboxError
 from sandbox.models import MODELS
 from sandbox.runs.exported import EXTRA, FORMAT, PREPROCESSING, RUNTIMES, load_exported, onnxruntime
@@ -65,22 +66,31 @@ class _Decode(nn.Module):
         return self.model.decode(z)
 
 
-def classes_of(data) -> list[dict]:
-    """The class names and colours of ``data.classes`` when the config has them (a list of names, of
-    ``{name, color}``, or ``{name: color}``), else the one foreground class ``mask``."""
-    raw = getattr(data, "classes", None)
-    if not raw:
-        return [{"name": "mask", "color": MASK_COLOR}]
-    items = raw.items() if isinstance(raw, dict) else [
-        (c.get("name"), c.get("color")) if isinstance(c, dict) else (c, None) for c in raw]
+def class_list(specs) -> list[dict]:
+    """ClassSpecs -> preprocessing.json's ``[{name, color}]`` (``color`` null: index masks carry the id)."""
+    return [{"name": c.name, "color": list(c.color) if c.color is not None else None} for c in specs]
 
-    def rgb(c):
-        if isinstance(c, str) and len(c) == 7 and c.startswith("#"):
-            return [int(c[i:i + 2], 16) for i in (1, 3, 5)]
-        ok = isinstance(c, (list, tuple)) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
-        return list(c) if ok else None
 
-    return [{"name": str(n), "color": rgb(c)} for n, c in items]
+def output_entry(cfg, name: str, channels: int, classes) -> dict:
+    """preprocessing.json's record of one output: a class map (``classes``: its ClassSpecs; softmax, or one
+    sigmoid per class with data.multilabel), the binary mask, or a regression head (depth)."""
+    if classes:
+        multi = bool(cfg.data.multilabel)
+        entry = {"name": name, "channels": channels, "activation": "sigmoid" if multi else "softmax",
+                 "multilabel": multi, "classes": class_list(classes), "meaning": (
+                     f"logits of {channels} classes, one independent sigmoid each (multi-label: a class where "
+                     "sigmoid(logit) > 0.5)" if multi else
+                     f"logits of {channels} classes: each pixel's class id is the argmax (softmax)")}
+        if name == "mask":
+            entry["threshold"] = 0.5
+            if cfg.data.ignore_index is not None:
+                entry["ignore_index"] = cfg.data.ignore_index  # the unlabelled value of the masks it was trained on
+        return entry
+    if name == "mask":
+        return {"name": name, "channels": channels, "activation": "sigmoid", "threshold": 0.5,
+                "meaning": "logits: foreground where sigmoid(logit) > threshold"}
+    return {"name": name, "channels": channels, "activation": "none",
+            "meaning": f"{name} in [0, 1] (the sigmoid is inside the net)"}
 
 
 def plan(cfg, model: nn.Module, run: Path) -> tuple[nn.Module, dict, Callable, list[torch.Tensor]]:
@@ -94,18 +104,19 @@ def plan(cfg, model: nn.Module, run: Path) -> tuple[nn.Module, dict, Callable, l
                                "segmentation nets (in_channels 3)")
         with torch.no_grad():
             probe = model(torch.zeros(1, 3, s, s))
-        outputs = [{"name": k, "channels": int(v.shape[1]), **(
-            {"activation": "sigmoid" if v.shape[1] == 1 else "softmax", "threshold": 0.5,
-             "meaning": "logits: foreground where sigmoid(logit) > threshold (softmax and argmax for several "
-                        "classes)"} if k == "mask" else
-            {"activation": "none", "meaning": f"{k} in [0, 1] (the sigmoid is inside the net)"})}
-            for k, v in probe.items()]
+        classes = target_classes(cfg)
+        outputs = [output_entry(cfg, k, int(v.shape[1]), classes.get(k)) for k, v in probe.items()]
+        first = next((o for o in outputs if o["name"] == "mask"), None) or next(
+            (o for o in outputs if "classes" in o), None)  # the output predict.py scores: its classes are the file's
+        if first is None:
+            raise SandboxError(f"{run}: the {cfg.model.name} run predicts {', '.join(probe)} only; sandbox-export "
+                               "exports segmentation nets with a mask head or a class-map target (e.g. parts)")
         spec = {"kind": "segmentation", "input": {
             "name": "image", "layout": "NCHW", "dtype": "float32", "channels": ["R", "G", "B"], "range": [0, 1],
             "size": s, "multiple_of": r, "resize": cfg.data.resize,
             "note": f"fit each image to size x size as training did (data.resize: {cfg.data.resize}); the net "
                     f"also runs at any height and width divisible by multiple_of (2**model.depth)"},
-            "outputs": outputs, "classes": classes_of(cfg.data)}
+            "outputs": outputs, "classes": first.get("classes") or [{"name": "mask", "color": MASK_COLOR}]}
         return model, spec, lambda x: model(x), check_images(cfg, s, r)
     if getattr(model, "sample_steps", None) is not None or not hasattr(model, "decode"):
         raise SandboxError(f"{run}: a {cfg.model.name} run samples by running its denoising net over many steps "
@@ -173,8 +184,8 @@ def compare(ref: dict[str, torch.Tensor], got: dict[str, torch.Tensor], spec: di
             raise SandboxError(f"export check failed: output {o['name']!r} at {where} has shape {b.shape} in the "
                                f"export and {a.shape} in PyTorch")
         diff, flipped = float(np.abs(a - b).max()), 0
-        if o.get("threshold") and o["channels"] == 1:
-            t = float(np.log(o["threshold"] / (1 - o["threshold"])))
+        if o["activation"] == "sigmoid":  # the binary mask, or multi-label classes: each channel's decision
+            t = float(np.log(o.get("threshold", 0.5) / (1 - o.get("threshold", 0.5))))
             flipped = int((((a > t) != (b > t)) & (np.abs(a - t) > tol)).sum())
         elif o["activation"] == "softmax":
             top2 = np.sort(a, axis=1)[:, -2:]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sandbox.data.classes import ClassSpec, colors
 from sandbox.data.splits import read_splits
 from sandbox.errors import SandboxError
 from sandbox.runs.checkpoints import read_state
@@ -67,7 +68,13 @@ def model_card(run: Path, ckpt: Path, cfg, spec: dict, checks: list[dict], rtol:
             f"divisible by {inp['multiple_of']} run" if seg else f"latent_dim {inp['latent_dim']}"),
         "- outputs: " + "; ".join(f"`{o['name']}` ({o['meaning']})" for o in spec["outputs"]),
     ]
-    if spec["classes"]:
+    class_maps = [o for o in spec["outputs"] if o.get("classes")]
+    for o in class_maps:  # id, name, and the colour predict.py and the panels draw it in (sandbox.data.classes)
+        specs = tuple(ClassSpec(c["name"], tuple(c["color"]) if c["color"] else None) for c in o["classes"])
+        lines.append(f"- classes of `{o['name']}` (id, name, colour in predict.py's maps and the panels"
+                     f"{'' if specs[0].color else '; the masks hold the ids'}): " + ", ".join(
+                         f"{i} {s.name} #{bytes(c).hex()}" for i, (s, c) in enumerate(zip(specs, colors(specs)))))
+    if spec["classes"] and not class_maps:
         lines.append("- classes: " + ", ".join(f"{c['name']} {tuple(c['color']) if c['color'] else ''}".strip()
                                                for c in spec["classes"]))
     lines += [f"- the preprocessing a caller must do is in `{PREPROCESSING}`", "",
@@ -80,7 +87,8 @@ def model_card(run: Path, ckpt: Path, cfg, spec: dict, checks: list[dict], rtol:
               "## Export check", "",
               f"The exported file, run by {spec['runtime']}, against the PyTorch model on the same inputs: "
               f"max |difference| <= {rtol:g} x max(1, max |PyTorch output|) per output"
-              + (", and thresholded masks identical except on pixels within that tolerance of the threshold."
+              + (", and thresholded masks and class maps (argmax) identical except on pixels within that tolerance "
+                 "of the decision."
                  if seg else "."), "", "| input | output | max abs diff | tolerance |", "|---|---|---|---|",
               *(f"| {c['input']} | {c['output']} | {c['max_abs_diff']:.2g} | {c['tolerance']:.2g} |" for c in checks),
               "", "## Intended use and limits", "",

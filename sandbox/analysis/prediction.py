@@ -7,7 +7,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from sandbox.build import target_classes
+from sandbox.analysis.class_prediction import (class_scores, exported_targets, prefix_of, run_targets, score_columns,
+                                               write_class_map)
 from sandbox.data.splits import list_images
 from sandbox.errors import SandboxError
 from sandbox.runs.exported import load_exported
@@ -126,12 +127,13 @@ def save_depth(depth, stem: Path) -> None:
     Image.fromarray((colormaps["viridis_r"](d)[..., :3] * 255 + 0.5).astype(np.uint8)).save(f"{stem}_depth_color.png")
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
+def write_csv(path: Path, rows: list[dict], extra: list[str] = ()) -> None:
+    """predictions.csv: the columns of every run, then ``extra`` (a class map's per-class scores)."""
     import csv
 
-    cols = ["name", "image", "mask", "height", "width", "foreground", "dice", "iou", "written"]
+    cols = ["name", "image", "mask", "height", "width", "foreground", "dice", "iou", "written", *extra]
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=cols)
+        writer = csv.DictWriter(f, fieldnames=cols, restval="")
         writer.writeheader()
         writer.writerows(rows)
 
@@ -165,35 +167,6 @@ def read_pair(image: Path, mask: "Path | None", mask_threshold: float, mask_resi
     return img, truth.astype(bool)
 
 
-def write_class_prediction(out: Path, name: str, image: Path, mask: "Path | None", img, ids, truth, classes,
-                           failures_only: bool, fail_below: float) -> dict:
-    """A class map's files: ``<name>_classes.png`` (a palette PNG of the ids with the class colours: it
-    reads back as a class map by the folder rules) and ``<name>_overlay.png`` (the image tinted by class,
-    with the colour legend); its predictions.csv row: ``foreground`` the fraction not class 0, ``dice`` and
-    ``iou`` the mean Dice and mIoU over the classes in the truth (as sandbox.metrics.class_scores)."""
-    from sandbox.data.classes import colors
-    from sandbox.viz.panels import class_overlay
-
-    dice = iou = ""
-    if truth is not None:
-        labelled = truth >= 0
-        present = np.unique(truth[labelled])
-        inter = [((ids == c) & (truth == c)).sum() for c in present]
-        sizes = [((ids == c) & labelled).sum() + (truth == c).sum() for c in present]
-        iou = float(np.mean([i / max(1, z - i) for i, z in zip(inter, sizes)])) if len(present) else 1.0
-        dice = float(np.mean([2 * i / max(1, z) for i, z in zip(inter, sizes)])) if len(present) else 1.0
-    written = not failures_only or (truth is not None and dice < fail_below)
-    if written:
-        pal = Image.fromarray(ids.astype(np.uint8), "P")
-        pal.putpalette(colors(classes).ravel().tolist())
-        pal.save(out / f"{name}_classes.png")
-        Image.fromarray(class_overlay(img, ids, colors(classes), [c.name for c in classes],
-                                      None if truth is None else f"mIoU {iou:.3f}")).save(out / f"{name}_overlay.png")
-    return {"name": name, "image": str(image), "mask": str(mask or ""), "height": img.shape[0], "width": img.shape[1],
-            "foreground": round(float((ids > 0).mean()), 6), "dice": dice if dice == "" else round(dice, 6),
-            "iou": iou if iou == "" else round(iou, 6), "written": written}
-
-
 def scores(pred, truth) -> tuple[float, float]:
     """Dice and IoU of two ``(H, W)`` bool masks; 1.0 when both are empty (as sandbox.metrics)."""
     inter, total = int((pred & truth).sum()), int(pred.sum() + truth.sum())
@@ -222,17 +195,53 @@ def pair_masks(files: list[Path], gt: Path | None, failures_only: bool, data, sa
 
 
 def load_predictor(run_arg: str | None, which: str | None, model_file: str | None):
-    """``(run directory or None, cfg, model)``: the run's checkpoint, or an exported file (``--model``; its
-    preprocessing.json gives the size and resize policy, :mod:`sandbox.runs.exported`)."""
+    """``(run directory or None, cfg, model, targets)``: the run's checkpoint, or an exported file (``--model``;
+    its preprocessing.json gives the size, resize policy and classes, :mod:`sandbox.runs.exported`);
+    ``targets``: the outputs to write, the scored one first (:mod:`sandbox.analysis.class_prediction`)."""
     if (run_arg is None) == (model_file is None):
         raise SandboxError("give either --run runs/<name> (a trained run) or --model <export>/model.onnx "
                            "(a model exported by sandbox-export), not both")
     if model_file is not None:
         if which not in (None, "best"):
             raise SandboxError("--which picks a checkpoint of --run; an exported --model is one checkpoint already")
-        return (None, *load_exported(model_file, kind="segmentation"))
+        cfg, model = load_exported(model_file, kind="segmentation")
+        return None, cfg, model, exported_targets(model.spec, Path(model_file))
     run, _ = checkpoint_dir(run_arg, which or "best")
-    return (run, *load_run(run_arg, which or "best", task="segmentation", need=("mask",)))
+    cfg, model = load_run(run_arg, which or "best", task="segmentation")
+    return run, cfg, model, run_targets(cfg, run)
+
+
+def predict_one(out: Path, row: dict, img, heads: dict, truth, targets: dict, mask_threshold: float,
+                failures_only: bool, fail_below: float) -> dict:
+    """One image's files and its predictions.csv ``row`` (name, image, mask, sizes given): the binary mask
+    (``<name>_mask.png``, the overlay with its errors and Dice) or the scored class map's (``dice``, ``iou``:
+    mean Dice and mIoU over the classes in its truth; its per-class IoU and worst class), each other class
+    target's map, depth. ``foreground``: the mask's fraction, or a class map's fraction not class 0."""
+    first, specs = next(iter(targets.items()))
+    got: dict = {}
+    if specs is None:
+        pred = heads[first] > mask_threshold
+        dice, iou = scores(pred, truth) if truth is not None else ("", "")
+        row["foreground"] = round(float(pred.mean()), 6)
+    else:
+        if truth is not None:
+            got = class_scores(heads[first], truth, [s.name for s in specs], prefix_of(first))
+        dice, iou = (got[f"{prefix_of(first)}mdice"], got[f"{prefix_of(first)}miou"]) if got else ("", "")
+        row.update({k: round(v, 6) if isinstance(v, float) else v for k, v in got.items() if not k.endswith("mdice")})
+        row["foreground"] = round(float((heads[first] > 0).mean()), 6)
+    row.update(dice=dice if dice == "" else round(dice, 6), iou=iou if iou == "" else round(iou, 6),
+               written=not failures_only or (truth is not None and dice < fail_below))
+    if not row["written"]:
+        return row
+    if specs is None:
+        Image.fromarray(pred.astype(np.uint8) * 255).save(out / f"{row['name']}_mask.png")
+        overlay(img, pred, truth, dice if truth is not None else None).save(out / f"{row['name']}_overlay.png")
+    for t, classes in targets.items():
+        if classes is not None:
+            write_class_map(out, row["name"], t, img, heads[t], classes, (got or None) if t == first else None)
+    if "depth" in heads:
+        save_depth(heads["depth"], out / row["name"])
+    return row
 
 
 def predict_run(run_arg: str, inputs: list[str], which: str = "best", out_arg: str | None = None,
@@ -240,11 +249,11 @@ def predict_run(run_arg: str, inputs: list[str], which: str = "best", out_arg: s
                 failures_only: bool = False, skip_unreadable: bool = False, batch_size: int | None = None,
                 tta: str = "none", say: Callable[[str], None] = lambda line: None,
                 model_file: str | None = None) -> list[dict]:
-    """predict.py's work: the run's masks (and depth) for ``inputs``, written with overlays and
+    """predict.py's work: the run's masks (class maps, depth) for ``inputs``, written with overlays and
     predictions.csv into a fresh folder; ground truth scored when there is some. Returns the csv rows.
     ``model_file``: an exported model (model.onnx / model.pt of sandbox-export) instead of the run.
     (One straight sequence of steps, kept whole so it reads as the command's help does.)"""
-    run, cfg, model = load_predictor(run_arg, which, model_file)
+    run, cfg, model, targets = load_predictor(run_arg, which, model_file)
     files, gt, skipped = gather(inputs, cfg.data.image_dir, cfg.data.mask_dir)
     paired, gt = pair_masks(files, Path(mask_dir) if mask_dir else gt, failures_only, cfg.data, say)
     seen = in_train_split(run, cfg.data, files) if run is not None else []
@@ -256,13 +265,13 @@ def predict_run(run_arg: str, inputs: list[str], which: str = "best", out_arg: s
     default = inside(run, run / "predictions") if run is not None else Path(model_file).parent.parent / "predictions"
     out = fresh_dir(Path(out_arg) if out_arg else default)
     names, rows, bad, bs = output_names(files), [], [], batch_size or cfg.data.batch_size
-    classes = target_classes(cfg).get("mask")  # data.classes: the mask is a class map
+    first = next(iter(targets))  # the scored target: its truth is what --mask-dir / the dataset's masks hold
     for start in range(0, len(files), bs):
         loaded = []
         for f in files[start:start + bs]:
             try:
                 loaded.append((f, *read_pair(f, paired[f], cfg.data.mask_threshold, cfg.data.mask_resize,
-                                             classes, cfg.data.ignore_index)))
+                                             targets[first], cfg.data.ignore_index)))
             except SandboxError as exc:
                 if not skip_unreadable:
                     raise SandboxError(f"{exc}; {len(rows)} image(s) before it were predicted into {out}; "
@@ -271,32 +280,25 @@ def predict_run(run_arg: str, inputs: list[str], which: str = "best", out_arg: s
         maps = predict_maps(model, [img for _, img, _ in loaded], cfg.data.size, cfg.data.resize,
                             cfg.train.channels_last, tta == "flip")
         for (f, img, truth), heads in zip(loaded, maps):
-            if classes:  # a class map (data.classes): ids, its colours and legend, mean Dice and mIoU
-                rows.append(write_class_prediction(out, names[f], f, paired[f], img, heads["mask"], truth, classes,
-                                                   failures_only, fail_below))
-                continue
-            pred = heads["mask"] > mask_threshold
-            dice, iou = scores(pred, truth) if truth is not None else ("", "")
-            written = not failures_only or (truth is not None and dice < fail_below)
-            if written:
-                Image.fromarray(pred.astype(np.uint8) * 255).save(out / f"{names[f]}_mask.png")
-                overlay(img, pred, truth, dice if truth is not None else None).save(out / f"{names[f]}_overlay.png")
-                if "depth" in heads:
-                    save_depth(heads["depth"], out / names[f])
-            rows.append({"name": names[f], "image": str(f), "mask": str(paired[f] or ""), "height": img.shape[0],
-                         "width": img.shape[1], "foreground": round(float(pred.mean()), 6),
-                         "dice": dice if dice == "" else round(dice, 6), "iou": iou if iou == "" else round(iou, 6),
-                         "written": written})
-    write_csv(out / "predictions.csv", rows)
+            row = {"name": names[f], "image": str(f), "mask": str(paired[f] or ""), "height": img.shape[0],
+                   "width": img.shape[1]}
+            rows.append(predict_one(out, row, img, heads, truth, targets, mask_threshold, failures_only, fail_below))
+    extra = score_columns(targets)
+    write_csv(out / "predictions.csv", rows, extra)
     scored = [r for r in rows if r["dice"] != ""]
     if failures_only:
-        write_csv(out / "failures.csv", sorted((r for r in scored if r["written"]), key=lambda r: r["dice"]))
+        write_csv(out / "failures.csv", sorted((r for r in scored if r["written"]), key=lambda r: r["dice"]), extra)
     for msg in bad:
         say(f"warning: skipped {msg}")
     summary = f"predicted {len(rows)} image(s) into {out}"
     summary += f"; skipped {skipped} non-image file(s)" if skipped else ""
     if scored:
         summary += f"; mean Dice {sum(r['dice'] for r in scored) / len(scored):.4f} over {len(scored)} with masks"
+        if extra:  # a class map: the mIoU too, and the class that is most often the worst
+            worst = [r[f"{prefix_of(first)}worst_class"] for r in scored if r[f"{prefix_of(first)}worst_class"]]
+            summary += (f" (mean over the classes in each image's truth); mean mIoU "
+                        f"{sum(r['iou'] for r in scored) / len(scored):.4f}" +
+                        (f"; worst class most often: {max(set(worst), key=worst.count)}" if worst else ""))
     if failures_only:
         summary += f"; {sum(r['written'] for r in scored)} failure(s) with Dice < {fail_below} (failures.csv)"
     say(summary)

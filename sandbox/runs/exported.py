@@ -13,6 +13,7 @@ preprocessing.json is checked field by field (:func:`check_preprocessing`): a ba
 from __future__ import annotations
 
 import json
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -30,6 +31,7 @@ PREPROCESSING = "preprocessing.json"
 RUNTIMES = {"onnx": ".onnx", "torchscript": ".pt"}
 KINDS = ("segmentation", "decoder")
 ACTIVATIONS = ("sigmoid", "softmax", "none")
+OUTPUT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")  # a loss target's name; never a path
 MAX_BYTES = 1 << 20  # a preprocessing.json is a few KiB
 EXTRA = "pip install 'sandbox[export]' (onnx, onnxruntime)"
 
@@ -90,19 +92,34 @@ def check_preprocessing(spec: Any, path: Path) -> dict:
                      "a list of 1 to 16 outputs")
     for i in range(len(outputs)):
         _field(spec, f"outputs.{i}", path, lambda v: isinstance(v, dict), "an object {name, activation, channels}")
-        _field(spec, f"outputs.{i}.name", path, lambda v: isinstance(v, str) and v, "an output name")
+        _field(spec, f"outputs.{i}.name", path, lambda v: isinstance(v, str) and OUTPUT_NAME.fullmatch(v),
+               "an output name of letters, digits and _ (it names predict.py's files)")
         _field(spec, f"outputs.{i}.activation", path, lambda v: v in ACTIVATIONS, " | ".join(ACTIVATIONS))
         _field(spec, f"outputs.{i}.channels", path, _is_int, "a positive integer")
+        if "classes" in outputs[i]:  # a class map: one class per channel
+            k = outputs[i]["channels"]
+            _field(spec, f"outputs.{i}.classes", path, lambda v: _classes(v) and len(v) == k >= 2,
+                   f"a list of {k} classes (one per channel), each {{name, color: [r, g, b] in 0..255 or null}}")
+            _field(spec, f"outputs.{i}.activation", path, lambda v: v != "none", "softmax or sigmoid (multi-label)")
+        if "ignore_index" in outputs[i]:
+            _field(spec, f"outputs.{i}.ignore_index", path, lambda v: _is_int(v, 0, 65535), "an integer in 0..65535")
     names = [o["name"] for o in outputs]
     if kind == "segmentation":
-        _field(spec, "outputs", path, lambda v: "mask" in names, "a list that holds the mask output")
-        _field(spec, f"outputs.{names.index('mask')}.threshold", path,
-               lambda v: isinstance(v, float) and 0 < v < 1, "a probability in (0, 1)")
-    _field(spec, "classes", path, lambda v: isinstance(v, list) and all(
+        _field(spec, "outputs", path, lambda v: "mask" in names or any("classes" in o for o in v),
+               "a list that holds the mask output or a class-map output (with its classes)")
+        if "mask" in names:
+            _field(spec, f"outputs.{names.index('mask')}.threshold", path,
+                   lambda v: isinstance(v, float) and 0 < v < 1, "a probability in (0, 1)")
+    _field(spec, "classes", path, _classes, "a list of {name, color: [r, g, b] in 0..255 or null}")
+    return spec
+
+
+def _classes(v) -> bool:
+    """A list of ``{name, color}``, ``color`` null or ``[r, g, b]`` in 0..255."""
+    return isinstance(v, list) and all(
         isinstance(c, dict) and isinstance(c.get("name"), str) and (c.get("color") is None or (
             isinstance(c["color"], list) and len(c["color"]) == 3 and all(_is_int(x, 0, 255) for x in c["color"])))
-        for c in v), "a list of {name, color: [r, g, b] in 0..255 or null}")
-    return spec
+        for c in v)
 
 
 def read_preprocessing(folder: Path) -> dict:
@@ -180,7 +197,8 @@ class ExportedModel(nn.Module):
 
 def load_exported(path: str | Path, kind: str | None = None) -> tuple[Config, ExportedModel]:
     """``(cfg, model)`` of an exported file (``.onnx`` or a TorchScript ``.pt``) and its preprocessing.json.
-    ``cfg``: the defaults, with ``data.size`` and ``data.resize`` from preprocessing.json (what predict reads).
+    ``cfg``: the defaults, with ``data.size``, ``data.resize`` and ``data.ignore_index`` (a class-map mask's unlabelled
+    value) from preprocessing.json (what predict reads; the classes are in ``model.spec``).
     ``kind``: the kind of export the caller needs (segmentation | decoder); another is refused in one line."""
     path = Path(path)
     runtime = {v: k for k, v in RUNTIMES.items()}.get(path.suffix.lower())
@@ -197,5 +215,6 @@ def load_exported(path: str | Path, kind: str | None = None) -> tuple[Config, Ex
     cfg = Config()
     if spec["kind"] == "segmentation":
         cfg.data.size, cfg.data.resize = spec["input"]["size"], spec["input"]["resize"]
+        cfg.data.ignore_index = next((o["ignore_index"] for o in spec["outputs"] if "ignore_index" in o), None)
     cfg.train.channels_last = False
     return cfg, ExportedModel(path, spec)
