@@ -245,3 +245,39 @@ def test_a_tampered_class_export_is_one_line_and_writes_nothing(parts_exports, d
     if case == "multi-label":  # the same refusal from the library, for callers without the command
         with pytest.raises(SandboxError, match="multi-label"):
             exported_targets(spec, folder / "model.onnx")
+
+
+def test_a_folder_of_index_masks_exports_and_predicts_its_class_maps_with_the_unlabelled_value(tmp_path):
+    """A `mask` with data.classes (index masks, 255 unlabelled): the export carries the classes (no colours: the
+    masks hold the ids) and ignore_index, so predict --model reads the same truth and draws the same maps."""
+    root = tmp_path / "pets"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        ids = np.zeros((16, 16), np.uint8)
+        ids[2:9, 3:10], ids[9:14, 8:15] = 1, 2
+        ids[0] = 255  # an unlabelled row
+        img = (rng.random((16, 16, 3)) * 60).astype(np.uint8) + (ids[..., None] % 4 * 60).astype(np.uint8)
+        Image.fromarray(img).save(root / "images" / f"{i}.png")
+        Image.fromarray(ids, "L").save(root / "masks" / f"{i}.png")
+    code, _, err = run_command("train", "--config", ROOT / "configs" / "unet_dice.yaml", f"out_dir={tmp_path}",
+                               "name=pets", *TINY, "data.name=folder", f"data.root={root}", "data.size=16",
+                               "model.depth=1", "data.classes=[background, cat, dog]", "data.ignore_index=255",
+                               "loss={mask: {ce: 1.0}}", "train.monitor=val/miou", "data.val_fraction=0.25")
+    assert code == 0, err
+    folder = export_run(str(tmp_path / "pets"), out_arg=str(tmp_path / "export"))
+    (out,) = json.loads((folder / "preprocessing.json").read_text())["outputs"]
+    assert out["ignore_index"] == 255 and [c["name"] for c in out["classes"]] == ["background", "cat", "dog"]
+    assert all(c["color"] is None for c in out["classes"])
+    card = (folder / "MODEL_CARD.md").read_text()  # the colours drawn: the fixed palette by id
+    assert "the masks hold the ids): 0 background #000000, 1 cat #1f77b4, 2 dog #ff7f0e" in card
+    for how, source in (("run", ["--run", tmp_path / "pets"]), ("model", ["--model", folder / "model.onnx"])):
+        code, _, err = run_command("predict", *source, "--input", root, "--out", tmp_path / how)
+        assert code == 0, err
+    rows = {how: rows_of(tmp_path / how / "predictions.csv") for how in ("run", "model")}
+    assert [r["iou"] for r in rows["run"]] == [r["iou"] for r in rows["model"]] and rows["run"][0]["iou"] != ""
+    assert rows["run"][0]["worst_class"] in ("background", "cat", "dog")  # a mask's class columns are bare
+    for i in range(8):
+        a, b = (np.asarray(Image.open(tmp_path / how / f"{i}_classes.png")) for how in ("run", "model"))
+        assert (a == b).all(), i
