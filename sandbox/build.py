@@ -18,6 +18,7 @@ from sandbox.config import Config
 from sandbox.data import DATASETS
 from sandbox.data.classes import ClassSpec
 from sandbox.data.classes import target_classes as classes_of
+from sandbox.data.conditions import Conditioned
 from sandbox.data.folders import FolderDataset, ImageFolder
 from sandbox.data.splits import Subset, check_root, random_subset, resolve_splits
 from sandbox.data.transforms import Augmented, build_augment
@@ -63,6 +64,8 @@ def build_data(cfg: Config, splits: tuple[str, ...] = ("train", "val", "test")) 
     lists; ``sandbox.data.splits_of(datasets["train"])`` returns them for the run directory.
     Every labelled split built is checked here, and only here, for masks that are all empty or
     all full (``FolderDataset.check_masks``: certain, and one mask read for a usual split).
+    ``data.condition`` wraps each split in :class:`~sandbox.data.conditions.Conditioned` (under the subset
+    and the augmentation): its samples carry ``"condition"``.
     """
     d = cfg.data
     cls = DATASETS[d.name]
@@ -86,16 +89,24 @@ def build_data(cfg: Config, splits: tuple[str, ...] = ("train", "val", "test")) 
         if labelled:
             for ds in out.values():
                 ds.check_masks()
+        out = _conditioned(out, d.condition)
     else:
         counts = {"train": d.num_train, "val": d.num_val, "test": d.num_test}
         extra = {"multilabel": True} if d.multilabel else {}  # validate.py: only datasets with class targets
         out = {s: cls(split=s, num=counts[s], size=d.size, seed=cfg.seed, difficulty=d.difficulty,
                       seq_len=d.seq_len, cache=d.cache, **extra) for s in splits}
+        out = _conditioned(out, d.condition)
         if "train" in out and d.train_fraction < 1:  # a seeded random subset of the num_train samples
             out["train"] = Subset(out["train"], random_subset(d.num_train, d.train_fraction, cfg.seed))
     if augment is not None:
         out["train"] = Augmented(out["train"], augment, seed=cfg.seed)
     return out
+
+
+def _conditioned(out: dict[str, Dataset], condition: str | None) -> dict[str, Dataset]:
+    """Each split yielding ``sample["condition"]`` for ``data.condition`` (file names parsed here, so a bad
+    one stops before training); unchanged without one."""
+    return out if condition is None else {s: Conditioned(ds, condition) for s, ds in out.items()}
 
 
 def build_loss(cfg: Config) -> CompositeLoss:

@@ -49,6 +49,10 @@ class DataConfig:
     classes: Optional[list[Any]] = None
     ignore_index: Optional[int] = None  # index masks: the value of unlabelled pixels (e.g. 255), left out of loss and scores
     multilabel: bool = False  # class targets as independent sigmoid channels (overlapping classes), not one softmax
+    # what a conditional generative model is conditioned on (sandbox/data/conditions.py): params (attractors'
+    # (a, b, c, d)), or UTKFace file-name factors of a face folder joined by '|' (age|gender|race, age, ...);
+    # null: no condition
+    condition: Optional[str] = None
 
 
 @dataclass

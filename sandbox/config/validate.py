@@ -10,6 +10,7 @@ from pathlib import Path
 from sandbox.config.schema import RANGES, Config, within
 from sandbox.data import DATASETS, FolderDataset
 from sandbox.data.classes import target_classes
+from sandbox.data.conditions import condition_factors
 from sandbox.errors import ConfigError, short, short_key
 from sandbox.losses import LOSSES, build_loss
 from sandbox.models import MODELS, check_model_options
@@ -113,7 +114,26 @@ def _validate_data(cfg: Config) -> None:
             if epoch < 0 or not within(size, RANGES["data.size"]):
                 raise ConfigError(f"data.size_schedule: got {{{short(epoch)}: {short(size)}}}, expected "
                                   f"{{epoch >= 0: size in {RANGES['data.size']}}}")
+    if d.condition is not None:
+        _validate_condition(cfg)
 
+
+
+CONDITION_TRAINERS: tuple[str, ...] = ()  # the trainers that read batch["condition"] (issue 31: denoising, once wired)
+
+
+def _validate_condition(cfg: Config) -> None:
+    """``data.condition``: a value the dataset can yield (:func:`sandbox.data.conditions.condition_factors`),
+    a model whose trainer reads it, and no augmentation that would change an image but not its parameters."""
+    condition_factors(DATASETS[cfg.data.name], cfg.data.condition)
+    trainer = MODELS[cfg.model.name].trainer
+    if trainer not in CONDITION_TRAINERS:
+        takes = [n for n in MODELS.names() if MODELS[n].trainer in CONDITION_TRAINERS]
+        raise ConfigError(f"data.condition: model {cfg.model.name} takes no condition (models that do: "
+                          f"{', '.join(takes) or 'none yet'}); set data.condition: null")
+    if cfg.data.condition == "params" and cfg.data.augment:
+        raise ConfigError("data.condition: params with data.augment: a flip or crop changes the attractor drawn "
+                          "but not its parameters, so the condition would name another image; remove data.augment")
 
 
 def _validate_group_by(pattern: str, dataset: str) -> None:

@@ -82,28 +82,43 @@ class Process:
         return sampler
 
     def sample(self, model, noise: torch.Tensor, steps: int = 20, sampler: str | None = None, eta: float = 0.0,
-               generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+               generator: torch.Generator | None = None, progress: bool = False,
+               condition: torch.Tensor | None = None, guidance: float | None = None) -> torch.Tensor:
         """x0 from ``noise`` ~ N(0, I) by integrating t = 1 -> 0 in ``steps`` uniform steps
-        (``model(x, t)`` -> the network's prediction, t a (B,) float32 tensor). float32."""
+        (``model(x, t)`` -> the network's prediction, t a (B,) float32 tensor). float32.
+        ``condition`` (B, F) or (F,): the model is called ``model(x, t, c)`` and guided with ``guidance``
+        (None: 1; :func:`sandbox.diffusion.samplers.guided`)."""
         sampler = self._choose(sampler, self.samplers, "sampler")
         if (eta != 0 and sampler != "ddim") or eta < 0:
             raise SandboxError(f"eta {eta!r} applies to the ddim sampler only (eta >= 0); sampler is {sampler!r}")
         ts = S.time_grid(steps, 1.0, 0.0, device=noise.device)
         with _no_grad():
-            return self._run(model, noise, ts, sampler, eta, generator, progress)
+            return self._run(model, noise, ts, sampler, eta, generator, progress, _guide(condition, guidance))
 
     def invert(self, model, x0: torch.Tensor, steps: int = 20, sampler: str | None = None,
-               progress: bool = False) -> torch.Tensor:
-        """The noise that ``sample`` (same sampler, steps) maps back to ``x0``: the deterministic
-        sampler run from t = 0 to t = 1."""
+               progress: bool = False, condition: torch.Tensor | None = None,
+               guidance: float | None = None) -> torch.Tensor:
+        """The noise that ``sample`` (same sampler, steps, condition and guidance) maps back to ``x0``: the
+        deterministic sampler run from t = 0 to t = 1."""
         allowed = tuple(n for n in self.samplers if n != "ddpm")
         sampler = self._choose(sampler, allowed, "inversion sampler (deterministic)")
         ts = S.time_grid(steps, 0.0, 1.0, device=x0.device)
         with _no_grad():
-            return self._run(model, x0, ts, sampler, 0.0, None, progress)
+            return self._run(model, x0, ts, sampler, 0.0, None, progress, _guide(condition, guidance))
 
-    def _run(self, model, x, ts, sampler, eta, generator, progress):
+    def _run(self, model, x, ts, sampler, eta, generator, progress, guide):
         raise NotImplementedError
+
+
+def _guide(condition, guidance) -> dict:
+    """The samplers' guidance keywords: none at all without a condition (today's calls exactly)."""
+    S.guided(lambda x, t, c: x, condition, guidance)  # checks guidance (and that it has a condition) upfront
+    return {} if condition is None else {"condition": condition, "guidance": guidance}
+
+
+def _call(model, x: torch.Tensor, t: torch.Tensor, condition: torch.Tensor | None):
+    """``model(x, t)``, or ``model(x, t, condition)`` when there is one."""
+    return model(x, t) if condition is None else model(x, t, condition)
 
 
 def _no_grad():
@@ -142,33 +157,33 @@ class Diffusion(Process):
             return torch.ones_like(t)
         return min_snr_weight(a**2 / s**2, self.min_snr, self.prediction)
 
-    def denoise(self, model, x: torch.Tensor, t: torch.Tensor):
+    def denoise(self, model, x: torch.Tensor, t: torch.Tensor, condition: torch.Tensor | None = None):
         """(x0^, eps^) from the network at (x, t); t is kept >= t_min (the trained range, sigma > 0)."""
         t = t.float().clamp(min=self.t_min)
         a, s = cosine_alpha_sigma(t)
-        return to_x0_eps(model(x, t), x, a, s, self.prediction)
+        return to_x0_eps(_call(model, x, t, condition), x, a, s, self.prediction)
 
-    def velocity(self, model, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def velocity(self, model, x: torch.Tensor, t: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         """dx/dtau = v^ = alpha eps^ - sigma x0^ (tau: the angle clock, :func:`cosine_angle`)."""
-        x0, eps = self.denoise(model, x, t)
+        x0, eps = self.denoise(model, x, t, condition)
         a, s = cosine_alpha_sigma(t.float().clamp(min=self.t_min))
         return per_sample(a, x) * eps - per_sample(s, x) * x0
 
-    def _run(self, model, x, ts, sampler, eta, generator, progress):
-        def denoise(x, t):
-            return self.denoise(model, x, t)
+    def _run(self, model, x, ts, sampler, eta, generator, progress, guide):
+        def denoise(x, t, c=None):
+            return self.denoise(model, x, t, c)
 
-        def velocity(x, t):
-            return self.velocity(model, x, t)
+        def velocity(x, t, c=None):
+            return self.velocity(model, x, t, c)
 
         if sampler == "ddim":
-            return S.ddim(denoise, x, ts, cosine_alpha_sigma, eta, generator, progress)
+            return S.ddim(denoise, x, ts, cosine_alpha_sigma, eta, generator, progress, **guide)
         if sampler == "ddpm":
-            return S.ddpm_ancestral(denoise, x, ts, cosine_alpha_sigma, generator, progress)
+            return S.ddpm_ancestral(denoise, x, ts, cosine_alpha_sigma, generator, progress, **guide)
         clock = cosine_angle(ts)
         if sampler == "euler":
-            return S.euler(velocity, x, ts, clock, progress)
-        return S.heun(velocity, x, ts, clock, last_euler=bool(ts[-1] == 0), progress=progress)
+            return S.euler(velocity, x, ts, clock, progress, **guide)
+        return S.heun(velocity, x, ts, clock, last_euler=bool(ts[-1] == 0), progress=progress, **guide)
 
 
 @PROCESSES.register("flow")
@@ -186,17 +201,17 @@ class FlowMatching(Process):
     def _target(self, x0, eps, a, s):
         return eps - x0
 
-    def velocity(self, model, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return model(x, t.float()).float()
+    def velocity(self, model, x: torch.Tensor, t: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        return _call(model, x, t.float(), condition).float()
 
-    def denoise(self, model, x: torch.Tensor, t: torch.Tensor):
+    def denoise(self, model, x: torch.Tensor, t: torch.Tensor, condition: torch.Tensor | None = None):
         """(x0^, eps^) = (x - t u^, x + (1 - t) u^)."""
-        return flow_x0_eps(self.velocity(model, x, t), x, t)
+        return flow_x0_eps(self.velocity(model, x, t, condition), x, t)
 
-    def _run(self, model, x, ts, sampler, eta, generator, progress):
-        def velocity(x, t):
-            return self.velocity(model, x, t)
+    def _run(self, model, x, ts, sampler, eta, generator, progress, guide):
+        def velocity(x, t, c=None):
+            return self.velocity(model, x, t, c)
 
         if sampler == "heun":
-            return S.heun(velocity, x, ts, progress=progress)
-        return S.euler(velocity, x, ts, progress=progress)
+            return S.heun(velocity, x, ts, progress=progress, **guide)
+        return S.euler(velocity, x, ts, progress=progress, **guide)

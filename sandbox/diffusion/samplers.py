@@ -5,10 +5,19 @@ angle tau(t)); ``denoise_fn(x, t)`` returns (x0^, eps^); t is passed as a (B,) f
 ``ts`` runs from 1 to 0 to sample and from 0 to 1 to invert (ODE samplers and DDIM eta = 0 only).
 The update arithmetic is float32 whatever the model returns; the model runs under the caller's
 autocast. Every sampler returns float32.
+
+Conditions and classifier-free guidance (Ho & Salimans 2022): every sampler takes ``condition`` (B, F)
+and ``guidance`` w; then its function is called as ``fn(x, t, c)`` through :func:`guided`, which returns
+``uncond + w (cond - uncond)`` (w = 0 the unconditional prediction, 1 the conditional one, > 1 guided),
+the null condition being rows of NaN (:func:`sandbox.nn.condition.null_condition`). Without both the
+function is called as today, ``fn(x, t)``. The combination is taken of what the sampler's function returns
+(a velocity, or diffusion's (x0^, eps^)): each is affine in the network's prediction at fixed (x, t), so it
+equals guiding the network's eps, v or u itself.
 """
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Any, Callable
 
 import torch
 
@@ -26,6 +35,46 @@ def time_grid(steps: int, start: float = 1.0, end: float = 0.0, device=None) -> 
     return torch.linspace(start, end, steps + 1, dtype=torch.float32, device=device)
 
 
+def guided(fn: Callable, condition: torch.Tensor | None = None, guidance: float | None = None) -> Callable:
+    """``fn(x, t, c)`` as ``fn(x, t)`` with ``condition`` (B, F) or (F,) and guidance ``w`` (None: 1).
+
+    w = 1 calls ``fn(x, t, condition)`` and w = 0 ``fn(x, t, null)`` alone (exactly the conditional and
+    unconditional predictions); another w evaluates both in one batched call on ``[x, x]``, ``[t, t]``,
+    ``[condition, null]`` and returns ``uncond + w (cond - uncond)`` in float32 (elementwise over a tuple).
+    With neither argument ``fn`` is returned as it is (called ``fn(x, t)``)."""
+    if condition is None:
+        if guidance is not None:
+            raise SandboxError(f"guidance {guidance!r} needs a condition to guide towards; pass condition too")
+        return fn
+    w = 1.0 if guidance is None else guidance
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+        raise SandboxError(f"guidance must be a finite number >= 0 (0 unconditional, 1 conditional, > 1 guided); "
+                           f"got {guidance!r}")
+
+    def call(x: torch.Tensor, t: torch.Tensor):
+        c = condition.to(device=x.device, dtype=torch.float32)
+        c = c.expand(x.shape[0], -1) if c.ndim == 1 else c
+        if c.ndim != 2 or c.shape[0] != x.shape[0]:
+            raise SandboxError(f"condition of shape {tuple(condition.shape)} for a batch of {x.shape[0]}; "
+                               f"expected ({x.shape[0]}, factors) or (factors,)")
+        null = torch.full_like(c, float("nan"))
+        if w == 1:
+            return fn(x, t, c)
+        if w == 0:
+            return fn(x, t, null)
+        both = fn(torch.cat([x, x]), torch.cat([t, t]), torch.cat([c, null]))
+        return _combine(both, x.shape[0], float(w))
+
+    return call
+
+
+def _combine(both: Any, n: int, w: float):
+    if isinstance(both, tuple):
+        return tuple(_combine(b, n, w) for b in both)
+    cond, uncond = both[:n].float(), both[n:].float()
+    return uncond + w * (cond - uncond)
+
+
 def _indices(n: int, progress: bool, desc: str):
     if not progress:
         return range(n)
@@ -39,9 +88,10 @@ def _at(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def euler(velocity_fn: Fn, x: torch.Tensor, ts: torch.Tensor, clock: torch.Tensor | None = None,
-          progress: bool = False) -> torch.Tensor:
+          progress: bool = False, condition: torch.Tensor | None = None, guidance: float | None = None) -> torch.Tensor:
     """Explicit Euler on dx/dclock = velocity_fn(x, t) over the grid ``ts`` (clock: the integration
     variable at each grid time, default ``ts`` itself)."""
+    velocity_fn = guided(velocity_fn, condition, guidance)
     clock = ts if clock is None else clock
     x = x.float()
     for i in _indices(len(ts) - 1, progress, "euler"):
@@ -50,10 +100,12 @@ def euler(velocity_fn: Fn, x: torch.Tensor, ts: torch.Tensor, clock: torch.Tenso
 
 
 def heun(velocity_fn: Fn, x: torch.Tensor, ts: torch.Tensor, clock: torch.Tensor | None = None,
-         last_euler: bool = False, progress: bool = False) -> torch.Tensor:
+         last_euler: bool = False, progress: bool = False, condition: torch.Tensor | None = None,
+         guidance: float | None = None) -> torch.Tensor:
     """Heun's second-order method (Karras et al. 2022, Alg. 1): an Euler predictor, then the mean of
     the slopes at both ends. ``last_euler`` makes the final step plain Euler (for a process whose
     network is undefined at the end of the grid, as diffusion's x0/eps conversion at sigma = 0)."""
+    velocity_fn = guided(velocity_fn, condition, guidance)
     clock = ts if clock is None else clock
     x = x.float()
     n = len(ts) - 1
@@ -73,10 +125,12 @@ def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
 
 
 def ddim(denoise_fn: DenoiseFn, x: torch.Tensor, ts: torch.Tensor, alpha_sigma: AlphaSigma, eta: float = 0.0,
-         generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+         generator: torch.Generator | None = None, progress: bool = False, condition: torch.Tensor | None = None,
+         guidance: float | None = None) -> torch.Tensor:
     """DDIM (Song et al. 2021): x' = a' x0^ + sqrt(s'^2 - c^2) eps^ + c z with
     c = eta (s'/s) sqrt(1 - a^2/a'^2); eta = 0 is deterministic (and, on an increasing grid, the
     inversion), eta = 1 is the DDPM posterior. A step to t = 0 lands on x0^."""
+    denoise_fn = guided(denoise_fn, condition, guidance)
     x = x.float()
     if eta < 0 or (eta > 0 and bool((ts[1:] > ts[:-1]).any())):
         raise SandboxError(f"ddim eta must be >= 0, and 0 on an increasing (inversion) grid; got {eta!r}")
@@ -93,10 +147,12 @@ def ddim(denoise_fn: DenoiseFn, x: torch.Tensor, ts: torch.Tensor, alpha_sigma: 
 
 
 def ddpm_ancestral(denoise_fn: DenoiseFn, x: torch.Tensor, ts: torch.Tensor, alpha_sigma: AlphaSigma,
-                   generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+                   generator: torch.Generator | None = None, progress: bool = False,
+                   condition: torch.Tensor | None = None, guidance: float | None = None) -> torch.Tensor:
     """Ancestral sampling from the DDPM posterior q(x_s | x_t, x0^) (Ho et al. 2020; Kingma et al.
     2021 in continuous time): with a_ts = a_t / a_s and b = s_t^2 - a_ts^2 s_s^2, the mean is
     (a_s b / s_t^2) x0^ + (a_ts s_s^2 / s_t^2) x_t and the variance s_s^2 b / s_t^2 (0 at s = 0)."""
+    denoise_fn = guided(denoise_fn, condition, guidance)
     x = x.float()
     if bool((ts[1:] >= ts[:-1]).any()):
         raise SandboxError("ddpm ancestral sampling needs a decreasing time grid (it cannot invert)")
