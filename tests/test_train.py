@@ -10,7 +10,7 @@ from sandbox.analysis.reports import open_run, run_stats
 from sandbox.errors import SandboxError
 from sandbox.runs.checkpoints import read_weights
 from sandbox.tracking.metrics_log import WALL_CLOCK, read_metrics
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_command
 
 
 def run(overrides, until_epoch=None):
@@ -20,6 +20,7 @@ def run(overrides, until_epoch=None):
     return trainer
 
 
+@pytest.mark.real_figures  # its figures' file sizes or pixels
 def test_two_step_run_writes_every_run_file(tmp_path, tiny_overrides):
     trainer = run(tiny_overrides + ["track.wandb=offline"])
     d = tmp_path / "tiny"
@@ -145,17 +146,15 @@ def test_cli_resume_uses_the_runs_own_config_and_keeps_its_name(tmp_path, tiny_o
     the command line says another (the README form passes configs/unet_dice.yaml, name unet_dice)."""
     base = [o for o in tiny_overrides if not o.startswith("train.epochs=")]
     run(base + ["train.epochs=2"], until_epoch=1)
-    res = subprocess.run([sys.executable, "sandbox/train.py", "--resume", str(tmp_path / "tiny")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert "epoch 2/2" in res.stdout and "epoch 1/2" not in res.stdout
+    res = run_command("train", "--resume", tmp_path / "tiny")
+    assert res.code == 0, res.err[-2000:]
+    assert "epoch 2/2" in res.out and "epoch 1/2" not in res.out
     cfg = load_config(tmp_path / "tiny" / "config.yaml")
     assert (cfg.name, cfg.data.size, cfg.train.epochs) == ("tiny", 32, 2)
     resumed = run(base + ["name=other", "train.epochs=2", f"train.resume={tmp_path / 'tiny'}"])
     assert resumed.cfg.name == "tiny" and load_config(tmp_path / "tiny" / "config.yaml").name == "tiny"
-    res = subprocess.run([sys.executable, "sandbox/train.py", "train.epochs=2"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60)
-    assert res.returncode != 0 and "--config is required (or --resume RUN" in res.stderr
+    res = run_command("train", "train.epochs=2")
+    assert res.code != 0 and "--config is required (or --resume RUN" in res.err
 
 
 def test_an_epoch_shorter_than_log_every_is_still_logged(tmp_path, tiny_overrides):
@@ -196,6 +195,8 @@ def test_best_checkpoint_at_a_tie_is_the_lower_val_loss_for_trainer_and_compare(
 
 
 def test_cli_without_accelerate_launch(tmp_path, tiny_overrides):
+    """The command file run by a fresh interpreter, as a user types it (the suite's other train.py calls
+    run its main() in-process)."""
     res = subprocess.run([sys.executable, "sandbox/train.py", "--config", "configs/unet_dice.yaml", *tiny_overrides],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
