@@ -12,12 +12,46 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
-@pytest.fixture
-def tiny_overrides(tmp_path):
+def _tiny_overrides(tmp_path):
     """A run small enough for a few seconds on CPU, written under tmp_path."""
     return [f"out_dir={tmp_path}", "name=tiny", "data.size=32", "data.num_train=8", "data.num_val=4",
             "data.batch_size=4", "model.width=4", "model.depth=2", "train.epochs=1", "train.log_every=1",
             "train.num_images=2", "track.wandb=disabled", "train.mixed_precision=no"]
+
+
+tiny_overrides = pytest.fixture(name="tiny_overrides")(_tiny_overrides)
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    """A trained run directory copied to ``dst``, its own paths in its text files (config.yaml's out_dir,
+    checkpoints' configs, eval json) pointing at the copy, as if it had been trained there."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    old, new = str(Path(src).parent), str(Path(dst).parent)
+    for f in dst.rglob("*"):
+        if f.suffix in (".yaml", ".json", ".jsonl") and f.is_file():
+            text = f.read_text()
+            if old in text:
+                f.write_text(text.replace(old, new))
+    return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory):
+    """The run of ``tiny_overrides`` (unet, 1 epoch x 2 steps), trained once for the whole session; tests
+    get their own copy from ``tiny_run``."""
+    from sandbox import build_trainer, load_config
+
+    out = tmp_path_factory.mktemp("tiny_trained")
+    build_trainer(load_config(ROOT / "configs" / "unet_dice.yaml", _tiny_overrides(out))).fit()
+    return out / "tiny"
+
+
+@pytest.fixture
+def tiny_run(tiny_trained, tmp_path):
+    """``tmp_path/tiny``: a private copy of ``tiny_trained``, as if ``tiny_overrides`` had just been trained here."""
+    return copy_run(tiny_trained, tmp_path / "tiny")
 
 
 def command(name: str):

@@ -86,38 +86,33 @@ def test_resume_from_last_equals_uninterrupted(tmp_path, tiny_overrides):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_existing_run_is_never_overwritten(tmp_path, tiny_overrides):
-    run(tiny_overrides)
+def test_existing_run_is_never_overwritten(tmp_path, tiny_overrides, tiny_run):
     before = (tmp_path / "tiny" / "metrics.jsonl").read_text()
     with pytest.raises(SandboxError, match=r"already holds a run \(checkpoints/last at step 2\); continue it with: python sandbox/train.py --resume "):
         run(tiny_overrides)
     assert (tmp_path / "tiny" / "metrics.jsonl").read_text() == before
 
 
-def test_resume_with_other_schedule_is_refused(tmp_path, tiny_overrides):
-    run(tiny_overrides)
+def test_resume_with_other_schedule_is_refused(tmp_path, tiny_overrides, tiny_run):
     with pytest.raises(SandboxError, match=r"different LR schedule \(train.epochs: 1 there, 3 here\)"):
         run([o for o in tiny_overrides if not o.startswith("train.epochs=")]
             + ["train.epochs=3", f"train.resume={tmp_path / 'tiny'}"])
 
 
-def test_resume_with_other_model_is_refused(tmp_path, tiny_overrides):
-    run(tiny_overrides)
+def test_resume_with_other_model_is_refused(tmp_path, tiny_overrides, tiny_run):
     with pytest.raises(SandboxError, match=r"different model \(model.width: 4 there, 8 here\)"):
         run(tiny_overrides + ["model.width=8", f"train.resume={tmp_path / 'tiny'}"])
 
 
-def test_resume_on_other_data_is_refused(tmp_path, tiny_overrides):
+def test_resume_on_other_data_is_refused(tmp_path, tiny_overrides, tiny_run):
     """More images meant more steps than the restored LR schedule was sized for: the run trained on
     and died at its end ('Tried to step 81 times'); other data is another experiment anyway."""
-    run(tiny_overrides)
     with pytest.raises(SandboxError, match=r"trained on other data \(data.num_train: 8 there, 16 here\); resume "
                                            r"with the run's own config: python sandbox/train.py --resume "):
         run(tiny_overrides + ["data.num_train=16", "data.num_workers=1", f"train.resume={tmp_path / 'tiny'}"])
 
 
-def test_resume_with_other_steps_per_epoch_is_refused(tmp_path, tiny_overrides):
-    run(tiny_overrides)
+def test_resume_with_other_steps_per_epoch_is_refused(tmp_path, tiny_overrides, tiny_run):
     state = tmp_path / "tiny/checkpoints/last/trainer_state.json"
     saved = json.loads(state.read_text())
     assert saved["steps_per_epoch"] == 2
@@ -126,9 +121,8 @@ def test_resume_with_other_steps_per_epoch_is_refused(tmp_path, tiny_overrides):
         run(tiny_overrides + [f"train.resume={tmp_path / 'tiny' / 'checkpoints' / 'last'}"])
 
 
-def test_a_scheduled_run_is_extended_with_scheduler_none(tmp_path, tiny_overrides, capsys):
+def test_a_scheduled_run_is_extended_with_scheduler_none(tmp_path, tiny_overrides, tiny_run, capsys):
     """The error above suggests it: the saved scheduler state must not make the checkpoint look corrupt."""
-    run(tiny_overrides)
     longer = [o for o in tiny_overrides if not o.startswith("train.epochs=")] + ["train.epochs=2"]
     trainer = run(longer + ["train.scheduler=none", f"train.resume={tmp_path / 'tiny'}"])
     assert trainer.state["epoch"] == 2
