@@ -161,3 +161,27 @@ def real_figures_where_marked(request):
             yield
     else:
         yield
+
+
+# ----------------------------------------------------------------------------- pytest-xdist
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    """``-n N`` alone distributes with ``loadgroup`` instead of ``load``: as ``load``, except that the tests
+    grouped below run on one worker, so that a module-scoped fixture (a trained run, a built wheel) is
+    made once, not once per worker. An explicit ``--dist`` is kept."""
+    if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", None) == "no":
+        config.option.dist = "loadgroup"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that share a module-scoped fixture defined in their module: one xdist group per module."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = getattr(info, "name2fixturedefs", {}) if info is not None else {}
+        module = getattr(item, "module", None)
+        if module is None or item.get_closest_marker("xdist_group"):
+            continue
+        shared = [name for name, fds in defs.items()
+                  if fds and fds[-1].scope == "module" and getattr(fds[-1], "baseid", "") == item.nodeid.split("::")[0]]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(module.__name__))
