@@ -80,7 +80,17 @@ def test_summary_csv_is_mean_std_cv_of_the_runs_metrics(swept):
     md = (swept / "summary.md").read_text()
     assert "| cell | runs | best val/dice |" in md and "± " in md
     assert (swept / "compare" / "report.md").is_file() and (swept / "compare" / "predictions.png").is_file()
-    assert (swept / "plots" / "val_dice_vs_model.width.png").stat().st_size > 5000  # metric vs the numeric axis
+    assert (swept / "plots" / "val_dice_vs_model.width.png").is_file()  # drawn for real: the test below
+
+
+@pytest.mark.real_figures
+def test_a_rerun_of_a_finished_sweep_trains_nothing_and_plots_the_metric_against_the_numeric_axis(swept):
+    with pytest.MonkeyPatch.context() as mp:
+        calls = counting(mp)
+        sweep_main(["--config", CONFIG, *GRID, "--seeds", "2", "--name", "s", "--out-dir", str(swept.parent),
+                    "--in-process", *TINY])
+    assert calls == []
+    assert (swept / "plots" / "val_dice_vs_model.width.png").stat().st_size > 5000  # a figure, not a blank
 
 
 def test_rerun_skips_finished_and_retrains_a_deleted_run(swept):
