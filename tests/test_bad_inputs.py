@@ -16,7 +16,7 @@ from PIL import Image
 from sandbox import build_trainer, load_config
 from sandbox.config import Config
 from sandbox.errors import SandboxError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_command
 
 CFG = ROOT / "configs" / "unet_dice.yaml"
 
@@ -395,12 +395,10 @@ def test_output_dir_is_a_file(tmp_path):
 def _cli_one_error_line(tmp_path, config, *args) -> str:
     out = tmp_path / "out"
     out.mkdir()
-    done = subprocess.run([sys.executable, str(ROOT / "sandbox" / "train.py"), "--config", str(config),
-                           f"out_dir={out}", *args], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2, done.stderr[-2000:]
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and len(lines[0]) < 600, done.stderr[-2000:]
-    assert "Traceback" not in done.stderr
+    done = run_command("train", "--config", str(config), f"out_dir={out}", *args)  # a traceback would raise here
+    assert done.code == 2, done.err[-2000:]
+    lines = done.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and len(lines[0]) < 600, done.err[-2000:]
     assert not any(out.iterdir())  # nothing written
     return lines[0]
 
@@ -459,11 +457,9 @@ def test_a_bad_image_read_by_a_loader_worker_is_one_line(tmp_path):
         m = np.zeros((32, 32), np.uint8)
         m[8:24, 8:24] = 255
         Image.fromarray(m).save(root / "masks" / f"{i}.png")
-    proc = subprocess.run([sys.executable, "sandbox/train.py", "--config", str(CFG), *tiny(tmp_path),
-                           "data.name=folder", f"data.root={root}", "data.num_workers=1", "data.cache=false",
-                           "data.val_fraction=0.25", "data.test_fraction=0.25"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-1500:]  # readable data trains
+    first = run_command("train", "--config", str(CFG), *tiny(tmp_path), "data.name=folder", f"data.root={root}",
+                        "data.num_workers=1", "data.cache=false", "data.val_fraction=0.25", "data.test_fraction=0.25")
+    assert first.code == 0, first.err[-1500:]  # readable data trains (the broken run below: a real process's stderr)
     for f in (root / "images").glob("*.png"):
         f.write_bytes(b"not a png")  # every image torn after the split was written: a worker meets one
     (tmp_path / "tiny").rename(tmp_path / "first")

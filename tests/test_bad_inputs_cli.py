@@ -5,7 +5,6 @@ would be accepted (exit 2 from a command), never a silent wrong value, a hang or
 import ast
 import json
 import re
-import sys
 import time
 
 import pytest
@@ -14,23 +13,11 @@ from sandbox import build_trainer, load_config
 from sandbox.cli import MAX_LINE, cli_entry, one_line
 from sandbox.config.yamlfile import load_yaml_text, read_yaml
 from sandbox.errors import ConfigError, SandboxError
-from tests.conftest import ROOT, command, train_cli
+from tests.conftest import ROOT, cli, train_cli
 
 CFG = ROOT / "configs" / "unet_dice.yaml"
 TINY = ["data.size=32", "data.num_train=8", "data.num_val=4", "data.num_test=4", "data.batch_size=4", "model.width=4",
         "model.depth=2", "train.epochs=1", "train.num_images=0", "track.wandb=disabled", "train.mixed_precision=no"]
-
-
-def cli(name: str, args: list, monkeypatch, capsys) -> tuple[int, list[str]]:
-    """``python sandbox/<name>.py *args`` in this process: (exit status, stderr lines)."""
-    capsys.readouterr()
-    monkeypatch.setattr(sys, "argv", [f"{name}.py", *map(str, args)])
-    try:
-        command(name).main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err.strip().splitlines()
 
 
 def one_error(err) -> str:
@@ -127,7 +114,7 @@ def test_a_number_out_of_range_is_one_line_naming_flag_value_and_range(tmp_path,
     where = ["--config", str(tmp_path / "nowhere.yaml")] if name in ("lr_find", "sweep") else \
         ["--run", str(tmp_path / "nowhere")]
     start = time.perf_counter()
-    code, err = cli(name, [*where, *args], monkeypatch, capsys)
+    code, err = cli(name, [*where, *args])
     assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {expected}"), err
     assert len(err[0]) < 400 and time.perf_counter() - start < 20, err
 
@@ -153,10 +140,10 @@ def vae_run(tmp_path_factory):
 
 def test_numbers_at_the_edges_of_their_ranges_are_taken(vae_run, monkeypatch, capsys):
     """The lowest accepted --samples (2: KID's least; 0 was a traceback) probes, and the largest seed walks."""
-    code, err = cli("probe", ["--run", vae_run, "--split", "val", "--samples", "2", "--fit", "0"], monkeypatch, capsys)
+    code, err = cli("probe", ["--run", vae_run, "--split", "val", "--samples", "2", "--fit", "0"])
     assert code == 0, err
     code, err = cli("interpolate", ["--run", vae_run, "--random", "2", "--steps", "2", "--seed", str(2**32 - 1),
-                                    "--no-wandb"], monkeypatch, capsys)
+                                    "--no-wandb"])
     assert code == 0, err
     assert (vae_run / "images" / f"interp_slerp_random2-seed{2**32 - 1}.png").is_file()
 

@@ -219,6 +219,7 @@ def test_parts_target_renders_every_part_inside_the_mask():
     assert ml[2].sum() >= (ds[0]["parts"] == 2).sum()  # the torso's own extent includes what an arm hides
 
 
+@pytest.mark.real_figures  # its figures' file sizes or pixels
 def test_parts_run_logs_per_class_iou_draws_class_maps_and_evaluates(tmp_path, tiny_overrides, monkeypatch):
     import csv
 

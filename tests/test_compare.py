@@ -1,7 +1,6 @@
 """compare.py: the table's numbers come back from metrics.jsonl, pictures exist, bad input is one line."""
 import csv
 import statistics
-import subprocess
 import sys
 
 import pytest
@@ -13,7 +12,7 @@ from sandbox.models import MODELS
 from sandbox.analysis.measure import segmentation_models
 from sandbox.analysis.reports import open_run
 from sandbox.tracking.metrics_log import read_metrics
-from tests.conftest import ROOT, command
+from tests.conftest import ROOT, cli, command
 
 TINY = ["data.size=32", "data.num_train=8", "data.num_val=4", "data.batch_size=4", "model.width=4",
         "model.depth=2", "train.epochs=2", "train.log_every=1", "train.num_images=0", "track.wandb=disabled",
@@ -33,6 +32,7 @@ def runs(tmp_path_factory):
     return paths
 
 
+@pytest.mark.real_figures  # its figures' file sizes or pixels
 def test_compare_table_matches_metrics_jsonl(runs, tmp_path):
     report = compare_runs([open_run(p) for p in runs], tmp_path / "cmp", "val/dice")
     text = report.read_text()
@@ -70,10 +70,9 @@ def test_best_of_a_lower_is_better_metric_is_the_minimum(runs, tmp_path):
 
 
 def test_cli_not_a_run_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
-    proc = subprocess.run([sys.executable, str(ROOT / "sandbox/compare.py"), str(tmp_path / "missing")],
-                          capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
+    monkeypatch.chdir(tmp_path)
+    code, lines = cli("compare", [tmp_path / "missing"])
+    assert code == 2
     assert lines == [f"error: {str(tmp_path / 'missing')!r} is not a run: no such directory; expected a run "
                      "directory (runs/<name>) with config.yaml and metrics.jsonl, written by sandbox/train.py"]
     compare = command("compare")
@@ -111,6 +110,7 @@ def test_runs_of_different_kinds_are_refused(runs, tmp_path, monkeypatch):
 
 
 
+@pytest.mark.real_figures  # its figures' file sizes or pixels
 def test_runs_with_a_depth_head_get_a_depth_picture(tmp_path, monkeypatch):
     """transposed conv vs pixel shuffle: the depth maps side by side, each captioned with its own L1."""
     import numpy as np

@@ -3,7 +3,6 @@ logged, predictions keep every image's original size, and each bad input gives o
 import csv
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from sandbox import build_trainer, load_config
 from sandbox.errors import SandboxError
 from sandbox.tracking.metrics_log import read_metrics
-from tests.conftest import ROOT, SHARED_DATA
+from tests.conftest import ROOT, SHARED_DATA, run_command
 
 TINY = ["name=tiny", "data.size=32", "data.num_train=8", "data.num_val=4", "data.num_test=4", "data.batch_size=4",
         "model.width=4", "model.depth=2", "train.epochs=1", "track.wandb=disabled", "train.mixed_precision=no",
@@ -36,11 +35,6 @@ def trained(tmp_path_factory):
 def run(trained, tmp_path):
     """A private copy of the trained run: tests write eval/ and predictions/ into it or break it."""
     return Path(shutil.copytree(trained, tmp_path / "tiny"))
-
-
-def cli(script: str, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, f"sandbox/{script}.py", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
 
 
 def call(script: str, *args, monkeypatch) -> None:
@@ -82,8 +76,8 @@ def np_dice(p: np.ndarray, t: np.ndarray) -> float:
 # ----------------------------------------------------------------------------- evaluate
 
 def test_val_reproduces_training_metrics(run):
-    res = cli("evaluate", "--run", run, "--split", "val")
-    assert res.returncode == 0, res.stderr
+    res = run_command("evaluate", "--run", run, "--split", "val")
+    assert res.code == 0, res.err
     logged = [r for r in read_metrics(run / "metrics.jsonl") if r["split"] == "val"][-1]
     result = json.loads((run / "eval" / "val.json").read_text())
     assert result["n"] == 4 and result["split"] == "val" and result["epoch"] == 1
@@ -96,7 +90,7 @@ def test_val_reproduces_training_metrics(run):
         s = result["summary"][k]
         assert s["mean"] == pytest.approx(np.mean(col)) and s["median"] == pytest.approx(np.median(col))
         assert s["min"] == pytest.approx(min(col))
-    assert "dice" in res.stdout and "median" in res.stdout
+    assert "dice" in res.out and "median" in res.out
 
 
 def test_split_all_writes_three_and_never_overwrites(run, monkeypatch):
@@ -232,9 +226,9 @@ def test_predict_keeps_original_sizes(run, tmp_path):
     save(rng.integers(0, 65536, (20, 30)).astype(np.uint16), d / "deep.png")
     save(net, d / "net.png")
     (d / "notes.txt").write_text("not an image")
-    res = cli("predict", "--run", run, "--input", d, "--out", tmp_path / "out")
-    assert res.returncode == 0, res.stderr
-    assert "predicted 5 image(s)" in res.stdout and "skipped 1 non-image" in res.stdout
+    res = run_command("predict", "--run", run, "--input", d, "--out", tmp_path / "out")
+    assert res.code == 0, res.err
+    assert "predicted 5 image(s)" in res.out and "skipped 1 non-image" in res.out
     for stem, (h, w) in sizes.items():
         mask = np.asarray(Image.open(tmp_path / "out" / f"{stem}_mask.png"))
         assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}, stem
@@ -357,10 +351,10 @@ def test_bad_input_one_line_exit_2(run, tmp_path, case, pattern):
 
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
-    res = cli(*_break(run, case, tmp_path))
-    assert res.returncode == 2, res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    res = run_command(*_break(run, case, tmp_path))
+    assert res.code == 2, res.err
+    lines = res.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.err, res.err
     assert lines[0].startswith("error: ") and re.search(pattern, lines[0]), lines[0]
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]  # nothing overwritten or added
     assert not (run / "eval").exists() and not (run / "predictions").exists()

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import ROOT, command
+from tests.conftest import ROOT, run_command
 from sandbox.analysis.export import RTOL, export_run, plan
 from sandbox.errors import SandboxError
 from sandbox.runs.exported import ExportedModel, load_exported
@@ -20,22 +20,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = ["data.size=32", "data.num_train=8", "data.num_val=4", "data.num_test=4", "data.batch_size=4",
         "model.width=4", "model.depth=2", "train.epochs=1", "track.wandb=disabled", "train.mixed_precision=no"]
 SEGMENTATION = ("unet", "hourglass", "simpleconv")
-
-
-def run_command(name: str, *args) -> tuple[int, str, str]:
-    """``python sandbox/<name>.py *args`` in this process: (exit status, stdout, stderr)."""
-    import contextlib
-    import io
-
-    out, err = io.StringIO(), io.StringIO()
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        mp.setattr(sys, "argv", [f"sandbox/{name}.py", *map(str, args)])
-        try:
-            command(name).main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from sandbox import build_trainer, load_config
 from sandbox.errors import SandboxError
 from sandbox.runs.checkpoints import STATE_SCHEMA, read_state
 from sandbox.tracking.metrics_log import read_metrics, truncate_metrics
-from tests.conftest import ROOT, command
+from tests.conftest import ROOT, cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -68,18 +67,6 @@ def run(trained, tmp_path):
     return Path(shutil.copytree(trained[0], tmp_path / "r"))
 
 
-def cli(name: str, args, monkeypatch, capsys) -> tuple[int, list[str]]:
-    """``python sandbox/<name>.py *args`` in this process: (exit status, stderr lines)."""
-    capsys.readouterr()
-    monkeypatch.setattr(sys, "argv", [f"{name}.py", *map(str, args)])
-    try:
-        command(name).main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err.strip().splitlines()
-
-
 def one_error(code: int, err: list[str], *patterns: str) -> str:
     """The command failed with exit 2 and one ``error:`` line that matches every pattern."""
     errors = [line for line in err if line.startswith("error: ")]
@@ -95,18 +82,17 @@ def edit_state(run: Path, change, which=("last", "best")) -> None:
         path.write_text(json.dumps(change(json.loads(path.read_text()))))
 
 
-def resume(run, monkeypatch, capsys):
-    return cli("train", ["--resume", run], monkeypatch, capsys)
+def resume(run):
+    return cli("train", ["--resume", run])
 
 
-def evaluate(run, monkeypatch, capsys):
-    return cli("evaluate", ["--run", run], monkeypatch, capsys)
+def evaluate(run):
+    return cli("evaluate", ["--run", run])
 
 
-def init_from(source, monkeypatch, capsys, data):
+def init_from(source, data):
     out = source if source.name == "r" else source.parent.parent
-    return cli("train", ["--config", CFG, *overrides(out.parent, "warm", data, f"train.init_from={source}")],
-               monkeypatch, capsys)
+    return cli("train", ["--config", CFG, *overrides(out.parent, "warm", data, f"train.init_from={source}")])
 
 
 # ------------------------------------------------------------------------ trainer_state.json
@@ -131,9 +117,9 @@ def test_a_bad_trainer_state_is_one_line_naming_the_file_and_field(run, trained,
         message = r"not valid JSON \(Expecting .* at line 1 column 13\)"
     else:
         edit_state(run, change)
-    code, err = {"resume": lambda: resume(run, monkeypatch, capsys),
-                 "evaluate": lambda: evaluate(run, monkeypatch, capsys),
-                 "init_from": lambda: init_from(run, monkeypatch, capsys, trained[1])}[how]()
+    code, err = {"resume": lambda: resume(run),
+                 "evaluate": lambda: evaluate(run),
+                 "init_from": lambda: init_from(run, trained[1])}[how]()
     one_error(code, err, r"checkpoints/(best|last)/trainer_state.json'?: " + message)
     assert not (run / "eval").exists() and not (run.parent / "warm").exists()
 
@@ -142,7 +128,7 @@ def test_a_bad_best_state_does_not_stop_a_resume_which_rewrites_best(run, monkey
     """best is never resumed from: a resume goes on from last, and writes best again from it (before,
     comparing the best epoch 'one' with 1 was a TypeError)."""
     edit_state(run, lambda s: {**s, "epoch": "one"}, ("best",))
-    code, err = resume(run, monkeypatch, capsys)
+    code, err = resume(run)
     assert code == 0, err[-3:]
     assert read_state(run / "checkpoints" / "best")["epoch"] == 1
     assert "repaired from last" in caplog.text and "falling back" not in caplog.text
@@ -163,7 +149,7 @@ def test_unknown_state_fields_are_carried_unread(run, monkeypatch, capsys):
     reader; a run of a later version with a new field still evaluates and resumes)."""
     edit_state(run, lambda s: {**s, "note": {"by": "hand"}})
     assert read_state(run / "checkpoints" / "last")["note"] == {"by": "hand"}
-    code, err = evaluate(run, monkeypatch, capsys)
+    code, err = evaluate(run)
     assert code == 0, err[-3:]
 
 
@@ -201,7 +187,7 @@ def test_compare_skips_a_record_without_its_fields_with_a_warning(run, trained, 
     recs = records(run)
     first = {k: v for k, v in recs[0].items() if k != "epoch"}
     write_lines(run, [json.dumps(r).encode() + b"\n" for r in [first, *recs[1:]]])
-    code, err = cli("compare", ["--run", trained[0], run, "--out", run.parent / "cmp"], monkeypatch, capsys)
+    code, err = cli("compare", ["--run", trained[0], run, "--out", run.parent / "cmp"])
     assert code == 0, err[-3:]
     warned = [r.getMessage() for r in caplog.records if "metrics.jsonl" in r.getMessage()]
     assert len(warned) == 1 and "skipped 1 line(s) that are not metrics records (line 1: no field 'epoch')" \
@@ -210,7 +196,7 @@ def test_compare_skips_a_record_without_its_fields_with_a_warning(run, trained, 
 
 def test_compare_of_a_binary_metrics_file_is_one_line(run, trained, monkeypatch, capsys, caplog):
     write_lines(run, [bytes(range(128, 256)) * 4 + b"\n", b"\xff\xfe binary\n"])
-    code, err = cli("compare", ["--run", trained[0], run, "--out", run.parent / "cmp"], monkeypatch, capsys)
+    code, err = cli("compare", ["--run", trained[0], run, "--out", run.parent / "cmp"])
     one_error(code, err, r"has no validated epoch in metrics.jsonl")
     assert any("skipped 2 line(s) that are not metrics records (line 1: not UTF-8 text: byte 0x80" in r.getMessage()
                for r in caplog.records), caplog.text
@@ -228,7 +214,7 @@ def test_resume_refuses_a_bad_line_in_the_middle_naming_it(run, monkeypatch, cap
     would delete it for good, so it stops and names it; the file is left as it was."""
     good = (run / "metrics.jsonl").read_bytes().splitlines(keepends=True)
     before = write_lines(run, [good[0], bad, *good[1:]])
-    code, err = resume(run, monkeypatch, capsys)
+    code, err = resume(run)
     one_error(code, err, r"metrics.jsonl'?: line 2 is not a metrics record \(" + why,
               r"fix or delete the line, then resume")
     assert (run / "metrics.jsonl").read_bytes() == before
@@ -238,7 +224,7 @@ def test_a_torn_last_line_is_still_dropped_on_resume(run, monkeypatch, capsys):
     """Kept as it was: a kill mid-write leaves a last line without its newline; it is dropped, silently."""
     good = (run / "metrics.jsonl").read_bytes()
     (run / "metrics.jsonl").write_bytes(good + b'{"split": "train", "epo')
-    code, err = resume(run, monkeypatch, capsys)
+    code, err = resume(run)
     assert code == 0 and not [line for line in err if "metrics" in line], err[-3:]
     assert (run / "metrics.jsonl").read_bytes() == good
 
@@ -257,7 +243,7 @@ def test_a_bad_last_line_that_is_not_torn_is_not_dropped(tmp_path):
 def test_a_split_file_that_is_not_utf8_is_one_line(run, monkeypatch, capsys):
     test_csv = run / "splits" / "test.csv"
     test_csv.write_bytes(test_csv.read_bytes().replace(b"stem,image", b"stem,im\xe4ge", 1))
-    one_error(*evaluate(run, monkeypatch, capsys),
+    one_error(*evaluate(run),
               r"splits/test.csv'?: not UTF-8 text \(byte 0xe4 at offset 7\); expected a UTF-8 CSV with the "
               r"header stem,image")
 
@@ -274,7 +260,7 @@ def test_split_files_may_not_name_images_outside_the_data_root(run, trained, tmp
         test_csv.write_text("\n".join([lines[0], f"{stem},{name},{mask}", *lines[2:]]) + "\n")
         # a long tmp path is shortened in the message (its closing quote with it)
         shown = r"/.+" if name.startswith("/") else re.escape(name) + "'"
-        one_error(*evaluate(run, monkeypatch, capsys),
+        one_error(*evaluate(run),
                   rf"splits/test.csv'?: line 2: image '{shown} is outside the data root; expected a "
                   r"path relative to data.root")
     assert not (run / "eval").exists()
@@ -287,11 +273,11 @@ def test_resume_names_the_tensor_of_another_shape_and_the_width_that_fits(run, m
     before, 'could not be loaded (RuntimeError: Error(s) in loading state_dict ...)' and nothing more."""
     for f in [run / "config.yaml", *run.glob("checkpoints/*/config.yaml")]:
         f.write_text(f.read_text().replace("\n  width: 4\n", "\n  width: 8\n"))
-    one_error(*resume(run, monkeypatch, capsys),
+    one_error(*resume(run),
               r"checkpoints/last' holds weights of another model than its config.yaml builds \("
               r"encoder\.stages\.0\.body\.0\.0\.weight: \(4, 3, 3, 3\) in the checkpoint, \(8, 3, 3, 3\) in the "
               r"model; they fit model.width=4, config.yaml says 8\): was config.yaml edited")
-    one_error(*evaluate(run, monkeypatch, capsys),
+    one_error(*evaluate(run),
               r"\(4, 3, 3, 3\) there, \(8, 3, 3, 3\) here.*they fit model.width=4 \(.*config.yaml says 8\)")
 
 
@@ -335,9 +321,9 @@ def test_a_fifo_in_place_of_a_run_file_is_refused_at_once(run, trained, monkeypa
     os.mkfifo(path)
     unblock.append(path)
     started = time.monotonic()
-    code, err = {"evaluate": lambda: evaluate(run, monkeypatch, capsys),
-                 "resume": lambda: resume(run, monkeypatch, capsys),
-                 "init_from": lambda: init_from(run / "checkpoints" / "last", monkeypatch, capsys, trained[1])}[how]()
+    code, err = {"evaluate": lambda: evaluate(run),
+                 "resume": lambda: resume(run),
+                 "init_from": lambda: init_from(run / "checkpoints" / "last", trained[1])}[how]()
     assert time.monotonic() - started < 15, "blocked on the FIFO"
     one_error(code, err, re.escape(where) + r"'?: a FIFO \(named pipe\), not a regular file; expected ")
 
@@ -348,5 +334,5 @@ def test_an_oversized_trainer_state_is_refused_unread(run, monkeypatch, capsys):
     for w in ("last", "best"):
         with open(run / "checkpoints" / w / "trainer_state.json", "r+b") as f:
             f.truncate(64 << 20)
-    one_error(*evaluate(run, monkeypatch, capsys),
+    one_error(*evaluate(run),
               r"best/trainer_state.json'?: over 1 MiB, too big for the JSON object train.py writes")

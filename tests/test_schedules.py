@@ -16,25 +16,45 @@ def trainer_for(tiny_overrides, *extra):
     return build_trainer(load_config(ROOT / "configs/unet_dice.yaml", keep + ["data.num_train=16", *extra]))
 
 
-def test_onecycle_peaks_at_the_configured_step(tmp_path, tiny_overrides):
+def _onecycle_logged(max_lr: float, total: int, warmup_frac: float) -> list[float]:
+    """torch's own OneCycleLR, read as the loop logs it: after optimizer step k (0-based) the lr for step
+    k + 1; after the last step the schedule is not stepped past its end."""
+    ref = torch.optim.lr_scheduler.OneCycleLR(torch.optim.SGD([torch.zeros(1)], lr=1), max_lr=max_lr,
+                                              total_steps=total, pct_start=warmup_frac)
+    expected = []
+    for _ in range(total):
+        ref.optimizer.step()
+        ref.step() if len(expected) < total - 1 else None
+        expected.append(ref.get_last_lr()[0])
+    return expected
+
+
+def test_onecycle_peaks_at_the_configured_step(tiny_overrides):
+    """The schedule the trainer builds for 5 epochs x 4 steps, stepped as the loop steps it (no training)."""
     trainer = trainer_for(tiny_overrides, "train.epochs=5", "train.warmup_frac=0.4", "train.lr=0.01")
     assert trainer.steps_per_epoch == 4 and trainer.total_steps == 20
-    trainer.fit()
-    lrs = [r["train/lr"] for r in read_metrics(tmp_path / "tiny/metrics.jsonl") if r["split"] == "train"]
-    assert len(lrs) == 20
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
+    sched = make_scheduler(opt, "onecycle", 0.01, trainer.total_steps, trainer.steps_per_epoch, warmup_frac=0.4)
+    lrs = []
+    for step in range(20):
+        opt.step()
+        sched.step() if step < 19 else None
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs == pytest.approx(_onecycle_logged(0.01, 20, 0.4), rel=1e-9)
     # OneCycle runs optimizer step index 0.4 * 20 - 1 = 7 (0-based) at the peak; the lr logged after a
     # step is the one for the next step, so the peak shows at logged index 6
-    ref = torch.optim.lr_scheduler.OneCycleLR(torch.optim.SGD([torch.zeros(1)], lr=1), max_lr=0.01,
-                                              total_steps=20, pct_start=0.4)
-    expected = []
-    for _ in range(20):
-        ref.optimizer.step()
-        ref.step() if len(expected) < 19 else None
-        expected.append(ref.get_last_lr()[0])
-    assert lrs[:19] == pytest.approx(expected[:19], rel=1e-9)
     assert max(lrs) == pytest.approx(0.01) and lrs.index(max(lrs)) == int(0.4 * 20) - 2
-    # with two processes each process steps half the batches: see test_reliability's 2-process
-    # test, whose train/lr trajectory must equal the one-process run's step for step.
+
+
+def test_the_loop_logs_the_lr_of_each_next_step(tmp_path, tiny_overrides):
+    """Through fit(): 2 epochs x 4 steps logged as torch's OneCycleLR steps them (the schedule's shape is
+    the test above; with two processes each steps half the batches: test_reliability's 2-process test,
+    whose train/lr trajectory must equal the one-process run's step for step)."""
+    trainer_for(tiny_overrides, "train.epochs=2", "train.warmup_frac=0.4", "train.lr=0.01",
+                "train.num_images=0").fit()
+    lrs = [r["train/lr"] for r in read_metrics(tmp_path / "tiny/metrics.jsonl") if r["split"] == "train"]
+    assert len(lrs) == 8
+    assert lrs[:7] == pytest.approx(_onecycle_logged(0.01, 8, 0.4)[:7], rel=1e-9)
 
 
 def test_cyclic_triangular2_shape():

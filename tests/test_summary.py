@@ -1,6 +1,4 @@
 """sandbox.nn.measure and the summary CLI: numbers checked against hand computation."""
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,7 +10,7 @@ from sandbox.analysis.measure import (ReceptiveField, activation_memory, bottlen
                                       flops_per_image, measure_receptive_field, predicted_bottleneck_side,
                                       receptive_field, segmentation_models, summarize)
 from sandbox.analysis.tables import format_table
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_command
 
 SEG = segmentation_models()
 
@@ -168,27 +166,26 @@ def test_summarize_generative_models(name):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "sandbox/summary.py", "--config", "configs/unet_dice.yaml", *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return run_command("summary", "--config", ROOT / "configs" / "unet_dice.yaml", *args)
 
 
 def test_cli_prints_a_table():
     res = run_cli("data.size=64", "model.width=4")
-    assert res.returncode == 0, res.stderr[-2000:]
-    table = [ln for ln in res.stdout.splitlines() if ln.startswith("|")]
+    assert res.code == 0, res.err[-2000:]
+    table = [ln for ln in res.out.splitlines() if ln.startswith("|")]
     assert len(table) == 3 and "bottleneck" in table[0] and table[2].startswith("| unet | 64 |")
 
 
 def test_cli_all_models_gives_one_row_each():
     res = run_cli("--all-models", "data.size=32", "model.width=4", "model.depth=1")
-    assert res.returncode == 0, res.stderr[-2000:]
-    rows = [ln for ln in res.stdout.splitlines() if ln.startswith("|")][2:]
+    assert res.code == 0, res.err[-2000:]
+    rows = [ln for ln in res.out.splitlines() if ln.startswith("|")][2:]
     assert [r.split("|")[1].strip() for r in rows] == SEG
 
 
 def test_cli_bad_override_is_one_line():
     res = run_cli("model.depth=9")
-    assert res.returncode == 2
-    assert "Traceback" not in res.stderr
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and "model.depth" in lines[0], res.stderr
+    assert res.code == 2
+    assert "Traceback" not in res.err
+    lines = [ln for ln in res.err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "model.depth" in lines[0], res.err

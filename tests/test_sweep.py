@@ -3,7 +3,6 @@ import csv
 import math
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -81,7 +80,17 @@ def test_summary_csv_is_mean_std_cv_of_the_runs_metrics(swept):
     md = (swept / "summary.md").read_text()
     assert "| cell | runs | best val/dice |" in md and "± " in md
     assert (swept / "compare" / "report.md").is_file() and (swept / "compare" / "predictions.png").is_file()
-    assert (swept / "plots" / "val_dice_vs_model.width.png").stat().st_size > 5000  # metric vs the numeric axis
+    assert (swept / "plots" / "val_dice_vs_model.width.png").is_file()  # drawn for real: the test below
+
+
+@pytest.mark.real_figures
+def test_a_rerun_of_a_finished_sweep_trains_nothing_and_plots_the_metric_against_the_numeric_axis(swept):
+    with pytest.MonkeyPatch.context() as mp:
+        calls = counting(mp)
+        sweep_main(["--config", CONFIG, *GRID, "--seeds", "2", "--name", "s", "--out-dir", str(swept.parent),
+                    "--in-process", *TINY])
+    assert calls == []
+    assert (swept / "plots" / "val_dice_vs_model.width.png").stat().st_size > 5000  # a figure, not a blank
 
 
 def test_rerun_skips_finished_and_retrains_a_deleted_run(swept):
@@ -207,11 +216,10 @@ def test_every_study_file_plans_valid_runs(study, tmp_path):
 
 
 def test_cli_subprocess_sweep_in_parallel_jobs(tmp_path):
-    """The default path: each run a `python sandbox/train.py` subprocess (two at once here)."""
-    proc = subprocess.run([sys.executable, str(ROOT / "sandbox/sweep.py"), "--config", CONFIG, "--grid",
-                           "model.name=unet", "--seeds", "2", "--jobs", "2", "--name", "j", "--out-dir", str(tmp_path),
-                           *TINY, "model.width=4"], capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    """The default path: each run a `python sandbox/train.py` subprocess (two at once here; the sweep
+    itself runs in this process)."""
+    sweep_main(["--config", CONFIG, "--grid", "model.name=unet", "--seeds", "2", "--jobs", "2", "--name", "j",
+                "--out-dir", str(tmp_path), *TINY, "model.width=4"])
     for seed in (0, 1):
         cfg = load_config(tmp_path / "j" / f"model-unet_s{seed}" / "config.yaml")
         assert cfg.train.threads == max(1, len(os.sched_getaffinity(0)) // 2) and cfg.seed == seed
@@ -222,10 +230,18 @@ def test_cli_subprocess_sweep_in_parallel_jobs(tmp_path):
 def test_a_grid_sweep_reports_on_test_with_intervals_and_adjusted_paired_tests(tmp_path):
     """Issue 29: a 2-cell x 3-seed grid reports like a study by default: val-selected, scored on test, per cell
     mean with a 95 % t interval over seeds, the second cell against the first in a paired, Holm-adjusted test;
-    --quick keeps the val-only summary."""
-    sweep_main(["--config", CONFIG, "--grid", "model.width=4,8", "--seeds", "3", "--name", "g", "--out-dir",
-                str(tmp_path), "--in-process", *TINY])
+    --quick keeps the val-only summary. The same 6 runs serve both: --quick first, then the default over the
+    finished runs (which trains nothing and scores them)."""
+    argv = ["--config", CONFIG, "--grid", "model.width=4,8", "--seeds", "3", "--name", "g", "--out-dir",
+            str(tmp_path), "--in-process", *TINY]
+    sweep_main([*argv, "--quick"])
     g = tmp_path / "g"
+    assert (g / "summary.md").is_file() and not (g / "report.md").exists()
+    assert len(list(g.glob("*/checkpoints/best"))) == 6 and not list(g.glob("*/eval/test.json"))
+    with pytest.MonkeyPatch.context() as mp:
+        calls = counting(mp)
+        sweep_main(argv)
+    assert calls == []  # nothing retrained: the report scores the finished runs
     runs = {r["run"]: r for r in csv.DictReader(open(g / "report_runs.csv"))}
     assert len(runs) == 6
     dice = {}
@@ -251,8 +267,3 @@ def test_a_grid_sweep_reports_on_test_with_intervals_and_adjusted_paired_tests(t
     assert float(cmp["p_holm"]) == pytest.approx(float(cmp["p"]))  # one planned pair: Holm leaves it as it is
     report = (g / "report.md").read_text()
     assert "Primary metric **test/dice**" in report and "Holm p" in report
-
-    sweep_main(["--config", CONFIG, "--grid", "model.width=4,8", "--seeds", "3", "--name", "q", "--out-dir",
-                str(tmp_path), "--in-process", "--quick", *TINY])
-    assert (tmp_path / "q" / "summary.md").is_file() and not (tmp_path / "q" / "report.md").exists()
-    assert not list((tmp_path / "q").glob("*/eval/test.json"))

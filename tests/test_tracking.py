@@ -33,6 +33,7 @@ def val_records(run: Path) -> list[dict]:
 
 # ----------------------------------------------------------------------------- TensorBoard
 
+@pytest.mark.real_figures  # plots/lr.png's file size
 def test_tensorboard_event_file_holds_the_scalars_at_the_steps_of_metrics_jsonl(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

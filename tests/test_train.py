@@ -10,7 +10,7 @@ from sandbox.analysis.reports import open_run, run_stats
 from sandbox.errors import SandboxError
 from sandbox.runs.checkpoints import read_weights
 from sandbox.tracking.metrics_log import WALL_CLOCK, read_metrics
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_command
 
 
 def run(overrides, until_epoch=None):
@@ -20,6 +20,7 @@ def run(overrides, until_epoch=None):
     return trainer
 
 
+@pytest.mark.real_figures  # its figures' file sizes or pixels
 def test_two_step_run_writes_every_run_file(tmp_path, tiny_overrides):
     trainer = run(tiny_overrides + ["track.wandb=offline"])
     d = tmp_path / "tiny"
@@ -85,38 +86,33 @@ def test_resume_from_last_equals_uninterrupted(tmp_path, tiny_overrides):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_existing_run_is_never_overwritten(tmp_path, tiny_overrides):
-    run(tiny_overrides)
+def test_existing_run_is_never_overwritten(tmp_path, tiny_overrides, tiny_run):
     before = (tmp_path / "tiny" / "metrics.jsonl").read_text()
     with pytest.raises(SandboxError, match=r"already holds a run \(checkpoints/last at step 2\); continue it with: python sandbox/train.py --resume "):
         run(tiny_overrides)
     assert (tmp_path / "tiny" / "metrics.jsonl").read_text() == before
 
 
-def test_resume_with_other_schedule_is_refused(tmp_path, tiny_overrides):
-    run(tiny_overrides)
+def test_resume_with_other_schedule_is_refused(tmp_path, tiny_overrides, tiny_run):
     with pytest.raises(SandboxError, match=r"different LR schedule \(train.epochs: 1 there, 3 here\)"):
         run([o for o in tiny_overrides if not o.startswith("train.epochs=")]
             + ["train.epochs=3", f"train.resume={tmp_path / 'tiny'}"])
 
 
-def test_resume_with_other_model_is_refused(tmp_path, tiny_overrides):
-    run(tiny_overrides)
+def test_resume_with_other_model_is_refused(tmp_path, tiny_overrides, tiny_run):
     with pytest.raises(SandboxError, match=r"different model \(model.width: 4 there, 8 here\)"):
         run(tiny_overrides + ["model.width=8", f"train.resume={tmp_path / 'tiny'}"])
 
 
-def test_resume_on_other_data_is_refused(tmp_path, tiny_overrides):
+def test_resume_on_other_data_is_refused(tmp_path, tiny_overrides, tiny_run):
     """More images meant more steps than the restored LR schedule was sized for: the run trained on
     and died at its end ('Tried to step 81 times'); other data is another experiment anyway."""
-    run(tiny_overrides)
     with pytest.raises(SandboxError, match=r"trained on other data \(data.num_train: 8 there, 16 here\); resume "
                                            r"with the run's own config: python sandbox/train.py --resume "):
         run(tiny_overrides + ["data.num_train=16", "data.num_workers=1", f"train.resume={tmp_path / 'tiny'}"])
 
 
-def test_resume_with_other_steps_per_epoch_is_refused(tmp_path, tiny_overrides):
-    run(tiny_overrides)
+def test_resume_with_other_steps_per_epoch_is_refused(tmp_path, tiny_overrides, tiny_run):
     state = tmp_path / "tiny/checkpoints/last/trainer_state.json"
     saved = json.loads(state.read_text())
     assert saved["steps_per_epoch"] == 2
@@ -125,9 +121,8 @@ def test_resume_with_other_steps_per_epoch_is_refused(tmp_path, tiny_overrides):
         run(tiny_overrides + [f"train.resume={tmp_path / 'tiny' / 'checkpoints' / 'last'}"])
 
 
-def test_a_scheduled_run_is_extended_with_scheduler_none(tmp_path, tiny_overrides, capsys):
+def test_a_scheduled_run_is_extended_with_scheduler_none(tmp_path, tiny_overrides, tiny_run, capsys):
     """The error above suggests it: the saved scheduler state must not make the checkpoint look corrupt."""
-    run(tiny_overrides)
     longer = [o for o in tiny_overrides if not o.startswith("train.epochs=")] + ["train.epochs=2"]
     trainer = run(longer + ["train.scheduler=none", f"train.resume={tmp_path / 'tiny'}"])
     assert trainer.state["epoch"] == 2
@@ -145,17 +140,15 @@ def test_cli_resume_uses_the_runs_own_config_and_keeps_its_name(tmp_path, tiny_o
     the command line says another (the README form passes configs/unet_dice.yaml, name unet_dice)."""
     base = [o for o in tiny_overrides if not o.startswith("train.epochs=")]
     run(base + ["train.epochs=2"], until_epoch=1)
-    res = subprocess.run([sys.executable, "sandbox/train.py", "--resume", str(tmp_path / "tiny")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert "epoch 2/2" in res.stdout and "epoch 1/2" not in res.stdout
+    res = run_command("train", "--resume", tmp_path / "tiny")
+    assert res.code == 0, res.err[-2000:]
+    assert "epoch 2/2" in res.out and "epoch 1/2" not in res.out
     cfg = load_config(tmp_path / "tiny" / "config.yaml")
     assert (cfg.name, cfg.data.size, cfg.train.epochs) == ("tiny", 32, 2)
     resumed = run(base + ["name=other", "train.epochs=2", f"train.resume={tmp_path / 'tiny'}"])
     assert resumed.cfg.name == "tiny" and load_config(tmp_path / "tiny" / "config.yaml").name == "tiny"
-    res = subprocess.run([sys.executable, "sandbox/train.py", "train.epochs=2"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60)
-    assert res.returncode != 0 and "--config is required (or --resume RUN" in res.stderr
+    res = run_command("train", "train.epochs=2")
+    assert res.code != 0 and "--config is required (or --resume RUN" in res.err
 
 
 def test_an_epoch_shorter_than_log_every_is_still_logged(tmp_path, tiny_overrides):
@@ -196,6 +189,8 @@ def test_best_checkpoint_at_a_tie_is_the_lower_val_loss_for_trainer_and_compare(
 
 
 def test_cli_without_accelerate_launch(tmp_path, tiny_overrides):
+    """The command file run by a fresh interpreter, as a user types it (the suite's other train.py calls
+    run its main() in-process)."""
     res = subprocess.run([sys.executable, "sandbox/train.py", "--config", "configs/unet_dice.yaml", *tiny_overrides],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]

@@ -15,7 +15,7 @@ from sandbox import build_trainer, load_config
 from sandbox.errors import SandboxError
 from sandbox.runs.checkpoints import SCHEDULES_FILE, read_state, read_weights
 from sandbox.runs.lock import LOCK_FILE, RunLock
-from tests.conftest import ROOT, command
+from tests.conftest import ROOT, cli
 
 CFG = ROOT / "configs" / "unet_dice.yaml"
 PICKLED = ("*.bin", "*.pkl", "*.pt")
@@ -57,17 +57,6 @@ def train(tmp_path, *extra):
     return trainer
 
 
-def cli(name: str, args: list[str], monkeypatch, capsys) -> tuple[int, list[str]]:
-    capsys.readouterr()  # what training printed before
-    monkeypatch.setattr(sys, "argv", [f"{name}.py", *map(str, args)])
-    try:
-        command(name).main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err.strip().splitlines()
-
-
 def test_schedules_are_saved_as_plain_state_dicts(tmp_path):
     trainer = train(tmp_path)
     last = tmp_path / "tiny" / "checkpoints" / "last"
@@ -92,11 +81,11 @@ def test_a_payload_in_every_checkpoint_file_runs_nowhere(tmp_path, monkeypatch, 
     commands = (("evaluate", ["--run", run]), ("predict", ["--run", run, "--input", images, "--out", tmp_path / "p"]),
                 ("compare", ["--run", run, "--out", tmp_path / "cmp"]))
     for name, args in commands:  # the weights are all they read: the planted files are never opened
-        code, err = cli(name, args, monkeypatch, capsys)
+        code, err = cli(name, args)
         assert code == 0, (name, err)
     plant(run, marker, legacy=True)  # a run of an earlier version: best/model.pt, read only as it is alone
     for name, args in commands:
-        code, err = cli(name, args, monkeypatch, capsys)
+        code, err = cli(name, args)
         assert code == 2 and len(err) == 1 and "model.pt' was refused as unsafe" in err[0], (name, err)
     assert not marker.exists()
 
@@ -108,7 +97,7 @@ def test_generative_commands_refuse_a_payload_too(tmp_path, monkeypatch, capsys)
     plant(run, marker, legacy=True)
     for name, args in (("probe", ["--run", run, "--split", "val", "--samples", "8", "--fit", "8"]),
                        ("interpolate", ["--run", run, "--random", "2", "--no-wandb"])):
-        code, err = cli(name, args, monkeypatch, capsys)
+        code, err = cli(name, args)
         assert code == 2 and len(err) == 1 and "was refused as unsafe" in err[0], (name, err)
     assert not marker.exists()
 
