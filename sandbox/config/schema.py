@@ -104,6 +104,16 @@ class EarlyStopConfig:
 
 
 @dataclass
+class StopAtConfig:
+    """Stop after the first epoch whose ``metric`` reaches ``value`` (>= in ``max`` mode, <= in ``min``):
+    time-to-target runs (bench/time_to_target.py). Checked where ``train.early_stop`` is, on the epoch's
+    train means and validation values; the run keeps its schedule (``train.epochs`` still sets the LR)."""
+    metric: str = "val/dice"
+    value: Optional[float] = None  # required: the target
+    mode: Optional[Literal["max", "min"]] = None  # null: train.monitor_mode
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 8
     lr: float = 1.0e-3
@@ -134,6 +144,7 @@ class TrainConfig:
     init_from: Optional[str] = None
     init_from_strict: bool = True  # false: load the tensors whose name and shape match, report the rest
     early_stop: Optional[EarlyStopConfig] = None  # e.g. {patience: 5, min_delta: 0.001}; null: off
+    stop_at: Optional[StopAtConfig] = None  # e.g. {metric: val/dice, value: 0.9}: stop once reached; null: off
     channels_last: bool = True  # measured faster on CPU and GPU for conv nets
     threads: int = 0  # torch CPU threads; 0 = cores / local processes
     log_every: int = 10  # optimizer steps between train log lines in metrics.jsonl

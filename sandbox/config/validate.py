@@ -93,7 +93,19 @@ def validate(cfg: Config) -> None:
     if cfg.train.monitor.split("/")[0] not in ("val", "train"):
         raise ConfigError(f"train.monitor: got {short(cfg.train.monitor)}, expected a logged metric such as "
                           "val/dice, val/iou or val/loss")
+    if cfg.train.stop_at is not None:
+        _validate_stop_at(cfg.train.stop_at)
     _validate_generative(cfg, MODELS)
+
+
+def _validate_stop_at(stop) -> None:
+    """``train.stop_at``: a target value, on a metric the loop can see at an epoch's end (val/ or train/)."""
+    if stop.metric.split("/")[0] not in ("val", "train") or stop.metric in ("val/", "train/"):
+        raise ConfigError(f"train.stop_at.metric: got {short(stop.metric)}, expected a logged metric such as "
+                          "val/dice or val/kid_own")
+    if stop.value is None:
+        raise ConfigError(f"train.stop_at.value: missing; expected the target of the metric, e.g. "
+                          f"train.stop_at={{metric: {stop.metric}, value: 0.9}}")
 
 
 def _validate_data(cfg: Config) -> None:

@@ -23,7 +23,7 @@ from sandbox.engine import distributed
 from sandbox.engine.console import banner, epoch_line, run_summary
 from sandbox.engine.optim import per_epoch
 from sandbox.models import MODELS
-from sandbox.engine.stops import RunStopped, SignalStop, early_stop, stop_message, stopped_at
+from sandbox.engine.stops import RunStopped, SignalStop, early_stop, stop_at, stop_message, stopped_at
 from sandbox.errors import SandboxError
 from sandbox.tracking.metrics_log import read_metrics
 from sandbox.tracking.trackers import finish_trackers, start_trackers
@@ -95,6 +95,7 @@ class Loop:
             self.state["epoch"] = epoch + 1
             self.state["elapsed"] = time.time() - self.metrics.start
             stopped = self._early_stop({**train_means, **last_val})  # before best takes this epoch in
+            stopped = self._stop_at({**train_means, **last_val}, epoch) or stopped
             epoch_time = time.time() - t0
             n_images = len(self.train_loader) * self.cfg.data.batch_size * acc.num_processes
             self.metrics.log("val", epoch + 1, self.state["step"], last_val, epoch_time=round(epoch_time, 3),
@@ -241,6 +242,18 @@ class Loop:
             return None
         return early_stop(self.state, values.get(t.monitor), values.get("val/loss"), t.monitor, t.monitor_mode,
                           t.early_stop.patience, t.early_stop.min_delta)
+
+    def _stop_at(self, values: dict[str, float], epoch: int) -> str | None:
+        """``train.stop_at``: why the run stops after this epoch, once its metric has reached the target
+        (:func:`~sandbox.engine.stops.stop_at`); a metric the trainer does not log warns after the first epoch."""
+        target = self.cfg.train.stop_at
+        if target is None:
+            return None
+        if target.metric not in values and epoch == 0 and self.accelerator.is_main_process:
+            log.warning("train.stop_at.metric=%s is not logged by this trainer (logged: %s): the run trains "
+                        "all its epochs", target.metric, ", ".join(sorted(values)))
+        return stop_at(self.state, values.get(target.metric), target.metric, target.value,
+                       target.mode or self.cfg.train.monitor_mode)
 
     def _stop(self, signum: int) -> None:
         """checkpoints/last holds this step: say how to go on (main process; at once, as a launcher may

@@ -10,9 +10,12 @@
   that a stop message never claims a checkpoint that is not there (or holds NaN weights).
 * :func:`early_stop`: ``train.early_stop`` after each epoch; its counter lives in the trainer state,
   so it is saved with every checkpoint and a resumed run stops where an uninterrupted one would.
+* :func:`stop_at`: ``train.stop_at`` after each epoch: the first epoch whose metric reaches the target ends
+  the run (kept as ``state["stopped_early"]``, so a resumed run has nothing left to train).
 """
 from __future__ import annotations
 
+import math
 import os
 import signal
 import threading
@@ -160,4 +163,23 @@ def early_stop(state: dict, value: float | None, loss: float | None, monitor: st
     by = f" by more than {min_delta:g}" if min_delta else ""
     state["stopped_early"] = (f"stopped early after epoch {state['epoch']}: {monitor} has not improved{by} for "
                               f"{patience} epoch{'s' if patience > 1 else ''} (train.early_stop)")
+    return state["stopped_early"]
+
+
+def reached(value: float | None, target: float, mode: str) -> bool:
+    """``value`` has reached ``target``: ``>=`` in ``max`` mode, ``<=`` in ``min``; never when ``value`` is
+    missing or not finite (a NaN reaches nothing)."""
+    if value is None or not math.isfinite(value):
+        return False
+    return value >= target if mode == "max" else value <= target
+
+
+def stop_at(state: dict, value: float | None, metric: str, target: float, mode: str) -> str | None:
+    """``train.stop_at`` for the epoch ``state["epoch"]`` (just completed): why the run stops (also kept as
+    ``state["stopped_early"]``) when ``value`` of ``metric`` has :func:`reached` ``target``, else None."""
+    if not reached(value, target, mode):
+        return None
+    sign = ">=" if mode == "max" else "<="
+    state["stopped_early"] = (f"stopped after epoch {state['epoch']}: {metric} {value:.6g} reached the target "
+                              f"{sign} {target:g} (train.stop_at)")
     return state["stopped_early"]
