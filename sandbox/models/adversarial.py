@@ -28,6 +28,7 @@ from torch import nn
 
 from sandbox.errors import ConfigError
 from sandbox.models.autoencoders import AutoEncoder, LatentModel, register_generative
+from sandbox.nn.ema import attach_ema
 from sandbox.nn.latent import ImageDecoder, ImageEncoder
 
 PRIORS = ("gaussian", "mixture")
@@ -66,7 +67,7 @@ class DCGAN(LatentModel):
             self.inverter = ImageEncoder(in_channels, size, self.input_dim, widths, blocks, downsample, block,
                                          dilation, norm, dropout)
         self.encodes = bool(invert)
-        self.setup_ema(ema)
+        attach_ema(self, self.generator_name, ema)
 
     def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"image": self.decode(z)}

@@ -29,6 +29,7 @@ from sandbox.diffusion import Diffusion, FlowMatching
 from sandbox.errors import ConfigError, SandboxError
 from sandbox.models.autoencoders import LatentModel, register_generative
 from sandbox.nn.core import Decoder, Encoder
+from sandbox.nn.ema import attach_ema
 from sandbox.nn.timestep import TimeEmbedding, modulation
 
 log = logging.getLogger("sandbox")
@@ -83,7 +84,7 @@ class DenoisingModel(LatentModel):
         self.sampler, self.sample_steps, self.eta = sampler or process.default_sampler, sample_steps, eta
         self.net = TimeUNet(in_channels, widths, blocks, block, norm, upsample, downsample, dilation, dropout,
                             attention)
-        self.setup_ema(ema)
+        attach_ema(self, self.generator_name, ema)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor | float = 0.5) -> torch.Tensor:
         """The live net's prediction; ``t`` defaults to the middle of the path, where summary.py measures

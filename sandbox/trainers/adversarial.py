@@ -32,6 +32,8 @@ and sliced per process (``Trainer.shard_draw``): P processes x batch B train as 
 from __future__ import annotations
 
 import torch
+
+from sandbox.nn.ema import update_ema
 import torch.nn.functional as F
 
 from sandbox.data.transforms import unaugmented
@@ -121,7 +123,7 @@ class GANTrainer(SamplingTrainer):
             try:
                 g_loss, parts = self.generator_loss(fake, x)
                 if self.backward_and_step(g_loss, index=0, model=m.generator, parts=parts) and acc.sync_gradients:
-                    m.update_ema()
+                    update_ema(m)
             finally:
                 m.discriminator.requires_grad_(True)
             out.update({k: v.detach() for k, v in parts.items()})

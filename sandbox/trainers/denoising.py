@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from sandbox.nn.ema import update_ema
+
 from sandbox.metrics.generative import own_features
 from sandbox.trainers.sampling import SamplingTrainer
 
@@ -48,7 +50,7 @@ class DenoisingTrainer(SamplingTrainer):
         pred = self.model(self.to_input(x_t), t)
         loss = m.process.loss(pred.float(), target, weight)
         if self.backward_and_step(loss, parts={"loss": loss}) and self.accelerator.sync_gradients:
-            m.update_ema()
+            update_ema(m)
         return {"loss": loss.detach()}
 
     def per_image_loss(self, pred: torch.Tensor, target: torch.Tensor, weight) -> torch.Tensor:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from sandbox.nn.ema import update_ema
+
 from sandbox.data.loader import collate
 from sandbox.losses import CompositeLoss
 from sandbox.metrics import regression_metrics
@@ -70,7 +72,7 @@ class ReconstructionTrainer(SamplingTrainer):
         out = self.model(self.to_input(batch["image"]), **m.train_inputs(self.noise))
         total, scalars = m.objective(out, batch, self.loss_fn, self.kl_weight())
         if self.backward_and_step(total, parts=scalars) and self.accelerator.sync_gradients:
-            m.update_ema()
+            update_ema(m)
         return total.detach(), scalars
 
     def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
