@@ -56,7 +56,7 @@ def interpolate_cli(monkeypatch, capsys, *args):
 def test_generative_panel_is_redrawn_under_the_training_plots_throttle(tmp_path, monkeypatch):
     """plots/generative.png redraws the whole history: it follows the training curves' throttle (once at the
     last epoch here, with the interval huge), not every epoch."""
-    import sandbox.engine.loop as loop
+    import sandbox.engine.trainer as loop
     import sandbox.trainers.sampling as sampling
 
     drawn = []  # the last epoch in the history each redraw gets
@@ -355,7 +355,7 @@ def test_two_training_steps_write_the_run_files(tmp_path, name, monkeypatch, cap
 
 
 def test_discriminator_bce_takes_logits_and_smooths_real_labels_only():
-    from sandbox.trainers.adversarial import bce_logits
+    from sandbox.models.objective import bce_logits
 
     x = torch.tensor([[2.0], [-1.0]])
     sig = torch.sigmoid(x)
@@ -435,7 +435,7 @@ def test_gan_generator_step_leaves_the_discriminator_alone(tmp_path):
     assert all(p.requires_grad for p in m.discriminator.parameters())  # unfrozen after the G step
     # not a generator batch (n_critic 2, step 1): G is not touched at all
     trainer2 = build_trainer(tiny_run(tmp_path / "b", "dcgan", ["train.n_critic=2", "name=dcgan2"]))
-    trainer2.state["step"] = 1  # not a generator batch
+    trainer2.state.step = 1  # not a generator batch
     m2 = trainer2.unwrapped
     g1 = _snapshot(m2.generator)
     trainer2.train_step(trainer2.fit_batch(next(iter(trainer2.train_loader))))

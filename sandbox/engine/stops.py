@@ -142,22 +142,23 @@ def stopped_at(run: RunDir, processes: int, what: str, advice: str, setting: str
     return way
 
 
-def early_stop(state: dict, value: float | None, loss: float | None, monitor: str, mode: str, patience: int,
+def early_stop(state, value: float | None, loss: float | None, monitor: str, mode: str, patience: int,
                min_delta: float) -> str | None:
-    """Count an epoch for ``train.early_stop``, BEFORE ``state``'s best is updated with it: an epoch that
-    improves on the best so far by ``min_delta`` (:func:`~sandbox.metrics.selection.improved`) resets
-    ``state["early_stop_wait"]``, any other adds one. Returns why the run stops (also kept as
-    ``state["stopped_early"]``) once ``patience`` epochs in a row did not improve, else None. A monitor
-    that is not logged (None) counts nothing: the run trains its epochs (the loop warns about it)."""
+    """Count an epoch for ``train.early_stop``, BEFORE ``state``'s best is updated with it (``state``: a
+    :class:`~sandbox.engine.state.TrainerState`): an epoch that improves on the best so far by ``min_delta``
+    (:func:`~sandbox.metrics.selection.improved`) resets ``state.early_stop_wait``, any other adds one. Returns
+    why the run stops (also kept as ``state.stopped_early``) once ``patience`` epochs in a row did not improve,
+    else None. A monitor that is not logged (None) counts nothing: the run trains its epochs (the loop warns
+    about it)."""
     if value is None:
         return None
-    if improved(value, loss, state.get("best"), state.get("best_loss"), mode, min_delta):
-        state["early_stop_wait"] = 0
+    if improved(value, loss, state.best, state.best_loss, mode, min_delta):
+        state.early_stop_wait = 0
         return None
-    state["early_stop_wait"] = state.get("early_stop_wait", 0) + 1
-    if state["early_stop_wait"] < patience:
+    state.early_stop_wait = (state.early_stop_wait or 0) + 1
+    if state.early_stop_wait < patience:
         return None
     by = f" by more than {min_delta:g}" if min_delta else ""
-    state["stopped_early"] = (f"stopped early after epoch {state['epoch']}: {monitor} has not improved{by} for "
-                              f"{patience} epoch{'s' if patience > 1 else ''} (train.early_stop)")
-    return state["stopped_early"]
+    state.stopped_early = (f"stopped early after epoch {state.epoch}: {monitor} has not improved{by} for "
+                           f"{patience} epoch{'s' if patience > 1 else ''} (train.early_stop)")
+    return state.stopped_early
