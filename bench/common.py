@@ -1,7 +1,7 @@
 """Shared pieces of the benchmarks: machine info, load check, matmul peaks, models, the
 training step, FLOP counting, timing and result files. Not part of the test suite.
 
-The training step is the sandbox trainer's (``SupervisedTrainer.train_step`` +
+The training step is the sandbox trainer's (``Trainer.train_step``: ``model.loss`` +
 ``Trainer.backward_and_step``) without the run-directory plumbing: forward (under bf16
 autocast when asked), outputs cast to fp32, Dice + 0.5 BCE from ``sandbox.losses``, backward,
 gradient clipping at 1.0, AdamW step, ``zero_grad(set_to_none=True)``. bf16 is

@@ -51,7 +51,7 @@ def test_a_kill_between_best_and_last_resumes_from_last_exactly(tmp_path, tiny_o
     ck = tmp_path / "killed" / "checkpoints"
     assert (read_state(ck / "best")["epoch"], read_state(ck / "last")["epoch"]) == (2, 1)
     resumed = train(base + ["name=ignored", f"train.resume={tmp_path / 'killed'}"])
-    assert resumed.state["epoch"] == 2
+    assert resumed.state.epoch == 2
     for which in ("last", "best"):
         a, b = (read_weights(d / "checkpoints" / which / "model.safetensors") for d in (straight.run.path, ck.parent))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), which

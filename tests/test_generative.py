@@ -14,6 +14,7 @@ from sandbox.errors import ConfigError, SandboxError
 from sandbox.analysis.interpolation import lerp, path, slerp
 from sandbox.models import MODELS
 from sandbox.models.autoencoders import VAE
+from sandbox.nn.ema import update_ema
 from sandbox.metrics.generative import frechet_distance
 from sandbox.metrics.probe import kernel_probe, latent_probe, ridge_probe
 from sandbox.tracking.metrics_log import read_metrics
@@ -55,7 +56,7 @@ def interpolate_cli(monkeypatch, capsys, *args):
 def test_generative_panel_is_redrawn_under_the_training_plots_throttle(tmp_path, monkeypatch):
     """plots/generative.png redraws the whole history: it follows the training curves' throttle (once at the
     last epoch here, with the interval huge), not every epoch."""
-    import sandbox.engine.loop as loop
+    import sandbox.engine.trainer as loop
     import sandbox.trainers.sampling as sampling
 
     drawn = []  # the last epoch in the history each redraw gets
@@ -131,7 +132,7 @@ def test_ema_copy_follows_the_generator_and_is_used_in_eval():
         for p in live.parameters():
             p.add_(1.0)
     before = [e.clone() for e in ema.parameters()]
-    gan.update_ema()
+    update_ema(gan)
     for b, e, p in zip(before, ema.parameters(), live.parameters()):
         assert torch.allclose(e, 0.1 * b + 0.9 * p)  # the first update warms up: min(0.5, (1 + 0) / (10 + 0))
     gan.ema_updates.fill_(100)  # past the warm-up: min(0.5, 101 / 110) = 0.5
@@ -139,7 +140,7 @@ def test_ema_copy_follows_the_generator_and_is_used_in_eval():
     with torch.no_grad():
         for p in live.parameters():
             p.add_(1.0)
-    gan.update_ema()
+    update_ema(gan)
     for b, e, p in zip(before, ema.parameters(), live.parameters()):
         assert torch.allclose(e, 0.5 * b + 0.5 * p)  # decay 0.5: halfway
     assert gan.train().image_generator is live and gan.eval().image_generator is ema
@@ -354,7 +355,7 @@ def test_two_training_steps_write_the_run_files(tmp_path, name, monkeypatch, cap
 
 
 def test_discriminator_bce_takes_logits_and_smooths_real_labels_only():
-    from sandbox.trainers.adversarial import bce_logits
+    from sandbox.models.objective import bce_logits
 
     x = torch.tensor([[2.0], [-1.0]])
     sig = torch.sigmoid(x)
@@ -434,7 +435,7 @@ def test_gan_generator_step_leaves_the_discriminator_alone(tmp_path):
     assert all(p.requires_grad for p in m.discriminator.parameters())  # unfrozen after the G step
     # not a generator batch (n_critic 2, step 1): G is not touched at all
     trainer2 = build_trainer(tiny_run(tmp_path / "b", "dcgan", ["train.n_critic=2", "name=dcgan2"]))
-    trainer2.state["step"] = 1  # not a generator batch
+    trainer2.state.step = 1  # not a generator batch
     m2 = trainer2.unwrapped
     g1 = _snapshot(m2.generator)
     trainer2.train_step(trainer2.fit_batch(next(iter(trainer2.train_loader))))

@@ -103,7 +103,7 @@ def test_failure_during_checkpoint_swap_falls_back(tmp_path, tiny_overrides, mon
     assert not (ck / "last").exists() and (ck / "last.old").exists()
     resumed = run(base + [f"train.resume={tmp_path / 'tiny'}"])  # falls back to last.old (epoch 1)
     vals = [r for r in read_metrics(tmp_path / "tiny" / "metrics.jsonl") if r["split"] == "val"]
-    assert [r["epoch"] for r in vals] == [1, 2] and resumed.state["epoch"] == 2
+    assert [r["epoch"] for r in vals] == [1, 2] and resumed.state.epoch == 2
     assert (ck / "last").exists() and not (ck / "last.old").exists()
 
 
@@ -115,7 +115,7 @@ def test_corrupt_last_falls_back_to_an_older_checkpoint(tmp_path, tiny_overrides
     weights = next((ck / "last").glob("model*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:100])  # truncated by a dying disk
     trainer = build_trainer(load_config(ROOT / "configs/unet_dice.yaml", base + [f"train.resume={tmp_path / 'tiny'}"]))
-    assert trainer.state["epoch"] == 2  # epoch_002 holds the same state as the torn last
+    assert trainer.state.epoch == 2  # epoch_002 holds the same state as the torn last
     assert any("could not be loaded" in r.message for r in caplog.records)
 
 
@@ -146,7 +146,7 @@ def test_nonfinite_loss_guard(tmp_path, tiny_overrides, policy, monkeypatch):
         assert not (tmp_path / "tiny" / "checkpoints" / "best").exists()  # nothing non-finite became best
     else:
         trainer = run(overrides)
-        assert trainer.state["skipped"] == 1
+        assert trainer.state.skipped == 1
         val = [r for r in read_metrics(tmp_path / "tiny" / "metrics.jsonl") if r["split"] == "val"][0]
         assert val["skipped_batches"] == 1
         w = read_weights(tmp_path / "tiny/checkpoints/best/model.safetensors")

@@ -198,7 +198,7 @@ def stopped_in_stage_2(tmp_path, monkeypatch, capsys):
         built, real = [], stages_mod.build_trainer
         m.setattr(stages_mod, "build_trainer", lambda cfg: built.append(real(cfg)) or built[-1])
         m.setattr("sandbox.engine.stops.SignalStop.agreed",
-                  lambda self, acc: signal.SIGINT if len(built) == 2 and built[-1].state["step"] >= 1 else 0)
+                  lambda self, acc: signal.SIGINT if len(built) == 2 and built[-1].state.step >= 1 else 0)
         code, out = cli(monkeypatch, capsys, "--config", str(config))
     assert code == 130, out[-2000:]
     top = tmp_path / "runs" / "st"

@@ -1,5 +1,5 @@
 """The one best-epoch rule (sandbox.metrics.selection) and its two users: the trainer's
-checkpoints/best (Loop._update_best) and the reports (run_stats, hence compare and sweeps).
+checkpoints/best (sandbox.engine.state.update_best) and the reports (run_stats, hence compare and sweeps).
 A tie at the monitored value goes to the lower val/loss (run_stats took the earliest epoch, so
 compare could name another best epoch than checkpoints/best); a NaN val/loss is never best."""
 import math
@@ -10,7 +10,15 @@ import pytest
 from sandbox import build_trainer, load_config
 from sandbox.analysis.reports import Run, run_stats
 from sandbox.metrics.selection import best_index, better
+from sandbox.engine.state import update_best
 from tests.conftest import ROOT
+
+
+def fed(trainer, rows: list[dict]) -> list[bool]:
+    """update_best on ``rows`` epoch by epoch (no training): whether each epoch became the best."""
+    t = trainer.cfg.train
+    return [update_best(trainer.state, {k: v for k, v in row.items() if k != "epoch"}, i, t.monitor, t.monitor_mode)
+            for i, row in enumerate(rows)]
 
 NAN = math.nan
 # val/dice (and val/rmse) tie in epochs 2-4, epoch 3 with the lowest loss (neither the earliest nor
@@ -73,14 +81,14 @@ def test_run_stats_follows_the_runs_monitor_mode_for_its_monitor():
 
 @pytest.mark.parametrize("mode,metric", [("max", "val/dice"), ("min", "val/rmse")])
 def test_the_trainers_update_best_agrees_with_run_stats(tmp_path, tiny_overrides, mode, metric):
-    """Loop._update_best fed ROWS epoch by epoch keeps the epoch run_stats names (no training)."""
+    """update_best fed ROWS epoch by epoch keeps the epoch run_stats names (no training)."""
     trainer = build_trainer(load_config(ROOT / "configs/unet_dice.yaml", tiny_overrides + [
         f"train.monitor={metric}", f"train.monitor_mode={mode}"]))
-    saved = [trainer._update_best({k: v for k, v in row.items() if k != "epoch"}, i) for i, row in enumerate(ROWS)]
+    saved = fed(trainer, ROWS)
     assert saved == [True, True, True, False, False, False]
-    assert trainer.state["best_epoch"] == 3 == run_stats(_run(ROWS, f"train.monitor={metric}",
+    assert trainer.state.best_epoch == 3 == run_stats(_run(ROWS, f"train.monitor={metric}",
                                                               f"train.monitor_mode={mode}"), metric)["best epoch"]
-    assert trainer.state["best"] == ROWS[2][metric] and trainer.state["best_loss"] == 0.3
+    assert trainer.state.best == ROWS[2][metric] and trainer.state.best_loss == 0.3
 
 
 # a GAN's validation: sample metrics only, no val/loss (its monitor in a study that selects on val/loss);
@@ -97,8 +105,8 @@ def test_a_monitor_never_logged_selects_the_last_epoch_as_checkpoints_best_does(
     assert stats["best epoch"] == 3 and math.isnan(stats["best val/loss"])
     trainer = build_trainer(load_config(ROOT / "configs/unet_dice.yaml", tiny_overrides + [
         "train.monitor=val/loss", "train.monitor_mode=min"]))
-    saved = [trainer._update_best({k: v for k, v in row.items() if k != "epoch"}, i) for i, row in enumerate(GAN_ROWS)]
-    assert saved == [True, True, True] and trainer.state["best"] is None
+    saved = fed(trainer, GAN_ROWS)
+    assert saved == [True, True, True] and trainer.state.best is None
 
 
 def test_once_the_monitor_was_logged_an_epoch_without_it_is_not_best(tmp_path, tiny_overrides):
@@ -107,5 +115,5 @@ def test_once_the_monitor_was_logged_an_epoch_without_it_is_not_best(tmp_path, t
     rows = [{"epoch": 1}, {"epoch": 2, "val/dice": 0.5, "val/loss": 0.4}, {"epoch": 3}]
     assert best_index(rows, "val/dice", "max", monitor=True) == 1
     trainer = build_trainer(load_config(ROOT / "configs/unet_dice.yaml", tiny_overrides))
-    saved = [trainer._update_best({k: v for k, v in row.items() if k != "epoch"}, i) for i, row in enumerate(rows)]
-    assert saved == [True, True, False] and trainer.state["best_epoch"] == 2
+    saved = fed(trainer, rows)
+    assert saved == [True, True, False] and trainer.state.best_epoch == 2

@@ -93,7 +93,7 @@ def test_a_stop_in_stage_2_resumes_there_without_redoing_stage_1(straight, tmp_p
     with monkeypatch.context() as m:  # Ctrl-C at stage 2's first step (mid-epoch: last is saved there)
         built = watch(m)
         m.setattr("sandbox.engine.stops.SignalStop.agreed",
-                  lambda self, acc: signal.SIGINT if len(built) == 2 and built[-1].state["step"] >= 1 else 0)
+                  lambda self, acc: signal.SIGINT if len(built) == 2 and built[-1].state.step >= 1 else 0)
         code, out = cli(monkeypatch, capsys, "--config", str(config))
     assert code == 130 and f"resume with: python sandbox/train.py --resume {top}" in out, out[-2000:]
     one = top / "stages" / "1_one"

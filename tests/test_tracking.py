@@ -100,7 +100,7 @@ def test_wandb_plots_val_against_epoch_and_summarises_the_monitor_by_its_best(se
     assert [(r["_step"], r["epoch"], r["val/dice"], r["epoch_time"]) for r in val_rows] == \
         [(r["step"], r["epoch"], pytest.approx(r["val/dice"]), pytest.approx(r["epoch_time"])) for r in val]
     summary = wb.summary(recs)
-    state = trainer.state
+    state = trainer.state.to_dict()
     # the summary ranks the best epoch: max over the epochs, not the last value
     assert summary["val/dice"] == {"max": pytest.approx(max(r["val/dice"] for r in val))}
     assert summary["best/val/dice"] == pytest.approx(state["best"]) and summary["best/epoch"] == state["best_epoch"]
@@ -127,7 +127,7 @@ def test_log_checkpoints_puts_checkpoints_best_in_a_model_artifact(seg_run):
     run, trainer = seg_run
     (segment,) = wb.segments(run)
     (art,) = wb.kinds(wb.segment_records(segment), "artifact")
-    assert art.type == "model" and art.name == f"model-{trainer.state['wandb_id']}"
+    assert art.type == "model" and art.name == f"model-{trainer.state.wandb_id}"
     paths = {e.path for e in art.manifest.contents}
     assert {p.name for p in (run / "checkpoints" / "best").iterdir() if p.is_file()} <= paths
     assert "best" in art.aliases
@@ -140,15 +140,15 @@ def test_a_signal_stop_still_writes_the_best_summary(tmp_path, monkeypatch):
 
     from sandbox.engine.stops import RunStopped, SignalStop
 
-    monkeypatch.setattr(SignalStop, "agreed", lambda self, acc: signal.SIGTERM if trainer.state["step"] >= 3 else 0)
+    monkeypatch.setattr(SignalStop, "agreed", lambda self, acc: signal.SIGTERM if trainer.state.step >= 3 else 0)
     trainer = build_trainer(load_config(ROOT / "configs" / "unet_dice.yaml", [
         f"out_dir={tmp_path}", "name=stop", *TINY, "train.epochs=2", "train.num_images=0", "track.wandb=offline"]))
     with pytest.raises(RunStopped):
         trainer.fit()
-    assert trainer.state["step"] == 3 and trainer.state["best_epoch"] == 1  # the case under test
+    assert trainer.state.step == 3 and trainer.state.best_epoch == 1  # the case under test
     (segment,) = wb.segments(tmp_path / "stop")
     summary = wb.summary(wb.segment_records(segment))
-    assert summary["best/val/dice"] == pytest.approx(trainer.state["best"]) and summary["best/epoch"] == 1
+    assert summary["best/val/dice"] == pytest.approx(trainer.state.best) and summary["best/epoch"] == 1
 
 
 def test_resuming_a_finished_run_opens_no_wandb_segment(seg_copy):
@@ -249,6 +249,6 @@ def test_a_wandb_failure_at_start_leaves_tensorboard_and_the_run_going(tmp_path,
     trainer = train(tmp_path, "tbw", "train.epochs=1", "train.num_images=0", "track.report_to=[wandb,tensorboard]",
                     "track.wandb=offline")
     assert "W&B could not start (RuntimeError: no W&B today)" in caplog.text
-    assert [t.name for t in trainer.accelerator.trackers] == ["tensorboard"] and trainer.state["wandb_id"] is None
+    assert [t.name for t in trainer.accelerator.trackers] == ["tensorboard"] and trainer.state.wandb_id is None
     assert list((tmp_path / "tbw" / "tensorboard").glob("events.out.tfevents.*"))
     assert (tmp_path / "tbw" / "checkpoints" / "last").is_dir()

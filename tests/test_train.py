@@ -51,7 +51,7 @@ def test_two_step_run_writes_every_run_file(tmp_path, tiny_overrides):
 @pytest.mark.parametrize("every, drawn_after", [(0.0, [1, 2, 3, 4]), (1e9, [1, 4])])
 def test_plots_are_redrawn_at_most_every_plot_every_s_and_after_the_last_epoch(tmp_path, tiny_overrides, monkeypatch,
                                                                              every, drawn_after):
-    import sandbox.engine.loop as loop
+    import sandbox.engine.trainer as loop
 
     drawn = []  # the last epoch in the history each redraw gets
     monkeypatch.setattr(loop, "PLOT_EVERY_S", every)
@@ -125,11 +125,11 @@ def test_a_scheduled_run_is_extended_with_scheduler_none(tmp_path, tiny_override
     """The error above suggests it: the saved scheduler state must not make the checkpoint look corrupt."""
     longer = [o for o in tiny_overrides if not o.startswith("train.epochs=")] + ["train.epochs=2"]
     trainer = run(longer + ["train.scheduler=none", f"train.resume={tmp_path / 'tiny'}"])
-    assert trainer.state["epoch"] == 2
+    assert trainer.state.epoch == 2
     vals = [r for r in read_metrics(tmp_path / "tiny/metrics.jsonl") if r["split"] == "val"]
     assert [r["epoch"] for r in vals] == [1, 2]
     again = [o for o in longer if not o.startswith("train.epochs=")] + ["train.epochs=3"]
-    assert run(again + ["train.scheduler=none", f"train.resume={tmp_path / 'tiny'}"]).state["epoch"] == 3
+    assert run(again + ["train.scheduler=none", f"train.resume={tmp_path / 'tiny'}"]).state.epoch == 3
     capsys.readouterr()
     run(again + ["train.scheduler=none", f"train.resume={tmp_path / 'tiny'}"])  # finished: says so
     assert "has finished its 3 epochs: nothing to train" in capsys.readouterr().out
@@ -168,7 +168,7 @@ def test_best_checkpoint_follows_monitor(tmp_path, tiny_overrides):
     expected = min(val, key=lambda r: (-r["val/dice"], r["val/loss"], r["epoch"]))
     best = json.loads((tmp_path / "tiny/checkpoints/best/trainer_state.json").read_text())
     assert (best["best"], best["best_epoch"]) == (pytest.approx(expected["val/dice"]), expected["epoch"])
-    assert (trainer.state["best"], trainer.state["best_epoch"]) == (best["best"], best["best_epoch"])
+    assert (trainer.state.best, trainer.state.best_epoch) == (best["best"], best["best_epoch"])
     assert run_stats(open_run(tmp_path / "tiny"), "val/dice")["best epoch"] == expected["epoch"]  # compare agrees
 
 

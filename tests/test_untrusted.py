@@ -62,7 +62,7 @@ def test_schedules_are_saved_as_plain_state_dicts(tmp_path):
     last = tmp_path / "tiny" / "checkpoints" / "last"
     assert not list(last.glob("custom_checkpoint_*.pkl"))  # nothing Accelerate would load with code
     states = torch.load(last / SCHEDULES_FILE, weights_only=True)  # loads without any code
-    assert len(states) == 1 and states[0]["last_epoch"] == trainer.state["step"]
+    assert len(states) == 1 and states[0]["last_epoch"] == trainer.state.step
 
 
 def test_a_payload_in_every_checkpoint_file_runs_nowhere(tmp_path, monkeypatch, capsys):
@@ -115,7 +115,7 @@ def test_checkpoints_of_earlier_versions_resume_when_their_schedule_pickle_is_pl
     resumed = build_trainer(load_config(tmp_path / "tiny" / "config.yaml", [f"train.resume={tmp_path / 'tiny'}",
                                                                             "train.epochs=2"]))
     sched = resumed.optimizers[0][1]
-    assert sched.last_epoch == trainer.optimizers[0][1].last_epoch == trainer.state["step"]
+    assert sched.last_epoch == trainer.optimizers[0][1].last_epoch == trainer.state.step
 
 
 def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
@@ -189,4 +189,4 @@ def test_a_torn_rng_file_is_loud_and_the_resume_falls_back(tmp_path, caplog):
     rng.write_bytes(rng.read_bytes()[:40])
     trainer = build_trainer(load_config(tmp_path / "tiny" / "config.yaml", [f"train.resume={tmp_path / 'tiny'}"]))
     assert "random_states_0.pkl" in caplog.text and "resuming from it would not be exact" in caplog.text
-    assert trainer.state["epoch"] == 2  # the fallback (best / epoch_002) holds the same epoch
+    assert trainer.state.epoch == 2  # the fallback (best / epoch_002) holds the same epoch

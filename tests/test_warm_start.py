@@ -12,6 +12,7 @@ import torch
 
 from sandbox import build_trainer, load_config
 from sandbox.build import build_model
+from sandbox.engine.state import TrainerState
 from sandbox.engine.stops import early_stop
 from sandbox.errors import ConfigError, SandboxError
 from sandbox.runs.checkpoints import read_state
@@ -70,7 +71,7 @@ def test_init_from_copies_every_weight_and_starts_a_fresh_run(runs, tmp_path):
     assert not equal(fresh, source)  # seed 1 initialises otherwise: equal weights below come from the load
     trainer = build_trainer(cfg(tmp_path, "new", "seed=1", f"train.init_from={runs / 'unet'}"))
     assert equal(trainer.unwrapped.state_dict(), source)
-    assert trainer.state["epoch"] == 0 and trainer.state["step"] == 0 and trainer.state["best"] is None
+    assert trainer.state.epoch == 0 and trainer.state.step == 0 and trainer.state.best is None
     assert all(not s for s in trainer.optimizers[0][0].state.values())  # no optimizer moments carried over
     trainer.fit()
     assert read_state(tmp_path / "new" / "checkpoints" / "last")["epoch"] == 1  # its own epoch counter
@@ -188,7 +189,7 @@ def test_init_from_with_resume_is_refused_but_a_warm_started_run_resumes(runs, t
                           f"train.resume={tmp_path / 'warm'}"))
     # its own config.yaml names the init_from it started with: the resume goes on from its checkpoint
     resumed = build_trainer(load_config(tmp_path / "warm" / "config.yaml", [f"train.resume={tmp_path / 'warm'}"]))
-    assert resumed.state["epoch"] == 1
+    assert resumed.state.epoch == 1
     resumed.fit()
     assert read_state(tmp_path / "warm" / "checkpoints" / "last")["epoch"] == 2
 
@@ -198,20 +199,20 @@ def test_init_from_with_resume_is_refused_but_a_warm_started_run_resumes(runs, t
 def test_early_stop_counts_epochs_without_an_improvement_by_min_delta():
     # max mode, min_delta 0.02, patience 2: 0.5 (first: improves), 0.6 (0.58 > 0.5: improves), 0.605 (0.585 < 0.6:
     # wait 1; still the new best), 0.61 (0.59 < 0.605: wait 2) -> stops after epoch 4
-    state, waits, stops = {"best": None, "best_loss": None, "best_epoch": None}, [], []
+    state, waits, stops = TrainerState(), [], []
     for epoch, value in enumerate([0.5, 0.6, 0.605, 0.61], start=1):
-        state["epoch"] = epoch
+        state.epoch = epoch
         stops.append(early_stop(state, value, None, "val/dice", "max", 2, 0.02))
-        waits.append(state["early_stop_wait"])
-        state.update(best=value, best_epoch=epoch)  # each is better() than the last: the checkpoint's best
+        waits.append(state.early_stop_wait)
+        state.best, state.best_epoch = value, epoch  # each is better() than the last: the checkpoint's best
     assert waits == [0, 0, 1, 2] and stops[:3] == [None] * 3
     assert stops[3] == ("stopped early after epoch 4: val/dice has not improved by more than 0.02 for 2 epochs "
                         "(train.early_stop)")
     # min mode, min_delta 0: exactly the best-epoch rule (a lower loss breaks a tie)
-    state = {"best": 0.3, "best_loss": 0.5, "best_epoch": 1, "epoch": 2}
-    assert early_stop(state, 0.3, 0.4, "val/loss", "min", 1, 0.0) is None and state["early_stop_wait"] == 0
+    state = TrainerState(best=0.3, best_loss=0.5, best_epoch=1, epoch=2)
+    assert early_stop(state, 0.3, 0.4, "val/loss", "min", 1, 0.0) is None and state.early_stop_wait == 0
     assert early_stop(state, 0.3, 0.6, "val/loss", "min", 1, 0.0).startswith("stopped early after epoch 2")
-    assert early_stop({"epoch": 1}, None, None, "val/x", "max", 1, 0.0) is None  # a metric not logged stops nothing
+    assert early_stop(TrainerState(epoch=1), None, None, "val/x", "max", 1, 0.0) is None  # a metric not logged stops nothing
 
 
 # val/loss in max mode beyond a min_delta of 1e6: only the first epoch improves, so patience 2 stops after epoch 3
@@ -227,13 +228,13 @@ def test_early_stop_says_why_and_a_resumed_run_stops_at_the_same_epoch(tmp_path,
     val = [r for r in read_metrics(tmp_path / "whole" / "metrics.jsonl") if r["split"] == "val"]
     assert [r["epoch"] for r in val] == [1, 2, 3] and [r["early_stop_wait"] for r in val] == [0, 1, 2]
     assert val[-1]["stopped_early"].startswith(why)
-    assert whole.state["stopped_early"].startswith(why)
+    assert whole.state.stopped_early.startswith(why)
 
     train(tmp_path, "parts", *STOP, until_epoch=2)  # stopped after epoch 2, its counter at 1 in the checkpoint
     assert read_state(tmp_path / "parts" / "checkpoints" / "last")["early_stop_wait"] == 1
     resumed = train(tmp_path, "parts", *STOP, f"train.resume={tmp_path / 'parts'}")
     val = [r for r in read_metrics(tmp_path / "parts" / "metrics.jsonl") if r["split"] == "val"]
-    assert [r["epoch"] for r in val] == [1, 2, 3] and resumed.state["stopped_early"].startswith(why)
+    assert [r["epoch"] for r in val] == [1, 2, 3] and resumed.state.stopped_early.startswith(why)
     capsys.readouterr()
     train(tmp_path, "parts", *STOP, f"train.resume={tmp_path / 'parts'}")  # once stopped, it stays stopped
     assert "nothing to train" in capsys.readouterr().out

@@ -94,3 +94,10 @@ def make_scheduler(opt: torch.optim.Optimizer, kind: str, lr: float, total: int,
 def per_epoch(sched) -> bool:
     """Plateau schedules step once per epoch on a metric; the others once per optimizer step."""
     return isinstance(sched, ReduceLROnPlateau)
+
+
+def regulariser_weight(beta: float, warmup_frac: float, step: int, total_steps: int) -> float:
+    """The regulariser's weight at optimizer step ``step`` (the VAE's KL): ``beta * min(1, step / (warmup_frac *
+    total_steps))``, rising linearly from 0 (Bowman et al. 2016); models without a regulariser ignore it."""
+    warm = warmup_frac * total_steps
+    return beta * (min(1.0, step / warm) if warm > 0 else 1.0)

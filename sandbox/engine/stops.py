@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
@@ -145,25 +146,26 @@ def stopped_at(run: RunDir, processes: int, what: str, advice: str, setting: str
     return way
 
 
-def early_stop(state: dict, value: float | None, loss: float | None, monitor: str, mode: str, patience: int,
+def early_stop(state, value: float | None, loss: float | None, monitor: str, mode: str, patience: int,
                min_delta: float) -> str | None:
-    """Count an epoch for ``train.early_stop``, BEFORE ``state``'s best is updated with it: an epoch that
-    improves on the best so far by ``min_delta`` (:func:`~sandbox.metrics.selection.improved`) resets
-    ``state["early_stop_wait"]``, any other adds one. Returns why the run stops (also kept as
-    ``state["stopped_early"]``) once ``patience`` epochs in a row did not improve, else None. A monitor
-    that is not logged (None) counts nothing: the run trains its epochs (the loop warns about it)."""
+    """Count an epoch for ``train.early_stop``, BEFORE ``state``'s best is updated with it (``state``: a
+    :class:`~sandbox.engine.state.TrainerState`): an epoch that improves on the best so far by ``min_delta``
+    (:func:`~sandbox.metrics.selection.improved`) resets ``state.early_stop_wait``, any other adds one. Returns
+    why the run stops (also kept as ``state.stopped_early``) once ``patience`` epochs in a row did not improve,
+    else None. A monitor that is not logged (None) counts nothing: the run trains its epochs (the loop warns
+    about it)."""
     if value is None:
         return None
-    if improved(value, loss, state.get("best"), state.get("best_loss"), mode, min_delta):
-        state["early_stop_wait"] = 0
+    if improved(value, loss, state.best, state.best_loss, mode, min_delta):
+        state.early_stop_wait = 0
         return None
-    state["early_stop_wait"] = state.get("early_stop_wait", 0) + 1
-    if state["early_stop_wait"] < patience:
+    state.early_stop_wait = (state.early_stop_wait or 0) + 1
+    if state.early_stop_wait < patience:
         return None
     by = f" by more than {min_delta:g}" if min_delta else ""
-    state["stopped_early"] = (f"stopped early after epoch {state['epoch']}: {monitor} has not improved{by} for "
-                              f"{patience} epoch{'s' if patience > 1 else ''} (train.early_stop)")
-    return state["stopped_early"]
+    state.stopped_early = (f"stopped early after epoch {state.epoch}: {monitor} has not improved{by} for "
+                           f"{patience} epoch{'s' if patience > 1 else ''} (train.early_stop)")
+    return state.stopped_early
 
 
 def reached(value: float | None, target: float, mode: str) -> bool:
@@ -174,12 +176,26 @@ def reached(value: float | None, target: float, mode: str) -> bool:
     return value >= target if mode == "max" else value <= target
 
 
-def stop_at(state: dict, value: float | None, metric: str, target: float, mode: str) -> str | None:
-    """``train.stop_at`` for the epoch ``state["epoch"]`` (just completed): why the run stops (also kept as
-    ``state["stopped_early"]``) when ``value`` of ``metric`` has :func:`reached` ``target``, else None."""
+def stop_at(state, value: float | None, metric: str, target: float, mode: str) -> str | None:
+    """``train.stop_at`` for the epoch ``state.epoch`` (just completed): why the run stops (also kept as
+    ``state.stopped_early``) when ``value`` of ``metric`` has :func:`reached` ``target``, else None."""
     if not reached(value, target, mode):
         return None
     sign = ">=" if mode == "max" else "<="
-    state["stopped_early"] = (f"stopped after epoch {state['epoch']}: {metric} {value:.6g} reached the target "
-                              f"{sign} {target:g} (train.stop_at)")
-    return state["stopped_early"]
+    state.stopped_early = (f"stopped after epoch {state.epoch}: {metric} {value:.6g} reached the target "
+                           f"{sign} {target:g} (train.stop_at)")
+    return state.stopped_early
+
+
+def stop_at_target(state, values: dict[str, float], train, first_epoch: bool, main: bool) -> str | None:
+    """``train.stop_at`` after an epoch (``values``: its train and val means): why the run stops once the
+    metric has :func:`reached` the target (:func:`stop_at`), else None; a metric the trainer does not log warns
+    after the first epoch (main process) and the run trains all its epochs."""
+    target = train.stop_at
+    if target is None:
+        return None
+    if target.metric not in values and first_epoch and main:
+        logging.getLogger("sandbox").warning(
+            "train.stop_at.metric=%s is not logged by this trainer (logged: %s): the run trains all its epochs",
+            target.metric, ", ".join(sorted(values)))
+    return stop_at(state, values.get(target.metric), target.metric, target.value, target.mode or train.monitor_mode)

@@ -24,10 +24,13 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sandbox.errors import ConfigError
 from sandbox.models.autoencoders import AutoEncoder, LatentModel, register_generative
+from sandbox.models.objective import bce_logits, mean_prob
+from sandbox.nn.ema import attach_ema
 from sandbox.nn.latent import ImageDecoder, ImageEncoder
 
 PRIORS = ("gaussian", "mixture")
@@ -66,7 +69,7 @@ class DCGAN(LatentModel):
             self.inverter = ImageEncoder(in_channels, size, self.input_dim, widths, blocks, downsample, block,
                                          dilation, norm, dropout)
         self.encodes = bool(invert)
-        self.setup_ema(ema)
+        attach_ema(self, self.generator_name, ema)
 
     def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"image": self.decode(z)}
@@ -90,6 +93,44 @@ class DCGAN(LatentModel):
         if not self.encodes:
             return super().encode(x)
         return self.inverter(x)
+
+    # ------------------------------------------------------------------ the players' losses (the GAN trainer's order)
+    def generator_input(self, batch: dict, draw, device) -> torch.Tensor:
+        """The generator's input for ``batch``: ``z ~ N(0, I)`` drawn by ``draw`` (this process's rows of the
+        global batch's draw), after it the real images' own standardised parameters ``v`` (``cond_dim``)."""
+        z = draw(lambda n: torch.randn(n, self.latent_dim, device=device), batch["image"].shape[0])
+        if self.cond_dim:
+            z = torch.cat([self.standardise(batch["params"].to(device)), z], dim=1)
+        return z
+
+    def d_loss(self, x: torch.Tensor, fake: torch.Tensor, smoothing: float = 0.0) -> tuple[torch.Tensor, dict]:
+        """The discriminator's loss: BCE of real images ``x`` as real (``1 - smoothing``) plus detached
+        ``fake`` as fake; parts ``loss/gan/d`` and the mean probabilities ``d_real`` = D(x), ``d_fake`` = D(G(z))."""
+        d_real, d_fake = self.discriminator(x), self.discriminator(fake.detach())
+        loss = bce_logits(d_real, True, smoothing) + bce_logits(d_fake, False)
+        return loss, {"loss/gan/d": loss.detach(), "d_real": mean_prob(d_real), "d_fake": mean_prob(d_fake)}
+
+    def g_loss(self, fake: torch.Tensor, x: torch.Tensor, param_mse: float = 0.0) -> tuple[torch.Tensor, dict]:
+        """The generator's non-saturating ``-log D(G(u))``, plus ``param_mse * MSE(G(v, z), x_v)`` when G takes
+        the parameters (part ``loss/gan/param_mse``: the MSE unweighted). Freeze D around it (its trainer does)."""
+        loss = bce_logits(self.discriminator(fake), True)
+        parts = {"loss/gan/g": loss}
+        if self.cond_dim:
+            mse = F.mse_loss(fake.float(), x.float())
+            parts["loss/gan/param_mse"] = mse
+            loss = loss + param_mse * mse
+        return loss, parts
+
+    def invert_loss(self, fake: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The inverter's ``MSE(E(G(u)), u)`` on detached samples: part ``loss/invert`` and, with parameters,
+        ``loss/invert/params`` (v) and ``loss/invert/noise`` (z)."""
+        err = (self.inverter(fake.detach()).float() - u.float()).square()
+        loss = err.mean()
+        parts = {"loss/invert": loss.detach()}
+        if self.cond_dim:
+            parts["loss/invert/params"] = err[:, :self.cond_dim].mean().detach()
+            parts["loss/invert/noise"] = err[:, self.cond_dim:].mean().detach()
+        return loss, parts
 
 
 class LatentDiscriminator(nn.Module):
@@ -129,6 +170,28 @@ class AAE(AutoEncoder):
     def autoencoder_parameters(self) -> list[nn.Parameter]:
         """Encoder + decoder: what the reconstruction phase trains."""
         return list(self.encoder.parameters()) + list(self.decoder.parameters())
+
+    # ------------------------------------------------------------------ the regularisation phase (after loss())
+    def d_loss(self, x: torch.Tensor, draw, smoothing: float = 0.0) -> tuple[torch.Tensor, dict]:
+        """The latent discriminator's loss: prior samples (``draw(self.prior, n)``, drawn after the codes) as
+        real, the detached codes of ``x`` as fake; parts ``loss/aae/d``, ``d_prior`` and ``d_code``."""
+        with torch.no_grad():
+            codes = self.encode(x)
+        d_prior, d_code = self.discriminator(draw(self.prior, x.shape[0])), self.discriminator(codes.float())
+        loss = bce_logits(d_prior, True, smoothing) + bce_logits(d_code, False)
+        return loss, {"loss/aae/d": loss.detach(), "d_prior": mean_prob(d_prior), "d_code": mean_prob(d_code)}
+
+    def g_loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The encoder's loss for making its codes of ``x`` pass as prior samples (freeze the discriminator
+        around it: only the encoder learns to fool it); part ``loss/aae/g``."""
+        loss = bce_logits(self.discriminator(self.encode(x)), True)
+        return loss, {"loss/aae/g": loss}
+
+    def code_probabilities(self, x: torch.Tensor, prior: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per image ``(B,)``: the discriminator's probability of "prior" for the code of ``x`` (``d_code``)
+        and for ``prior`` samples (``d_prior``); validation values."""
+        return {"d_code": torch.sigmoid(self.discriminator(self.encode(x)).float()).squeeze(1),
+                "d_prior": torch.sigmoid(self.discriminator(prior).float()).squeeze(1)}
 
 
 def _check_prior(options: dict[str, Any]) -> None:

@@ -7,14 +7,12 @@ The flatten size ``C * h * w`` is measured by running the encoder once on a
 ``(1, in_channels, size, size)`` zero image at construction, never hard-coded. Every
 generative model exposes ``encode``, ``decode`` and ``sample(n)``; images are in [0, 1].
 ``ema``: decay of an exponential moving average copy of the decoder (the generator) kept
-in the model; in eval mode ``decode`` and ``sample`` use it (Karras et al. 2018). Its decay warms
-up, ``min(ema, (1 + n) / (10 + n))`` after ``n`` updates (``ema_updates``, saved with the weights).
+in the model (:mod:`sandbox.nn.ema`, with its warm-up); in eval mode ``decode`` and ``sample`` use it.
 
 The adversarial models (``dcgan``, ``aae``) reuse these pieces: :mod:`sandbox.models.adversarial`.
 """
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any, Callable, Sequence
 
@@ -24,28 +22,21 @@ from torch import nn
 from sandbox.errors import ConfigError, SandboxError
 from sandbox.models.spec import ModelSpec, check_choices, check_common, register
 from sandbox.nn.core import stage_widths
+from sandbox.nn.ema import attach_ema, ema_or_live
 from sandbox.nn.latent import ImageDecoder, ImageEncoder
 
 GENERATIVE_OPTIONS = ("in_channels", "size", "latent_dim", "width", "widths", "depth", "blocks", "block", "norm",
                       "upsample", "downsample", "dilation", "dropout", "ema")
 CHOICE_KEYS = ("upsample", "downsample", "block", "norm")
 # ModelConfig keys of segmentation models: accepted only at their "not used" values
-EMA_WARMED_UP = 10**9  # an update count past any warm-up: (1 + n) / (10 + n) > 0.999999
 INERT = {"skip": (None, "none"), "encoder": (None, "core"), "weights": (None,), "freeze_encoder": (None, False)}
 
 
-def _fill_ema_updates(module, state_dict, prefix, *args) -> None:
-    """Checkpoints of earlier versions hold an EMA copy but no update count: their EMA ran at the full
-    decay all along, so they count as warmed up (``ema_updates`` large), and they load as they always did."""
-    if prefix + "ema_updates" not in state_dict and any(k.startswith(prefix + "generator_ema.") for k in state_dict):
-        state_dict[prefix + "ema_updates"] = torch.tensor(EMA_WARMED_UP)
-
-
 class LatentModel(nn.Module):
-    """Base of every generative model: the ``encode`` / ``decode`` / ``sample`` verbs and the EMA copy.
+    """Base of every generative model: the ``encode`` / ``decode`` / ``sample`` verbs.
 
-    Subclasses set ``self.generator_name`` (the attribute holding the latent -> image
-    module) before calling :meth:`setup_ema`.
+    ``generator_name``: the attribute holding the latent -> image module, the one whose EMA copy
+    (:func:`sandbox.nn.ema.attach_ema`, when the model keeps one) eval mode decodes with.
     """
 
     kind = "generative"
@@ -53,14 +44,6 @@ class LatentModel(nn.Module):
     encodes = True  # has an encoder (latent probe, reconstructions, interpolation from images)
     latent_is_noise = False  # True: codes are Gaussian noise of the data's shape (ddpm, flow): slerp only
     sample_steps: int | None = None  # network evaluations per sample of a step sampler (ddpm, flow); None: one pass
-
-    def setup_ema(self, decay: float | None) -> None:
-        self.ema_decay = decay
-        if decay:
-            self.generator_ema = copy.deepcopy(getattr(self, self.generator_name)).requires_grad_(False)
-            # EMA updates so far: a buffer, so it rides in every checkpoint (a resumed run does not warm up again)
-            self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
-            self._register_load_state_dict_pre_hook(_fill_ema_updates, with_module=True)
 
     def set_sample_steps(self, steps: int | None, flag: str = "--steps") -> None:
         """The sampling steps a command asks for (``flag``); ``None`` keeps the model's own. Models that
@@ -76,32 +59,8 @@ class LatentModel(nn.Module):
 
     @property
     def image_generator(self) -> nn.Module:
-        """The live generator in train mode; its EMA copy (when kept) in eval mode."""
-        if getattr(self, "generator_ema", None) is not None and not self.training:
-            return self.generator_ema
-        return getattr(self, self.generator_name)
-
-    def ema_decay_now(self) -> float:
-        """The decay of the next update: ``min(d, (1 + n) / (10 + n))`` after ``n`` updates (the warm-up of
-        TensorFlow's ExponentialMovingAverage ``num_updates``): 0.1, 0.18, 0.25, ... rising to ``d``, so a
-        short run's EMA follows its training instead of staying near the initial weights (at a fixed
-        0.999 it keeps ``0.999**n`` of them: 37 % after 1,000 steps)."""
-        n = int(self.ema_updates)
-        return min(self.ema_decay, (1 + n) / (10 + n))
-
-    @torch.no_grad()
-    def update_ema(self) -> None:
-        """``ema <- decay_n * ema + (1 - decay_n) * live`` for parameters (:meth:`ema_decay_now`); buffers
-        (BatchNorm statistics) copied; ``ema_updates`` counts the updates."""
-        if not self.ema_decay:
-            return
-        decay = self.ema_decay_now()
-        live = getattr(self, self.generator_name)
-        for e, p in zip(self.generator_ema.parameters(), live.parameters()):
-            e.lerp_(p.detach(), 1 - decay)
-        for e, b in zip(self.generator_ema.buffers(), live.buffers()):
-            e.copy_(b)
-        self.ema_updates += 1
+        """The live generator in train mode; its EMA copy (when kept, :mod:`sandbox.nn.ema`) in eval mode."""
+        return ema_or_live(self, self.generator_name)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """``z: (B, latent_dim) -> images (B, C, S, S) in [0, 1]``."""
@@ -139,7 +98,7 @@ class AutoEncoder(LatentModel):
                                     block, norm, dilation)
         self.register_buffer("code_mean", torch.zeros(latent_dim))
         self.register_buffer("code_var", torch.ones(latent_dim))
-        self.setup_ema(ema)
+        attach_ema(self, self.generator_name, ema)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """``x: (B, C, S, S) -> z: (B, latent_dim)``."""
@@ -163,6 +122,17 @@ class AutoEncoder(LatentModel):
     def dims(self) -> int:
         """Values per image, ``C * S * S``: the unit the regulariser is spread over."""
         return self.in_channels * self.size * self.size
+
+    def loss(self, batch: dict, step) -> tuple[torch.Tensor, dict]:
+        """The training loss ``(total, parts)`` of ``batch``: the forward on ``batch["image"]`` (with the
+        noise :meth:`train_inputs` asks for, drawn by ``step.draw``), then :meth:`objective` with
+        ``step.criterion`` at the regulariser's weight ``step.weight``."""
+        def noise(like: torch.Tensor) -> torch.Tensor:  # this process's slice of the global batch's draw
+            return step.draw(lambda n: torch.randn((n, *like.shape[1:]), dtype=like.dtype, device=like.device),
+                             like.shape[0])
+
+        out = (step.forward or self)(batch["image"], **self.train_inputs(noise))
+        return self.objective(out, batch, step.criterion, step.weight)
 
     def train_inputs(self, draw: Callable[[torch.Tensor], torch.Tensor]) -> dict:
         """Extra ``forward`` arguments in training: an AutoEncoder needs none (a VAE takes its noise,
@@ -220,6 +190,17 @@ class VAE(AutoEncoder):
 
     def prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return LatentModel.prior(self, n, generator)
+
+    def loss(self, batch: dict, step) -> tuple[torch.Tensor, dict]:
+        """The training loss ``(total, parts)`` of ``batch``: the forward on ``batch["image"]`` (with the
+        noise :meth:`train_inputs` asks for, drawn by ``step.draw``), then :meth:`objective` with
+        ``step.criterion`` at the regulariser's weight ``step.weight``."""
+        def noise(like: torch.Tensor) -> torch.Tensor:  # this process's slice of the global batch's draw
+            return step.draw(lambda n: torch.randn((n, *like.shape[1:]), dtype=like.dtype, device=like.device),
+                             like.shape[0])
+
+        out = (step.forward or self)(batch["image"], **self.train_inputs(noise))
+        return self.objective(out, batch, step.criterion, step.weight)
 
     def train_inputs(self, draw: Callable[[torch.Tensor], torch.Tensor]) -> dict:
         return {"noise": draw}

@@ -5,8 +5,9 @@
 
 The network is the UNet of :mod:`sandbox.models.segmentation` built from the same Encoder and Decoder,
 each conv block time-conditioned (:mod:`sandbox.nn.timestep`); its output is the process's target
-(eps, v or x0 for ``ddpm``, the velocity for ``flow``), unbounded. The objective and the samplers are
-the process's (:mod:`sandbox.diffusion`, time convention t = 0 data, t = 1 noise). Images are in
+(eps, v or x0 for ``ddpm``, the velocity for ``flow``), unbounded. The model holds the process and the net
+together and computes its own training loss (``loss(batch, step)``: the process's pair and loss on the net);
+the samplers are the process's (:mod:`sandbox.diffusion`, time convention t = 0 data, t = 1 noise). Images are in
 [0, 1] in the data and in [-1, 1] for the process; samples come back clamped to [0, 1].
 
 The latent of these models is the image-shaped noise: ``sample(n)`` / ``decode(noise)`` run the sampler
@@ -28,7 +29,9 @@ from sandbox.config.schema import RANGES
 from sandbox.diffusion import Diffusion, FlowMatching
 from sandbox.errors import ConfigError, SandboxError
 from sandbox.models.autoencoders import LatentModel, register_generative
+from sandbox.models.objective import whole
 from sandbox.nn.core import Decoder, Encoder
+from sandbox.nn.ema import attach_ema
 from sandbox.nn.timestep import TimeEmbedding, modulation
 
 log = logging.getLogger("sandbox")
@@ -83,12 +86,36 @@ class DenoisingModel(LatentModel):
         self.sampler, self.sample_steps, self.eta = sampler or process.default_sampler, sample_steps, eta
         self.net = TimeUNet(in_channels, widths, blocks, block, norm, upsample, downsample, dilation, dropout,
                             attention)
-        self.setup_ema(ema)
+        attach_ema(self, self.generator_name, ema)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor | float = 0.5) -> torch.Tensor:
         """The live net's prediction; ``t`` defaults to the middle of the path, where summary.py measures
         the network as an image -> image map."""
         return self.net(x_t, t)
+
+    # ------------------------------------------------------------------ the objective: the process's loss on the net
+    def training_pair(self, x: torch.Tensor, draw=whole, generator: torch.Generator | None = None):
+        """``(x_t, t, target, weight)`` for images ``x`` in [0, 1] (``x0 = 2x - 1``): ``eps ~ N(0, I)``, then
+        ``t = process.sample_t``, each drawn by ``draw`` (this process's rows of the global batch's draw) from
+        ``generator`` (else the global RNG), then the process's ``training_pair(x0, eps, t)``."""
+        n, x0 = x.shape[0], 2 * x.float() - 1
+        eps = draw(lambda k: torch.randn((k, *x0.shape[1:]), generator=generator), n).to(x0.device)
+        t = draw(lambda k: self.process.sample_t(k, generator=generator), n).to(x0.device)
+        x_t, target, weight = self.process.training_pair(x0, eps, t)
+        return x_t, t, target, weight
+
+    def loss(self, batch: dict, step) -> tuple[torch.Tensor, dict]:
+        """The training loss of ``batch``: ``process.loss(net(x_t, t), target, weight)`` in float32 on a
+        :meth:`training_pair` drawn by ``step.draw``; no parts beside it."""
+        x_t, t, target, weight = self.training_pair(batch["image"], step.draw)
+        pred = (step.forward or self)(x_t, t)
+        return self.process.loss(pred.float(), target, weight), {}
+
+    def per_image_loss(self, pred: torch.Tensor, target: torch.Tensor, weight) -> torch.Tensor:
+        """``(B,)``: the process's loss of each image alone (its mean over the batch is the batch loss)."""
+        loss = self.process.loss
+        one = (lambda i: weight[i:i + 1]) if torch.is_tensor(weight) and weight.ndim else (lambda i: weight)
+        return torch.stack([loss(pred[i:i + 1], target[i:i + 1], one(i)) for i in range(len(pred))]).float()
 
     @property
     def encoder(self) -> Encoder:

@@ -90,6 +90,12 @@ class SegmentationModel(nn.Module):
         out = self.heads(self.decoder(feats))
         return {k: v if k in LOGIT_TARGETS else torch.sigmoid(v) for k, v in out.items()}
 
+    def loss(self, batch: dict, step) -> tuple[torch.Tensor, dict]:
+        """``(total, parts)``: the config's loss (``step.criterion``, a per-target composite) of the forward
+        on ``batch["image"]`` against the batch's targets; parts named as the criterion names them
+        (``mask/dice``)."""
+        return step.criterion((step.forward or self)(batch["image"]), batch)
+
 
 def _build(name: str, targets: dict[str, int] | None = None, in_channels: int = 3, width: int = 16,
            widths: Sequence[int] | None = None, depth: int = 3, blocks: int = 2, block: str = "plain",

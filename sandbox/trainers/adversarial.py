@@ -31,35 +31,28 @@ and sliced per process (``Trainer.shard_draw``): P processes x batch B train as 
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
-import torch.nn.functional as F
 
 from sandbox.data.transforms import unaugmented
+from sandbox.engine.trainer import Trainer
 from sandbox.metrics.generative import own_features
+from sandbox.nn.ema import update_ema
 from sandbox.trainers.reconstruction import ReconstructionTrainer
-from sandbox.trainers.sampling import SamplingTrainer
+from sandbox.trainers.sampling import generative_plot, probe, sample_grid, sample_metrics
+
+BETA1 = 0.5  # Adam's beta1 of both adversarial trainers (Radford et al. 2016) unless train.beta1
 
 
-def bce_logits(logits: torch.Tensor, real: bool, smoothing: float = 0.0) -> torch.Tensor:
-    """Mean BCE of ``(B, 1)`` logits against all-real (``1 - smoothing``) or all-fake (0) labels, float32,
-    autocast off. Smoothing applies to real labels only (one-sided, Salimans et al. 2016): a
-    discriminator asked for 0.9 on real images stops pushing its logits towards infinity."""
-    with torch.autocast(device_type=logits.device.type, enabled=False):
-        logits = logits.float()
-        return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, 1.0 - smoothing if real else 0.0))
-
-
-def _prob(logits: torch.Tensor) -> torch.Tensor:
-    return torch.sigmoid(logits.detach().float()).mean()
-
-
-class GANTrainer(SamplingTrainer):
+class GANTrainer(Trainer):
     """DCGAN: optimizer 0 = generator, optimizer 1 = discriminator (``train.d_lr``), 2 = the inverter
-    (``model.invert``, ``train.lr``). Its objective is the adversarial game, plus ``train.param_mse *
-    MSE(G(v, z), x_v)`` on data with known parameters: it takes no ``loss`` section."""
+    (``model.invert``, ``train.lr``). Its objective is the adversarial game (the model's ``d_loss`` /
+    ``g_loss`` / ``invert_loss``), plus ``train.param_mse * MSE(G(v, z), x_v)`` on data with known parameters:
+    it takes no ``loss`` section."""
 
     kind = "gan"
-    beta1_default = 0.5
+    beta1_default = BETA1
     ddp = False
 
     def __init__(self, cfg, model, datasets, loss=None):
@@ -72,64 +65,44 @@ class GANTrainer(SamplingTrainer):
 
     def configure_optimizers(self):
         m = self.model
-        opts = [self.optimizer_for(m.generator.parameters()),
-                self.optimizer_for(m.discriminator.parameters(), self.cfg.train.d_lr)]
-        return opts + ([self.optimizer_for(m.inverter.parameters())] if m.encodes else [])
-
-    def invert_step(self, fake: torch.Tensor, u: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The inverter's step: ``MSE(E(G(u)), u)`` on this batch's detached samples; logged as
-        ``loss/invert`` and, with parameters, split into ``loss/invert/params`` (v) and ``loss/invert/noise`` (z)."""
-        m = self.unwrapped
-        with self.accelerator.autocast():
-            err = (m.inverter(self.to_input(fake.detach())).float() - u.float()).square()
-        loss = err.mean()
-        out = {"loss/invert": loss.detach()}
-        if m.cond_dim:
-            out["loss/invert/params"] = err[:, :m.cond_dim].mean().detach()
-            out["loss/invert/noise"] = err[:, m.cond_dim:].mean().detach()
-        self.backward_and_step(loss, index=2, model=m.inverter, parts=out)
-        return out
-
-    def generator_loss(self, fake: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Non-saturating ``-log D(G(u))``, plus ``train.param_mse * MSE(G(v, z), x_v)`` when G takes the
-        parameters (``loss/gan/param_mse``: the MSE unweighted)."""
-        m = self.unwrapped
-        with self.accelerator.autocast():
-            loss = bce_logits(m.discriminator(self.to_input(fake)), True)
-        parts = {"loss/gan/g": loss}
-        if m.cond_dim:
-            mse = F.mse_loss(fake.float(), x.float())
-            parts["loss/gan/param_mse"] = mse
-            loss = loss + self.cfg.train.param_mse * mse
-        return loss, parts
+        opts = [self.make_optimizer(m.generator.parameters()),
+                self.make_optimizer(m.discriminator.parameters(), self.cfg.train.d_lr)]
+        return opts + ([self.make_optimizer(m.inverter.parameters())] if m.encodes else [])
 
     def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
-        m, acc = self.unwrapped, self.accelerator
+        """The order of updates: D on real vs detached G(u), then (every ``n_critic``-th step) G with D
+        frozen, then the inverter on the same samples."""
+        m, acc, t = self.unwrapped, self.accelerator, self.cfg.train
         x = self.to_input(batch["image"])
-        z = self.shard_draw(lambda n: torch.randn(n, m.latent_dim, device=x.device), x.shape[0])
-        if m.cond_dim:  # the generator's input u = (v, z): v the real images' own parameters
-            z = torch.cat([m.standardise(batch["params"].to(x.device)), z], dim=1)
+        u = m.generator_input(batch, self.shard_draw, x.device)
         with acc.autocast():
-            fake = m.decode(z)
-            d_real, d_fake = m.discriminator(x), m.discriminator(self.to_input(fake.detach()))
-        d_loss = bce_logits(d_real, True, self.cfg.train.label_smoothing) + bce_logits(d_fake, False)
-        out = {"loss/gan/d": d_loss.detach(), "d_real": _prob(d_real), "d_fake": _prob(d_fake)}
+            fake = m.decode(u)
+            d_loss, out = m.d_loss(x, self.to_input(fake), t.label_smoothing)
         self.backward_and_step(d_loss, index=1, model=m.discriminator, parts=out)
         total = d_loss.detach()
-        if self.state["step"] % self.cfg.train.n_critic == 0:
+        if self.state.step % t.n_critic == 0:
             m.discriminator.requires_grad_(False)  # the generator's step leaves D's gradients alone
             try:
-                g_loss, parts = self.generator_loss(fake, x)
+                with acc.autocast():
+                    g_loss, parts = m.g_loss(self.to_input(fake), x, t.param_mse)
                 if self.backward_and_step(g_loss, index=0, model=m.generator, parts=parts) and acc.sync_gradients:
-                    m.update_ema()
+                    update_ema(m)
             finally:
                 m.discriminator.requires_grad_(True)
             out.update({k: v.detach() for k, v in parts.items()})
             total = total + g_loss.detach()
         if m.encodes:
-            out.update(self.invert_step(fake, z))
+            out.update(self.invert_step(fake, u))
             total = total + out["loss/invert"]
         return {"loss": total, **out}
+
+    def invert_step(self, fake: torch.Tensor, u: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The inverter's update on this batch's detached samples ``fake = G(u)`` (optimizer 2)."""
+        m = self.unwrapped
+        with self.accelerator.autocast():
+            loss, parts = m.invert_loss(self.to_input(fake), u)
+        self.backward_and_step(loss, index=2, model=m.inverter, parts=parts)
+        return parts
 
     @torch.no_grad()
     def evaluate(self, loader) -> dict[str, float]:
@@ -138,60 +111,66 @@ class GANTrainer(SamplingTrainer):
         for batch in loader:
             f = own_features(self.fit_batch(batch)["image"])
             feats.append(self.accelerator.gather_for_metrics(f.contiguous()))
-        out = self.sample_metrics(torch.cat(feats)) if feats and self.cfg.train.fid_samples else {}
-        return {**out, **self.probe()}
+        out = sample_metrics(self, torch.cat(feats)) if feats and self.cfg.train.fid_samples else {}
+        return {**out, **probe(self)}
+
+    def save_images(self, epoch: int) -> list[Path]:
+        return [sample_grid(self, epoch)]
+
+    def extra_plots(self, records: list[dict]) -> None:
+        generative_plot(self, records)
 
 
 class AAETrainer(ReconstructionTrainer):
     """AAE: optimizer 0 = encoder + decoder (``train.lr``), 1 = latent discriminator and 2 = encoder
-    in the regularisation phase (both ``train.d_lr``, default ``train.lr / 10``)."""
+    in the regularisation phase (both ``train.d_lr``, default ``train.lr / 10``). The order of updates:
+    the reconstruction (the engine's step on ``model.loss``), then the discriminator, then the encoder."""
 
     kind = "aae"
-    beta1_default = 0.5
+    beta1_default = BETA1
     ddp = False
 
     def configure_optimizers(self):
         m, t = self.model, self.cfg.train
         reg_lr = t.d_lr if t.d_lr is not None else t.lr / 10
-        return [self.optimizer_for(m.autoencoder_parameters),
-                self.optimizer_for(m.discriminator.parameters(), reg_lr),
-                self.optimizer_for(m.encoder.parameters(), reg_lr)]
+        return [self.make_optimizer(m.autoencoder_parameters),
+                self.make_optimizer(m.discriminator.parameters(), reg_lr),
+                self.make_optimizer(m.encoder.parameters(), reg_lr)]
+
+    def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        scalars = self.reconstruction_step(batch)
+        scalars.update(self.disc_phase(batch["image"]))
+        scalars.update(self.gen_phase(batch["image"]))
+        return scalars
+
+    def reconstruction_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        """(1) the reconstruction phase: the engine's one update of optimizer 0 on the model's loss."""
+        return Trainer.train_step(self, batch)
 
     def disc_phase(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        m, acc = self.unwrapped, self.accelerator
-        with torch.no_grad(), acc.autocast():
-            codes = m.encode(self.to_input(x))
-        with acc.autocast():
-            d_prior, d_code = m.discriminator(self.shard_draw(m.prior, x.shape[0])), m.discriminator(codes.float())
-        loss = bce_logits(d_prior, True, self.cfg.train.label_smoothing) + bce_logits(d_code, False)
-        out = {"loss/aae/d": loss.detach(), "d_prior": _prob(d_prior), "d_code": _prob(d_code)}
+        """(2) the latent discriminator: prior samples vs the detached codes of ``x`` (optimizer 1)."""
+        m = self.unwrapped
+        with self.accelerator.autocast():
+            loss, out = m.d_loss(self.to_input(x), self.shard_draw, self.cfg.train.label_smoothing)
         self.backward_and_step(loss, index=1, model=m.discriminator, parts=out)
         return out
 
     def gen_phase(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        m, acc = self.unwrapped, self.accelerator
+        """(3) the encoder alone, to make its codes of ``x`` pass as prior samples (optimizer 2)."""
+        m = self.unwrapped
         m.discriminator.requires_grad_(False)  # only the encoder learns to fool it
         try:
-            with acc.autocast():
-                loss = bce_logits(m.discriminator(m.encode(self.to_input(x))), True)
-            self.backward_and_step(loss, index=2, model=m.encoder, parts={"loss/aae/g": loss})
+            with self.accelerator.autocast():
+                loss, parts = m.g_loss(self.to_input(x))
+            self.backward_and_step(loss, index=2, model=m.encoder, parts=parts)
         finally:
             m.discriminator.requires_grad_(True)
-        return {"loss/aae/g": loss.detach()}
-
-    def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
-        total, scalars = self.reconstruction_step(batch)  # (1) the reconstruction phase
-        scalars.update(self.disc_phase(batch["image"]))
-        scalars.update(self.gen_phase(batch["image"]))
-        return {"loss": total, **scalars}
+        return {k: v.detach() for k, v in parts.items()}
 
     def per_image(self, batch: dict, g: torch.Generator) -> dict[str, torch.Tensor]:
         values = super().per_image(batch, g)
-        m = self.unwrapped
-        x = batch["image"]
+        m, x = self.unwrapped, batch["image"]
+        prior = self.shard_draw(lambda n: m.prior(n, g), x.shape[0])
         with self.accelerator.autocast():
-            values["d_code"] = torch.sigmoid(m.discriminator(m.encode(self.to_input(x))).float()).squeeze(1)
-            prior = self.shard_draw(lambda n: m.prior(n, g), x.shape[0])
-            values["d_prior"] = torch.sigmoid(m.discriminator(prior).float()).squeeze(1)
+            values.update(m.code_probabilities(self.to_input(x), prior))
         return values
-

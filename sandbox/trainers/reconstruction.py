@@ -1,5 +1,5 @@
-"""The reconstruction trainer (``autoencoder`` and ``vae``; the base of the AAE's): the model's own
-objective (:meth:`~sandbox.models.autoencoders.AutoEncoder.objective`) on the registry loss.
+"""The reconstruction trainer (``autoencoder`` and ``vae``; the base of the AAE's): the engine's step on the
+model's own loss (:meth:`~sandbox.models.autoencoders.AutoEncoder.loss`) with the registry loss.
 
 Training loss: the reconstruction loss from the loss registry (``loss: {image: {l1: 0.16,
 ms_ssim: 0.84}}``, parts logged as ``train/loss/image/<name>``), plus for the VAE
@@ -25,57 +25,31 @@ from pathlib import Path
 
 import torch
 
+
 from sandbox.data.loader import collate
 from sandbox.losses import CompositeLoss
 from sandbox.metrics import regression_metrics
 from sandbox.metrics.generative import own_features
-from sandbox.trainers.sampling import SamplingTrainer
+from sandbox.engine.trainer import Trainer
+from sandbox.trainers.sampling import BETA1, generative_plot, probe, sample_grid, sample_metrics
 from sandbox.viz.grids import save_grid
 
 
-class ReconstructionTrainer(SamplingTrainer):
-    """Models that encode and decode (``ae``, ``vae``; ``aae`` adds its adversarial phases)."""
+class ReconstructionTrainer(Trainer):
+    """Models that encode and decode (``ae``, ``vae``; ``aae`` adds its adversarial phases): one optimizer,
+    the engine's step (``model.loss``: forward, the registry loss, the VAE's KL at its warm-up weight; EMA)."""
+
+    kind = "generative"
+    beta1_default = BETA1
 
     def __init__(self, cfg, model, datasets, loss: CompositeLoss):
-        self.loss_fn = loss
-        super().__init__(cfg, model, datasets)
+        super().__init__(cfg, model, datasets, loss)
         n = max(8, min(cfg.train.num_images, 16))
         val = datasets.get("val")
         self.fixed_val = collate([val[i] for i in range(min(n, len(val)))])["image"] if val is not None and len(val) else None
 
     def configure_optimizers(self):
-        return [self.optimizer_for(self.model.parameters())]
-
-    # ------------------------------------------------------------------ training
-    def kl_weight(self) -> float:
-        """The regulariser's weight at this step (the VAE's KL): ``beta * min(1, step / (kl_warmup_frac *
-        total_steps))``; models without a regulariser ignore it."""
-        t = self.cfg.train
-        warm = t.kl_warmup_frac * self.total_steps
-        return t.beta * (min(1.0, self.state["step"] / warm) if warm > 0 else 1.0)
-
-    def noise(self, like: torch.Tensor) -> torch.Tensor:
-        """Gaussian noise shaped like ``like``: this process's slice of the global batch's draw."""
-        return self.shard_draw(lambda n: torch.randn((n, *like.shape[1:]), dtype=like.dtype, device=like.device),
-                               like.shape[0])
-
-    def reconstruction(self, out: dict, batch: dict) -> tuple[torch.Tensor, dict]:
-        """The registry loss on ``image`` alone: ``(total, {"loss/image/<name>": value})``."""
-        total, parts = self.loss_fn({"image": out["image"]}, {"image": batch["image"]})
-        return total, {f"loss/{k}": v for k, v in parts.items()}
-
-    def reconstruction_step(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        """Forward, the model's objective, backward and step of optimizer 0: ``(total, parts)``."""
-        m = self.unwrapped
-        out = self.model(self.to_input(batch["image"]), **m.train_inputs(self.noise))
-        total, scalars = m.objective(out, batch, self.loss_fn, self.kl_weight())
-        if self.backward_and_step(total, parts=scalars) and self.accelerator.sync_gradients:
-            m.update_ema()
-        return total.detach(), scalars
-
-    def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
-        total, scalars = self.reconstruction_step(batch)
-        return {"loss": total, **scalars}
+        return [self.make_optimizer(self.model.parameters())]
 
     # ------------------------------------------------------------------ evaluation
     def per_image(self, batch: dict, g: torch.Generator) -> dict[str, torch.Tensor]:
@@ -84,7 +58,8 @@ class ReconstructionTrainer(SamplingTrainer):
         m = self.unwrapped
         out = self.model(self.to_input(x))
         recon = out["image"].float()
-        total, parts = self.reconstruction({"image": recon}, batch)
+        total, parts = self.loss_fn({"image": recon}, {"image": batch["image"]})
+        parts = {f"loss/{k}": v for k, v in parts.items()}
         n = x.shape[0]
         reg = regression_metrics(recon, x)
         mse = reg["rmse"].square()
@@ -121,8 +96,8 @@ class ReconstructionTrainer(SamplingTrainer):
         out = {f"val/{k}": float(v.mean()) for k, v in res.items() if k not in ("sse_sampled",)}
         out.update(self.unwrapped.validation_summary(res))
         if t.fid_samples and real:
-            out.update(self.sample_metrics(torch.cat(real)))
-        out.update(self.probe())
+            out.update(sample_metrics(self, torch.cat(real)))
+        out.update(probe(self))
         return out
 
     # ------------------------------------------------------------------ pictures
@@ -139,9 +114,14 @@ class ReconstructionTrainer(SamplingTrainer):
         m.train(was)
         return torch.cat([x.float(), recon])  # first row: inputs, second: reconstructions
 
-    def extra_images(self, epoch: int) -> list[Path]:
+    def save_images(self, epoch: int) -> list[Path]:
+        """The sample grid and ``images/recon_epochNNN.png`` (fixed validation images over their reconstructions)."""
+        paths = [sample_grid(self, epoch)]
         rec = self.reconstructions()
         if rec is None:
-            return []
-        return [save_grid(rec, self.run.images / f"recon_epoch{epoch + 1:03d}.png", nrow=len(rec) // 2,
-                          title=f"validation, epoch {epoch + 1}", row_labels=("inputs", "reconstructions"))]
+            return paths
+        return paths + [save_grid(rec, self.run.images / f"recon_epoch{epoch + 1:03d}.png", nrow=len(rec) // 2,
+                                  title=f"validation, epoch {epoch + 1}", row_labels=("inputs", "reconstructions"))]
+
+    def extra_plots(self, records: list[dict]) -> None:
+        generative_plot(self, records)

@@ -1,4 +1,5 @@
-"""Supervised trainer: image -> named targets (mask, depth) with a per-target composite loss."""
+"""Supervised trainer: image -> named targets (mask, depth) with a per-target composite loss (the model's
+``loss``); its evaluation (per-image metrics, class scores) and validation panels."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -35,21 +36,18 @@ def split_class_scores(cat: dict[str, torch.Tensor], prefix: str, names: list[st
 
 
 class SupervisedTrainer(Trainer):
+    """One optimizer on the whole model; the step is the engine's (``model.loss``: the config's composite
+    loss on the model's outputs), its parts logged as ``train/loss/<target>/<name>``."""
+
     kind = "segmentation"
+    parts_prefix = "loss/"
 
     def __init__(self, cfg, model, datasets, loss: CompositeLoss):
-        self.loss_fn = loss
         self.classes = target_classes(cfg)  # {target: ClassSpecs} of the class-map targets (K > 1 logits)
-        super().__init__(cfg, model, datasets)
+        super().__init__(cfg, model, datasets, loss)
 
     def configure_optimizers(self):
         return [self.make_optimizer(self.model.parameters())]
-
-    def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
-        out = self.model(self.to_input(batch["image"]))
-        total, parts = self.loss_fn(out, batch)
-        self.backward_and_step(total, parts=parts)
-        return {"loss": total.detach(), **{f"loss/{k}": v for k, v in parts.items()}}
 
     @torch.no_grad()
     def evaluate(self, loader) -> dict[str, float]:
@@ -113,7 +111,7 @@ class SupervisedTrainer(Trainer):
                 truths = [np.clip(class_ids(b), 0, None) for b in batch[t]]
                 self.metrics.log_masks(f"images/val_{t}", [to_hwc(x) for x in batch["image"]], truths, preds,
                                        [f"epoch {epoch + 1}" for _ in preds],
-                                       {i: s.name for i, s in enumerate(specs) if i}, self.state["step"])
+                                       {i: s.name for i, s in enumerate(specs) if i}, self.state.step)
             return paths
         segmentation_panel(batch, out, path, title=title)
         if "mask" in out:  # W&B: the images with truth and prediction as toggleable mask overlays
@@ -121,6 +119,6 @@ class SupervisedTrainer(Trainer):
             preds = torch.sigmoid(out["mask"][:, 0]).numpy() > 0.5
             self.metrics.log_masks("images/val_masks", [to_hwc(x) for x in batch["image"]], truths, preds,
                                    [f"epoch {epoch + 1}, Dice {hard_dice(p, t):.3f}" for p, t in zip(preds, truths)],
-                                   {1: "person" if self.cfg.data.name == "dancers" else "fg"}, self.state["step"])
+                                   {1: "person" if self.cfg.data.name == "dancers" else "fg"}, self.state.step)
         return [path]
 
