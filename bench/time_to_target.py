@@ -168,6 +168,11 @@ class DictOutput(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"mask": self.net(x)}
 
+    def loss(self, batch: dict, step) -> tuple[torch.Tensor, dict]:
+        """The sandbox segmentation model's objective (``SegmentationModel.loss``): the config's criterion on the
+        forward through the engine (``step.forward``: DDP, channels-last), so the peer trains by the same step."""
+        return step.criterion((step.forward or self)(batch["image"]), batch)
+
 
 # ----------------------------------------------------------------------------- the child: one training run
 def child(spec: dict) -> None:
@@ -191,8 +196,8 @@ def child(spec: dict) -> None:
             "params": sum(p.numel() for p in trainer.unwrapped.parameters())}
     side.write_text(json.dumps(info))
     trainer.fit()
-    side.write_text(json.dumps({**info, "torch_threads_end": torch.get_num_threads(), "epochs": trainer.state["epoch"],
-                                "stopped": trainer.state.get("stopped_early")}))
+    side.write_text(json.dumps({**info, "torch_threads_end": torch.get_num_threads(), "epochs": trainer.state.epoch,
+                                "stopped": trainer.state.stopped_early}))
 
 
 # ----------------------------------------------------------------------------- one run, watched

@@ -144,19 +144,12 @@ MAX_METHODS = 15
 MAX_LINES = 60
 
 BIG_CLASSES = {  # "path::Class": why it is over MAX_METHODS methods (defined in its own body)
-    "sandbox/engine/trainer.py::Trainer": "the engine's base trainer: setup, optimizers, state, checkpoints "
-                                          "and hooks in one class; issue 27 item 2 splits it",
-    "sandbox/engine/loop.py::Loop": "the fit loop as a mixin of Trainer (epoch, step, validation, stops, plots); "
-                                    "issue 27 item 2 makes it one readable fit()",
 }
 LONG_FUNCTIONS = {  # "path::qualified.name": why it is over MAX_LINES lines
-    "sandbox/engine/loop.py::Loop._fit": "the whole epoch/step loop in one place; issue 27 item 2 rewrites it",
     "sandbox/data/synthetic.py::Dancers.render": "one frame of the dancers scene drawn top to bottom (background, "
                                                  "props, dancer, distractors); splitting scatters its RNG order",
     "sandbox/analysis/evaluation.py::evaluate_run": "load, score every image, write json/csv and the console "
                                                     "table of sandbox-evaluate in order",
-    "sandbox/analysis/prediction.py::predict_run": "sandbox-predict's walk over inputs: read, forward, write "
-                                                   "masks/overlays/failures per image",
     "sandbox/analysis/sweep_report.py::write_summary": "a sweep's summary.csv, summary.md and plots from one "
                                                       "pass over its runs",
 }

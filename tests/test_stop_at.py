@@ -8,6 +8,7 @@ from sandbox.engine.stops import reached, stop_at
 from sandbox.errors import ConfigError
 from sandbox.runs.checkpoints import read_state
 from sandbox.tracking.metrics_log import read_metrics
+from sandbox.engine.state import TrainerState
 
 TINY = ["data.size=32", "data.num_train=8", "data.num_val=4", "data.batch_size=4", "model.width=4", "model.depth=2",
         "train.epochs=3", "train.log_every=1", "train.num_images=0", "track.wandb=disabled",
@@ -34,12 +35,12 @@ def test_reached_is_a_closed_comparison_by_mode_and_never_on_nan():
 
 
 def test_stop_at_says_why_and_records_it_in_the_state():
-    state = {"epoch": 4}
-    assert stop_at(state, 0.85, "val/dice", 0.9, "max") is None and "stopped_early" not in state
+    state = TrainerState(epoch=4)
+    assert stop_at(state, 0.85, "val/dice", 0.9, "max") is None and state.stopped_early is None
     why = stop_at(state, 0.9123, "val/dice", 0.9, "max")
     assert why == "stopped after epoch 4: val/dice 0.9123 reached the target >= 0.9 (train.stop_at)"
-    assert state["stopped_early"] == why
-    assert stop_at({"epoch": 2}, 0.004, "val/kid_own", 0.01, "min").endswith("reached the target <= 0.01 (train.stop_at)")
+    assert state.stopped_early == why
+    assert stop_at(TrainerState(epoch=2), 0.004, "val/kid_own", 0.01, "min").endswith("reached the target <= 0.01 (train.stop_at)")
 
 
 def test_a_reachable_target_stops_after_the_first_epoch_and_the_run_stays_stopped(tmp_path, capsys):
@@ -49,7 +50,7 @@ def test_a_reachable_target_stops_after_the_first_epoch_and_the_run_stays_stoppe
     assert [r["epoch"] for r in val] == [1]
     assert val[0]["stopped_early"].startswith("stopped after epoch 1: val/loss ")
     assert "reached the target <= 1e+06 (train.stop_at)" in capsys.readouterr().out
-    assert trainer.state["epoch"] == 1 and read_state(tmp_path / "hit" / "checkpoints" / "last")["epoch"] == 1
+    assert trainer.state.epoch == 1 and read_state(tmp_path / "hit" / "checkpoints" / "last")["epoch"] == 1
     train(tmp_path, "hit", "train.stop_at={metric: val/loss, value: 1.0e6, mode: min}",
           f"train.resume={tmp_path / 'hit'}")
     assert "nothing to train" in capsys.readouterr().out
