@@ -18,7 +18,7 @@ from sandbox.config import Config
 from sandbox.data import DATASETS
 from sandbox.data.classes import ClassSpec
 from sandbox.data.classes import target_classes as classes_of
-from sandbox.data.conditions import Conditioned
+from sandbox.data.conditions import Conditioned, condition_factors
 from sandbox.data.folders import FolderDataset, ImageFolder
 from sandbox.data.splits import Subset, check_root, random_subset, resolve_splits
 from sandbox.data.transforms import Augmented, build_augment
@@ -36,6 +36,8 @@ def model_kwargs(cfg: Config) -> dict:
           if k != "name" and v is not None and not (k in optional and v == optional[k])}
     classes = target_classes(cfg)
     kw["targets"] = {t: len(classes[t]) if t in classes else 1 for t in cfg.loss or {}}
+    if cfg.data.condition is not None:  # a conditional model (validate.py: a trainer that reads the condition)
+        kw["factors"] = condition_factors(DATASETS[cfg.data.name], cfg.data.condition)
     if cfg.train.param_mse > 0:  # the generator takes the data's parameters (validate.py: gan, data with them)
         kw["cond_dim"] = len(DATASETS[cfg.data.name].param_names)
     return kw

@@ -93,6 +93,10 @@ class ModelConfig:
     sample_steps: Optional[int] = None  # steps of sampling and of the inversion encode() runs (null: 20)
     eta: Optional[float] = None  # ddpm with sampler ddim: 0 deterministic .. 1 the DDPM posterior's noise (null: 0)
     attention: Optional[bool] = None  # ddpm, flow: self-attention over the bottleneck's pixels (null: off)
+    # ddpm, flow with data.condition (classifier-free guidance): condition dropout p in training (null: 0.1), and
+    # the guidance w of sampling, 0 unconditional, 1 conditional, > 1 guided (null: 1)
+    cond_drop: Optional[float] = None
+    guidance: Optional[float] = None
 
 
 @dataclass
@@ -244,6 +248,8 @@ RANGES: dict[str, str] = {
     "model.min_snr": "(0, inf)",  # the SNR cap gamma of min-SNR weighting
     "model.sample_steps": "[1, 10000]",  # net evaluations per sample (heun: about twice as many)
     "model.eta": "[0, 1]",
+    "model.cond_drop": "[0, 1)",  # the probability a training row's condition is dropped to null
+    "model.guidance": "[0, inf)",  # classifier-free guidance w
     "train.early_stop.patience": "[1, inf)",  # epochs without improvement before the run stops
     "train.early_stop.min_delta": "[0, inf)",  # in the monitored metric's units
 }

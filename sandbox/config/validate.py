@@ -128,10 +128,16 @@ def _validate_data(cfg: Config) -> None:
                                   f"{{epoch >= 0: size in {RANGES['data.size']}}}")
     if d.condition is not None:
         _validate_condition(cfg)
+    else:
+        for key in ("cond_drop", "guidance"):
+            if getattr(cfg.model, key) is not None:
+                raise ConfigError(f"model.{key}: got {short(getattr(cfg.model, key))}, but data.condition is null, so "
+                                  "there is no condition to drop or guide towards; set data.condition or leave "
+                                  f"model.{key} unset")
 
 
 
-CONDITION_TRAINERS: tuple[str, ...] = ()  # the trainers that read batch["condition"] (issue 31: denoising, once wired)
+CONDITION_TRAINERS: tuple[str, ...] = ("denoising",)  # the trainers that read batch["condition"] (issue 31)
 
 
 def _validate_condition(cfg: Config) -> None:

@@ -30,6 +30,7 @@ from sandbox.diffusion import Diffusion, FlowMatching
 from sandbox.errors import ConfigError, SandboxError
 from sandbox.models.autoencoders import LatentModel, register_generative
 from sandbox.models.objective import whole
+from sandbox.nn.condition import ConditionEmbedding, as_factors, null_condition
 from sandbox.nn.core import Decoder, Encoder
 from sandbox.nn.ema import attach_ema
 from sandbox.nn.timestep import TimeEmbedding, modulation
@@ -39,38 +40,66 @@ log = logging.getLogger("sandbox")
 DEFAULT_STEPS = 20
 OWN = {"ddpm": ("prediction", "min_snr"), "flow": ("t_sampling",)}
 SAMPLING = ("sampler", "sample_steps", "eta", "attention")  # attention: the net's, for both processes
+CONDITION = ("factors", "cond_drop", "guidance")  # factors: build.py's, from data.condition (not a config key)
+COND_DROP, GUIDANCE = 0.1, 1.0  # model.cond_drop and model.guidance when unset
 
 
 class TimeUNet(nn.Module):
-    """``forward(x: (B, C, S, S), t: (B,) or scalar in (0, 1]) -> (B, C, S, S)``: the core UNet (concat
-    skips), every conv block scale-shifted by the time embedding, a 1x1 conv head without activation."""
+    """``forward(x: (B, C, S, S), t: (B,) or scalar in (0, 1], condition: (B, F) | None, drop: (B,) | None)
+    -> (B, C, S, S)``: the core UNet (concat skips), every conv block scale-shifted by the time embedding, a
+    1x1 conv head without activation.
+
+    ``factors`` (:func:`sandbox.nn.condition.as_factors`; None: unconditional) adds a
+    :class:`~sandbox.nn.condition.ConditionEmbedding` (``self.cond``, condition dropout ``cond_drop``) to the
+    time embedding; a condition of None is then the null condition (the unconditional prediction)."""
 
     def __init__(self, in_channels: int, widths: Sequence[int], blocks: int = 2, block: str = "plain",
                  norm: str = "group", upsample: str = "transpose", downsample: str = "maxpool", dilation: int = 1,
-                 dropout: float = 0.0, attention: bool = False):
+                 dropout: float = 0.0, attention: bool = False, factors: Sequence | None = None,
+                 cond_drop: float = 0.0):
         super().__init__()
         emb_dim = 4 * widths[0]
         self.time = TimeEmbedding(emb_dim, freq_dim=max(32, widths[0]))
+        self.cond = ConditionEmbedding(factors, emb_dim, cond_drop) if factors else None
         self.encoder = Encoder(in_channels, widths, blocks, downsample, block, dilation, norm, dropout, emb_dim,
                                attention)
         self.decoder = Decoder(self.encoder.out_channels, widths, "concat", upsample, blocks, block, norm, dilation,
                                emb_dim)
         self.out = nn.Conv2d(self.decoder.out_channels, in_channels, 1)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float, condition: torch.Tensor | None = None,
+                drop: torch.Tensor | None = None) -> torch.Tensor:
         r = self.encoder.reduction
         if x.shape[-2] % r or x.shape[-1] % r:
             raise SandboxError(f"input of {x.shape[-2]}x{x.shape[-1]} px does not halve {self.encoder.depth} times "
                                f"evenly; use sides divisible by {r} (data.size) or a smaller model.depth")
-        emb = modulation(self, self.time(t, batch=x.shape[0]))  # all blocks' scale-shifts: one matmul
+        emb = self.time(t, batch=x.shape[0])
+        if self.cond is not None:
+            if condition is None:
+                condition = null_condition(x.shape[0], len(self.cond.factors), x.device)
+            emb = emb + self.cond(condition, drop).to(emb.dtype)
+        elif condition is not None:
+            raise SandboxError("a condition was given to a model trained without one (data.condition was null); "
+                               "sample it without a condition")
+        emb = modulation(self, emb)  # all blocks' scale-shifts: one matmul
         return self.out(self.decoder(self.encoder(x, emb), emb))
 
 
 class DenoisingModel(LatentModel):
-    """``forward(x_t: (B, C, S, S) in process space, t: (B,)) -> prediction (B, C, S, S)``: the live
-    network (what the trainer optimises). ``process``: a :class:`~sandbox.diffusion.Diffusion` or
-    :class:`~sandbox.diffusion.FlowMatching`; ``sampler``/``sample_steps``/``eta``: how ``sample``,
-    ``decode`` and ``encode`` run it (eval mode: with the EMA network)."""
+    """``forward(x_t: (B, C, S, S) in process space, t: (B,), condition=None, drop=None) -> prediction
+    (B, C, S, S)``: the live network (what the trainer optimises). ``process``: a
+    :class:`~sandbox.diffusion.Diffusion` or :class:`~sandbox.diffusion.FlowMatching`;
+    ``sampler``/``sample_steps``/``eta``: how ``sample``, ``decode`` and ``encode`` run it (eval mode: with
+    the EMA network).
+
+    Conditional (``factors`` set, from ``data.condition``): the net adds a condition embedding to its time
+    embedding, trained with condition dropout ``cond_drop`` (each row nulled with that probability, drawn
+    for the global batch as t and the noise are), so one net predicts with and without the condition
+    (classifier-free guidance, Ho & Salimans 2022). ``sample``/``decode``/``encode`` take ``condition``
+    ``(B, F)`` or ``(F,)`` and ``guidance`` w (None: ``self.guidance``; 0 unconditional, 1 conditional, > 1
+    guided); without a condition they run the unconditional prediction. The continuous factors'
+    standardisation statistics are buffers of the net (and of its EMA copy), set from the training split
+    by the trainer (:meth:`set_condition_statistics`) and saved with the weights."""
 
     generator_name = "net"
     encodes = True  # by deterministic inversion: the latent is the noise an image comes from
@@ -80,18 +109,35 @@ class DenoisingModel(LatentModel):
                  block: str = "plain", norm: str = "group", upsample: str = "transpose",
                  downsample: str = "maxpool", dilation: int = 1, dropout: float = 0.0, ema: float | None = 0.999,
                  sampler: str | None = None, sample_steps: int = DEFAULT_STEPS, eta: float = 0.0,
-                 attention: bool = False):
+                 attention: bool = False, factors: Sequence | None = None, cond_drop: float = COND_DROP,
+                 guidance: float = GUIDANCE):
         super().__init__()
         self.process, self.size, self.in_channels = process, size, in_channels
         self.sampler, self.sample_steps, self.eta = sampler or process.default_sampler, sample_steps, eta
+        self.factors = as_factors(factors) if factors else None
+        self.guidance = guidance
         self.net = TimeUNet(in_channels, widths, blocks, block, norm, upsample, downsample, dilation, dropout,
-                            attention)
+                            attention, self.factors, cond_drop if self.factors else 0.0)
         attach_ema(self, self.generator_name, ema)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor | float = 0.5) -> torch.Tensor:
+    @property
+    def conditional(self) -> bool:
+        """Whether the net takes a condition (the run had ``data.condition``)."""
+        return self.factors is not None
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor | float = 0.5, condition: torch.Tensor | None = None,
+                drop: torch.Tensor | None = None) -> torch.Tensor:
         """The live net's prediction; ``t`` defaults to the middle of the path, where summary.py measures
-        the network as an image -> image map."""
-        return self.net(x_t, t)
+        the network as an image -> image map; ``condition`` None: the null condition."""
+        return self.net(x_t, t, condition, drop)
+
+    @torch.no_grad()
+    def set_condition_statistics(self, conditions: torch.Tensor) -> None:
+        """Standardise the continuous factors by the ``(N, F)`` ``conditions`` (the training split's), in the
+        live net and its EMA copy (buffers: they travel with every checkpoint)."""
+        for net in (self.net, getattr(self, "generator_ema", None)):
+            if net is not None and net.cond is not None:
+                net.cond.set_statistics(conditions)
 
     # ------------------------------------------------------------------ the objective: the process's loss on the net
     def training_pair(self, x: torch.Tensor, draw=whole, generator: torch.Generator | None = None):
@@ -106,10 +152,29 @@ class DenoisingModel(LatentModel):
 
     def loss(self, batch: dict, step) -> tuple[torch.Tensor, dict]:
         """The training loss of ``batch``: ``process.loss(net(x_t, t), target, weight)`` in float32 on a
-        :meth:`training_pair` drawn by ``step.draw``; no parts beside it."""
-        x_t, t, target, weight = self.training_pair(batch["image"], step.draw)
-        pred = (step.forward or self)(x_t, t)
+        :meth:`training_pair` drawn by ``step.draw``; no parts beside it. A conditional model reads
+        ``batch["condition"]`` and nulls the rows of a condition-dropout mask drawn by ``step.draw`` too
+        (after t: every process agrees on the global batch's mask, and an unconditional run's draws are
+        unchanged)."""
+        x = batch["image"]
+        x_t, t, target, weight = self.training_pair(x, step.draw)
+        forward = step.forward or self
+        if self.conditional:
+            drop = step.draw(self.net.cond.draw_drop, x.shape[0])
+            pred = forward(x_t, t, self.batch_condition(batch), drop)
+        else:
+            pred = forward(x_t, t)
         return self.process.loss(pred.float(), target, weight), {}
+
+    def batch_condition(self, batch: dict) -> torch.Tensor | None:
+        """``batch["condition"]`` of a conditional model (None for an unconditional one); one line when absent."""
+        if not self.conditional:
+            return None
+        if "condition" not in batch:
+            raise SandboxError(f"this {self.process.name} model is conditioned on "
+                               f"{', '.join(f.name for f in self.factors)} but the batch has no condition; "
+                               "build the data with the run's data.condition")
+        return batch["condition"]
 
     def per_image_loss(self, pred: torch.Tensor, target: torch.Tensor, weight) -> torch.Tensor:
         """``(B,)``: the process's loss of each image alone (its mean over the batch is the batch loss)."""
@@ -123,9 +188,20 @@ class DenoisingModel(LatentModel):
         return self.net.encoder
 
     def _fn(self):
-        """The network the sampler calls, ``(x, t) -> float32 prediction`` (EMA copy in eval mode)."""
+        """The network the sampler calls, ``(x, t[, c]) -> float32 prediction`` (EMA copy in eval mode)."""
         net = self.image_generator
-        return lambda x, t: net(x, t).float()
+        return lambda x, t, c=None: net(x, t, c).float()
+
+    def _guide(self, condition: torch.Tensor | None, guidance: float | None) -> dict:
+        """The process's ``condition``/``guidance`` keywords: the model's own guidance by default; a
+        condition for an unconditional model is refused in one line."""
+        if condition is None:
+            return {} if guidance is None else {"guidance": guidance}  # the process refuses it in one line
+        if not self.conditional:
+            raise SandboxError("a condition was given to a model trained without one (data.condition was null); "
+                               "sample it without a condition")
+        return {"condition": torch.as_tensor(condition, dtype=torch.float32),
+                "guidance": self.guidance if guidance is None else guidance}
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -137,27 +213,32 @@ class DenoisingModel(LatentModel):
         return torch.randn(n, *self.latent_shape, generator=generator).to(dev)
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Noise ``z: (B, C, S, S)`` -> images in [0, 1] by ``sample_steps`` steps of the sampler."""
+    def decode(self, z: torch.Tensor, generator: torch.Generator | None = None, condition: torch.Tensor | None = None,
+               guidance: float | None = None) -> torch.Tensor:
+        """Noise ``z: (B, C, S, S)`` -> images in [0, 1] by ``sample_steps`` steps of the sampler, conditioned on
+        ``condition`` ``(B, F)``/``(F,)`` with guidance ``guidance`` (None: the model's) when given."""
         if tuple(z.shape[1:]) != self.latent_shape:
             raise SandboxError(f"latent noise of shape {tuple(z.shape)} does not fit this model; expected "
                                f"(N, {', '.join(map(str, self.latent_shape))}) (image-shaped noise)")
         x = self.process.sample(self._fn(), z.float(), steps=self.sample_steps, sampler=self.sampler, eta=self.eta,
-                                generator=generator)
+                                generator=generator, **self._guide(condition, guidance))
         return ((x + 1) / 2).clamp(0, 1)
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, condition: torch.Tensor | None = None,
+               guidance: float | None = None) -> torch.Tensor:
         """Images ``(B, C, S, S)`` in [0, 1] -> the noise the deterministic sampler maps back to them
-        (DDIM with eta 0 run forwards in t; the flow ODE run backwards)."""
+        (DDIM with eta 0 run forwards in t; the flow ODE run backwards), under ``condition``/``guidance``."""
         sampler = None if self.sampler == "ddpm" else self.sampler  # ancestral sampling has no inverse
-        return self.process.invert(self._fn(), 2 * x.float() - 1, steps=self.sample_steps, sampler=sampler)
+        return self.process.invert(self._fn(), 2 * x.float() - 1, steps=self.sample_steps, sampler=sampler,
+                                   **self._guide(condition, guidance))
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None, condition: torch.Tensor | None = None,
+               guidance: float | None = None) -> torch.Tensor:
         """``n`` images ``(n, C, S, S)`` in [0, 1] from noise drawn with ``generator`` (which also drives a
-        stochastic sampler's fresh noise)."""
-        return self.decode(self.prior(n, generator), generator)
+        stochastic sampler's fresh noise), under ``condition`` ``(n, F)``/``(F,)`` and ``guidance``."""
+        return self.decode(self.prior(n, generator), generator, condition, guidance)
 
 
 # ----------------------------------------------------------------------------- options and builders
@@ -193,7 +274,8 @@ def check_denoising(name: str, options: dict[str, Any]) -> None:
     if "latent_dim" in o:
         raise ConfigError(f"model.latent_dim: {name} has no latent code of its own (its latent is the image-shaped "
                           "noise); leave it unset")
-    for key, integer in (("min_snr", False), ("sample_steps", True), ("eta", False)):
+    for key, integer in (("min_snr", False), ("sample_steps", True), ("eta", False), ("cond_drop", False),
+                         ("guidance", False)):
         if key in o:
             _within(key, o[key], integer)
     proc = make_process(name, o.get("prediction"), o.get("min_snr"), o.get("t_sampling"))
@@ -214,13 +296,16 @@ def check_denoising(name: str, options: dict[str, Any]) -> None:
 def _register(name: str, doc: str) -> None:
     def build(latent_dim: None = None, prediction: str | None = None, min_snr: float | None = None,
               t_sampling: str | None = None, sampler: str | None = None, sample_steps: int | None = None,
-              eta: float | None = None, attention: bool | None = None, **core: Any) -> DenoisingModel:
+              eta: float | None = None, attention: bool | None = None, factors=None, cond_drop: float | None = None,
+              guidance: float | None = None, **core: Any) -> DenoisingModel:
         return DenoisingModel(make_process(name, prediction, min_snr, t_sampling), sampler=sampler,
                               sample_steps=sample_steps or DEFAULT_STEPS, eta=eta or 0.0,
-                              attention=bool(attention), **core)
+                              attention=bool(attention), factors=factors,
+                              cond_drop=COND_DROP if cond_drop is None else cond_drop,
+                              guidance=GUIDANCE if guidance is None else guidance, **core)
 
     build.__doc__ = doc  # the other process's options are unknown to it: refused by the shared check
-    register_generative(name, "denoising", extra=OWN[name] + SAMPLING, defaults={"norm": "group", "ema": 0.999},
+    register_generative(name, "denoising", extra=OWN[name] + SAMPLING + CONDITION, defaults={"norm": "group", "ema": 0.999},
                         check=lambda options: check_denoising(name, options), takes_loss=False)(build)
 
 

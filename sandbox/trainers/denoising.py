@@ -13,6 +13,13 @@ seed (the same every epoch, so epochs compare), the loss per t-bucket ``val/loss
 ``plots/generative.png``), then ``val/fid_own`` and ``val/diversity`` of samples from fixed noise with
 the EMA net (:func:`sandbox.trainers.sampling.sample_metrics`); ``images/samples_epochNNN.png`` from fixed noise.
 No ``loss`` section: the objective is the process's.
+
+Conditional runs (``data.condition``): at the start of a run (not a resume: the checkpoint holds them) the
+condition embedding's standardisation statistics are set from the training split's conditions, in the net and
+its EMA copy; the training loss reads each batch's condition with condition dropout; ``val/loss`` reads the
+validation batch's condition with none; the per-epoch samples (grid, ``val/fid_own``) are conditioned on the
+validation split's first conditions (:func:`sandbox.trainers.sampling.sample_conditions`), so that they are
+compared with the images those conditions describe.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ from pathlib import Path
 import torch
 
 
+from sandbox.data.conditions import conditions_of
 from sandbox.metrics.generative import own_features
 from sandbox.engine.trainer import Trainer
 from sandbox.trainers.sampling import BETA1, generative_plot, sample_grid, sample_metrics
@@ -34,6 +42,11 @@ class DenoisingTrainer(Trainer):
     kind = "denoising"
     beta1_default = BETA1
 
+    def __init__(self, cfg, model, datasets, loss=None):
+        super().__init__(cfg, model, datasets, loss)
+        if getattr(self.unwrapped, "conditional", False) and not cfg.train.resume:
+            self.unwrapped.set_condition_statistics(conditions_of(datasets["train"]))
+
     def configure_optimizers(self):
         return [self.make_optimizer(self.model.net.parameters())]
 
@@ -46,8 +59,10 @@ class DenoisingTrainer(Trainer):
         for batch in loader:
             x = self.fit_batch(batch)["image"]
             x_t, t, target, weight = m.training_pair(x, self.shard_draw, g)
+            condition = m.batch_condition(batch)  # None for an unconditional model
+            keep = None if condition is None else torch.zeros(len(x), dtype=torch.bool)  # no condition dropout
             with acc.autocast():
-                pred = m.net(self.to_input(x_t), t)
+                pred = m.net(self.to_input(x_t), t, condition, keep)
             values = {"loss": m.per_image_loss(pred.float(), target, weight), "t": t.float(),
                       "features": own_features(x)}
             gathered = acc.gather_for_metrics({k: v.contiguous() for k, v in values.items()})

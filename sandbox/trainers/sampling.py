@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from sandbox.data.conditions import conditions_of
 from sandbox.data.transforms import unaugmented
 from sandbox.metrics.generative import own_features, sample_scores
 from sandbox.metrics.probe import encode_dataset, latent_probe
@@ -21,15 +22,32 @@ GRID = 64  # images in a sample grid (8 x 8)
 BETA1 = 0.9  # Adam's beta1 of the generative trainers unless train.beta1 (the adversarial ones: 0.5)
 
 
+def sample_conditions(tr, n: int) -> torch.Tensor | None:
+    """The conditions of a conditional model's ``n`` per-epoch samples: the validation split's first ``n``
+    (cycled when it has fewer; the training split's without a validation split), so that the samples'
+    scores against the validation images compare like with like. None for an unconditional model."""
+    if not getattr(tr.unwrapped, "conditional", False):
+        return None
+    split = tr.datasets.get("val")
+    table = conditions_of(split if split is not None and len(split) else tr.datasets["train"])
+    return table[torch.arange(n) % len(table)]
+
+
 @torch.no_grad()
 def samples(tr, n: int, seed_offset: int = 0) -> torch.Tensor:
-    """``n`` samples of ``tr``'s model from fixed noise (the same every epoch), float32 on the device."""
+    """``n`` samples of ``tr``'s model from fixed noise (the same every epoch), float32 on the device; a
+    conditional model's under :func:`sample_conditions` (at the model's guidance)."""
     g = torch.Generator().manual_seed(tr.cfg.seed + seed_offset)
     m = tr.unwrapped
+    cond = sample_conditions(tr, n)
     was = m.training
     m.eval()
     with tr.accelerator.autocast():
-        out = torch.cat([m.sample(min(256, n - i), g).float() for i in range(0, n, 256)])
+        if cond is None:
+            out = torch.cat([m.sample(min(256, n - i), g).float() for i in range(0, n, 256)])
+        else:
+            out = torch.cat([m.sample(min(256, n - i), g, condition=cond[i:i + 256]).float()
+                             for i in range(0, n, 256)])
     m.train(was)
     return out
 
