@@ -3,6 +3,7 @@
     python sandbox/interpolate.py --run runs/vae_attractors --from 3 17 42 --cycle
     python sandbox/interpolate.py --run runs/dcgan_faces --random 4 --mode slerp --steps 12 --cycle
     python sandbox/interpolate.py --run runs/aae_faces --from face_a.jpg face_b.jpg --mode lerp
+    python sandbox/interpolate.py --run runs/flow_attractors_cond --factor a --from -1.5 --to 1.5 --frames 8
 
 Endpoints: ``--from`` images (files, fitted to the run's size) or indices into the run's
 ``--split`` (default test), encoded by the model (VAE: the posterior means); or ``--random K``
@@ -14,6 +15,11 @@ steps). ``--steps`` frames per segment; ``--cycle`` closes the path back to the 
 the GIF leaves that duplicate out so the loop is seamless). Writes
 ``runs/<name>/images/interp_<mode>[_cycle]_<endpoints>.{png,gif}`` and puts them in the summary of
 the run's W&B run (no new history segment; ``--no-wandb`` skips it).
+
+A conditional run (``data.condition``) walks a factor at fixed noise: ``--factor NAME --from V --to V``
+holds the other factors at those of ``--split`` sample ``--at`` (default 0) and samples ``--frames`` values
+(a class factor: each class id between them) at ``--guidance`` (default the run's model.guidance), written
+as ``images/walk_<factor>_<from>_to_<to>_<split><at>_seed<seed>.{png,gif}``.
 """
 import sys
 from pathlib import Path
@@ -42,21 +48,34 @@ def main() -> None:
     parser.add_argument("--mode", default="slerp", choices=["slerp", "lerp"])
     add_number(parser, "--steps", within=FRAMES, default=8, help="frames per segment")
     parser.add_argument("--cycle", action="store_true", help="close the path back to the first endpoint")
-    add_number(parser, "--seed", within="seed", default=0, help="seed of --random")
+    add_number(parser, "--seed", within="seed", default=0, help="seed of --random (--factor: of the noise)")
     add_number(parser, "--sample-steps", within="model.sample_steps", help="ddpm/flow: sampling and inversion steps "
                "(default: the run's model.sample_steps; --steps is the frames)")
+    parser.add_argument("--factor", help="conditional runs: the factor to walk from --from V to --to V")
+    parser.add_argument("--to", type=float, help="--factor: the last value")
+    add_number(parser, "--frames", within=FRAMES, default=8, help="--factor: frames of the walk")
+    add_number(parser, "--at", within="[0, inf)", default=0, help="--factor: the --split sample fixing the others")
+    add_number(parser, "--guidance", within="model.guidance", kind=float, help="--factor: guidance w")
     parser.add_argument("--no-wandb", action="store_true", help="do not log to W&B")
     args = parser.parse_args()
     if args.items and len(args.items) > MAX_ENDPOINTS:
         raise SandboxError(f"--from: got {len(args.items):,} endpoints, expected at most {MAX_ENDPOINTS} (as --random)")
-    from sandbox.analysis.interpolation import interpolate, strip
+    from sandbox.analysis.interpolation import interpolate, save_factor_walk, strip, walk_endpoints
     from sandbox.runs.load import checkpoint_dir, load_run
     from sandbox.tracking.wandb_run import to_summary
     from sandbox.viz.grids import save_gif, save_grid
 
+    walk = walk_endpoints(args.factor, args.items, args.to, args.random)
     out, _ = checkpoint_dir(args.run, args.which)
     cfg, model = load_run(args.run, args.which, task="generative")
     model.set_sample_steps(args.sample_steps, "--sample-steps")
+    if walk is not None:
+        n, png, gif = save_factor_walk(model, cfg, out / "images", args.factor, *walk, args.frames, args.split,
+                                       args.at, args.seed, args.guidance)
+        if not args.no_wandb:
+            to_summary(cfg.track, out, {}, media={"factor_walk/png": png, "factor_walk/gif": gif})
+        print(f"{n} frames ({args.factor} {walk[0]:g} -> {walk[1]:g}): {png}  {gif}")
+        return
     frames, labels, images = interpolate(model, cfg, args.items, args.random, args.split, args.steps, args.mode,
                                          args.cycle, args.seed)
     stem = f"interp_{args.mode}{'_cycle' if args.cycle else ''}_{'-'.join(labels)}"

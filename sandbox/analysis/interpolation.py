@@ -1,6 +1,7 @@
 """Paths through a latent space: lerp, slerp, multi-point paths and their endpoint images."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +119,76 @@ def strip(frames: torch.Tensor, images: torch.Tensor | None, cycle: bool = False
         return frames
     last = images[:1] if cycle else images[-1:]
     return torch.cat([images[:1].to(frames), frames, last.to(frames)])
+
+
+def walk_endpoints(factor: str | None, items: list[str] | None, to: float | None,
+                   random: int | None) -> tuple[float, float] | None:
+    """interpolate.py's ``(--from, --to)`` of a factor walk (None without ``--factor`` and ``--to``): one number
+    after ``--from``, ``--to`` given, no ``--random``; one line otherwise."""
+    if factor is None and to is None:
+        return None
+    one = items[0] if items and len(items) == 1 else ""
+    try:
+        start = float(one)
+    except ValueError:
+        start = math.nan
+    if factor is None or to is None or random is not None or not math.isfinite(start):
+        raise SandboxError("--factor: expected one number after --from and one after --to (e.g. --factor a "
+                           "--from -1.5 --to 1.5), and no --random")
+    return start, to
+
+
+def walk_values(factor, start: float, end: float, frames: int) -> torch.Tensor:
+    """The values of a factor walk: ``frames`` from ``start`` to ``end`` (both included) for a continuous factor;
+    each class id from ``start`` to ``end`` for a class factor (``frames`` unused), ids checked in one line."""
+    if not factor.classes:
+        if frames < 2:
+            raise SandboxError(f"--frames {frames}: expected at least 2 frames")
+        return torch.linspace(float(start), float(end), frames)
+    for v in (start, end):
+        if v != int(v) or not 0 <= v < factor.classes:
+            raise SandboxError(f"--from/--to {v:g}: {factor.name} is a class factor; expected class ids in "
+                               f"[0, {factor.classes - 1}]")
+    step = 1 if end >= start else -1
+    return torch.arange(int(start), int(end) + step, step, dtype=torch.float32)
+
+
+@torch.no_grad()
+def factor_walk(model, cfg, factor: str, start: float, end: float, frames: int = 8, split: str = "test",
+                at: int = 0, seed: int = 0, guidance: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(frames (F, C, S, S) in [0, 1], values (F,))``: a conditional model's samples from one fixed noise
+    (seeded ``seed``) under the condition of ``split``'s sample ``at`` with ``factor`` walked from ``start``
+    to ``end`` (:func:`walk_values`), the other factors held at that sample's; ``guidance`` None: the model's.
+    A stochastic sampler (ddpm's ancestral) draws its fresh noise per frame: the deterministic ones hold
+    everything but the condition fixed."""
+    if not getattr(model, "conditional", False):
+        raise SandboxError("--factor: this run was trained without data.condition, so it has no factor to walk; "
+                           "train with data.condition (e.g. configs/flow_attractors_cond.yaml)")
+    names = [f.name for f in model.factors]
+    if factor not in names:
+        raise SandboxError(f"--factor {factor}: not a factor of this run; its factors are {', '.join(names)}")
+    j = names.index(factor)
+    values = walk_values(model.factors[j], start, end, frames)
+    data = build_data(cfg, (split,))[split]
+    if not 0 <= at < len(data):
+        raise SandboxError(f"--at {at}: index out of range; the {split} split has {len(data)} images "
+                           f"(0..{len(data) - 1})")
+    conditions = data[at]["condition"].float().repeat(len(values), 1)
+    conditions[:, j] = values
+    noise = model.prior(1, torch.Generator().manual_seed(seed)).expand(len(values), *model.latent_shape)
+    images = model.decode(noise.contiguous(), torch.Generator().manual_seed(seed + 1), conditions, guidance)
+    return images.float().cpu(), values
+
+
+def save_factor_walk(model, cfg, folder: Path, factor: str, start: float, end: float, frames: int = 8,
+                     split: str = "test", at: int = 0, seed: int = 0,
+                     guidance: float | None = None) -> tuple[int, Path, Path]:
+    """:func:`factor_walk` written as ``folder/walk_<factor>_<from>_to_<to>_<split><at>_seed<seed>.{png,gif}``
+    (a strip of the frames and a looping GIF); returns ``(frames, png, gif)``."""
+    from sandbox.viz.grids import save_gif, save_grid
+
+    images, _ = factor_walk(model, cfg, factor, start, end, frames, split, at, seed, guidance)
+    stem = f"walk_{factor}_{start:g}_to_{end:g}_{split}{at}_seed{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    png = save_grid(images, folder / f"{stem}.png", nrow=len(images))
+    return len(images), png, save_gif(images, folder / f"{stem}.gif")

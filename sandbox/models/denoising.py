@@ -192,17 +192,6 @@ class DenoisingModel(LatentModel):
         net = self.image_generator
         return lambda x, t, c=None: net(x, t, c).float()
 
-    def _guide(self, condition: torch.Tensor | None, guidance: float | None) -> dict:
-        """The process's ``condition``/``guidance`` keywords: the model's own guidance by default; a
-        condition for an unconditional model is refused in one line."""
-        if condition is None:
-            return {} if guidance is None else {"guidance": guidance}  # the process refuses it in one line
-        if not self.conditional:
-            raise SandboxError("a condition was given to a model trained without one (data.condition was null); "
-                               "sample it without a condition")
-        return {"condition": torch.as_tensor(condition, dtype=torch.float32),
-                "guidance": self.guidance if guidance is None else guidance}
-
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         return self.in_channels, self.size, self.size
@@ -221,7 +210,7 @@ class DenoisingModel(LatentModel):
             raise SandboxError(f"latent noise of shape {tuple(z.shape)} does not fit this model; expected "
                                f"(N, {', '.join(map(str, self.latent_shape))}) (image-shaped noise)")
         x = self.process.sample(self._fn(), z.float(), steps=self.sample_steps, sampler=self.sampler, eta=self.eta,
-                                generator=generator, **self._guide(condition, guidance))
+                                generator=generator, **_guide(self, condition, guidance))
         return ((x + 1) / 2).clamp(0, 1)
 
     @torch.no_grad()
@@ -231,7 +220,7 @@ class DenoisingModel(LatentModel):
         (DDIM with eta 0 run forwards in t; the flow ODE run backwards), under ``condition``/``guidance``."""
         sampler = None if self.sampler == "ddpm" else self.sampler  # ancestral sampling has no inverse
         return self.process.invert(self._fn(), 2 * x.float() - 1, steps=self.sample_steps, sampler=sampler,
-                                   **self._guide(condition, guidance))
+                                   **_guide(self, condition, guidance))
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, condition: torch.Tensor | None = None,
@@ -239,6 +228,18 @@ class DenoisingModel(LatentModel):
         """``n`` images ``(n, C, S, S)`` in [0, 1] from noise drawn with ``generator`` (which also drives a
         stochastic sampler's fresh noise), under ``condition`` ``(n, F)``/``(F,)`` and ``guidance``."""
         return self.decode(self.prior(n, generator), generator, condition, guidance)
+
+
+def _guide(model: DenoisingModel, condition: torch.Tensor | None, guidance: float | None) -> dict:
+    """The process's ``condition``/``guidance`` keywords for ``model``: its own guidance by default; a condition
+    for an unconditional model is refused in one line (guidance without a condition: by the process)."""
+    if condition is None:
+        return {} if guidance is None else {"guidance": guidance}
+    if not model.conditional:
+        raise SandboxError("a condition was given to a model trained without one (data.condition was null); "
+                           "sample it without a condition")
+    return {"condition": torch.as_tensor(condition, dtype=torch.float32),
+            "guidance": model.guidance if guidance is None else guidance}
 
 
 # ----------------------------------------------------------------------------- options and builders
