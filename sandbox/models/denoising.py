@@ -16,6 +16,10 @@ and the latent probe work on them as on the VAE's codes. Between Gaussian noises
 a straight line passes through points of norm about ``sqrt(D / 2)``, far from the ``sqrt(D)`` shell the
 sampler was trained on (``latent_is_noise``). ``ema`` (default 0.999, with its warm-up) keeps the copy
 of the network that eval mode samples with.
+
+With ``data.condition`` the net is conditional (a condition embedding added to the time embedding, condition
+dropout ``model.cond_drop``) and samples with classifier-free guidance ``model.guidance``: see
+:class:`DenoisingModel`; without a condition such a model predicts unconditionally (the null condition).
 """
 from __future__ import annotations
 
