@@ -177,7 +177,7 @@ def test_a_latent_that_does_not_fit_the_decoder_is_one_clear_line():
     (["model.name=vae", "data.name=attractors", "loss={image: {mse: 1}}", "model.size=32", "data.size=64"],
      r"model\.size: 32 px but data\.size is 64"),
     (["model.name=vae", "data.name=attractors", "loss={image: {mse: 1}}", "model.skip=concat"],
-     r"model\.skip: vae does not use it"),
+     r"model\.skip: unknown option for vae \(got 'concat'\); accepted: in_channels, width, "),
     (["model.name=vae", "data.name=attractors", "loss={image: {mse: 1}}", "model.prior=mixture"],
      r"model\.prior: unknown option for vae"),
     (["model.name=aae", "data.name=attractors", "loss={image: {mse: 1}}", "model.prior_components=4"],
