@@ -29,6 +29,7 @@ FLAT_DEFAULTS = {
 # main's sandbox/build.py model_kwargs: keys at these values were not passed to the builder
 NOT_PASSED = {"encoder": "core", "weights": None, "freeze_encoder": False}
 GENERATIVE_THEN = {"ae", "vae", "dcgan", "aae", "ddpm", "flow"}  # main's generative families (resolve: model.size)
+FAMILIES_THEN = {"unet", "hourglass", "simpleconv", *GENERATIVE_THEN}  # a config of a later family has no "then"
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 STUDIES = sorted((ROOT / "configs" / "studies").glob("*.yaml"))
@@ -58,6 +59,8 @@ def options_now(cfg) -> dict:
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_every_committed_config_builds_the_options_main_built(config):
     cfg = load_config(config)
+    if cfg.model.name not in FAMILIES_THEN:
+        pytest.skip(f"{cfg.model.name} is a family added since: main built no model of it")
     assert isinstance(cfg.model, MODELS[cfg.model.name].options)
     assert options_now(cfg) == options_then(config, [])
 
