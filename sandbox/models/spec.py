@@ -64,9 +64,11 @@ class ModelSpec:
         return [f.name for f in dataclasses.fields(self.options) if f.name != "name"]
 
     def check_options(self, options: dict[str, Any]) -> None:
-        """Allowed values and ranges of the options class's fields, then the family's own check."""
-        check_fields(self.options, options)
-        self.check(options)
+        """A key the family does not take refused (:func:`own_options`), the allowed values and ranges of the
+        options class's fields, then the family's own check."""
+        own = own_options(self.name, options, self.derived)
+        check_fields(self.options, own)
+        self.check(own)
 MODELS: Registry[ModelSpec] = Registry("model")
 
 
@@ -87,7 +89,7 @@ def check_model_options(name: str, options: dict[str, Any]) -> None:
     means "the model's default"."""
     if name not in MODELS:
         raise ConfigError(f"model.name: unknown model {short(name)}; accepted: {', '.join(MODELS.names())}")
-    MODELS[name].check_options(own_options(name, options, MODELS[name].derived))
+    MODELS[name].check_options(options)
 
 
 def own_options(name: str, options: dict[str, Any], derived: Sequence[str] = (), keep_unknown: bool = False
