@@ -155,10 +155,6 @@ LONG_FUNCTIONS = {  # "path::qualified.name": why it is over MAX_LINES lines
 }
 FAMILY_NAMES = {  # ("path", model name): why a module outside sandbox/models/ spells a family's name
     ("sandbox/config/schema.py", "unet"): "ModelConfig.name's default model",
-    ("sandbox/config/schema.py", "ddpm"): "the sampler named after DDPM's ancestral sampling, in a Literal "
-                                          "(the schema's Literals are the only list of allowed values)",
-    ("sandbox/config/validate.py", "aae"): "the aae trainer (not the family) refuses grad_accum; issue 27 "
-                                           "item 3 moves the check to the family's options",
     ("sandbox/diffusion/processes.py", "ddpm"): "the PROCESSES registry's diffusion process and sampler names",
     ("sandbox/diffusion/processes.py", "flow"): "the PROCESSES registry's flow-matching process",
     ("sandbox/diffusion/samplers.py", "ddpm"): "the ddpm ancestral sampler's progress label and message",

@@ -18,11 +18,13 @@ from typing import Any, Literal, Union
 import yaml
 
 from sandbox.config.resolve import resolve
-from sandbox.config.schema import Config
+from sandbox.config.schema import Config, ModelConfig
 from sandbox.config.stages import Stage, plan_stages
 from sandbox.config.validate import validate
 from sandbox.config.yamlfile import as_mapping, dump_yaml, load_yaml_text, parse_yaml_file, read_yaml
 from sandbox.errors import ConfigError, short
+from sandbox.models import MODELS
+from sandbox.models.spec import own_options
 
 __all__ = ["load_config", "config_from_dict", "parse_overrides", "read_yaml", "load_yaml_text", "save_config",
            "stage_configs"]
@@ -153,6 +155,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
 def _from_dict(cls: type, data: Any, path: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{path or 'config'}: got {short(data)}, expected a mapping of keys")
+    if cls is ModelConfig:
+        cls, data = _model_options(data)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -163,6 +167,17 @@ def _from_dict(cls: type, data: Any, path: str) -> Any:
                               + ", ".join(names))
         kwargs[key] = _coerce(value, hints[key], key_path)
     return cls(**kwargs)
+
+
+def _model_options(data: dict) -> tuple[type, dict]:
+    """The ``model:`` section is the options of the family ``model.name`` names (``ModelSpec.options``):
+    that class, and the keys of ``data`` it takes (another family's key at its unused value, as config.yaml
+    files of the flat schema of earlier versions hold, dropped; at another value refused in one line that
+    names the keys this family accepts: :func:`sandbox.models.spec.own_options`)."""
+    name = _coerce(data.get("name", ModelConfig.name), str, "model.name")
+    if name not in MODELS:
+        raise ConfigError(f"model.name: unknown model {short(name)}; accepted: {', '.join(MODELS.names())}")
+    return MODELS[name].options, {"name": name, **own_options(name, data, keep_unknown=True)}
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

@@ -57,6 +57,12 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    """The ``model:`` keys every family has: its name and the shared conv core (sandbox/nn/core.py).
+
+    Each family's options extend this class in its own module of sandbox/models/ (``ModelSpec.options``:
+    e.g. the segmentation models' ``skip`` and ``encoder``, the generative models' ``latent_dim``, a
+    family's own ranges in ``field(metadata={"range": ...})``); the config's ``model:`` section is read
+    into the class of ``model.name`` (sandbox/config/loading.py), so ``cfg.model`` is an instance of it."""
     name: str = "unet"  # a MODELS name
     in_channels: int = 3
     width: int = 16  # channels of the first stage; doubles at each downsampling
@@ -68,35 +74,9 @@ class ModelConfig:
     # transpose: ConvTranspose k2 s2; transpose_k4: k4 s2 p1 (DCGAN's); transpose_k3: k3 s2 (uneven overlap:
     # the checkerboard of Odena et al. 2016); pixel_shuffle; bilinear (resize-conv). None: the model's default
     upsample: Optional[Literal["transpose", "pixel_shuffle", "bilinear", "transpose_k4", "transpose_k3"]] = None
-    skip: Optional[Literal["none", "concat", "add"]] = None  # None: the model's default
     downsample: Optional[Literal["maxpool", "stride"]] = None  # None: the model's default (maxpool)
     dilation: int = 1
     dropout: float = 0.0
-    encoder: Literal["core", "resnet18"] = "core"  # resnet18: torchvision ResNet-18 behind the same contract
-    weights: Optional[str] = None  # resnet18: null (from scratch) or a local .pth file; nothing is downloaded
-    freeze_encoder: bool = False
-    # generative models (ae, vae, dcgan, aae); None everywhere else, so segmentation builders never see them
-    latent_dim: Optional[int] = None  # size of the latent code (null: the model's default, 64)
-    size: Optional[int] = None  # image side the decoder produces; null: data.size (filled in at load time)
-    prior: Optional[Literal["gaussian", "mixture"]] = None  # aae: prior on the codes (null: gaussian)
-    prior_components: Optional[int] = None  # aae, prior: mixture: number of Gaussian components (null: 10)
-    ema: Optional[float] = None  # decay of an EMA copy of the generator/decoder used for sampling (e.g. 0.999)
-    d_norm: Optional[Literal["batch", "group", "none"]] = None  # dcgan: the discriminator's norm (null: model.norm)
-    # dcgan: also train an encoder E to invert G, MSE(E(G(u)), u) on G's own inputs u (AAE-style), so the model
-    # encodes: the latent probe reads E's codes of real images (null/false: no encoder, the plain DCGAN)
-    invert: Optional[bool] = None
-    # denoising models (ddpm, flow): t = 0 is data, t = 1 noise; sampling runs the net from noise to data
-    prediction: Optional[Literal["eps", "v", "x0"]] = None  # ddpm: what the net predicts (null: v)
-    min_snr: Optional[float] = None  # ddpm: min-SNR-gamma loss weighting, e.g. 5 (null: off)
-    t_sampling: Optional[Literal["uniform", "logit_normal"]] = None  # flow: the training t law (null: uniform)
-    sampler: Optional[Literal["ddpm", "ddim", "euler", "heun"]] = None  # ddpm: any (null: ddim); flow: euler, heun, ddim (= euler; null: euler)
-    sample_steps: Optional[int] = None  # steps of sampling and of the inversion encode() runs (null: 20)
-    eta: Optional[float] = None  # ddpm with sampler ddim: 0 deterministic .. 1 the DDPM posterior's noise (null: 0)
-    attention: Optional[bool] = None  # ddpm, flow: self-attention over the bottleneck's pixels (null: off)
-    # ddpm, flow with data.condition (classifier-free guidance): condition dropout p in training (null: 0.1), and
-    # the guidance w of sampling, 0 unconditional, 1 conditional, > 1 guided (null: 1)
-    cond_drop: Optional[float] = None
-    guidance: Optional[float] = None
 
 
 @dataclass
@@ -212,7 +192,7 @@ class Config:
 
 
 # Numeric keys' accepted ranges, as the Literals above are the keys' accepted choices: the only list
-# of them (validate.py checks it; a message quotes the interval). [a, b] closed, (a, b) open, inf: no
+# of them (a model family's own keys carry theirs in their field's metadata, sandbox/models/spec.py) (validate.py checks it; a message quotes the interval). [a, b] closed, (a, b) open, inf: no
 # upper bound. Every float must be finite anyway (loading.py; loss_balance.max alone may be .inf).
 RANGES: dict[str, str] = {
     "seed": "[0, 4294967295]",  # numpy's and torch's seeds are unsigned 32-bit
@@ -241,15 +221,11 @@ RANGES: dict[str, str] = {
     "model.depth": "[0, 12]",
     "model.blocks": "[1, 64]",
     "model.dilation": "[1, 64]",
-    "model.latent_dim": "[1, 65536]",
     "train.threads": "[0, 1024]",
     "train.grad_accum": "[1, 4096]",
     "train.num_images": "[0, 64]",  # validation samples drawn in one panel
-    "model.min_snr": "(0, inf)",  # the SNR cap gamma of min-SNR weighting
+    # step samplers (ddpm, flow: their options' field reads it) and the --steps flags of probe and interpolate
     "model.sample_steps": "[1, 10000]",  # net evaluations per sample (heun: about twice as many)
-    "model.eta": "[0, 1]",
-    "model.cond_drop": "[0, 1)",  # the probability a training row's condition is dropped to null
-    "model.guidance": "[0, inf)",  # classifier-free guidance w
     "train.early_stop.patience": "[1, inf)",  # epochs without improvement before the run stops
     "train.early_stop.min_delta": "[0, inf)",  # in the monitored metric's units
 }

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from sandbox.config.schema import RANGES, Config, within
-from sandbox.data import DATASETS, FolderDataset
+from sandbox.data import DATASETS
 from sandbox.data.classes import target_classes
 from sandbox.data.conditions import condition_factors
 from sandbox.errors import ConfigError, short, short_key
@@ -130,7 +130,7 @@ def _validate_data(cfg: Config) -> None:
         _validate_condition(cfg)
     else:
         for key in ("cond_drop", "guidance"):
-            if getattr(cfg.model, key) is not None:
+            if getattr(cfg.model, key, None) is not None:
                 raise ConfigError(f"model.{key}: got {short(getattr(cfg.model, key))}, but data.condition is null, so "
                                   "there is no condition to drop or guide towards; set data.condition or leave "
                                   f"model.{key} unset")
@@ -156,9 +156,7 @@ def _validate_condition(cfg: Config) -> None:
 
 def _validate_group_by(pattern: str, dataset: str) -> None:
     """``data.group_by``: a regex that compiles, for the datasets split from file lists (folders)."""
-    from sandbox.data import FolderDataset, ImageFolder
-
-    if not issubclass(DATASETS[dataset], (FolderDataset, ImageFolder)):
+    if not getattr(DATASETS[dataset], "split_from_files", False):
         raise ConfigError(f"data.group_by: dataset {short(dataset)} is not split from files (its splits are "
                           "generated apart, so no sequence crosses them); group_by applies to folder and images")
     try:
@@ -226,7 +224,7 @@ CLASS_LOSSES = ("ce", "dice", "jaccard", "focal")  # the losses that take a clas
 def _validate_classes(cfg: Config) -> None:
     """Several classes: ``data.classes`` parses (folders only), and a class-map target's losses take class maps."""
     d = cfg.data
-    if d.classes and not issubclass(DATASETS[d.name], FolderDataset):
+    if d.classes and not getattr(DATASETS[d.name], "config_classes", False):
         raise ConfigError(f"data.classes: dataset {short(d.name)} names its own classes; data.classes applies to "
                           "data.name=folder (built-in class targets: loss.parts on dancers)")
     classes = target_classes(DATASETS[d.name], d.classes)
@@ -247,30 +245,23 @@ def _validate_classes(cfg: Config) -> None:
 
 
 def _validate_generative(cfg: Config, models) -> None:
-    """Generative models: a fixed image side (model.size, filled from data.size), the image target only."""
+    """Generative models: a fixed image side (model.size, filled from data.size), the image target only; a
+    model's trainer that refuses gradient accumulation says why (``ModelSpec.no_grad_accum``). Another
+    family's model keys never get here: loading refuses them (:func:`sandbox.models.spec.own_options`)."""
     m, t = cfg.model, cfg.train
-    generative = models[m.name].task == "generative"
-    own = {"latent_dim": m.latent_dim, "size": m.size, "prior": m.prior, "prior_components": m.prior_components,
-           "ema": m.ema, "d_norm": m.d_norm}
-    if not generative:
-        used = [k for k, v in own.items() if v is not None]
-        if used:
-            raise ConfigError(f"model.{used[0]}: only generative models (ae, vae, dcgan, aae) take it; "
-                              f"{m.name} does not; leave it unset")
-    else:
+    spec = models[m.name]
+    if spec.task == "generative":
         if m.size is not None and m.size != cfg.data.size:
             raise ConfigError(f"model.size: {m.size} px but data.size is {cfg.data.size}; a generative model "
                               "produces one image size: make them equal (or leave model.size unset)")
         if cfg.data.size_schedule:
             raise ConfigError("data.size_schedule: generative models produce one image size; remove it")
-        if models[m.name].takes_loss and set(cfg.loss) != {"image"}:
+        if spec.takes_loss and set(cfg.loss) != {"image"}:
             raise ConfigError(f"loss: {m.name} reconstructs images; expected loss.image only (e.g. "
                               f"{{image: {{mse: 1.0}}}}), got targets {', '.join(cfg.loss)}")
-        if models[m.name].trainer == "aae" and t.grad_accum > 1:
-            raise ConfigError(f"train.grad_accum: got {short(t.grad_accum)}; the aae trainer steps the encoder "
-                              "in two phases per batch (reconstruction, then fooling the discriminator) and "
-                              "accumulated gradients would mix them: use 1 and raise data.batch_size (or launch "
-                              "more processes)")
+    if spec.no_grad_accum and t.grad_accum > 1:
+        raise ConfigError(f"train.grad_accum: got {short(t.grad_accum)}; {spec.no_grad_accum}: use 1 and raise "
+                          "data.batch_size (or launch more processes)")
     for path, value in [("train.beta", t.beta), ("train.fid_samples", t.fid_samples),
                         ("train.probe_samples", t.probe_samples)]:
         _positive(path, value, allow_zero=True)
@@ -288,11 +279,13 @@ def _validate_generative(cfg: Config, models) -> None:
 
 
 def _validate_param_mse(cfg: Config, models) -> None:
-    """``train.param_mse`` > 0: the GAN's generator takes the data's generating parameters, so the model is
-    trained by the gan trainer and the dataset declares them (``param_names``)."""
-    if models[cfg.model.name].trainer != "gan":
-        raise ConfigError(f"train.param_mse: only the gan trainer (dcgan) takes it; {cfg.model.name} does not; "
-                          "set train.param_mse: 0")
+    """``train.param_mse`` > 0: the model's generator takes the data's generating parameters (its spec derives
+    ``cond_dim`` from the data), and the dataset declares them (``param_names``)."""
+    if "cond_dim" not in models[cfg.model.name].derived:
+        takers = [n for n in models.names() if "cond_dim" in models[n].derived]
+        trainers = sorted({models[n].trainer for n in takers})
+        raise ConfigError(f"train.param_mse: only the {', '.join(trainers)} trainer ({', '.join(takers)}) takes it; "
+                          f"{cfg.model.name} does not; set train.param_mse: 0")
     if not getattr(DATASETS[cfg.data.name], "param_names", ()):
         with_params = [n for n in DATASETS.names() if getattr(DATASETS[n], "param_names", ())]
         raise ConfigError(f"train.param_mse: dataset {cfg.data.name} has no generating parameters to feed the "

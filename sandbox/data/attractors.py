@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from sandbox.data.splits import generated_splits
 from sandbox.errors import SandboxError
 
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
@@ -84,21 +85,23 @@ class Attractors(Dataset):
 
     ``split``: train | val | test (independent random streams); ``num``: samples; ``size``:
     side S in pixels; ``seed``: the run seed; ``cache``: keep rendered images in memory.
-    ``difficulty`` and ``seq_len`` are accepted for the common synthetic-dataset signature
-    (``sandbox.build.build_data`` passes them) and unused here.
     """
 
     targets = ("image",)
     param_names = PARAM_NAMES
 
-    def __init__(self, split: str = "train", num: int = 1000, size: int = 64, seed: int = 0,
-                 difficulty: float = 1.0, seq_len: int = 8, cache: bool = True):
+    def __init__(self, split: str = "train", num: int = 1000, size: int = 64, seed: int = 0, cache: bool = True):
         if split not in SPLIT_IDS:
             raise SandboxError(f"attractors: split {split!r}; expected one of {', '.join(SPLIT_IDS)}")
         if size < 4:
             raise SandboxError(f"attractors: size {size} px is too small; expected data.size >= 4")
         self.split, self.num, self.size, self.seed = split, num, size, seed
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
+
+    @classmethod
+    def from_config(cls, cfg, splits: tuple[str, ...], wrap=lambda ds: ds) -> dict:
+        """``{split: Attractors}`` of ``cfg.data`` (counts, size, cache) and ``cfg.seed``."""
+        return generated_splits(cls, cfg, splits, wrap)
 
     def __len__(self) -> int:
         return self.num

@@ -36,10 +36,11 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
+from sandbox.data.classes import target_classes
 from sandbox.data.masks import align, exif_orientation, fit_mask, to_class_map, to_mask
 from sandbox.data.splits import SPLITS, Item, check_root, resolve_splits
 from sandbox.data.transforms import fit_to_size
-from sandbox.errors import SandboxError
+from sandbox.errors import ConfigError, SandboxError
 
 log = logging.getLogger("sandbox")
 _GREY_WARNED: set[str] = set()  # mask folders already warned about (once per process, not per split)
@@ -102,6 +103,31 @@ class _FolderBase(Dataset):
     """Shared by ``folder`` and ``images``: split lists, lazy decoding, cache, ``meta`` and ``check``."""
 
     expected = ""  # the layout, for error messages
+    split_from_files = True  # its splits are drawn from one file list (data.group_by applies)
+
+    @classmethod
+    def from_config(cls, cfg, splits: tuple[str, ...], wrap=lambda ds: ds) -> dict:
+        """``{split: dataset}`` of ``cfg.data``: the folder listed and split once (or ``data.splits`` read), the
+        lists shared by the splits (``sandbox.data.splits_of``); each split passed through ``wrap``."""
+        d = cfg.data
+        options = cls.config_options(cfg)
+        mask_dir = options.get("mask_dir")
+        root = check_root(d.root, f"{d.image_dir}/" + (f" and {mask_dir}/" if mask_dir else ""))
+        shared = resolve_splits(root, d.image_dir, mask_dir, options.get("depth_dir"), cfg.seed,
+                                d.val_fraction, d.test_fraction, d.train_fraction, d.splits, d.group_by)
+        out = {s: cls(root=root, split=s, image_dir=d.image_dir, size=d.size, resize=d.resize, seed=cfg.seed,
+                      splits=shared, cache=d.cache, **options) for s in splits}
+        return {s: wrap(cls.checked(ds)) for s, ds in out.items()}
+
+    @classmethod
+    def config_options(cls, cfg) -> dict:
+        """The constructor arguments of ``cfg`` beyond the shared folder ones (none for unlabelled images)."""
+        return {}
+
+    @staticmethod
+    def checked(ds: "_FolderBase") -> "_FolderBase":
+        """``ds`` after the checks a built split gets (none for unlabelled images)."""
+        return ds
 
     def __init__(self, root, split: str, image_dir: str, mask_dir: Optional[str], depth_dir: Optional[str],
                  size: int, resize: str, seed: int, val_fraction: float, test_fraction: float,
@@ -180,6 +206,24 @@ class FolderDataset(_FolderBase):
 
     targets = ("mask", "depth")
     expected = "{image_dir}/ and {mask_dir}/"
+    config_classes = True  # data.classes names the classes of its masks
+
+    @classmethod
+    def config_options(cls, cfg) -> dict:
+        """Masks (and depth maps) of ``cfg.data``; ``loss.depth`` needs ``data.depth_dir``."""
+        d = cfg.data
+        if "depth" in (cfg.loss or {}) and not d.depth_dir:
+            raise ConfigError("loss.depth: data.depth_dir is not set, so the folder has no depth maps; "
+                              "set data.depth_dir to the depth sub-folder or remove loss.depth")
+        return dict(mask_dir=d.mask_dir, depth_dir=d.depth_dir, mask_threshold=d.mask_threshold,
+                    mask_resize=d.mask_resize, classes=target_classes(cls, d.classes).get("mask"),
+                    ignore_index=d.ignore_index)
+
+    @staticmethod
+    def checked(ds: "FolderDataset") -> "FolderDataset":
+        """Every labelled split built is checked for masks all empty or all full (:meth:`check_masks`)."""
+        ds.check_masks()
+        return ds
 
     def __init__(self, root=None, split: str = "train", image_dir: str = "images", mask_dir: str = "masks",
                  depth_dir: Optional[str] = None, size: int = 128, resize: str = "stretch",

@@ -328,3 +328,16 @@ def check_groups(splits: dict[str, list[Item]], group_by: str, where: str | Path
             if home.setdefault(g, name) != name:
                 raise ConfigError(f"data.splits {str(where)!r} puts group {g!r} (data.group_by {group_by!r}) in "
                                   f"{home[g]} and {name} (e.g. {it.stem}); drop data.splits to split by whole groups")
+
+
+def generated_splits(cls: type, cfg, splits: tuple[str, ...], wrap, **own) -> dict:
+    """``{split: cls(...)}`` of a generated (synthetic) dataset from ``cfg`` (``data.num_<split>`` samples of
+    side ``data.size``, seeded by ``cfg.seed``, ``data.cache``) plus its own options ``own``; each split passed
+    through ``wrap`` (the condition), and ``data.train_fraction`` < 1 a seeded random subset of the train split's
+    ``num_train`` samples."""
+    d = cfg.data
+    counts = {"train": d.num_train, "val": d.num_val, "test": d.num_test}
+    out = {s: wrap(cls(split=s, num=counts[s], size=d.size, seed=cfg.seed, cache=d.cache, **own)) for s in splits}
+    if "train" in out and d.train_fraction < 1:
+        out["train"] = Subset(out["train"], random_subset(d.num_train, d.train_fraction, cfg.seed))
+    return out

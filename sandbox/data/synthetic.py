@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from sandbox.data.classes import parse_classes
+from sandbox.data.splits import generated_splits
 
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 _SHIFT = 4  # cv2 sub-pixel bits: coordinates are drawn at 1/16 px precision
@@ -123,6 +124,13 @@ class Dancers(Dataset):
         self.difficulty, self.seq_len = float(difficulty), max(1, seq_len)
         self.multilabel = multilabel
         self._cache: dict[int, tuple[np.ndarray, ...]] | None = {} if cache else None
+
+    @classmethod
+    def from_config(cls, cfg, splits: tuple[str, ...], wrap=lambda ds: ds) -> dict:
+        """``{split: Dancers}`` of ``cfg.data`` (its ``difficulty``, ``seq_len``, ``multilabel`` too)."""
+        d = cfg.data
+        return generated_splits(cls, cfg, splits, wrap, difficulty=d.difficulty, seq_len=d.seq_len,
+                                multilabel=d.multilabel)
 
     def __len__(self) -> int:
         return self.num

@@ -21,19 +21,36 @@ Sigmoid + BCELoss).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sandbox.errors import ConfigError
-from sandbox.models.autoencoders import AutoEncoder, LatentModel, register_generative
+from sandbox.models.autoencoders import AutoEncoder, GenerativeOptions, LatentModel, register_generative
 from sandbox.models.objective import bce_logits, mean_prob
 from sandbox.nn.ema import attach_ema
 from sandbox.nn.latent import ImageDecoder, ImageEncoder
 
 PRIORS = ("gaussian", "mixture")
+
+
+@dataclass
+class DCGANOptions(GenerativeOptions):
+    """The ``model:`` keys of dcgan: the generative ones plus these."""
+    d_norm: Optional[Literal["batch", "group", "none"]] = None  # the discriminator's norm (null: model.norm)
+    # also train an encoder E to invert G, MSE(E(G(u)), u) on G's own inputs u (AAE-style), so the model
+    # encodes: the latent probe reads E's codes of real images (null/false: no encoder, the plain DCGAN)
+    invert: Optional[bool] = None
+
+
+@dataclass
+class AAEOptions(GenerativeOptions):
+    """The ``model:`` keys of aae: the generative ones plus its prior."""
+    prior: Optional[Literal["gaussian", "mixture"]] = None  # prior on the codes (null: gaussian)
+    prior_components: Optional[int] = None  # prior: mixture: number of Gaussian components (null: 10)
 MIXTURE_RADIUS, MIXTURE_STD, MIXTURE_SEED = 2.0, 0.5, 1234
 
 
@@ -213,8 +230,8 @@ def _check_d_norm(options: dict[str, Any]) -> None:
         raise ConfigError(f"model.invert: got {options['invert']!r}, expected true or false")
 
 
-@register_generative("dcgan", "gan", extra=("d_norm", "invert", "cond_dim"), defaults={"downsample": "stride"},
-                     check=_check_d_norm, takes_loss=False)
+@register_generative("dcgan", "gan", DCGANOptions, defaults={"downsample": "stride"}, check=_check_d_norm,
+                     takes_loss=False, derived=("cond_dim",))
 def build_dcgan(latent_dim: int = 64, d_norm: str | None = None, invert: bool | None = None, cond_dim: int = 0,
                 **core: Any) -> DCGAN:
     """DCGAN: ``MODELS["dcgan"](latent_dim=64, size=64, width=16, depth=3, ...)``; the discriminator
@@ -224,7 +241,9 @@ def build_dcgan(latent_dim: int = 64, d_norm: str | None = None, invert: bool | 
     return DCGAN(latent_dim=latent_dim, d_norm=d_norm, invert=bool(invert), cond_dim=cond_dim, **core)
 
 
-@register_generative("aae", "aae", extra=("prior", "prior_components"), check=_check_prior)
+@register_generative("aae", "aae", AAEOptions, check=_check_prior,
+                     no_grad_accum="the aae trainer steps the encoder in two phases per batch (reconstruction, then "
+                                   "fooling the discriminator) and accumulated gradients would mix them")
 def build_aae(latent_dim: int = 64, prior: str | None = None, prior_components: int | None = None,
               **core: Any) -> AAE:
     """Adversarial autoencoder: ``MODELS["aae"](latent_dim=8, prior="mixture", prior_components=10, ...)``."""

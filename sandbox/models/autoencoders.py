@@ -13,23 +13,29 @@ The adversarial models (``dcgan``, ``aae``) reuse these pieces: :mod:`sandbox.mo
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
 
 from sandbox.errors import ConfigError, SandboxError
-from sandbox.models.spec import ModelSpec, check_choices, check_common, register
+from sandbox.config.schema import ModelConfig
+from sandbox.models.spec import ModelSpec, check_common, register
 from sandbox.nn.core import stage_widths
 from sandbox.nn.ema import attach_ema, ema_or_live
 from sandbox.nn.latent import ImageDecoder, ImageEncoder
 
-GENERATIVE_OPTIONS = ("in_channels", "size", "latent_dim", "width", "widths", "depth", "blocks", "block", "norm",
-                      "upsample", "downsample", "dilation", "dropout", "ema")
-CHOICE_KEYS = ("upsample", "downsample", "block", "norm")
-# ModelConfig keys of segmentation models: accepted only at their "not used" values
-INERT = {"skip": (None, "none"), "encoder": (None, "core"), "weights": (None,), "freeze_encoder": (None, False)}
+
+
+@dataclass
+class GenerativeOptions(ModelConfig):
+    """The ``model:`` keys of every generative model (ae, vae; the others extend it): the core plus these."""
+    latent_dim: Optional[int] = field(default=None, metadata={"range": "[1, 65536]"})  # null: the model's default, 64
+    size: Optional[int] = None  # image side the decoder produces; null: data.size (filled in at load time)
+    ema: Optional[float] = None  # decay of an EMA copy of the generator/decoder used for sampling (e.g. 0.999)
 
 
 class LatentModel(nn.Module):
@@ -232,18 +238,10 @@ class VAE(AutoEncoder):
 
 # ----------------------------------------------------------------------------- options and builders
 
-def check_generative(name: str, options: dict[str, Any], extra: Sequence[str] = ()) -> None:
-    """ConfigError naming ``model.<key>`` for an option ``name`` does not take or an illegal value."""
-    o = {k: v for k, v in options.items() if k not in ("targets", "name")}
-    accepted = list(GENERATIVE_OPTIONS) + list(extra)
-    for key, value in o.items():
-        if key in INERT:
-            if value not in INERT[key]:
-                raise ConfigError(f"model.{key}: {name} does not use it (got {value!r}); leave it unset")
-        elif key not in accepted and value is not None:
-            raise ConfigError(f"model.{key}: unknown option for {name}; accepted: {', '.join(accepted)}")
-    o = {k: v for k, v in o.items() if v is not None and k not in INERT}
-    check_choices(o, CHOICE_KEYS)
+def check_generative(name: str, options: dict[str, Any]) -> None:
+    """ConfigError naming ``model.<key>`` for an illegal value of the shared generative options (unknown keys
+    and allowed values are checked before, by ``ModelSpec.check_options``)."""
+    o = {k: v for k, v in options.items() if v is not None}
     check_common(o, (("in_channels", 1), ("width", 1), ("depth", 0), ("blocks", 1), ("dilation", 1),
                      ("latent_dim", 1), ("size", 2)))
     if "ema" in o and (isinstance(o["ema"], bool) or not isinstance(o["ema"], (int, float)) or not 0 <= o["ema"] < 1):
@@ -264,30 +262,30 @@ def core_kwargs(in_channels: int = 3, size: int = 64, width: int = 16, widths: S
                 dilation=dilation, dropout=dropout, ema=ema)
 
 
-def register_generative(name: str, trainer: str, extra: Sequence[str] = (), defaults: dict | None = None,
-                        check: Callable[[dict], None] | None = None, takes_loss: bool = True):
-    """Decorator: register ``build(latent_dim, **core) -> model`` as ``MODELS[name]`` with its checks.
+def register_generative(name: str, trainer: str, options: type = GenerativeOptions, defaults: dict | None = None,
+                        check: Callable[[dict], None] | None = None, **spec: Any):
+    """Decorator: register ``build(latent_dim, <own options>, **core) -> model`` as ``MODELS[name]``.
 
-    The registered builder accepts every ModelConfig key (``sandbox.build.model_kwargs`` passes
-    them all): ``targets`` is ignored, the segmentation-only keys must keep their unused values.
-    ``extra``: the model's own option names (passed to ``build``); ``defaults``: core options
-    whose default differs for this model; ``check(options)``: more checks of its own; ``takes_loss``:
-    whether its trainer reads the ``loss`` section (the reconstruction loss).
+    ``options``: the family's options class (:class:`GenerativeOptions` or one extending it); the fields it
+    adds (and ``spec``'s ``derived`` arguments) go to ``build`` by name, the core ones through
+    :func:`core_kwargs`. ``defaults``: core options whose default differs for this model; ``check(options)``:
+    more checks of its own; ``spec``: further :class:`ModelSpec` fields (``takes_loss``, ``derived``, ...).
     """
-    def check_options(options: dict[str, Any]) -> None:
-        check_generative(name, options, extra)
+    core = {f.name for f in dataclasses.fields(GenerativeOptions)} - {"latent_dim"}
+
+    def check_options(o: dict[str, Any]) -> None:
+        check_generative(name, o)
         if check is not None:
-            check(options)
+            check(o)
 
     def deco(build):
-        def builder(targets: dict[str, int] | None = None, **options: Any) -> nn.Module:
-            check_options(options)
-            o = {**(defaults or {}), **{k: v for k, v in options.items() if v is not None and k not in INERT}}
-            own = {k: o.pop(k) for k in list(o) if k in extra or k == "latent_dim"}
+        def builder(targets: dict[str, int] | None = None, **kw: Any) -> nn.Module:
+            o = {**(defaults or {}), **{k: v for k, v in kw.items() if v is not None}}
+            own = {k: o.pop(k) for k in list(o) if k not in core}
             return build(**own, **core_kwargs(**o))
 
-        register(ModelSpec(name, builder, task="generative", trainer=trainer, check=check_options,
-                           takes_loss=takes_loss, doc=build.__doc__ or ""))
+        register(ModelSpec(name, builder, task="generative", trainer=trainer, check=check_options, options=options,
+                           doc=build.__doc__ or "", **spec))
         return build
 
     return deco

@@ -24,7 +24,8 @@ dropout ``model.cond_drop``) and samples with classifier-free guidance ``model.g
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Sequence
 
 import torch
 from torch import nn
@@ -32,7 +33,7 @@ from torch import nn
 from sandbox.config.schema import RANGES
 from sandbox.diffusion import Diffusion, FlowMatching
 from sandbox.errors import ConfigError, SandboxError
-from sandbox.models.autoencoders import LatentModel, register_generative
+from sandbox.models.autoencoders import GenerativeOptions, LatentModel, register_generative
 from sandbox.models.objective import whole
 from sandbox.nn.condition import ConditionEmbedding, as_factors, null_condition
 from sandbox.nn.core import Decoder, Encoder
@@ -42,9 +43,36 @@ from sandbox.nn.timestep import TimeEmbedding, modulation
 log = logging.getLogger("sandbox")
 
 DEFAULT_STEPS = 20
-OWN = {"ddpm": ("prediction", "min_snr"), "flow": ("t_sampling",)}
-SAMPLING = ("sampler", "sample_steps", "eta", "attention")  # attention: the net's, for both processes
-CONDITION = ("factors", "cond_drop", "guidance")  # factors: build.py's, from data.condition (not a config key)
+
+
+@dataclass
+class DenoisingOptions(GenerativeOptions):
+    """The ``model:`` keys of both denoising models: the generative ones plus how they sample (t = 0 is data,
+    t = 1 noise; sampling runs the net from noise to data). ``latent_dim`` is refused (the latent is the noise)."""
+    sampler: Optional[Literal["ddpm", "ddim", "euler", "heun"]] = None  # ddpm: any (null: ddim); flow: euler, heun, ddim (= euler; null: euler)
+    # steps of sampling and of the inversion encode() runs (null: 20)
+    sample_steps: Optional[int] = field(default=None, metadata={"range": RANGES["model.sample_steps"]})
+    # ddpm with sampler ddim: 0 deterministic .. 1 the DDPM posterior's noise (null: 0)
+    eta: Optional[float] = field(default=None, metadata={"range": "[0, 1]"})
+    attention: Optional[bool] = None  # self-attention over the bottleneck's pixels (null: off)
+    # with data.condition (classifier-free guidance): condition dropout p in training (null: 0.1), and the
+    # guidance w of sampling, 0 unconditional, 1 conditional, > 1 guided (null: 1)
+    cond_drop: Optional[float] = field(default=None, metadata={"range": "[0, 1)"})
+    guidance: Optional[float] = field(default=None, metadata={"range": "[0, inf)"})
+
+
+@dataclass
+class DDPMOptions(DenoisingOptions):
+    prediction: Optional[Literal["eps", "v", "x0"]] = None  # what the net predicts (null: v)
+    min_snr: Optional[float] = field(default=None, metadata={"range": "(0, inf)"})  # min-SNR-gamma loss weighting, e.g. 5 (null: off)
+
+
+@dataclass
+class FlowOptions(DenoisingOptions):
+    t_sampling: Optional[Literal["uniform", "logit_normal"]] = None  # the training t law (null: uniform)
+
+
+OPTIONS = {"ddpm": DDPMOptions, "flow": FlowOptions}
 COND_DROP, GUIDANCE = 0.1, 1.0  # model.cond_drop and model.guidance when unset
 
 
@@ -248,18 +276,6 @@ def _guide(model: DenoisingModel, condition: torch.Tensor | None, guidance: floa
 
 # ----------------------------------------------------------------------------- options and builders
 
-def _within(key: str, value: Any, integer: bool = False) -> None:
-    """``model.<key>`` inside its interval in ``schema.RANGES`` (a number; an integer with ``integer``)."""
-    interval = RANGES[f"model.{key}"]
-    low, high = (float(v) for v in interval[1:-1].split(","))
-    ok = not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
-    ok = ok and (value >= low if interval[0] == "[" else value > low)
-    ok = ok and (value <= high if interval[-1] == "]" else value < high)
-    if not ok:
-        raise ConfigError(f"model.{key}: got {value!r}, expected {'an integer' if integer else 'a number'} "
-                          f"in {interval}")
-
-
 def make_process(name: str, prediction: str | None = None, min_snr: float | None = None,
                  t_sampling: str | None = None):
     """The process of ``ddpm`` or ``flow`` with its options (defaults: v-prediction, uniform t)."""
@@ -279,10 +295,6 @@ def check_denoising(name: str, options: dict[str, Any]) -> None:
     if "latent_dim" in o:
         raise ConfigError(f"model.latent_dim: {name} has no latent code of its own (its latent is the image-shaped "
                           "noise); leave it unset")
-    for key, integer in (("min_snr", False), ("sample_steps", True), ("eta", False), ("cond_drop", False),
-                         ("guidance", False)):
-        if key in o:
-            _within(key, o[key], integer)
     proc = make_process(name, o.get("prediction"), o.get("min_snr"), o.get("t_sampling"))
     sampler = o.get("sampler", proc.default_sampler)
     if sampler not in proc.samplers:
@@ -310,7 +322,7 @@ def _register(name: str, doc: str) -> None:
                               guidance=GUIDANCE if guidance is None else guidance, **core)
 
     build.__doc__ = doc  # the other process's options are unknown to it: refused by the shared check
-    register_generative(name, "denoising", extra=OWN[name] + SAMPLING + CONDITION, defaults={"norm": "group", "ema": 0.999},
+    register_generative(name, "denoising", OPTIONS[name], defaults={"norm": "group", "ema": 0.999},
                         check=lambda options: check_denoising(name, options), takes_loss=False)(build)
 
 

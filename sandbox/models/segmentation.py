@@ -16,15 +16,16 @@ API and the YAML fail with the same line.
 """
 from __future__ import annotations
 
-import inspect
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import torch
 from torch import nn
 
 from sandbox.errors import ConfigError, SandboxError
-from sandbox.models.spec import ModelSpec, check_choices, check_common, register
+from sandbox.config.schema import ModelConfig
+from sandbox.models.spec import ModelSpec, check_common, register
 from sandbox.nn.core import Decoder, Encoder, stage_widths
 from sandbox.nn.heads import Heads
 from sandbox.nn.resnet import MAX_DEPTH as RESNET_MAX_DEPTH
@@ -33,10 +34,18 @@ from sandbox.nn.resnet import ResNet18Encoder
 # binary and class-map targets: heads return logits (K of them for K classes; the CompositeLoss gives others sigmoid)
 LOGIT_TARGETS = ("mask", "parts")
 
-CHOICE_KEYS = ("upsample", "skip", "downsample", "block", "norm", "encoder")
 DEFAULTS = {"unet": {"skip": "concat", "upsample": "transpose", "downsample": "maxpool"},
             "hourglass": {"skip": "none", "upsample": "transpose", "downsample": "maxpool"},
             "simpleconv": {"skip": "none", "upsample": "none", "downsample": "none"}}
+
+
+@dataclass
+class SegmentationOptions(ModelConfig):
+    """The ``model:`` keys of unet, hourglass and simpleconv: the shared core plus these."""
+    skip: Optional[Literal["none", "concat", "add"]] = None  # None: the model's default
+    encoder: Literal["core", "resnet18"] = "core"  # resnet18: torchvision ResNet-18 behind the same contract
+    weights: Optional[str] = None  # resnet18: null (from scratch) or a local .pth file; nothing is downloaded
+    freeze_encoder: bool = False
 
 
 class SegmentationModel(nn.Module):
@@ -117,15 +126,10 @@ def _build(name: str, targets: dict[str, int] | None = None, in_channels: int = 
     return SegmentationModel(enc, dec, targets or {"mask": 1}, freeze_encoder=freeze_encoder)
 
 
-OPTIONS = [p for p in inspect.signature(_build).parameters if p not in ("name", "targets")]
-
-
 def _check_segmentation(name: str, options: dict[str, Any]) -> None:
-    o = {k: v for k, v in options.items() if v is not None and k not in ("targets", "name")}
-    unknown = sorted(set(o) - set(OPTIONS))
-    if unknown:
-        raise ConfigError(f"model.{unknown[0]}: unknown option for {name}; accepted: {', '.join(OPTIONS)}")
-    check_choices(o, CHOICE_KEYS)
+    """The combinations :class:`SegmentationOptions`' fields cannot say (unknown keys and allowed values are
+    checked before, by ``ModelSpec.check_options``)."""
+    o = {k: v for k, v in options.items() if v is not None}
     check_common(o, (("in_channels", 1), ("width", 1), ("depth", 0), ("blocks", 1), ("dilation", 1)))
     depth = o.get("depth", 3)
     if "freeze_encoder" in o and not isinstance(o["freeze_encoder"], bool):
@@ -157,14 +161,13 @@ def _check_segmentation(name: str, options: dict[str, Any]) -> None:
 
 def _register(name: str, doc: str) -> None:
     def build(targets: dict[str, int] | None = None, **options: Any) -> SegmentationModel:
-        _check_segmentation(name, options)
         return _build(name, targets, **{k: v for k, v in options.items() if v is not None})
 
-    register(ModelSpec(name, build, task="segmentation", trainer="supervised",
+    register(ModelSpec(name, build, task="segmentation", trainer="supervised", options=SegmentationOptions,
                        check=lambda options: _check_segmentation(name, options),
                        downsamples=name != "simpleconv",  # config validation: any data.size works without it
                        default_loss={"mask": {"dice": 1.0}}, logit_targets=LOGIT_TARGETS,
-                       doc=f"{doc} Options: {', '.join(OPTIONS)} (see ``_build``)."))
+                       doc=f"{doc} Options: :class:`SegmentationOptions` (see ``_build``)."))
 
 
 _register("unet", "UNet: pooling encoder, transposed-conv decoder, concatenated skips.")
