@@ -35,7 +35,7 @@ def model_kwargs(cfg: Config) -> dict:
     kw = {k: v for k, v in own.items() if v is not None}
     classes = target_classes(cfg)
     kw["targets"] = {t: len(classes[t]) if t in classes else 1 for t in cfg.loss or {}}
-    if cfg.data.condition is not None:  # a conditional model (validate.py: a trainer that reads the condition)
+    if cfg.data.condition is not None and "factors" in spec.derived:  # validate.py: a model that reads it
         kw["factors"] = condition_factors(DATASETS[cfg.data.name], cfg.data.condition)
     if cfg.train.param_mse > 0 and "cond_dim" in spec.derived:  # validate.py: data with parameters
         kw["cond_dim"] = len(DATASETS[cfg.data.name].param_names)

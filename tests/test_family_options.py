@@ -52,7 +52,7 @@ def options_then(config: Path, overrides: list[str]) -> dict:
 def options_now(cfg) -> dict:
     """``model_kwargs`` of today without the arguments that are not config options, and without the keys at the
     values main left out (the segmentation builders get ``encoder: core`` explicitly now: the same model)."""
-    kw = {k: v for k, v in model_kwargs(cfg).items() if k not in ("targets", "cond_dim")}
+    kw = {k: v for k, v in model_kwargs(cfg).items() if k not in ("targets", "cond_dim", "factors")}
     return {k: v for k, v in kw.items() if not (k in NOT_PASSED and v == NOT_PASSED[k])}
 
 

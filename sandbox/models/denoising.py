@@ -323,7 +323,8 @@ def _register(name: str, doc: str) -> None:
 
     build.__doc__ = doc  # the other process's options are unknown to it: refused by the shared check
     register_generative(name, "denoising", OPTIONS[name], defaults={"norm": "group", "ema": 0.999},
-                        check=lambda options: check_denoising(name, options), takes_loss=False)(build)
+                        check=lambda options: check_denoising(name, options), takes_loss=False,
+                        derived=("factors",))(build)
 
 
 _register("ddpm", "Denoising diffusion (cosine schedule; eps, v or x0 prediction; min-SNR weighting) on a "
