@@ -65,14 +65,15 @@ def test_an_unreachable_target_trains_every_epoch(tmp_path):
 
 
 def test_the_mode_defaults_to_the_monitor_mode(tmp_path):
-    # min mode taken from train.monitor_mode: val/dice <= 1.5 holds at once (a Dice is at most 1)
+    # the monitor's mode (min) is the default for the monitored metric: val/loss <= 1e6 holds at epoch 1 (in max
+    # mode it would not); a metric other than the monitor must say its mode (test_stop_at_settings_are_checked)
     train(tmp_path, "min", "train.monitor=val/loss", "train.monitor_mode=min",
-          "train.stop_at={metric: val/dice, value: 1.5}")
+          "train.stop_at={metric: val/loss, value: 1.0e6}")
     assert [r["epoch"] for r in val_records(tmp_path, "min")] == [1]
 
 
 def test_a_metric_that_is_never_logged_warns_and_trains_on(tmp_path, caplog):
-    train(tmp_path, "absent", "train.epochs=2", "train.stop_at={metric: val/nothing, value: 0.5}")
+    train(tmp_path, "absent", "train.epochs=2", "train.stop_at={metric: val/nothing, value: 0.5, mode: max}")
     assert [r["epoch"] for r in val_records(tmp_path, "absent")] == [1, 2]
     assert "train.stop_at.metric=val/nothing is not logged by this trainer" in caplog.text
 
@@ -82,6 +83,9 @@ def test_a_metric_that_is_never_logged_warns_and_trains_on(tmp_path, caplog):
     ("{metric: dice, value: 0.9}", r"train\.stop_at\.metric: got .?dice.?, expected a logged metric"),
     ("{metric: val/dice, value: 0.9, mode: up}", r"train\.stop_at\.mode"),
     ("{metric: val/dice, target: 0.9}", r"unknown key 'train\.stop_at\.target'"),
+    # a metric other than the monitor (val/dice, max) needs its own direction: a loss target would be "reached"
+    # at epoch 1 by any loss above it
+    ("{metric: val/loss, value: 0.05}", r"train\.stop_at\.mode: missing for val/loss \(not train\.monitor val/dice"),
 ])
 def test_stop_at_settings_are_checked(value, message):
     with pytest.raises(ConfigError, match=message):

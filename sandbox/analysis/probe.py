@@ -16,6 +16,7 @@ import torch
 
 from sandbox.build import build_data, build_model
 from sandbox.config import Config
+from sandbox.data.conditions import conditions_of
 from sandbox.data.render import progress
 from sandbox.data.transforms import unaugmented
 from sandbox.metrics.generative import (frechet_distance, kid, min_distances, own_features, sample_scores,
@@ -43,7 +44,12 @@ def probe_run(cfg: Config, model, split: str = "test", samples: int = 512, fit: 
     g = torch.Generator().manual_seed(cfg.seed if noise_seed is None else noise_seed)
     real = torch.stack([held[i]["image"] for i in progress(range(len(held)), f"probe: {split} images")])
     t0 = time.perf_counter()
-    fake = torch.cat([model.sample(min(256, samples - i), g).float().cpu() for i in range(0, samples, 256)])
+    # a conditional model samples under the split's conditions (cycled), at its own guidance, as its per-epoch
+    # samples do (trainers/sampling.py); without them it would be graded at w = 0, another model
+    table = conditions_of(held) if getattr(model, "conditional", False) else None
+    fake = torch.cat([model.sample(min(256, samples - i), g, **({} if table is None else {
+        "condition": table[torch.arange(i, i + min(256, samples - i)) % len(table)]})).float().cpu()
+        for i in range(0, samples, 256)])
     timing = {"sample_time_per_100": (time.perf_counter() - t0) * 100 / samples, "threads": torch.get_num_threads()}
     # baselines: Gaussian noise matched to the data's per-channel mean and variance (no layout at all), and
     # to its per-pixel mean and variance (the "mean image + noise", a much stronger one); the floor:

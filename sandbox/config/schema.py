@@ -225,7 +225,8 @@ RANGES: dict[str, str] = {
     "train.grad_accum": "[1, 4096]",
     "train.num_images": "[0, 64]",  # validation samples drawn in one panel
     # step samplers (ddpm, flow: their options' field reads it) and the --steps flags of probe and interpolate
-    "model.sample_steps": "[1, 10000]",  # net evaluations per sample (heun: about twice as many)
+    "model.sample_steps": "[1, 10000]",
+    "model.guidance": "[0, inf)",  # classifier-free guidance w (ddpm/flow's options field and interpolate's --guidance)  # net evaluations per sample (heun: about twice as many)
     "train.early_stop.patience": "[1, inf)",  # epochs without improvement before the run stops
     "train.early_stop.min_delta": "[0, inf)",  # in the monitored metric's units
 }

@@ -94,18 +94,24 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.monitor: got {short(cfg.train.monitor)}, expected a logged metric such as "
                           "val/dice, val/iou or val/loss")
     if cfg.train.stop_at is not None:
-        _validate_stop_at(cfg.train.stop_at)
+        _validate_stop_at(cfg.train.stop_at, cfg.train.monitor)
     _validate_generative(cfg, MODELS)
 
 
-def _validate_stop_at(stop) -> None:
-    """``train.stop_at``: a target value, on a metric the loop can see at an epoch's end (val/ or train/)."""
+def _validate_stop_at(stop, monitor: str) -> None:
+    """``train.stop_at``: a target value, on a metric the loop can see at an epoch's end (val/ or train/), and
+    its direction: ``mode`` may default to ``train.monitor_mode`` only for the monitored metric itself (a loss
+    target under a Dice monitor would otherwise be "reached" by any loss above it, at epoch 1)."""
     if stop.metric.split("/")[0] not in ("val", "train") or stop.metric in ("val/", "train/"):
         raise ConfigError(f"train.stop_at.metric: got {short(stop.metric)}, expected a logged metric such as "
                           "val/dice or val/kid_own")
     if stop.value is None:
         raise ConfigError(f"train.stop_at.value: missing; expected the target of the metric, e.g. "
                           f"train.stop_at={{metric: {stop.metric}, value: 0.9}}")
+    if stop.mode is None and stop.metric != monitor:
+        raise ConfigError(f"train.stop_at.mode: missing for {stop.metric} (not train.monitor {monitor}, whose "
+                          f"mode is the default); expected max (reached at >= value) or min (reached at <= value), "
+                          f"e.g. train.stop_at={{metric: {stop.metric}, value: {stop.value}, mode: min}}")
 
 
 def _validate_data(cfg: Config) -> None:

@@ -58,7 +58,7 @@ class DenoisingOptions(GenerativeOptions):
     # with data.condition (classifier-free guidance): condition dropout p in training (null: 0.1), and the
     # guidance w of sampling, 0 unconditional, 1 conditional, > 1 guided (null: 1)
     cond_drop: Optional[float] = field(default=None, metadata={"range": "[0, 1)"})
-    guidance: Optional[float] = field(default=None, metadata={"range": "[0, inf)"})
+    guidance: Optional[float] = field(default=None, metadata={"range": RANGES["model.guidance"]})
 
 
 @dataclass

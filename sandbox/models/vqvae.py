@@ -88,6 +88,8 @@ class Codebook(nn.Module):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(counts)
             torch.distributed.all_reduce(sums)
+        if not torch.isfinite(sums).all():  # a non-finite batch (in any process: the sums are global) is skipped by
+            return  # the engine (train.nonfinite); its codes must not poison the codebook before that check
         self.cluster_size.lerp_(counts, 1 - self.decay)
         self.entry_sum.lerp_(sums, 1 - self.decay)
         total = self.cluster_size.sum()
@@ -136,6 +138,8 @@ class VQVAE(AutoEncoder):
         """Reconstruction + ``commitment * ||z_e - sg(z_q)||^2``; parts ``loss/vqvae/commit`` and ``perplexity``."""
         total, parts = super().objective(out, batch, recon)
         counts = torch.bincount(out["codes"].flatten(), minlength=len(self.codebook.entries)).float()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(counts)  # the global batch's code histogram, not a mean of local ones
         p = counts / counts.sum()
         perplexity = torch.exp(-(p * torch.log(p.clamp_min(1e-10))).sum())
         parts.update({"loss/vqvae/commit": out["commit"].detach(), "perplexity": perplexity})
