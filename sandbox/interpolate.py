@@ -52,7 +52,7 @@ def main() -> None:
     add_number(parser, "--sample-steps", within="model.sample_steps", help="ddpm/flow: sampling and inversion steps "
                "(default: the run's model.sample_steps; --steps is the frames)")
     parser.add_argument("--factor", help="conditional runs: the factor to walk from --from V to --to V")
-    parser.add_argument("--to", type=float, help="--factor: the last value")
+    add_number(parser, "--to", within="(-inf, inf)", kind=float, help="--factor: the last value")
     add_number(parser, "--frames", within=FRAMES, default=8, help="--factor: frames of the walk")
     add_number(parser, "--at", within="[0, inf)", default=0, help="--factor: the --split sample fixing the others")
     add_number(parser, "--guidance", within="model.guidance", kind=float, help="--factor: guidance w")
