@@ -275,6 +275,9 @@ def _validate_generative(cfg: Config, models) -> None:
         raise ConfigError(f"train.kl_warmup_frac: got {short(t.kl_warmup_frac)}, expected a fraction in [0, 1]")
     if not 0 <= t.label_smoothing < 0.5:
         raise ConfigError(f"train.label_smoothing: got {short(t.label_smoothing)}, expected a value in [0, 0.5)")
+    if getattr(m, "gan_loss", None) == "hinge" and t.label_smoothing:
+        raise ConfigError(f"train.label_smoothing: got {short(t.label_smoothing)}, but model.gan_loss: hinge has no "
+                          "labels to smooth; set train.label_smoothing: 0")
     if t.d_lr is not None:
         _positive("train.d_lr", t.d_lr)
     _positive("train.n_critic", t.n_critic)

@@ -17,20 +17,23 @@ prior is N(0, I) or (``prior: mixture``) a mixture of ``prior_components`` Gauss
 standard deviation 0.5 whose means lie on a sphere of radius 2, drawn once from a fixed seed.
 
 Discriminators return logits: losses use ``binary_cross_entropy_with_logits`` (AMP-safe; never
-Sigmoid + BCELoss).
+Sigmoid + BCELoss). The DCGAN's stabilisers (issue 28), each opt-in: the hinge loss (``gan_loss``),
+spectral normalisation of D (``spectral_norm``) and the R1 penalty on real images (``r1``, ``r1_every``);
+with the trainer's two learning rates (``train.d_lr``) and the EMA of G (``ema``) they make the recipe
+configs/dcgan_attractors_stable.yaml.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sandbox.errors import ConfigError
+from sandbox.errors import ConfigError, SandboxError
 from sandbox.models.autoencoders import AutoEncoder, GenerativeOptions, LatentModel, register_generative
-from sandbox.models.objective import bce_logits, mean_prob
+from sandbox.models.objective import bce_logits, hinge_d, mean_prob, r1_penalty
 from sandbox.nn.ema import attach_ema
 from sandbox.nn.latent import ImageDecoder, ImageEncoder
 
@@ -44,6 +47,15 @@ class DCGANOptions(GenerativeOptions):
     # also train an encoder E to invert G, MSE(E(G(u)), u) on G's own inputs u (AAE-style), so the model
     # encodes: the latent probe reads E's codes of real images (null/false: no encoder, the plain DCGAN)
     invert: Optional[bool] = None
+    # the adversarial loss (null: bce, the non-saturating BCE of Goodfellow et al. 2014); hinge: Miyato et al.
+    # 2018's D: relu(1 - D(x)) + relu(1 + D(G(z))), G: -D(G(z)) (no labels: train.label_smoothing must be 0)
+    gan_loss: Optional[Literal["bce", "hinge"]] = None
+    # spectral normalisation of every conv and linear weight of the discriminator (Miyato et al. 2018; null: off)
+    spectral_norm: Optional[bool] = None
+    # R1 gradient penalty gamma / 2 * E ||grad_x D(x)||^2 on real images (Mescheder et al. 2018; null/0: off)
+    r1: Optional[float] = field(default=None, metadata={"range": "[0, 1000000]"})
+    # lazy R1 (Karras et al. 2020): the penalty every r1_every-th discriminator step, weighted r1_every (null: 1)
+    r1_every: Optional[int] = field(default=None, metadata={"range": "[1, 10000]"})
 
 
 @dataclass
@@ -63,6 +75,12 @@ class DCGAN(LatentModel):
     on its flattened bottleneck. BatchNorm in the discriminator sees all-real and all-fake
     batches separately, which lets it tell them apart by batch statistics alone; ``d_norm``
     (``none`` or ``group``) removes that shortcut.
+
+    Stabilisers, all off by default: ``gan_loss="hinge"``; ``spectral_norm`` (every conv and linear weight of
+    the discriminator divided by its largest singular value, one power iteration per training forward:
+    :func:`spectral_normalise`); ``r1`` = gamma of the R1 penalty on real images, added to ``d_loss`` every
+    ``r1_every``-th step with weight ``gamma / 2 * r1_every`` (its own float32 forward pass of D: with
+    ``d_norm: batch`` that pass also moves D's BatchNorm statistics).
     """
 
     generator_name = "generator"
@@ -71,12 +89,16 @@ class DCGAN(LatentModel):
     def __init__(self, in_channels: int, size: int, latent_dim: int, widths: Sequence[int], blocks: int = 1,
                  block: str = "plain", norm: str = "batch", upsample: str = "transpose", downsample: str = "stride",
                  dilation: int = 1, dropout: float = 0.0, ema: float | None = None, d_norm: str | None = None,
-                 cond_dim: int = 0, invert: bool = False):
+                 cond_dim: int = 0, invert: bool = False, gan_loss: str = "bce", spectral_norm: bool = False,
+                 r1: float = 0.0, r1_every: int = 1):
         super().__init__()
+        self.gan_loss, self.r1, self.r1_every = gan_loss, r1, r1_every
         self.latent_dim, self.size, self.in_channels, self.cond_dim = latent_dim, size, in_channels, cond_dim
         self.input_dim = cond_dim + latent_dim  # the generator's input u = (v, z)
         self.discriminator = ImageEncoder(in_channels, size, 1, widths, blocks, downsample, block, dilation,
                                           d_norm or norm, dropout)
+        if spectral_norm:
+            spectral_normalise(self.discriminator)
         self.generator = ImageDecoder(self.input_dim, self.discriminator.bottleneck, in_channels, widths, upsample,
                                       blocks, block, norm, dilation)
         if cond_dim:  # the parameters' mean and std on the training split (set by the trainer, saved with the weights)
@@ -120,17 +142,32 @@ class DCGAN(LatentModel):
             z = torch.cat([self.standardise(batch["params"].to(device)), z], dim=1)
         return z
 
-    def d_loss(self, x: torch.Tensor, fake: torch.Tensor, smoothing: float = 0.0) -> tuple[torch.Tensor, dict]:
-        """The discriminator's loss: BCE of real images ``x`` as real (``1 - smoothing``) plus detached
-        ``fake`` as fake; parts ``loss/gan/d`` and the mean probabilities ``d_real`` = D(x), ``d_fake`` = D(G(z))."""
+    def d_loss(self, x: torch.Tensor, fake: torch.Tensor, smoothing: float = 0.0,
+               step: int = 0) -> tuple[torch.Tensor, dict]:
+        """The discriminator's loss at optimizer step ``step``: BCE of real images ``x`` as real (``1 - smoothing``)
+        plus detached ``fake`` as fake (or the hinge loss), plus on R1 steps ``gamma / 2 * r1_every * R1``;
+        parts ``loss/gan/d`` (the adversarial term), ``loss/gan/r1`` (the unweighted ``E ||grad D(x)||^2``, on
+        R1 steps) and the mean probabilities ``d_real`` = sigmoid D(x), ``d_fake`` = sigmoid D(G(z))."""
         d_real, d_fake = self.discriminator(x), self.discriminator(fake.detach())
-        loss = bce_logits(d_real, True, smoothing) + bce_logits(d_fake, False)
-        return loss, {"loss/gan/d": loss.detach(), "d_real": mean_prob(d_real), "d_fake": mean_prob(d_fake)}
+        if self.gan_loss == "hinge":
+            if smoothing:
+                raise SandboxError(f"label smoothing {smoothing}: the hinge loss has no labels to smooth; use 0")
+            loss = hinge_d(d_real, d_fake)
+        else:
+            loss = bce_logits(d_real, True, smoothing) + bce_logits(d_fake, False)
+        parts = {"loss/gan/d": loss.detach(), "d_real": mean_prob(d_real), "d_fake": mean_prob(d_fake)}
+        if self.r1 and step % self.r1_every == 0:
+            penalty = r1_penalty(self.discriminator, x)
+            parts["loss/gan/r1"] = penalty.detach()
+            loss = loss + self.r1 / 2 * self.r1_every * penalty
+        return loss, parts
 
     def g_loss(self, fake: torch.Tensor, x: torch.Tensor, param_mse: float = 0.0) -> tuple[torch.Tensor, dict]:
-        """The generator's non-saturating ``-log D(G(u))``, plus ``param_mse * MSE(G(v, z), x_v)`` when G takes
-        the parameters (part ``loss/gan/param_mse``: the MSE unweighted). Freeze D around it (its trainer does)."""
-        loss = bce_logits(self.discriminator(fake), True)
+        """The generator's non-saturating ``-log D(G(u))`` (hinge: ``-mean D(G(u))``), plus ``param_mse *
+        MSE(G(v, z), x_v)`` when G takes the parameters (part ``loss/gan/param_mse``: the MSE unweighted). Freeze
+        D around it (its trainer does)."""
+        logits = self.discriminator(fake)
+        loss = -logits.float().mean() if self.gan_loss == "hinge" else bce_logits(logits, True)
         parts = {"loss/gan/g": loss}
         if self.cond_dim:
             mse = F.mse_loss(fake.float(), x.float())
@@ -148,6 +185,16 @@ class DCGAN(LatentModel):
             parts["loss/invert/params"] = err[:, :self.cond_dim].mean().detach()
             parts["loss/invert/noise"] = err[:, self.cond_dim:].mean().detach()
         return loss, parts
+
+
+def spectral_normalise(module: nn.Module) -> nn.Module:
+    """Spectral normalisation (Miyato et al. 2018) of every ``Conv2d`` and ``Linear`` weight inside ``module``
+    (torch's parametrization: the weight divided by its largest singular value, estimated by one power iteration
+    per forward in training mode; a conv's weight read as ``(out, in * k * k)``). Returns ``module``."""
+    for layer in list(module.modules()):
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            torch.nn.utils.parametrizations.spectral_norm(layer)
+    return module
 
 
 class LatentDiscriminator(nn.Module):
@@ -223,22 +270,31 @@ def _check_prior(options: dict[str, Any]) -> None:
                               "model.prior=mixture or drop model.prior_components")
 
 
-def _check_d_norm(options: dict[str, Any]) -> None:
+def _check_dcgan(options: dict[str, Any]) -> None:
+    """The dcgan's own checks beyond its fields' declared values and ranges (``check_fields``)."""
     if options.get("d_norm") not in (None, "batch", "group", "none"):
         raise ConfigError(f"model.d_norm: got {options['d_norm']!r}, expected one of 'batch', 'group', 'none'")
-    if options.get("invert") not in (None, True, False):
-        raise ConfigError(f"model.invert: got {options['invert']!r}, expected true or false")
+    for key in ("invert", "spectral_norm"):
+        if options.get(key) not in (None, True, False):
+            raise ConfigError(f"model.{key}: got {options[key]!r}, expected true or false")
+    if options.get("r1_every") is not None and not options.get("r1"):
+        raise ConfigError(f"model.r1_every: got {options['r1_every']!r}, but model.r1 (the R1 penalty's gamma) is "
+                          f"{options.get('r1')!r}: set model.r1 > 0 or drop model.r1_every")
 
 
-@register_generative("dcgan", "gan", DCGANOptions, defaults={"downsample": "stride"}, check=_check_d_norm,
+@register_generative("dcgan", "gan", DCGANOptions, defaults={"downsample": "stride"}, check=_check_dcgan,
                      takes_loss=False, derived=("cond_dim",))
 def build_dcgan(latent_dim: int = 64, d_norm: str | None = None, invert: bool | None = None, cond_dim: int = 0,
-                **core: Any) -> DCGAN:
+                gan_loss: str | None = None, spectral_norm: bool | None = None, r1: float | None = None,
+                r1_every: int | None = None, **core: Any) -> DCGAN:
     """DCGAN: ``MODELS["dcgan"](latent_dim=64, size=64, width=16, depth=3, ...)``; the discriminator
     downsamples with strided convolutions unless ``downsample`` says otherwise. ``invert``: add the
     encoder that inverts G; ``cond_dim``: parameters fed to G beside the noise (set from the data by
-    ``sandbox.build.model_kwargs`` when ``train.param_mse`` > 0)."""
-    return DCGAN(latent_dim=latent_dim, d_norm=d_norm, invert=bool(invert), cond_dim=cond_dim, **core)
+    ``sandbox.build.model_kwargs`` when ``train.param_mse`` > 0). ``gan_loss`` (bce | hinge), ``spectral_norm``,
+    ``r1`` (gamma) and ``r1_every``: the stabilisers, all off when null."""
+    return DCGAN(latent_dim=latent_dim, d_norm=d_norm, invert=bool(invert), cond_dim=cond_dim,
+                 gan_loss=gan_loss or "bce", spectral_norm=bool(spectral_norm), r1=float(r1 or 0.0),
+                 r1_every=r1_every or 1, **core)
 
 
 @register_generative("aae", "aae", AAEOptions, check=_check_prior,

@@ -46,3 +46,21 @@ def bce_logits(logits: torch.Tensor, real: bool, smoothing: float = 0.0) -> torc
 def mean_prob(logits: torch.Tensor) -> torch.Tensor:
     """The mean probability of "real" of ``logits`` (detached, float32): what the discriminator says."""
     return torch.sigmoid(logits.detach().float()).mean()
+
+
+def hinge_d(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+    """The discriminator's hinge loss (Lim & Ye 2017; Miyato et al. 2018): ``mean relu(1 - D(x)) + mean
+    relu(1 + D(G(z)))`` of ``(B, 1)`` logits, float32 with autocast off. The generator's is ``-mean D(G(z))``."""
+    with torch.autocast(device_type=d_real.device.type, enabled=False):
+        return F.relu(1 - d_real.float()).mean() + F.relu(1 + d_fake.float()).mean()
+
+
+def r1_penalty(discriminator: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): ``E_x ||grad_x D(x)||^2`` over real images ``x`` (squares summed per image,
+    averaged over the batch; the loss adds ``gamma / 2`` times it). Its own forward pass of ``discriminator``
+    in float32 with autocast off (a half-precision double backward under- or overflows), the gradient taken
+    with ``create_graph`` so that the penalty's own gradient reaches the discriminator's weights."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x = x.detach().float().requires_grad_(True)
+        (grad,) = torch.autograd.grad(discriminator(x).float().sum(), x, create_graph=True)
+        return grad.square().flatten(1).sum(1).mean()

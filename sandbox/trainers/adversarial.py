@@ -4,7 +4,8 @@
 step on real images vs detached ``G(z)`` (optimizer 1), then every ``train.n_critic``-th
 batch the generator step with the discriminator frozen (optimizer 0). Logged: the loss
 parts ``train/loss/gan/{d,g}`` and the mean probabilities ``train/d_real`` = D(x) and
-``train/d_fake`` = D(G(z)) (taken before the discriminator's step); with ``train.param_mse`` the
+``train/d_fake`` = D(G(z)) (taken before the discriminator's step); with ``model.r1`` the R1 penalty
+``train/loss/gan/r1`` (E ||grad D(x)||^2, unweighted, on the steps that compute it); with ``train.param_mse`` the
 generator's MSE to the real images of its parameters (``train/loss/gan/param_mse``), with ``model.invert``
 the inverter's MSE (``train/loss/invert``) and the latent probe of its codes (``val/probe_r2_*``): a discriminator that
 wins outright (D(x) -> 1, D(G(z)) -> 0) or a collapse (``val/diversity`` falling) shows in
@@ -77,7 +78,7 @@ class GANTrainer(Trainer):
         u = m.generator_input(batch, self.shard_draw, x.device)
         with acc.autocast():
             fake = m.decode(u)
-            d_loss, out = m.d_loss(x, self.to_input(fake), t.label_smoothing)
+            d_loss, out = m.d_loss(x, self.to_input(fake), t.label_smoothing, self.state.step)
         self.backward_and_step(d_loss, index=1, model=m.discriminator, parts=out)
         total = d_loss.detach()
         if self.state.step % t.n_critic == 0:
