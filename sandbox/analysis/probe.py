@@ -28,6 +28,19 @@ FLOOR = "real_train_vs_heldout"  # the row of training images scored as if they 
 NEAREST_MAX = 10000  # training images searched for each sample's nearest one
 
 
+def draw_samples(model, held, n: int, g: torch.Generator, chunk: int = 256) -> torch.Tensor:
+    """``n`` samples of ``model`` (float32, CPU) in chunks, noise from ``g``. A conditional model samples under
+    ``held``'s conditions (cycled) at its own guidance, as its per-epoch samples do (trainers/sampling.py):
+    without them it would be graded at w = 0, another model than the one trained and validated."""
+    table = conditions_of(held) if getattr(model, "conditional", False) else None
+    out = []
+    for i in range(0, n, chunk):
+        k = min(chunk, n - i)
+        kw = {} if table is None else {"condition": table[torch.arange(i, i + k) % len(table)]}
+        out.append(model.sample(k, g, **kw).float().cpu())
+    return torch.cat(out)
+
+
 def probe_run(cfg: Config, model, split: str = "test", samples: int = 512, fit: int = 4000,
               label: str = "", inception=None, nearest_max: int = NEAREST_MAX, baselines: bool = True,
               untrained: bool = True, noise_seed: int | None = None, evaluators: str | Path | None = None) -> dict:
@@ -44,12 +57,7 @@ def probe_run(cfg: Config, model, split: str = "test", samples: int = 512, fit: 
     g = torch.Generator().manual_seed(cfg.seed if noise_seed is None else noise_seed)
     real = torch.stack([held[i]["image"] for i in progress(range(len(held)), f"probe: {split} images")])
     t0 = time.perf_counter()
-    # a conditional model samples under the split's conditions (cycled), at its own guidance, as its per-epoch
-    # samples do (trainers/sampling.py); without them it would be graded at w = 0, another model
-    table = conditions_of(held) if getattr(model, "conditional", False) else None
-    fake = torch.cat([model.sample(min(256, samples - i), g, **({} if table is None else {
-        "condition": table[torch.arange(i, i + min(256, samples - i)) % len(table)]})).float().cpu()
-        for i in range(0, samples, 256)])
+    fake = draw_samples(model, held, samples, g)
     timing = {"sample_time_per_100": (time.perf_counter() - t0) * 100 / samples, "threads": torch.get_num_threads()}
     # baselines: Gaussian noise matched to the data's per-channel mean and variance (no layout at all), and
     # to its per-pixel mean and variance (the "mean image + noise", a much stronger one); the floor:
