@@ -281,3 +281,17 @@ def test_a_folder_of_index_masks_exports_and_predicts_its_class_maps_with_the_un
     for i in range(8):
         a, b = (np.asarray(Image.open(tmp_path / how / f"{i}_classes.png")) for how in ("run", "model"))
         assert (a == b).all(), i
+
+
+@pytest.mark.real_figures
+def test_compare_draws_class_maps_of_parts_runs(parts_run, tmp_path):
+    """compare.py (and a study's compare/ of its best seeds) on runs that segment parts without a mask head
+    (refused before: "no mask head"): the truth and each run's argmax drawn in the fixed class colours."""
+    out = tmp_path / "cmp"
+    code, _, err = run_command("compare", "--run", str(parts_run), str(parts_run), "--out", str(out))
+    assert code == 0, err
+    with Image.open(out / "predictions.png") as im:
+        pixels = np.asarray(im.convert("RGB")).reshape(-1, 3)
+    palette = {tuple(c) for c in colors(PART_CLASSES)}
+    drawn = {tuple(p) for p in np.unique(pixels, axis=0)}
+    assert len(palette & drawn) >= 3  # the class colours are in the picture (truth and predictions)

@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from sandbox.analysis.measure import count_params, flops_per_image
 from sandbox.analysis.reports import Run, check_same_kind, metric_mode, run_stats, write_csv
 from sandbox.analysis.tables import format_table
-from sandbox.build import build_data
+from sandbox.analysis.class_prediction import class_scores
+from sandbox.build import build_data, target_classes
+from sandbox.data.classes import colors
 from sandbox.data.loader import collate
 from sandbox.errors import SandboxError
 from sandbox.metrics import hard_dice
@@ -18,12 +20,25 @@ from sandbox.runs.inference import forward
 from sandbox.runs.load import load_run
 from sandbox.viz.curves import plot_groups
 from sandbox.viz.grids import draw_panels
-from sandbox.viz.panels import error_overlay, to_hwc
+from sandbox.viz.panels import class_map_rgb, error_overlay, to_hwc
 
 
 def load_models(runs: list[Run], kind: str) -> list:
-    """Each run's ``checkpoints/best`` model in eval mode (via :func:`sandbox.runs.load.load_run`)."""
-    return [load_run(r.path, "best", need=("mask",) if kind == "segmentation" else ())[1] for r in runs]
+    """Each run's ``checkpoints/best`` model in eval mode (via :func:`sandbox.runs.load.load_run`); segmentation
+    runs need a mask head unless they segment a class map (dancers' parts: :func:`class_target`)."""
+    need = ("mask",) if kind == "segmentation" and class_target(runs[0]) is None else ()
+    return [load_run(r.path, "best", need=need)[1] for r in runs]
+
+
+def class_target(run: Run) -> tuple[str, tuple] | None:
+    """``(target, its classes)`` for a segmentation run without a mask head that predicts a class map (the
+    first such target in loss order, e.g. dancers' ``parts``); None for a run with a mask (its grid is the
+    binary one)."""
+    if "mask" in run.cfg.loss:
+        return None
+    classes = target_classes(run.cfg)
+    target = next((t for t in run.cfg.loss if t in classes), None)
+    return (target, classes[target]) if target is not None else None
 
 
 def measure_row(run: Run, model) -> dict[str, Any]:
@@ -43,6 +58,9 @@ def prediction_grid(runs: list[Run], models: list, kind: str, path: Path, batch:
     x, side = batch["image"], batch["image"].shape[-1]
     cols = ["input"] + (["truth"] if kind == "segmentation" else []) + [r.label for r in runs]
     panels = [[(to_hwc(img), None, "")] for img in x]  # (picture, colour map, caption)
+    target = class_target(runs[0]) if kind == "segmentation" else None
+    if target is not None:  # class maps: truth and each run's argmax in the fixed class colours, with mIoU
+        return _class_grid(runs, models, target, panels, cols, batch, path)
     if kind == "segmentation":
         for i, row in enumerate(panels):
             row.append((batch["mask"][i, 0].numpy(), "gray", ""))
@@ -59,6 +77,25 @@ def prediction_grid(runs: list[Run], models: list, kind: str, path: Path, batch:
             recon = _resized(recon, side)
             for i, row in enumerate(panels):
                 row.append((to_hwc(recon[i]), None, what))
+    return draw_panels(panels, cols, path)
+
+
+def _class_grid(runs: list[Run], models: list, target: tuple[str, tuple], panels: list, cols: list[str],
+                batch: dict, path: Path) -> Path:
+    """:func:`prediction_grid` for class maps: input | truth | per run its predicted classes (logits resized to
+    the display size, then argmax) with the image's mIoU (classes present in its truth), in the panels' colours."""
+    name, specs = target
+    names, palette = [c.name for c in specs], colors(specs)
+    truth = batch[name][:, 0].round().long().numpy()
+    for i, row in enumerate(panels):
+        row.append((class_map_rgb(truth[i], palette), None, ""))
+    for run, model in zip(runs, models):
+        xin = _resized(batch["image"], run.cfg.data.size)
+        logits = _resized(forward(model, xin, run.cfg.train.channels_last)[name].float().cpu(), truth.shape[-1])
+        ids = logits.argmax(1).numpy()
+        for i, row in enumerate(panels):
+            miou = class_scores(ids[i], truth[i], names)["miou"]
+            row.append((class_map_rgb(ids[i], palette), None, f"mIoU {miou:.3f}"))
     return draw_panels(panels, cols, path)
 
 
