@@ -197,17 +197,6 @@ class VAE(AutoEncoder):
     def prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return LatentModel.prior(self, n, generator)
 
-    def loss(self, batch: dict, step) -> tuple[torch.Tensor, dict]:
-        """The training loss ``(total, parts)`` of ``batch``: the forward on ``batch["image"]`` (with the
-        noise :meth:`train_inputs` asks for, drawn by ``step.draw``), then :meth:`objective` with
-        ``step.criterion`` at the regulariser's weight ``step.weight``."""
-        def noise(like: torch.Tensor) -> torch.Tensor:  # this process's slice of the global batch's draw
-            return step.draw(lambda n: torch.randn((n, *like.shape[1:]), dtype=like.dtype, device=like.device),
-                             like.shape[0])
-
-        out = (step.forward or self)(batch["image"], **self.train_inputs(noise))
-        return self.objective(out, batch, step.criterion, step.weight)
-
     def train_inputs(self, draw: Callable[[torch.Tensor], torch.Tensor]) -> dict:
         return {"noise": draw}
 
